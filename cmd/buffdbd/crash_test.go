@@ -27,8 +27,8 @@ import (
 	"github.com/buffdb/buffdbd/store"
 )
 
-// binary is the buffdbd executable built once by TestMain for end-to-end tests.
-var binary string
+// buffdbdBin is the buffdbd executable built once by TestMain for end-to-end tests.
+var buffdbdBin string
 
 func TestMain(m *testing.M) {
 	os.Exit(func() int {
@@ -38,8 +38,8 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		binary = filepath.Join(dir, "buffdbd")
-		cmd := exec.Command("go", "build", "-o", binary, ".")
+		buffdbdBin = filepath.Join(dir, "buffdbd")
+		cmd := exec.Command("go", "build", "-o", buffdbdBin, ".")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
@@ -71,7 +71,7 @@ func startProc(t testing.TB, dir string) *daemonProc {
 	t.Helper()
 	addr := freePort(t)
 	p := &daemonProc{log: &bytes.Buffer{}}
-	p.cmd = exec.Command(binary, "run", "--data-dir", dir, "--listen", addr)
+	p.cmd = exec.Command(buffdbdBin, "run", "--data-dir", dir, "--listen", addr)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
