@@ -79,8 +79,7 @@ func benchStore(cmd *cobra.Command, g *globalFlags, f *benchStoreFlags) error {
 	// Blob contents: one random buffer, each blob made unique by a counter in its first 8 bytes so
 	// the store cannot deduplicate them, and generating them costs nothing measurable.
 	base := make([]byte, f.blobSize)
-	rng := rand.New(rand.NewChaCha8([32]byte{}))
-	rng.Read(base)
+	rand.NewChaCha8([32]byte{}).Read(base)
 	blob := func(i int) []byte {
 		b := append([]byte(nil), base...)
 		binary.LittleEndian.PutUint64(b, uint64(i)+1)
