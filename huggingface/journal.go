@@ -127,4 +127,3 @@ func (j *journal) close() error {
 	j.f = nil
 	return err
 }
-

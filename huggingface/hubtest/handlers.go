@@ -89,7 +89,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, p string) {
 		writeJSON(w, http.StatusOK, map[string]any{
 			"_id": "x", "id": rp.id, "modelId": rp.id, "sha": c.sha, "private": rp.opts.Private, "gated": gated,
 			"library_name": rp.opts.LibraryName, "pipeline_tag": rp.opts.PipelineTag, "tags": tags,
-			"cardData": map[string]any{"description": rp.opts.Description, "license": "apache-2.0"},
+			"cardData":     map[string]any{"description": rp.opts.Description, "license": "apache-2.0"},
 			"lastModified": "2024-01-01T00:00:00.000Z", "siblings": sibs,
 		})
 		return
