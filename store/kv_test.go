@@ -56,4 +56,3 @@ func TestDB_Delete(t *testing.T) {
 		}
 	})
 }
-
