@@ -1,0 +1,32 @@
+package registry
+
+import "errors"
+
+// Sentinel errors. Callers test with errors.Is; messages wrap them with the model, version, alias or
+// path involved. The API layer maps each to one gRPC code.
+var (
+	// ErrNotFound: a model, version, alias, file or upload session does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrExists: a version with this name and version is already published.
+	ErrExists = errors.New("already exists")
+	// ErrInvalid: a malformed name, version, alias, reference, path, shape or protocol message.
+	ErrInvalid = errors.New("invalid argument")
+	// ErrBudget: the version does not fit in Options.MaxBytes even after evicting every evictable
+	// version; nothing was changed.
+	ErrBudget = errors.New("registry disk budget exceeded")
+	// ErrTooLarge: a single input exceeds a fixed limit (a chunk larger than MaxChunkSize, too many
+	// files, an over-long manifest).
+	ErrTooLarge = errors.New("too large")
+	// ErrChecksum: received or stored bytes do not match their sha256 (a file, a chunk, or a chunk
+	// found corrupt on disk by Verify).
+	ErrChecksum = errors.New("sha256 mismatch")
+	// ErrAliased: a delete was refused because an alias points at the version (use force).
+	ErrAliased = errors.New("version is aliased")
+	// ErrPinned: eviction or a non-forced delete was refused because the version is pinned.
+	ErrPinned = errors.New("version is pinned")
+	// ErrIncomplete: a commit arrived before every offered chunk's bytes, or with a chunk the
+	// registry no longer has (the client must offer it again).
+	ErrIncomplete = errors.New("upload incomplete")
+	// ErrClosed: the Service has been closed.
+	ErrClosed = errors.New("registry closed")
+)

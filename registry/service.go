@@ -1,0 +1,139 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/buffdb/buffdbd/store"
+)
+
+// Options configure a Service. The zero value is usable.
+type Options struct {
+	// MaxBytes is the disk budget: the bytes of distinct chunks referenced by published versions.
+	// 0 means unlimited. After a publish would exceed it, the least recently used versions that are
+	// neither pinned nor aliased are evicted; if that is not enough the publish fails with ErrBudget.
+	MaxBytes int64
+	// SessionTTL is how long an interrupted push stays resumable (its uploaded chunks pinned).
+	// Default 24h: long enough to outlast a device's or build server's network outage overnight.
+	SessionTTL time.Duration
+	// Metrics receives counters; nil fields are skipped.
+	Metrics Metrics
+	Logger  *slog.Logger
+	// Now is the clock (tests). Default time.Now.
+	Now func() time.Time
+}
+
+// Metrics are optional observer hooks for the ops layer (Prometheus). Each is called after the event
+// it names; nil funcs are ignored. Results are "ok" or an error class ("invalid", "checksum",
+// "budget", "canceled", "error") so label values stay bounded.
+type Metrics struct {
+	Push          func(result string)
+	Pull          func(result string)
+	BytesReceived func(n int64) // chunk bytes received by pushes and imports
+	BytesSent     func(n int64) // file bytes sent by pulls
+	BytesDeduped  func(n int64) // chunk bytes a push or pull did not have to move
+	Eviction      func(versions int, bytes int64)
+	GC            func(res GCResult)
+	VerifyFailure func(chunks int)
+}
+
+// Service is the model registry over one store. All methods are safe for concurrent use.
+type Service struct {
+	db   *store.DB
+	opts Options
+	log  *slog.Logger
+
+	// pinMu serializes the decisions "this chunk exists, the client need not send it" (Offer) with
+	// the deletions of chunks (GC, eviction, delete), so a chunk a live push relies on is never
+	// deleted under it. pins counts live in-process references per chunk digest.
+	pinMu sync.Mutex
+	pins  map[[32]byte]int
+
+	// sessMu guards active: at most one live stream per (name, version) upload session.
+	sessMu sync.Mutex
+	active map[string]bool
+
+	watch *hub
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+// New returns a Service over db, which must have been opened with Migrations among its
+// store.Options.Migrations.
+func New(db *store.DB, opts Options) (*Service, error) {
+	if opts.SessionTTL == 0 {
+		opts.SessionTTL = 24 * time.Hour
+	}
+	if opts.SessionTTL < 0 || opts.MaxBytes < 0 {
+		return nil, fmt.Errorf("%w: registry options: session TTL and max bytes must not be negative", ErrInvalid)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{
+		db:     db,
+		opts:   opts,
+		log:    opts.Logger,
+		pins:   map[[32]byte]int{},
+		active: map[string]bool{},
+		watch:  newHub(),
+		closed: make(chan struct{}),
+	}, nil
+}
+
+// Close ends every Watch stream. It does not close the store.
+func (s *Service) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.watch.close()
+	})
+	return nil
+}
+
+// DB returns the underlying store.
+func (s *Service) DB() *store.DB { return s.db }
+
+// pin adds in-process references to chunks; the caller holds pinMu.
+func (s *Service) pinLocked(sum [32]byte) { s.pins[sum]++ }
+
+// unpin drops in-process references taken by pinLocked.
+func (s *Service) unpin(sums [][32]byte) {
+	s.pinMu.Lock()
+	defer s.pinMu.Unlock()
+	for _, sum := range sums {
+		if s.pins[sum]--; s.pins[sum] <= 0 {
+			delete(s.pins, sum)
+		}
+	}
+}
+
+func (s *Service) metric(f func(string), err error) {
+	if f != nil {
+		f(resultClass(err))
+	}
+}
+
+func resultClass(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case isAny(err, ErrInvalid, ErrNotFound, ErrExists, ErrAliased, ErrPinned, ErrTooLarge):
+		return "invalid"
+	case isAny(err, ErrChecksum):
+		return "checksum"
+	case isAny(err, ErrBudget):
+		return "budget"
+	case isAny(err, context.Canceled, context.DeadlineExceeded):
+		return "canceled"
+	}
+	return "error"
+}
+
+func (s *Service) now() time.Time { return s.opts.Now() }

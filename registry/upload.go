@@ -1,0 +1,507 @@
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/buffdb/buffdbd/store"
+)
+
+// Upload is one push of a version, driven by a single goroutine (a gRPC stream or Import): it is
+// not safe for concurrent use. The protocol, per file: BeginFile, then for each chunk in order
+// Offer (which says whether its bytes are needed), Write of the bytes of needed chunks in offer
+// order (in any number of pieces), then EndFile with the file's sha256; finally Commit.
+//
+// Chunk bytes are hashed and made durable as they arrive, on background writers, and recorded
+// against the upload session so a later Upload of the same version resumes from them. The file's
+// sha256 is computed by a second goroutine over the ordered chunks (received bytes, or stored bytes
+// of chunks the registry already had), so verification costs no extra pass at Commit.
+type Upload struct {
+	s         *Service
+	info      ModelInfo
+	aliases   []string
+	session   string
+	resumed   bool
+	files     []File
+	paths     map[string]bool
+	cur       *File // between BeginFile and EndFile
+	curOff    int64
+	offered   map[[32]byte]*chunkWrite // chunks written by this upload, by digest
+	pinned    [][32]byte               // in-process pins to drop at Close
+	needs     []*chunkWrite            // offered chunks whose bytes are still expected, in order
+	hashQ     chan hashItem
+	hashDone  chan struct{}
+	writers   sync.WaitGroup
+	sem       chan struct{}
+	abort     chan struct{}
+	failMu    sync.Mutex
+	failErr   error
+	done      bool
+	stats     UploadStats
+	imported  bool  // metrics are reported by ImportStats
+	outcome   error // of Commit; nil and !committed means abandoned
+	committed bool
+	closed    bool
+}
+
+// UploadStats counts what an Upload moved.
+type UploadStats struct {
+	ChunksReceived int64
+	BytesReceived  int64
+	ChunksReused   int64
+	BytesReused    int64
+}
+
+// Concurrency of background chunk writers per upload. Each writer fsyncs a payload file; two
+// overlap the fsync of one chunk with receiving and hashing the next without letting a fast client
+// queue many MiB in memory (each in-flight chunk holds at most its in-flight message slices).
+const chunkWriters = 3
+
+// hashQueueLen bounds the offers a client may have outstanding (offered, bytes not yet consumed by
+// the file hasher). Clients keep a smaller window; a client that ignores it gets ErrTooLarge rather
+// than growing server memory.
+const hashQueueLen = 4096
+
+type chunkWrite struct {
+	sum     [32]byte
+	size    int64
+	got     int64
+	data    chan []byte // to the payload writer
+	hdata   chan []byte // to the file hasher
+	written chan struct{}
+	err     error // set before written is closed
+	aborted atomic.Bool
+}
+
+type hashItem struct {
+	begin *File // start a file
+	end   *File // finish a file: compare with end.SHA256
+	chunk *chunkWrite
+}
+
+// OpenUpload starts or resumes the upload session of info.Name/info.Version. aliases are set along
+// with latest when the version is published. ErrExists if the version is already published.
+func (s *Service) OpenUpload(ctx context.Context, info ModelInfo, aliases []string) (*Upload, error) {
+	if err := validateInfo(&info); err != nil {
+		return nil, err
+	}
+	for _, a := range aliases {
+		if err := ValidateAlias(a); err != nil {
+			return nil, err
+		}
+	}
+	if info.CreatedAt.IsZero() {
+		info.CreatedAt = s.now()
+	}
+	info.CreatedAt = info.CreatedAt.UTC().Truncate(time.Second)
+	u := &Upload{
+		s: s, info: info, aliases: slices.Clone(aliases),
+		paths:    map[string]bool{},
+		offered:  map[[32]byte]*chunkWrite{},
+		hashQ:    make(chan hashItem, hashQueueLen),
+		hashDone: make(chan struct{}),
+		sem:      make(chan struct{}, chunkWriters),
+		abort:    make(chan struct{}),
+	}
+	err := s.db.Update(ctx, func(tx *store.Tx) error {
+		if ok, err := versionExists(tx, info.Name, info.Version); err != nil {
+			return err
+		} else if ok {
+			return fmt.Errorf("%w: %s:%s is already published", ErrExists, info.Name, info.Version)
+		}
+		expires := s.now().Add(s.opts.SessionTTL).UnixNano()
+		err := tx.Query(`SELECT id FROM reg_sessions WHERE name = ? AND version = ?`, []any{info.Name, info.Version},
+			func(scan func(...any) error) error { return scan(&u.session) })
+		if err != nil {
+			return err
+		}
+		if u.session != "" {
+			u.resumed = true
+			_, err = tx.Exec(`UPDATE reg_sessions SET expires_at = ? WHERE id = ?`, expires, u.session)
+			return err
+		}
+		u.session = newID()
+		_, err = tx.Exec(`INSERT INTO reg_sessions (id, name, version, created_at, expires_at) VALUES (?, ?, ?, ?, ?)`,
+			u.session, info.Name, info.Version, s.now().UnixNano(), expires)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open upload %s:%s: %w", info.Name, info.Version, err)
+	}
+	go u.hashFiles()
+	return u, nil
+}
+
+// Session is the upload session id (stable across resumes of the same version).
+func (u *Upload) Session() string { return u.session }
+
+// Resumed reports whether the session existed before this Upload (an earlier push was interrupted).
+func (u *Upload) Resumed() bool { return u.resumed }
+
+// Stats reports what this Upload moved so far.
+func (u *Upload) Stats() UploadStats { return u.stats }
+
+// BeginFile starts the next file. ErrInvalid for a bad or duplicate path, or if a file is open.
+func (u *Upload) BeginFile(path string, size int64) error {
+	if err := u.check(); err != nil {
+		return err
+	}
+	if u.cur != nil {
+		return fmt.Errorf("%w: file %s begun before %s ended", ErrInvalid, path, u.cur.Path)
+	}
+	p, err := CleanPath(path)
+	if err != nil {
+		return err
+	}
+	if u.paths[p] {
+		return fmt.Errorf("%w: file %s sent twice", ErrInvalid, p)
+	}
+	if size < 0 {
+		return fmt.Errorf("%w: file %s has negative size %d", ErrInvalid, p, size)
+	}
+	if len(u.files) >= maxFiles {
+		return fmt.Errorf("%w: more than %d files", ErrTooLarge, maxFiles)
+	}
+	u.paths[p] = true
+	u.files = append(u.files, File{Path: p, Size: size})
+	u.cur = &u.files[len(u.files)-1]
+	u.curOff = 0
+	return u.enqueue(hashItem{begin: u.cur})
+}
+
+// Offer announces the next chunk of the current file and reports whether its bytes must be sent
+// (false: the registry already has it, or this upload already received it).
+func (u *Upload) Offer(ctx context.Context, sum [32]byte, size int64) (need bool, err error) {
+	if err := u.check(); err != nil {
+		return false, err
+	}
+	if u.cur == nil {
+		return false, fmt.Errorf("%w: chunk offered outside a file", ErrInvalid)
+	}
+	if size <= 0 || size > MaxChunkSize {
+		return false, fmt.Errorf("%w: chunk of %d bytes (limit %d)", ErrTooLarge, size, MaxChunkSize)
+	}
+	if u.curOff+size > u.cur.Size {
+		return false, fmt.Errorf("%w: chunks of %s exceed its declared size %d", ErrInvalid, u.cur.Path, u.cur.Size)
+	}
+	cw := u.offered[sum]
+	if cw != nil && cw.size != size {
+		return false, fmt.Errorf("%w: chunk %s offered with sizes %d and %d", ErrInvalid, Digest(sum), cw.size, size)
+	}
+	u.cur.Chunks = append(u.cur.Chunks, ChunkRef{SHA256: sum, Size: size})
+	u.curOff += size
+	if cw == nil {
+		have, err := u.s.haveChunk(ctx, sum)
+		if err != nil {
+			return false, err
+		}
+		if !have {
+			cw = &chunkWrite{sum: sum, size: size, written: make(chan struct{}),
+				data: make(chan []byte, 16), hdata: make(chan []byte, 16)}
+			u.offered[sum] = cw
+			u.needs = append(u.needs, cw)
+			return true, u.enqueue(hashItem{chunk: cw})
+		}
+		u.pinned = append(u.pinned, sum)
+		cw = &chunkWrite{sum: sum, size: size, written: closedChan}
+		u.offered[sum] = cw
+	}
+	// A chunk already stored, or already being received by this upload: the file hasher reads it
+	// back from the store once it is written.
+	u.stats.ChunksReused++
+	u.stats.BytesReused += size
+	return false, u.enqueue(hashItem{chunk: &chunkWrite{sum: sum, size: size, written: cw.written}})
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// Write delivers bytes of the needed chunks in offer order; a piece may span chunks. ErrInvalid if
+// no chunk bytes are expected.
+func (u *Upload) Write(p []byte) error {
+	if err := u.check(); err != nil {
+		return err
+	}
+	for len(p) > 0 {
+		if len(u.needs) == 0 {
+			return fmt.Errorf("%w: %d chunk bytes sent that no offer asked for", ErrInvalid, len(p))
+		}
+		cw := u.needs[0]
+		if cw.got == 0 {
+			u.startWriter(cw)
+		}
+		n := min(int64(len(p)), cw.size-cw.got)
+		piece := p[:n]
+		p = p[n:]
+		cw.got += n
+		u.stats.BytesReceived += n
+		if err := u.send(cw.data, piece); err != nil {
+			return err
+		}
+		if err := u.send(cw.hdata, piece); err != nil {
+			return err
+		}
+		if cw.got == cw.size {
+			close(cw.data)
+			close(cw.hdata)
+			u.needs = u.needs[1:]
+			u.stats.ChunksReceived++
+		}
+	}
+	return nil
+}
+
+func (u *Upload) send(ch chan []byte, p []byte) error {
+	select {
+	case ch <- p:
+		return nil
+	case <-u.abort:
+		return u.failure()
+	}
+}
+
+// startWriter makes one needed chunk durable in the background: hash while writing the payload,
+// verify the digest, then record the chunk and pin it to the session in one transaction.
+func (u *Upload) startWriter(cw *chunkWrite) {
+	select {
+	case u.sem <- struct{}{}:
+	case <-u.abort:
+		return
+	}
+	u.writers.Add(1)
+	go func() {
+		defer u.writers.Done()
+		defer func() { <-u.sem }()
+		defer close(cw.written)
+		r := &chanReader{ch: cw.data, abort: u.abort, aborted: &cw.aborted}
+		// The chunk is written with a context detached from the stream: once its bytes have all
+		// arrived, making them durable and recording them is what lets a later push resume.
+		ctx := context.WithoutCancel(context.Background())
+		sum := cw.sum
+		pending, err := u.s.db.WritePayload(ctx, r, &sum)
+		if err == nil {
+			err = u.s.recordChunk(ctx, u.session, pending)
+			pending.Release()
+		}
+		if errors.Is(err, store.ErrCorrupt) {
+			err = fmt.Errorf("%w: chunk %s: received bytes do not hash to the offered digest", ErrChecksum, Digest(cw.sum))
+		}
+		if err != nil {
+			cw.err = err
+			u.fail(fmt.Errorf("store chunk: %w", err))
+		}
+	}()
+}
+
+// EndFile finishes the current file; sum is its sha256, verified before Commit publishes.
+func (u *Upload) EndFile(sum [32]byte) error {
+	if err := u.check(); err != nil {
+		return err
+	}
+	if u.cur == nil {
+		return fmt.Errorf("%w: file end without a file", ErrInvalid)
+	}
+	if u.curOff != u.cur.Size {
+		return fmt.Errorf("%w: %s: chunks cover %d of its %d bytes", ErrInvalid, u.cur.Path, u.curOff, u.cur.Size)
+	}
+	u.cur.SHA256 = sum
+	f := u.cur
+	u.cur = nil
+	return u.enqueue(hashItem{end: f})
+}
+
+// Commit waits for every chunk to be durable and every file hash to be verified, then publishes the
+// version in one transaction (see Service.publish). On success the session is gone. On failure the
+// session remains (unless the failure is final, e.g. ErrExists) and durable chunks stay pinned.
+func (u *Upload) Commit(ctx context.Context) (ModelInfo, error) {
+	if err := u.check(); err != nil {
+		return ModelInfo{}, err
+	}
+	if u.cur != nil {
+		return ModelInfo{}, fmt.Errorf("%w: commit while %s is open", ErrIncomplete, u.cur.Path)
+	}
+	if len(u.needs) > 0 {
+		return ModelInfo{}, fmt.Errorf("%w: %d offered chunks were never sent", ErrIncomplete, len(u.needs))
+	}
+	u.done = true
+	close(u.hashQ)
+	select {
+	case <-u.hashDone:
+	case <-ctx.Done():
+		u.fail(ctx.Err())
+		return ModelInfo{}, ctx.Err()
+	}
+	u.writers.Wait()
+	if err := u.failure(); err != nil {
+		u.outcome = err
+		return ModelInfo{}, err
+	}
+	res, err := u.s.publish(ctx, publishRequest{info: u.info, manifest: &Manifest{Files: u.files}, aliases: u.aliases, sessionID: u.session})
+	if err != nil {
+		u.outcome = fmt.Errorf("publish %s:%s: %w", u.info.Name, u.info.Version, err)
+		return ModelInfo{}, u.outcome
+	}
+	u.committed = true
+	u.s.afterPublish(res)
+	return res.info, nil
+}
+
+// Close abandons the upload if it was not committed (chunks already durable stay pinned to the
+// session for resume) and releases in-process pins. Safe to call more than once.
+func (u *Upload) Close() {
+	if !u.imported && !u.closed {
+		m := u.s.opts.Metrics
+		err := u.outcome
+		if err == nil && !u.committed {
+			if err = u.failure(); err == nil {
+				err = context.Canceled
+			}
+		}
+		u.s.metric(m.Push, err)
+		if f := m.BytesReceived; f != nil && u.stats.BytesReceived > 0 {
+			f(u.stats.BytesReceived)
+		}
+		if f := m.BytesDeduped; f != nil && u.stats.BytesReused > 0 {
+			f(u.stats.BytesReused)
+		}
+	}
+	u.closed = true
+	u.fail(errAbandoned)
+	if !u.done {
+		u.done = true
+		close(u.hashQ)
+	}
+	<-u.hashDone
+	u.writers.Wait()
+	u.s.unpin(u.pinned)
+	u.pinned = nil
+}
+
+var errAbandoned = errors.New("upload abandoned")
+
+func (u *Upload) enqueue(it hashItem) error {
+	select {
+	case u.hashQ <- it:
+		return nil
+	default:
+		return fmt.Errorf("%w: more than %d chunks outstanding; wait for data to be consumed", ErrTooLarge, hashQueueLen)
+	}
+}
+
+func (u *Upload) check() error {
+	if u.done {
+		return fmt.Errorf("%w: upload already committed or closed", ErrInvalid)
+	}
+	return u.failure()
+}
+
+func (u *Upload) fail(err error) {
+	u.failMu.Lock()
+	defer u.failMu.Unlock()
+	if u.failErr == nil {
+		u.failErr = err
+		close(u.abort)
+	}
+}
+
+func (u *Upload) failure() error {
+	u.failMu.Lock()
+	defer u.failMu.Unlock()
+	if errors.Is(u.failErr, errAbandoned) {
+		return nil
+	}
+	return u.failErr
+}
+
+// hashFiles computes each file's sha256 over its chunks in order and compares it with the digest
+// EndFile declared.
+func (u *Upload) hashFiles() {
+	defer close(u.hashDone)
+	var h hash.Hash
+	buf := make([]byte, 1<<20)
+	for it := range u.hashQ {
+		switch {
+		case it.begin != nil:
+			h = sha256.New()
+		case it.end != nil:
+			var got [32]byte
+			h.Sum(got[:0])
+			if got != it.end.SHA256 {
+				u.fail(fmt.Errorf("%w: file %s hashes to %s, declared %s", ErrChecksum, it.end.Path, Digest(got), it.end.SHA256))
+			}
+		case it.chunk.hdata != nil:
+			for done := false; !done; {
+				select {
+				case p, ok := <-it.chunk.hdata:
+					if !ok {
+						done = true
+						break
+					}
+					h.Write(p)
+				case <-u.abort:
+					u.drain()
+					return
+				}
+			}
+		default:
+			select {
+			case <-it.chunk.written:
+			case <-u.abort:
+				u.drain()
+				return
+			}
+			if err := u.s.hashStoredChunk(it.chunk.sum, h, buf); err != nil {
+				u.fail(err)
+				u.drain()
+				return
+			}
+		}
+	}
+}
+
+func (u *Upload) drain() {
+	for range u.hashQ {
+	}
+}
+
+// chanReader reads the slices of one chunk from a channel; an abort makes it fail so the payload
+// writer keeps nothing.
+type chanReader struct {
+	ch      chan []byte
+	cur     []byte
+	abort   chan struct{}
+	aborted *atomic.Bool
+}
+
+func (r *chanReader) Read(p []byte) (int, error) {
+	for len(r.cur) == 0 {
+		select {
+		case b, ok := <-r.ch:
+			if !ok {
+				return 0, io.EOF
+			}
+			r.cur = b
+		case <-r.abort:
+			r.aborted.Store(true)
+			return 0, errAbandoned
+		}
+	}
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	return n, nil
+}
+
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
