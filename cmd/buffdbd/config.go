@@ -15,7 +15,7 @@ import (
 // environment bindings, `buffdbd config print` and the sample configs/buffdbd.yaml.
 type Config struct {
 	// DataDir holds the SQLite database and payload files. Empty means $STATE_DIRECTORY (set by
-	// systemd's StateDirectory=) or, outside systemd, defaultDataDir.
+	// systemd's StateDirectory=), else $XDG_DATA_HOME/buffdbd, else ~/.local/share/buffdbd.
 	DataDir string
 	// CacheDir holds partial downloads. Empty means $CACHE_DIRECTORY or <data_dir>/cache.
 	CacheDir string
@@ -102,8 +102,6 @@ type LogConfig struct {
 
 // Defaults. Each is chosen for an edge device on a slow link; the reason sits beside it.
 const (
-	// defaultDataDir is relative so `buffdbd run` on a fresh checkout works without root.
-	defaultDataDir = "buffdbd-data"
 	// defaultGRPCPort is BuffDB's port, so its clients connect unchanged.
 	defaultGRPCPort = "9313"
 	// defaultHTTPListen is loopback only: metrics are scraped by a local agent or over a tunnel.

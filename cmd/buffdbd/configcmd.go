@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -80,7 +79,12 @@ func newConfigCommand() *cobra.Command {
 		if err != nil {
 			return cfg, file, err
 		}
-		cfg.resolveDirs(os.Getenv)
+		if err := cfg.resolveDirs(); err != nil {
+			return cfg, file, err
+		}
+		if cfg.GRPC.Socket != socketNone {
+			cfg.GRPC.Socket = socketPath(cfg)
+		}
 		return cfg, file, nil
 	}
 	print := &cobra.Command{

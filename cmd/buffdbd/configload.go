@@ -71,7 +71,7 @@ type configKey struct {
 
 // configKeys lists every key, in the order of configs/buffdbd.yaml.
 var configKeys = []configKey{
-	{name: "data_dir", usage: "data directory (SQLite database and payload files); empty: $STATE_DIRECTORY or ./" + defaultDataDir,
+	{name: "data_dir", usage: "data directory (SQLite database and payload files); empty: $STATE_DIRECTORY, else $XDG_DATA_HOME/buffdbd, else ~/.local/share/buffdbd",
 		field: func(c *Config) any { return &c.DataDir }},
 	{name: "cache_dir", usage: "directory for partial downloads; empty: $CACHE_DIRECTORY or <data_dir>/cache",
 		field: func(c *Config) any { return &c.CacheDir }},
@@ -79,13 +79,13 @@ var configKeys = []configKey{
 		field: func(c *Config) any { return &c.ShutdownTimeout }},
 	{name: "grpc.listen", flag: "listen", usage: "gRPC TCP listen addresses (host:port, comma-separated)",
 		field: func(c *Config) any { return &c.GRPC.Listen }},
-	{name: "grpc.socket", usage: "unix socket for local CLI calls; empty: $RUNTIME_DIRECTORY/buffdbd.sock or <data_dir>/buffdbd.sock; \"none\" disables",
+	{name: "grpc.socket", flag: "socket", usage: "unix socket for local CLI calls; empty: $RUNTIME_DIRECTORY/buffdbd.sock or <data_dir>/buffdbd.sock; \"none\" disables",
 		field: func(c *Config) any { return &c.GRPC.Socket }},
 	{name: "grpc.max_message_bytes", usage: "largest gRPC message accepted or sent (e.g. 65MiB)",
 		field: func(c *Config) any { return &c.GRPC.MaxMessageBytes }},
 	{name: "http.listen", usage: "HTTP listen address for /metrics, /healthz, /readyz; empty disables",
 		field: func(c *Config) any { return &c.HTTP.Listen }},
-	{name: "store.durability", usage: "sync (writes survive power loss) or process (survive a crash; faster)",
+	{name: "store.durability", flag: "durability", usage: "sync (writes survive power loss) or process (survive a crash; faster)",
 		field: func(c *Config) any { return &c.Store.Durability }},
 	{name: "store.max_open_tx", usage: "most client transactions open at once",
 		field: func(c *Config) any { return &c.Store.MaxOpenTx }},
@@ -93,7 +93,7 @@ var configKeys = []configKey{
 		field: func(c *Config) any { return &c.Store.DefaultTxTimeout }},
 	{name: "store.max_tx_timeout", usage: "cap on any transaction's timeout",
 		field: func(c *Config) any { return &c.Store.MaxTxTimeout }},
-	{name: "store.query_writes", usage: "let the Query service write and enable Execute",
+	{name: "store.query_writes", flag: "query-writes", usage: "let the Query service write and enable Execute",
 		field: func(c *Config) any { return &c.Store.QueryWrites }},
 	{name: "registry.max_bytes", usage: "disk budget for model versions (e.g. 20GiB)",
 		field: func(c *Config) any { return &c.Registry.MaxBytes }},
@@ -504,26 +504,20 @@ func firstDir(v string) string {
 	return d
 }
 
-// resolveDirs fills empty directories from systemd's StateDirectory=/CacheDirectory=/RuntimeDirectory=
-// environment, else from defaults relative to the data directory. getenv is os.Getenv in production.
-func (c *Config) resolveDirs(getenv func(string) string) {
-	if c.DataDir == "" {
-		c.DataDir = firstDir(getenv("STATE_DIRECTORY"))
-		if c.DataDir == "" {
-			c.DataDir = defaultDataDir
-		}
+// resolveDirs makes the data directory absolute, defaulting it (see resolveDataDir: $STATE_DIRECTORY
+// under systemd), and defaults the cache directory to $CACHE_DIRECTORY or <data_dir>/cache. The socket
+// is resolved by socketPath ($RUNTIME_DIRECTORY under systemd).
+func (c *Config) resolveDirs() error {
+	dir, err := resolveDataDir(c.DataDir)
+	if err != nil {
+		return err
 	}
+	c.DataDir = dir
 	if c.CacheDir == "" {
-		c.CacheDir = firstDir(getenv("CACHE_DIRECTORY"))
+		c.CacheDir = firstDir(os.Getenv("CACHE_DIRECTORY"))
 		if c.CacheDir == "" {
 			c.CacheDir = filepath.Join(c.DataDir, "cache")
 		}
 	}
-	if c.GRPC.Socket == "" {
-		dir := firstDir(getenv("RUNTIME_DIRECTORY"))
-		if dir == "" {
-			dir = c.DataDir
-		}
-		c.GRPC.Socket = filepath.Join(dir, "buffdbd.sock")
-	}
+	return nil
 }

@@ -260,7 +260,7 @@ func TestLoadConfig_Errors(t *testing.T) {
 			want: "registry.max_bytes: invalid size \"lots\" (use e.g. 512MiB, 20GiB or a number of bytes) (from environment BUFFDBD_REGISTRY_MAX_BYTES)"},
 		{name: "BadDuration", file: "registry:\n  gc_interval: 1 hour\n", want: `registry.gc_interval: invalid duration "1 hour"`},
 		{name: "UnitlessDuration", file: "shutdown_timeout: 30\n", want: "shutdown_timeout: invalid duration 30: needs a unit"},
-		{name: "BadBoolFlag", flags: []string{"--store-durability", "fast"}, want: `store.durability: must be "sync" or "process", got "fast"`},
+		{name: "BadBoolFlag", flags: []string{"--durability", "fast"}, want: `store.durability: must be "sync" or "process", got "fast"`},
 		{name: "BadListen", file: "grpc:\n  listen: [\"localhost\"]\n", want: `grpc.listen: "localhost": must be host:port`},
 		{name: "ListenNotList", file: "grpc:\n  listen: {a: 1}\n", want: "grpc.listen: must be a list of strings, got a mapping"},
 		{name: "BadInt", env: map[string]string{"BUFFDBD_STORE_MAX_OPEN_TX": "many"}, want: `store.max_open_tx: must be a whole number, got "many"`},
@@ -312,29 +312,44 @@ func TestLoadConfig_UnknownEnvWarns(t *testing.T) {
 }
 
 func TestConfig_resolveDirs(t *testing.T) {
-	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 	t.Run("Systemd", func(t *testing.T) {
+		t.Setenv("STATE_DIRECTORY", "/var/lib/buffdbd")
+		t.Setenv("CACHE_DIRECTORY", "/var/cache/buffdbd:/other")
+		t.Setenv("RUNTIME_DIRECTORY", "/run/buffdbd")
 		c := DefaultConfig()
-		c.resolveDirs(env(map[string]string{"STATE_DIRECTORY": "/var/lib/buffdbd", "CACHE_DIRECTORY": "/var/cache/buffdbd:/other",
-			"RUNTIME_DIRECTORY": "/run/buffdbd"}))
-		if c.DataDir != "/var/lib/buffdbd" || c.CacheDir != "/var/cache/buffdbd" || c.GRPC.Socket != "/run/buffdbd/buffdbd.sock" {
-			t.Fatalf("got %q %q %q", c.DataDir, c.CacheDir, c.GRPC.Socket)
+		if err := c.resolveDirs(); err != nil {
+			t.Fatal(err)
+		}
+		if c.DataDir != "/var/lib/buffdbd" || c.CacheDir != "/var/cache/buffdbd" || socketPath(c) != "/run/buffdbd/buffdbd.sock" {
+			t.Fatalf("got %q %q %q", c.DataDir, c.CacheDir, socketPath(c))
 		}
 	})
 	t.Run("Plain", func(t *testing.T) {
+		for _, v := range []string{"STATE_DIRECTORY", "CACHE_DIRECTORY", "RUNTIME_DIRECTORY"} {
+			t.Setenv(v, "")
+		}
+		home := t.TempDir()
+		t.Setenv("HOME", home)
+		t.Setenv("XDG_DATA_HOME", "")
 		c := DefaultConfig()
-		c.resolveDirs(env(nil))
-		if c.DataDir != defaultDataDir || c.CacheDir != filepath.Join(defaultDataDir, "cache") ||
-			c.GRPC.Socket != filepath.Join(defaultDataDir, "buffdbd.sock") {
-			t.Fatalf("got %q %q %q", c.DataDir, c.CacheDir, c.GRPC.Socket)
+		if err := c.resolveDirs(); err != nil {
+			t.Fatal(err)
+		}
+		data := filepath.Join(home, ".local", "share", "buffdbd")
+		if c.DataDir != data || c.CacheDir != filepath.Join(data, "cache") || socketPath(c) != filepath.Join(data, "buffdbd.sock") {
+			t.Fatalf("got %q %q %q", c.DataDir, c.CacheDir, socketPath(c))
 		}
 	})
 	t.Run("ExplicitWins", func(t *testing.T) {
+		t.Setenv("STATE_DIRECTORY", "/var/lib/buffdbd")
+		t.Setenv("RUNTIME_DIRECTORY", "/run/buffdbd")
 		c := DefaultConfig()
 		c.DataDir, c.GRPC.Socket = "/data", socketNone
-		c.resolveDirs(env(map[string]string{"STATE_DIRECTORY": "/var/lib/buffdbd"}))
-		if c.DataDir != "/data" || c.GRPC.Socket != socketNone || c.CacheDir != "/data/cache" {
-			t.Fatalf("got %q %q %q", c.DataDir, c.GRPC.Socket, c.CacheDir)
+		if err := c.resolveDirs(); err != nil {
+			t.Fatal(err)
+		}
+		if c.DataDir != "/data" || socketPath(c) != "" || c.CacheDir != "/data/cache" {
+			t.Fatalf("got %q %q %q", c.DataDir, socketPath(c), c.CacheDir)
 		}
 	})
 }

@@ -71,10 +71,10 @@ func TestHTTPHandler_Health(t *testing.T) {
 
 func TestMetrics_GRPCAndLint(t *testing.T) {
 	m := newMetrics(readBuildInfo())
-	srv := grpc.NewServer(m.serverOptions()...)
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(m.unaryInterceptor()), grpc.ChainStreamInterceptor(m.streamInterceptor()))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
-	m.initialize(srv)
+	m.initialize()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

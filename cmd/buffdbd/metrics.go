@@ -8,7 +8,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
+	indexpb "github.com/buffdb/buffdbd/api/proto/indexpb"
+	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
+	querypb "github.com/buffdb/buffdbd/api/proto/querypb"
 	"github.com/buffdb/buffdbd/store"
 )
 
@@ -49,17 +54,42 @@ func newMetrics(bi buildInfo) *metrics {
 	return m
 }
 
-// serverOptions returns the gRPC interceptors that feed grpc_server_*. Call initialize after every
-// service is registered so each method's series exist (at zero) before its first call.
-func (m *metrics) serverOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor()),
-	}
+// unaryInterceptor and streamInterceptor feed grpc_server_*.
+func (m *metrics) unaryInterceptor() grpc.UnaryServerInterceptor {
+	return m.grpc.UnaryServerInterceptor()
+}
+func (m *metrics) streamInterceptor() grpc.StreamServerInterceptor {
+	return m.grpc.StreamServerInterceptor()
 }
 
-// initialize pre-creates the grpc_server_* series of every registered method.
-func (m *metrics) initialize(s *grpc.Server) { m.grpc.InitializeMetrics(s) }
+// servedServices are the services whose grpc_server_* series are created at zero before their
+// first call (so rate() and absent() work from the start). Services a hook adds later still get
+// series on first use.
+var servedServices = []*grpc.ServiceDesc{
+	&kvpb.Kv_ServiceDesc, &blobpb.Blob_ServiceDesc, &querypb.Query_ServiceDesc, &indexpb.Index_ServiceDesc,
+	&healthpb.Health_ServiceDesc,
+}
+
+// serviceInfo turns service descriptors into what grpc.Server.GetServiceInfo reports.
+type serviceInfo []*grpc.ServiceDesc
+
+func (s serviceInfo) GetServiceInfo() map[string]grpc.ServiceInfo {
+	out := make(map[string]grpc.ServiceInfo, len(s))
+	for _, d := range s {
+		var ms []grpc.MethodInfo
+		for _, u := range d.Methods {
+			ms = append(ms, grpc.MethodInfo{Name: u.MethodName})
+		}
+		for _, st := range d.Streams {
+			ms = append(ms, grpc.MethodInfo{Name: st.StreamName, IsClientStream: st.ClientStreams, IsServerStream: st.ServerStreams})
+		}
+		out[d.ServiceName] = grpc.ServiceInfo{Methods: ms}
+	}
+	return out
+}
+
+// initialize pre-creates the grpc_server_* series of servedServices.
+func (m *metrics) initialize() { m.grpc.InitializeMetrics(serviceInfo(servedServices)) }
 
 // storeStats is store.Stats; the alias keeps collector signatures short.
 type storeStats = store.Stats

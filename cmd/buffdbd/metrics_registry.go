@@ -138,7 +138,8 @@ func (m *metrics) registerRegistry(stats func(context.Context) (registry.Stats, 
 	return newRegistryMetrics(m.registry).hooks()
 }
 
-// fetchMetrics implements huggingface.Observer with Prometheus metrics.
+// fetchMetrics implements huggingface.Observer with Prometheus metrics. A nil *fetchMetrics is a
+// valid no-op observer.
 type fetchMetrics struct {
 	fetches    *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
@@ -176,20 +177,86 @@ func (m *metrics) registerFetch() *fetchMetrics {
 }
 
 // BytesDownloaded implements huggingface.Observer.
-func (f *fetchMetrics) BytesDownloaded(n int64) { f.downloaded.Add(float64(n)) }
+func (f *fetchMetrics) BytesDownloaded(n int64) {
+	if f == nil {
+		return
+	}
+	f.downloaded.Add(float64(n))
+}
 
 // FileDownloaded implements huggingface.Observer.
-func (f *fetchMetrics) FileDownloaded() { f.files.Inc() }
+func (f *fetchMetrics) FileDownloaded() {
+	if f == nil {
+		return
+	}
+	f.files.Inc()
+}
 
 // RetryObserved implements huggingface.Observer. The error is not a label: its text is unbounded.
-func (f *fetchMetrics) RetryObserved(error) { f.retries.Inc() }
+func (f *fetchMetrics) RetryObserved(error) {
+	if f == nil {
+		return
+	}
+	f.retries.Inc()
+}
 
 // DownloadsActive implements huggingface.Observer.
-func (f *fetchMetrics) DownloadsActive(delta int) { f.active.Add(float64(delta)) }
+func (f *fetchMetrics) DownloadsActive(delta int) {
+	if f == nil {
+		return
+	}
+	f.active.Add(float64(delta))
+}
 
 // FetchDone implements huggingface.Observer.
 func (f *fetchMetrics) FetchDone(result string, d time.Duration) {
+	if f == nil {
+		return
+	}
 	r := boundedLabel(result, fetchResults)
 	f.fetches.WithLabelValues(r).Inc()
 	f.duration.WithLabelValues(r).Observe(d.Seconds())
+}
+
+// observers hand layered services (registry, fetcher) their metrics hooks. serviceHooks get them
+// with observersFrom(ctx):
+//
+//	obs := observersFrom(ctx)
+//	var svc *registry.Service
+//	opts.Metrics = obs.Registry(func(ctx context.Context) (registry.Stats, error) { return svc.Stats(ctx) },
+//		int64(cfg.Registry.MaxBytes))
+//	svc = registry.NewService(db, opts)
+//	hfOpts.Observer = obs.Fetch() // a nil *fetchMetrics is a no-op observer
+//
+// Without metrics (http.listen empty, or the CLI's in-process server) every hook is a no-op.
+type observers struct{ m *metrics }
+
+type observersKey struct{}
+
+// withObservers attaches m's hooks to the context serviceHooks receive.
+func withObservers(ctx context.Context, m *metrics) context.Context {
+	return context.WithValue(ctx, observersKey{}, observers{m})
+}
+
+// observersFrom returns the hooks attached by withObservers (no-ops when none are).
+func observersFrom(ctx context.Context) observers {
+	o, _ := ctx.Value(observersKey{}).(observers)
+	return o
+}
+
+// Registry registers the registry's counters and scrape-time gauges (computed by stats, which may
+// be bound to a service created after this call) and returns the registry.Options.Metrics hooks.
+func (o observers) Registry(stats func(context.Context) (registry.Stats, error), maxBytes int64) registry.Metrics {
+	if o.m == nil {
+		return registry.Metrics{}
+	}
+	return o.m.registerRegistry(stats, maxBytes)
+}
+
+// Fetch registers the fetcher metrics and returns the huggingface.Observer; nil without metrics.
+func (o observers) Fetch() *fetchMetrics {
+	if o.m == nil {
+		return nil
+	}
+	return o.m.registerFetch()
 }

@@ -33,7 +33,7 @@ wait_for() {
 
 CGO_ENABLED=0 go build -o "$tmp/buffdbd" ./cmd/buffdbd
 "$tmp/buffdbd" run --config=/dev/null --data-dir "$tmp/data" --listen "127.0.0.1:$gport" \
-  --http-listen "127.0.0.1:$hport" --grpc-socket none --log-format text >"$tmp/buffdbd.log" 2>&1 &
+  --http-listen "127.0.0.1:$hport" --socket none --log-format text >"$tmp/buffdbd.log" 2>&1 &
 pids+=($!)
 if ! wait_for "buffdbd /readyz" 30 curl -fsS "http://127.0.0.1:$hport/readyz"; then cat "$tmp/buffdbd.log"; exit 1; fi
 
