@@ -136,7 +136,7 @@ func cliSuite(t *testing.T, base ...string) {
 		if r := must(t, exitOK, "", a("index", "find", "fw", "onnx")...); r.stdout != "m:a\n" {
 			t.Fatalf("find = %q", r.stdout)
 		}
-		if r := must(t, exitOK, "", a("index", "range", "n", "--ge", "3", "--desc", "--values")...); r.stdout != "m:b\t20\nm:a\t3\n" {
+		if r := must(t, exitOK, "", a("index", "range", "n", "--ge", "3", "--desc", "--values")...); r.stdout != "m:b\t{\"fw\":\"tflite\",\"n\":20}\nm:a\t{\"fw\":\"onnx\",\"n\":3}\n" {
 			t.Fatalf("range = %q", r.stdout)
 		}
 		if r := must(t, exitOK, "", a("index", "ls")...); !strings.Contains(r.stdout, "btree") || !strings.Contains(r.stdout, "$.fw") {
@@ -203,6 +203,7 @@ func startDaemon(t testing.TB, dir string) *Main {
 	cfg := DefaultConfig()
 	cfg.DataDir = dir
 	cfg.GRPC.Listen = []string{"127.0.0.1:0"}
+	cfg.HTTP.Listen = "" // metrics are tested elsewhere; a fixed port would collide across tests
 	m := NewMain(cfg, nil)
 	if err := m.Open(context.Background()); err != nil {
 		t.Fatalf("Open: %v", err)
@@ -222,6 +223,7 @@ func TestMain_Socket(t *testing.T) {
 		cfg := DefaultConfig()
 		cfg.DataDir = dir
 		cfg.GRPC.Listen = []string{"127.0.0.1:0"}
+		cfg.HTTP.Listen = ""
 		err := NewMain(cfg, nil).Open(context.Background())
 		if err == nil || !strings.Contains(err.Error(), "already serving") {
 			t.Fatalf("second daemon on one data dir: err = %v", err)

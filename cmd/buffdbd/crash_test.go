@@ -71,7 +71,7 @@ func startProc(t testing.TB, dir string) *daemonProc {
 	t.Helper()
 	addr := freePort(t)
 	p := &daemonProc{log: &bytes.Buffer{}}
-	p.cmd = exec.Command(buffdbdBin, "run", "--data-dir", dir, "--listen", addr)
+	p.cmd = exec.Command(buffdbdBin, "run", "--data-dir", dir, "--listen", addr, "--http-listen=")
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

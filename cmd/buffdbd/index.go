@@ -125,7 +125,7 @@ func newIndexFindCmd(g *globalFlags) *cobra.Command {
 		}),
 	}
 	cmd.Flags().Uint64Var(&limit, "limit", 0, "print at most this many keys (0: all)")
-	cmd.Flags().BoolVar(&values, "values", false, "print each key's indexed value after a tab")
+	cmd.Flags().BoolVar(&values, "values", false, "print each key's value after a tab")
 	return cmd
 }
 
@@ -170,7 +170,7 @@ func newIndexRangeCmd(g *globalFlags) *cobra.Command {
 	fl.StringVar(&le, "le", "", "upper bound, inclusive")
 	fl.Uint64Var(&limit, "limit", 0, "print at most this many keys (0: all)")
 	fl.BoolVar(&desc, "desc", false, "highest values first")
-	fl.BoolVar(&values, "values", false, "print each key's indexed value after a tab")
+	fl.BoolVar(&values, "values", false, "print each key's value after a tab")
 	return cmd
 }
 
