@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -114,7 +115,15 @@ type acked struct {
 func writeUntilKilled(conn *grpc.ClientConn, round int, a *acked, started chan<- struct{}) {
 	var wg sync.WaitGroup
 	var once sync.Once
-	signal := func() { once.Do(func() { close(started) }) }
+	// Kill only once both streams have had writes acknowledged in this round.
+	a.mu.Lock()
+	kv0, blobs0 := len(a.kv), len(a.blobs)
+	a.mu.Unlock()
+	check := func() { // with a.mu held
+		if len(a.kv)-kv0 >= 2000 && len(a.blobs)-blobs0 >= 20 {
+			once.Do(func() { close(started) })
+		}
+	}
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -137,11 +146,8 @@ func writeUntilKilled(conn *grpc.ClientConn, round int, a *acked, started chan<-
 			k := r.GetKey()
 			a.mu.Lock()
 			a.kv[k] = "v" + k[strings.LastIndex(k, "-k")+2:]
-			n := len(a.kv)
+			check()
 			a.mu.Unlock()
-			if n > 2000*(round+1) {
-				signal()
-			}
 		}
 	}()
 	go func() {
@@ -155,9 +161,9 @@ func writeUntilKilled(conn *grpc.ClientConn, round int, a *acked, started chan<-
 			rng := rand.New(rand.NewPCG(uint64(round), 1))
 			for {
 				// Sizes on both sides of the store's inline threshold: rows and payload files.
-				b := make([]byte, rng.IntN(200<<10))
-				for i := range b {
-					b[i] = byte(rng.Uint32())
+				b := make([]byte, rng.IntN(64<<10))
+				for i := 0; i+8 <= len(b); i += 8 {
+					binary.LittleEndian.PutUint64(b[i:], rng.Uint64())
 				}
 				sum := sha256.Sum256(b)
 				if s.Send(&blobpb.StoreRequest{Bytes: b}) != nil {
@@ -174,6 +180,7 @@ func writeUntilKilled(conn *grpc.ClientConn, round int, a *acked, started chan<-
 			sum := <-sums
 			a.mu.Lock()
 			a.blobs[r.GetId()] = sum
+			check()
 			a.mu.Unlock()
 		}
 	}()
