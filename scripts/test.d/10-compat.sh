@@ -29,7 +29,7 @@ fi
 listen=()
 for a in "${addrs[@]}"; do listen+=(--listen "$a"); done
 
-"$work/buffdbd" run --data-dir "$work/data" "${listen[@]}" >"$work/daemon.log" 2>&1 &
+"$work/buffdbd" run --data-dir "$work/data" "${listen[@]}" --http-listen= >"$work/daemon.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 200); do
   grep -q "buffdbd serving" "$work/daemon.log" 2>/dev/null && break

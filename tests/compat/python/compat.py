@@ -1,11 +1,13 @@
 #!/usr/bin/python3
 """BuffDB compatibility check with a real Python client (Debian's python3-grpcio and grpc_tools).
 
-Generates stubs from buffdbd's api/proto/*.proto into a temporary directory at run time, as BuffDB's
-Python example does with its own protos, then: KvStub Set then Get; blob Store with and without
+Generates Python code from buffdbd's api/proto/*.proto into a temporary directory at run time (as
+BuffDB's Python example does with its own protos), then: KvStub Set then Get; blob Store with and without
 metadata and Get, checking metadata presence. Usage: compat.py HOST:PORT. Exits non-zero on mismatch.
 """
 import os
+import re
+import subprocess
 import sys
 import tempfile
 
@@ -17,12 +19,23 @@ PROTO_DIR = os.path.normpath(os.path.join(HERE, "..", "..", "..", "api", "proto"
 
 
 def generate(out):
-    # grpc_tools ships the well-known types (google/protobuf/wrappers.proto); add its include dir.
+    """Generates kv/blob message modules and gRPC stubs into out.
+
+    Debian's grpc_tools bundles libprotoc 3.5, which predates proto3 `optional` (BuffDB's protos use
+    it for presence, e.g. blob metadata). So the message modules come from Debian's protoc 3.21
+    (protobuf-compiler, matching python3-protobuf), and grpc_tools generates only the *_pb2_grpc
+    stubs, from a copy with `optional` removed: stubs name services, methods and message classes,
+    never fields, so they are identical either way.
+    """
+    subprocess.run(["protoc", "-I", PROTO_DIR, "--python_out", out, "kv.proto", "blob.proto"], check=True)
+    plain = os.path.join(out, "plain")
+    os.mkdir(plain)
+    for name in ("kv.proto", "blob.proto"):
+        with open(os.path.join(PROTO_DIR, name)) as src, open(os.path.join(plain, name), "w") as dst:
+            dst.write(re.sub(r"\boptional\s+", "", src.read()))
     wkt = os.path.join(os.path.dirname(protoc.__file__), "_proto")
-    args = ["protoc", "-I", PROTO_DIR, "-I", wkt, "--python_out", out, "--grpc_python_out", out,
-            "kv.proto", "blob.proto"]
-    if protoc.main(args) != 0:
-        sys.exit("protoc failed")
+    if protoc.main(["protoc", "-I", plain, "-I", wkt, "--grpc_python_out", out, "kv.proto", "blob.proto"]) != 0:
+        sys.exit("grpc_tools protoc failed")
     sys.path.insert(0, out)
 
 
