@@ -84,6 +84,7 @@ a running daemon (its unix socket in the data directory, or --addr) or open the 
 		newBlobCmd(g),
 		newQueryCmd(g),
 		newIndexCmd(g),
+		newFetchCmd(g),
 	)
 	return root
 }
