@@ -21,6 +21,7 @@ const (
 	exitUsage    = 2 // bad command line
 	exitNotFound = 3 // a key, blob id, index or transaction does not exist
 	exitError    = 4 // anything else
+	// exitConfig (78, EX_CONFIG, defined in config.go): invalid configuration file, value or key
 )
 
 // errFalse makes a check command exit with exitFalse without printing anything more.
@@ -63,6 +64,11 @@ func reportError(w io.Writer, err error) int {
 	}
 	if errors.Is(err, errFalse) {
 		return exitFalse
+	}
+	if errors.Is(err, ErrConfig) {
+		// One line naming the key; systemd's RestartPreventExitStatus=78 stops a restart loop.
+		fmt.Fprintf(w, "buffdbd: configuration: %v\n", err)
+		return exitConfig
 	}
 	var ue usageError
 	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {

@@ -74,7 +74,7 @@ a running daemon (its unix socket in the data directory, or --addr) or open the 
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.dataDir, "data-dir", "", "data directory (default $STATE_DIRECTORY, else $XDG_DATA_HOME/buffdbd, else ~/.local/share/buffdbd)")
 	pf.StringVar(&g.addr, "addr", "", "gRPC address of a buffdbd daemon (host:port or unix:///path); default: the data directory's socket, else the store directly")
-	pf.StringVar(&g.config, "config", "", "configuration file (reserved; configuration files are not read yet)")
+	pf.StringVar(&g.config, "config", "", "configuration file (read by run and config; default "+defaultConfigFile+" when present)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 
@@ -85,6 +85,8 @@ a running daemon (its unix socket in the data directory, or --addr) or open the 
 		newQueryCmd(g),
 		newIndexCmd(g),
 		newFetchCmd(g),
+		newConfigCommand(),
+		newVersionCommand(),
 	)
 	return root
 }

@@ -7,10 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -106,8 +108,19 @@ type Main struct {
 	listeners []net.Listener
 	addrs     []net.Addr
 	socket    string
-	serveErr  chan error
-	wg        sync.WaitGroup
+	// socketLink is <data_dir>/buffdbd.sock pointing at a socket elsewhere ($RUNTIME_DIRECTORY), so
+	// CLI calls that only know the data directory still find the daemon.
+	socketLink string
+	serveErr   chan error
+	wg         sync.WaitGroup
+
+	// Operations: metrics (nil when http.listen is empty), the HTTP listener, systemd notification.
+	metrics  *metrics
+	http     *http.Server
+	httpLn   net.Listener
+	httpAddr net.Addr
+	systemd  *systemd
+	ready    atomic.Bool
 }
 
 // NewMain returns a Main for cfg; nothing runs until Open.
@@ -115,7 +128,7 @@ func NewMain(cfg Config, log *slog.Logger) *Main {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Main{Config: cfg, Logger: log, serveErr: make(chan error, 1)}
+	return &Main{Config: cfg, Logger: log, serveErr: make(chan error, 1), systemd: newSystemd(log)}
 }
 
 // Open opens the store, builds the services, binds every listener and starts serving. On error
@@ -126,12 +139,13 @@ func (m *Main) Open(ctx context.Context) (err error) {
 			m.Close(context.Background())
 		}
 	}()
-	if m.Config.DataDir, err = resolveDataDir(m.Config.DataDir); err != nil {
+	if err := m.Config.resolveDirs(); err != nil {
 		return err
 	}
 	if err := m.Config.Validate(); err != nil {
 		return err
 	}
+	m.instrument()
 	// Bind the socket first: a daemon already serving this data directory answers on it, and
 	// refusing here gives a clearer message than the store's lock would.
 	if m.socket = socketPath(m.Config); m.socket != "" {
@@ -143,12 +157,28 @@ func (m *Main) Open(ctx context.Context) (err error) {
 			return err
 		}
 		m.listeners = append(m.listeners, l)
+		if err := m.linkSocket(); err != nil {
+			return err
+		}
 	}
 	if m.DB, err = openStore(ctx, m.Config, m.Logger); err != nil {
 		return err
 	}
+	if m.metrics != nil {
+		m.metrics.registerStore(m.DB.Stats)
+		ctx = withObservers(ctx, m.metrics)
+	}
 	if m.Services, err = buildServices(ctx, m.DB, m.Config, m.Logger, m.ServerOptions); err != nil {
 		return err
+	}
+	if m.metrics != nil {
+		m.metrics.initialize()
+	}
+	if m.Config.HTTP.Listen != "" {
+		if m.httpLn, err = net.Listen("tcp", m.Config.HTTP.Listen); err != nil {
+			return fmt.Errorf("http.listen: listen on %s: %w", m.Config.HTTP.Listen, err)
+		}
+		m.httpAddr = m.httpLn.Addr()
 	}
 	for _, a := range m.Config.GRPC.Listen {
 		l, err := net.Listen("tcp", a)
@@ -178,11 +208,77 @@ func (m *Main) Open(ctx context.Context) (err error) {
 			}
 		}()
 	}
+	if m.httpLn != nil {
+		m.http = newHTTPServer(newHTTPHandler(m.metrics.registry, m.readiness, m.Logger), m.Logger)
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			serveHTTP(m.http, m.httpLn, m.Logger)
+		}()
+	}
 	m.Services.srv.SetServing()
-	m.Logger.Info("buffdbd serving", "data_dir", m.Config.DataDir, "addrs", addrStrings(m.addrs))
+	m.ready.Store(true)
+	m.Logger.Info("buffdbd serving", "data_dir", m.Config.DataDir, "addrs", addrStrings(m.addrs),
+		"http", addrString(m.httpAddr))
+	// Every listener is bound and serving: only now may systemd consider the unit started.
+	m.systemd.ready(fmt.Sprintf("serving on %s", strings.Join(addrStrings(m.addrs), ", ")))
+	m.systemd.startWatchdog(m.readiness)
 	if m.OnReady != nil {
 		m.OnReady()
 	}
+	return nil
+}
+
+// instrument sets up metrics and request logging before the gRPC server is built: interceptors
+// are fixed at construction. Metrics exist only when something can scrape them (http.listen set).
+func (m *Main) instrument() {
+	if m.Config.HTTP.Listen != "" {
+		m.metrics = newMetrics(readBuildInfo())
+		m.ServerOptions.UnaryInterceptors = append(m.ServerOptions.UnaryInterceptors, m.metrics.unaryInterceptor())
+		m.ServerOptions.StreamInterceptors = append(m.ServerOptions.StreamInterceptors, m.metrics.streamInterceptor())
+	}
+	unary, stream := requestLogInterceptors(m.Logger)
+	m.ServerOptions.UnaryInterceptors = append(m.ServerOptions.UnaryInterceptors, unary)
+	m.ServerOptions.StreamInterceptors = append(m.ServerOptions.StreamInterceptors, stream)
+}
+
+// readiness is nil once the store is open (migrations applied) and the listeners serve, until
+// shutdown begins. /readyz and the systemd watchdog use it.
+func (m *Main) readiness(ctx context.Context) error {
+	if !m.ready.Load() {
+		if m.DB == nil {
+			return errors.New("store not open")
+		}
+		return errShuttingDown
+	}
+	return nil
+}
+
+// HTTPAddr is the bound HTTP listener address (nil when http.listen is empty).
+func (m *Main) HTTPAddr() net.Addr { return m.httpAddr }
+
+// linkSocket points <data_dir>/buffdbd.sock at a socket bound elsewhere (systemd's runtime
+// directory), replacing a stale link from a crashed daemon.
+func (m *Main) linkSocket() error {
+	link := filepath.Join(m.Config.DataDir, "buffdbd.sock")
+	if link == m.socket || m.Config.GRPC.Socket != "" {
+		return nil // the socket is in the data directory, or placed explicitly by the operator
+	}
+	if err := os.MkdirAll(m.Config.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	if fi, err := os.Lstat(link); err == nil {
+		if fi.Mode()&os.ModeSymlink == 0 && daemonAnswers(link) {
+			return fmt.Errorf("another buffdbd is already serving this data directory (socket %s)", link)
+		}
+		_ = os.Remove(link)
+	}
+	if err := os.Symlink(m.socket, link); err != nil {
+		// The CLI can still be pointed at the socket with --addr; not worth refusing to start.
+		m.Logger.Warn("cannot link the socket into the data directory", "err", err)
+		return nil
+	}
+	m.socketLink = link
 	return nil
 }
 
@@ -196,11 +292,27 @@ func (m *Main) Err() <-chan error { return m.serveErr }
 // until ctx is done (then cancel them), stop layered services, close the store, remove the socket.
 func (m *Main) Close(ctx context.Context) error {
 	var errs []error
+	if m.ready.Swap(false) {
+		m.systemd.stopping()
+	}
+	m.systemd.stopWatchdog()
 	if m.Services != nil {
 		m.Services.srv.Shutdown(ctx)
 	}
 	for _, l := range m.listeners {
 		l.Close() // those never handed to Serve (a failed Open); the rest report "already closed"
+	}
+	// HTTP goes last among the listeners: /healthz and /metrics stay up while gRPC drains. Its own
+	// requests are short, so a fresh short deadline suffices even when ctx has expired.
+	if m.http != nil {
+		hctx, cancel := context.WithTimeout(context.Background(), httpShutdownTimeout)
+		if err := m.http.Shutdown(hctx); err != nil {
+			m.http.Close()
+		}
+		cancel()
+		m.http = nil
+	} else if m.httpLn != nil {
+		m.httpLn.Close()
 	}
 	m.wg.Wait()
 	if m.Services != nil {
@@ -213,6 +325,10 @@ func (m *Main) Close(ctx context.Context) error {
 	}
 	if m.socket != "" && len(m.listeners) > 0 {
 		os.Remove(m.socket) // usually gone already: net.UnixListener.Close unlinks it
+	}
+	if m.socketLink != "" {
+		os.Remove(m.socketLink)
+		m.socketLink = ""
 	}
 	m.listeners = nil
 	return errors.Join(errs...)
@@ -284,6 +400,10 @@ func socketPath(cfg Config) string {
 	case socketNone:
 		return ""
 	case "":
+		// systemd's RuntimeDirectory= (/run/buffdbd); the daemon links it into the data directory.
+		if d := firstDir(os.Getenv("RUNTIME_DIRECTORY")); d != "" {
+			return filepath.Join(d, "buffdbd.sock")
+		}
 		return filepath.Join(cfg.DataDir, "buffdbd.sock")
 	}
 	return cfg.GRPC.Socket
@@ -297,49 +417,57 @@ func addrStrings(as []net.Addr) []string {
 	return out
 }
 
-// runFlags are `buffdbd run`'s own flags; --data-dir and --config are global.
-type runFlags struct {
-	listen      []string
-	socket      string
-	durability  string
-	queryWrites bool
-}
+// httpShutdownTimeout bounds the HTTP listener's shutdown: scrapes and probes take milliseconds.
+const httpShutdownTimeout = 2 * time.Second
 
 func newRunCmd(g *globalFlags) *cobra.Command {
-	f := &runFlags{}
-	def := DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the daemon: serve the store over gRPC until SIGINT/SIGTERM",
 		Long: `Run the daemon: serve buffdb.kv, buffdb.blob, buffdb.query, buffdb.index, health and reflection
-over gRPC on the --listen addresses and on the data directory's unix socket (used by local CLI
-calls), until SIGINT or SIGTERM. A second signal exits at once.`,
+over gRPC on the --listen addresses and on the unix socket (used by local CLI calls), and
+/metrics, /healthz and /readyz over HTTP on --http-listen, until SIGINT or SIGTERM. A second
+signal exits at once.
+
+Configuration comes from flags, then BUFFDBD_* environment variables, then the config file
+(--config, default /etc/buffdbd/buffdbd.yaml when present), then defaults; see
+'buffdbd config print'. An invalid configuration exits with code 78.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg := DefaultConfig()
-			cfg.DataDir = g.dataDir
-			cfg.GRPC.Listen = f.listen
-			cfg.GRPC.Socket = f.socket
-			cfg.Store.Durability = f.durability
-			cfg.Store.QueryWrites = f.queryWrites
-			return runDaemon(cmd.Context(), cfg, g.logger(cmd))
+			cfg, file, warnings, err := LoadConfig(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			target := logTarget{}
+			if f, ok := cmd.ErrOrStderr().(*os.File); ok {
+				target = detectLogTarget(f)
+			}
+			log, err := newLogger(cmd.ErrOrStderr(), cfg.Log.Level, cfg.Log.Format, target)
+			if err != nil {
+				return configErrorf("log: %v", err)
+			}
+			bi := readBuildInfo()
+			log.Info("starting buffdbd", "version", bi.Version, "commit", bi.Commit, "go", bi.GoVersion,
+				"config_file", file)
+			for _, w := range warnings {
+				log.Warn(w)
+			}
+			return runDaemon(cmd.Context(), cfg, log)
 		},
 	}
-	fl := cmd.Flags()
-	fl.StringArrayVar(&f.listen, "listen", def.GRPC.Listen, "gRPC TCP address to listen on (repeatable)")
-	fl.StringVar(&f.socket, "socket", "", `unix socket for local CLI calls (default <data-dir>/buffdbd.sock; "none" disables)`)
-	fl.StringVar(&f.durability, "durability", def.Store.Durability, `"sync": acknowledged writes survive power loss; "process": only a crash (faster)`)
-	fl.BoolVar(&f.queryWrites, "query-writes", def.Store.QueryWrites, "let the Query service write and enable Execute")
+	addConfigFlags(cmd.Flags())
 	return cmd
 }
 
-// runDaemon serves until ctx is cancelled (the first signal) or a listener fails, then shuts down
-// within cfg.ShutdownTimeout.
+// runDaemon serves until ctx is cancelled (the first signal) or a listener fails, then shuts down:
+// health NOT_SERVING and systemd STOPPING=1, stop accepting, in-flight RPCs finish within
+// cfg.ShutdownTimeout (then are cancelled), store closed. It returns nil after a clean shutdown.
 func runDaemon(ctx context.Context, cfg Config, log *slog.Logger) error {
 	m := NewMain(cfg, log)
 	if err := m.Open(ctx); err != nil {
 		return err
 	}
+	log.Info("effective configuration", m.Config.maskedAttrs()...)
 	var serveErr error
 	select {
 	case <-ctx.Done():
@@ -349,5 +477,16 @@ func runDaemon(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	return errors.Join(serveErr, m.Close(sctx))
+	err := errors.Join(serveErr, m.Close(sctx))
+	if err == nil {
+		log.Info("stopped cleanly")
+	}
+	return err
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }
