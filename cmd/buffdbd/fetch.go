@@ -89,8 +89,8 @@ Exit codes: 10 repository not found, 11 revision not found, 12 file not found (o
 	fl.StringArrayVar(&f.exclude, "exclude", nil, "skip files matching this glob (repeatable)")
 	fl.StringVar(&f.token, "token", "", "Hugging Face token (default $HF_TOKEN, then $HUGGING_FACE_HUB_TOKEN)")
 	fl.StringVar(&f.endpoint, "endpoint", "", "Hub URL (default $HF_ENDPOINT, else "+huggingface.DefaultEndpoint+")")
-	fl.StringVar(&f.cacheDir, "cache-dir", "", "where partial downloads live until published (default <data-dir>/cache/hf)")
-	fl.IntVar(&f.concurrency, "concurrency", 8, "parallel connections (files and byte ranges of large files)")
+	fl.StringVar(&f.cacheDir, "cache-dir", "", "where partial downloads live until published (default <cache_dir>/hf)")
+	fl.IntVar(&f.concurrency, "concurrency", 8, "parallel connections, files and byte ranges of large files (default huggingface.concurrency)")
 	fl.StringVar(&f.maxRate, "max-rate", "", "bandwidth limit in bytes per second, e.g. 5MB, 500KiB (default unlimited)")
 	fl.BoolVar(&f.offline, "offline", false, "never touch the network: succeed only if the revision is already in the registry (also $HF_HUB_OFFLINE=1)")
 	fl.BoolVar(&f.jsonOut, "json", false, "print progress and the result as JSON lines on stdout")
@@ -105,23 +105,44 @@ func runFetch(cmd *cobra.Command, g *globalFlags, f *fetchFlags, arg string) err
 	if _, err := huggingface.NewFilter(f.include, f.exclude); err != nil {
 		return usagef("--include/--exclude: %v", err)
 	}
-	if f.concurrency < 1 || f.concurrency > 256 {
-		return usagef("--concurrency: must be between 1 and 256, got %d", f.concurrency)
-	}
-	rate, err := parseRate(f.maxRate)
-	if err != nil {
-		return usagef("--max-rate: %v", err)
-	}
-	token := firstNonEmpty(f.token, os.Getenv("HF_TOKEN"), os.Getenv("HUGGING_FACE_HUB_TOKEN"))
-	endpoint := firstNonEmpty(f.endpoint, os.Getenv("HF_ENDPOINT"), huggingface.DefaultEndpoint)
-	offline := f.offline || isTruthy(os.Getenv("HF_HUB_OFFLINE"))
-
-	dir, err := resolveDataDir(g.dataDir)
+	cfg, _, _, err := LoadConfig(cmd.Flags())
 	if err != nil {
 		return err
 	}
-	cfg := DefaultConfig()
-	cfg.DataDir = dir
+	if g.dataDir != "" {
+		cfg.DataDir = g.dataDir
+	}
+	if err := cfg.resolveDirs(); err != nil {
+		return err
+	}
+	hf := cfg.HuggingFace
+	concurrency := hf.Concurrency
+	if cmd.Flags().Changed("concurrency") {
+		concurrency = f.concurrency
+	}
+	if concurrency < 1 || concurrency > 256 {
+		return usagef("--concurrency: must be between 1 and 256, got %d", concurrency)
+	}
+	rate := int64(hf.RateLimit)
+	if f.maxRate != "" {
+		if rate, err = parseRate(f.maxRate); err != nil {
+			return usagef("--max-rate: %v", err)
+		}
+	}
+	cfgToken := hf.Token
+	if cfgToken == "" && hf.TokenFile != "" {
+		b, err := os.ReadFile(hf.TokenFile)
+		if err != nil {
+			return fmt.Errorf("huggingface.token_file: %w", err)
+		}
+		cfgToken = strings.TrimSpace(string(b))
+	}
+	// Precedence as huggingface_hub users expect: flag, HF_TOKEN, HUGGING_FACE_HUB_TOKEN, config.
+	token := firstNonEmpty(f.token, os.Getenv("HF_TOKEN"), os.Getenv("HUGGING_FACE_HUB_TOKEN"), cfgToken)
+	endpoint := firstNonEmpty(f.endpoint, os.Getenv("HF_ENDPOINT"), hf.Endpoint, huggingface.DefaultEndpoint)
+	offline := f.offline || hf.Offline || isTruthy(os.Getenv("HF_HUB_OFFLINE"))
+
+	dir := cfg.DataDir
 	if sock := socketPath(cfg); sock != "" && daemonAnswers(sock) {
 		// TODO(hf): use the Fetch RPC once it is on the registry service.
 		return fmt.Errorf("a buffdbd daemon is serving %s; stop it to fetch, or fetch on another data directory", dir)
@@ -133,18 +154,18 @@ func runFetch(cmd *cobra.Command, g *globalFlags, f *fetchFlags, arg string) err
 		return fmt.Errorf("open store in %s: %w", dir, err)
 	}
 	defer db.Close()
-	reg, err := registry.New(db, registry.Options{})
+	reg, err := registry.New(db, registry.Options{MaxBytes: int64(cfg.Registry.MaxBytes), Logger: log})
 	if err != nil {
 		return err
 	}
 	defer reg.Close()
 	cacheDir := f.cacheDir
 	if cacheDir == "" {
-		cacheDir = filepath.Join(dir, "cache", "hf")
+		cacheDir = filepath.Join(cfg.CacheDir, "hf")
 	}
 	fetcher, err := huggingface.New(reg, huggingface.Options{
 		Client:   huggingface.ClientOptions{Endpoint: endpoint, Token: token, UserAgent: "buffdbd-fetch"},
-		Engine:   huggingface.EngineOptions{Concurrency: f.concurrency, MaxRate: rate},
+		Engine:   huggingface.EngineOptions{Concurrency: concurrency, MaxRate: rate},
 		CacheDir: cacheDir,
 		Logger:   log,
 	})
