@@ -17,8 +17,8 @@ type cliResult struct {
 	code           int
 }
 
-// runCLI runs buffdbd with args in-process, stdin from in.
-func runCLI(t testing.TB, in string, args ...string) cliResult {
+// runLine runs buffdbd with args in-process, stdin from in.
+func runLine(t testing.TB, in string, args ...string) cliResult {
 	t.Helper()
 	var out, errb bytes.Buffer
 	code := execute(context.Background(), args, strings.NewReader(in), &out, &errb)
@@ -28,7 +28,7 @@ func runCLI(t testing.TB, in string, args ...string) cliResult {
 // must runs the CLI and fails unless it exits with want.
 func must(t testing.TB, want int, in string, args ...string) cliResult {
 	t.Helper()
-	r := runCLI(t, in, args...)
+	r := runLine(t, in, args...)
 	if r.code != want {
 		t.Fatalf("buffdbd %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, want, r.stdout, r.stderr)
 	}

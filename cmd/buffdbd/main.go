@@ -85,6 +85,7 @@ a running daemon (its unix socket in the data directory, or --addr) or open the 
 		newQueryCmd(g),
 		newIndexCmd(g),
 		newBenchCmd(g),
+		newFetchCmd(g),
 		newConfigCommand(),
 		newVersionCommand(),
 	)
