@@ -1,0 +1,138 @@
+package api
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
+	"github.com/buffdb/buffdbd/store"
+)
+
+// blobService implements buffdb.blob.Blob.
+type blobService struct {
+	blobpb.UnimplementedBlobServer
+	*service
+}
+
+func (s *blobService) Get(stream grpc.BidiStreamingServer[blobpb.GetRequest, blobpb.GetResponse]) error {
+	return serveBidi(s.service, "blob.Get", stream,
+		func(ctx context.Context, req *blobpb.GetRequest) func(context.Context) (*blobpb.GetResponse, error) {
+			b, err := s.db.GetBlob(ctx, req.GetTransactionId(), req.GetId())
+			if err != nil {
+				return ready[blobpb.GetResponse](nil, err)
+			}
+			return ready(&blobpb.GetResponse{Bytes: b.Data, Metadata: b.Metadata}, nil)
+		},
+		// Reads are not weighed before they run (the size is unknown until the blob is read);
+		// pipelineDepth and the message size limit bound what a Get stream can hold.
+		nil, nil)
+}
+
+func (s *blobService) Store(stream grpc.BidiStreamingServer[blobpb.StoreRequest, blobpb.StoreResponse]) error {
+	w := s.db.NewWriter()
+	return serveBidi(s.service, "blob.Store", stream,
+		func(_ context.Context, req *blobpb.StoreRequest) func(context.Context) (*blobpb.StoreResponse, error) {
+			data := req.GetBytes()
+			if data == nil {
+				data = []byte{} // an empty blob, not "no data"
+			}
+			f := w.StoreBlob(req.GetTransactionId(), data, req.Metadata)
+			return func(ctx context.Context) (*blobpb.StoreResponse, error) {
+				id, err := f.Wait(ctx)
+				if err != nil {
+					return nil, err
+				}
+				return &blobpb.StoreResponse{Id: id}, nil
+			}
+		},
+		func(req *blobpb.StoreRequest) int64 { return int64(len(req.GetBytes())) },
+		w.Close)
+}
+
+// Update follows BuffDB: bytes present replaces the data; should_update_metadata replaces the
+// metadata (absent → NULL); neither is a no-op that still checks the id exists.
+func (s *blobService) Update(stream grpc.BidiStreamingServer[blobpb.UpdateRequest, blobpb.UpdateResponse]) error {
+	w := s.db.NewWriter()
+	return serveBidi(s.service, "blob.Update", stream,
+		func(ctx context.Context, req *blobpb.UpdateRequest) func(context.Context) (*blobpb.UpdateResponse, error) {
+			id := req.GetId()
+			u := store.BlobUpdate{SetMetadata: req.GetShouldUpdateMetadata(), Metadata: req.Metadata}
+			if req.Bytes != nil {
+				u.Data = req.Bytes
+			}
+			var f *store.Future
+			if u.Data == nil && !u.SetMetadata {
+				// Nothing to change; BuffDB still answers NOT_FOUND for a missing id.
+				if _, err := s.db.StatBlob(ctx, req.GetTransactionId(), id); err != nil {
+					return ready[blobpb.UpdateResponse](nil, err)
+				}
+				return ready(&blobpb.UpdateResponse{Id: id}, nil)
+			}
+			f = w.UpdateBlob(req.GetTransactionId(), id, u)
+			return func(ctx context.Context) (*blobpb.UpdateResponse, error) {
+				if _, err := f.Wait(ctx); err != nil {
+					return nil, err
+				}
+				return &blobpb.UpdateResponse{Id: id}, nil
+			}
+		},
+		func(req *blobpb.UpdateRequest) int64 { return int64(len(req.GetBytes())) },
+		w.Close)
+}
+
+func (s *blobService) Delete(stream grpc.BidiStreamingServer[blobpb.DeleteRequest, blobpb.DeleteResponse]) error {
+	w := s.db.NewWriter()
+	return serveBidi(s.service, "blob.Delete", stream,
+		func(_ context.Context, req *blobpb.DeleteRequest) func(context.Context) (*blobpb.DeleteResponse, error) {
+			id := req.GetId()
+			f := w.DeleteBlob(req.GetTransactionId(), id)
+			return func(ctx context.Context) (*blobpb.DeleteResponse, error) {
+				if _, err := f.Wait(ctx); err != nil {
+					return nil, err
+				}
+				return &blobpb.DeleteResponse{Id: id}, nil
+			}
+		},
+		nil, w.Close)
+}
+
+// EqData is true when every streamed blob has the same bytes (and for zero ids), comparing the
+// stored sha256 digests so no blob is read into memory.
+func (s *blobService) EqData(stream grpc.ClientStreamingServer[blobpb.EqDataRequest, wrapperspb.BoolValue]) error {
+	return s.compareData("blob.EqData", stream, func() (uint64, bool, error) {
+		req, err := stream.Recv()
+		return req.GetId(), err == nil, recvErr(err)
+	}, true)
+}
+
+// NotEqData is true when the streamed blobs' bytes are pairwise different (and for zero ids).
+func (s *blobService) NotEqData(stream grpc.ClientStreamingServer[blobpb.NotEqDataRequest, wrapperspb.BoolValue]) error {
+	return s.compareData("blob.NotEqData", stream, func() (uint64, bool, error) {
+		req, err := stream.Recv()
+		return req.GetId(), err == nil, recvErr(err)
+	}, false)
+}
+
+func (s *blobService) compareData(method string, stream grpc.ServerStream, next func() (uint64, bool, error), eq bool) error {
+	ctx := stream.Context()
+	seen := map[[32]byte]struct{}{}
+	var first *[32]byte
+	result := true
+	for result {
+		id, ok, err := next()
+		if err != nil {
+			return streamError(s.service, method, stream, err)
+		}
+		if !ok {
+			break
+		}
+		info, err := s.db.StatBlob(ctx, "", id)
+		if err != nil {
+			return streamError(s.service, method, stream, err)
+		}
+		result = sameOrDistinct(&first, seen, info.SHA256, eq)
+	}
+	return stream.SendMsg(wrapperspb.Bool(result))
+}

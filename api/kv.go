@@ -1,0 +1,164 @@
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
+)
+
+// kvService implements buffdb.kv.Kv.
+type kvService struct {
+	kvpb.UnimplementedKvServer
+	*service
+}
+
+func (s *kvService) Get(stream grpc.BidiStreamingServer[kvpb.GetRequest, kvpb.GetResponse]) error {
+	return serveBidi(s.service, "kv.Get", stream,
+		func(ctx context.Context, req *kvpb.GetRequest) func(context.Context) (*kvpb.GetResponse, error) {
+			v, err := s.db.Get(ctx, req.GetTransactionId(), req.GetKey())
+			if err != nil {
+				return ready[kvpb.GetResponse](nil, err)
+			}
+			return ready(&kvpb.GetResponse{Value: v}, nil)
+		},
+		func(req *kvpb.GetRequest) int64 { return 0 }, nil)
+}
+
+func (s *kvService) Set(stream grpc.BidiStreamingServer[kvpb.SetRequest, kvpb.SetResponse]) error {
+	w := s.db.NewWriter()
+	return serveBidi(s.service, "kv.Set", stream,
+		func(_ context.Context, req *kvpb.SetRequest) func(context.Context) (*kvpb.SetResponse, error) {
+			f := w.Set(req.GetTransactionId(), req.GetKey(), req.GetValue())
+			key := req.GetKey()
+			return func(ctx context.Context) (*kvpb.SetResponse, error) {
+				if _, err := f.Wait(ctx); err != nil {
+					return nil, err
+				}
+				return &kvpb.SetResponse{Key: key}, nil
+			}
+		},
+		func(req *kvpb.SetRequest) int64 { return int64(len(req.GetKey()) + len(req.GetValue())) },
+		w.Close)
+}
+
+func (s *kvService) Delete(stream grpc.BidiStreamingServer[kvpb.DeleteRequest, kvpb.DeleteResponse]) error {
+	w := s.db.NewWriter()
+	return serveBidi(s.service, "kv.Delete", stream,
+		func(_ context.Context, req *kvpb.DeleteRequest) func(context.Context) (*kvpb.DeleteResponse, error) {
+			f := w.Delete(req.GetTransactionId(), req.GetKey())
+			key := req.GetKey()
+			return func(ctx context.Context) (*kvpb.DeleteResponse, error) {
+				if _, err := f.Wait(ctx); err != nil {
+					return nil, err
+				}
+				return &kvpb.DeleteResponse{Key: key}, nil
+			}
+		},
+		nil, w.Close)
+}
+
+// Eq is true when every streamed key holds the same value (and for zero keys). It answers false at
+// the first mismatch without reading further; a missing key ends the call with NOT_FOUND.
+func (s *kvService) Eq(stream grpc.ClientStreamingServer[kvpb.EqRequest, wrapperspb.BoolValue]) error {
+	return s.compare("kv.Eq", stream, func() (string, bool, error) {
+		req, err := stream.Recv()
+		return req.GetKey(), err == nil, recvErr(err)
+	}, true)
+}
+
+// NotEq is true when the streamed keys' values are pairwise different (and for zero keys). It answers
+// false at the first value seen before.
+func (s *kvService) NotEq(stream grpc.ClientStreamingServer[kvpb.NotEqRequest, wrapperspb.BoolValue]) error {
+	return s.compare("kv.NotEq", stream, func() (string, bool, error) {
+		req, err := stream.Recv()
+		return req.GetKey(), err == nil, recvErr(err)
+	}, false)
+}
+
+// compare implements Eq (eq) and NotEq (!eq) over keys from next. Values are compared by sha256 so
+// NotEq's set of seen values stays small however large the values are.
+func (s *kvService) compare(method string, stream grpc.ServerStream, next func() (string, bool, error), eq bool) error {
+	ctx := stream.Context()
+	seen := map[[32]byte]struct{}{}
+	var first *[32]byte
+	result := true
+	for result {
+		key, ok, err := next()
+		if err != nil {
+			return streamError(s.service, method, stream, err)
+		}
+		if !ok {
+			break
+		}
+		v, err := s.db.Get(ctx, "", key)
+		if err != nil {
+			return streamError(s.service, method, stream, err)
+		}
+		sum := sha256.Sum256([]byte(v))
+		result = sameOrDistinct(&first, seen, sum, eq)
+	}
+	return stream.SendMsg(wrapperspb.Bool(result))
+}
+
+// sameOrDistinct records sum and reports whether the sequence still satisfies the check: all equal
+// to the first (eq) or all pairwise different (!eq).
+func sameOrDistinct(first **[32]byte, seen map[[32]byte]struct{}, sum [32]byte, eq bool) bool {
+	if eq {
+		if *first == nil {
+			*first = &sum
+			return true
+		}
+		return **first == sum
+	}
+	if _, dup := seen[sum]; dup {
+		return false
+	}
+	seen[sum] = struct{}{}
+	return true
+}
+
+// recvErr turns a client-streaming Recv error into nil at the normal end of the stream.
+func recvErr(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+func (s *kvService) BeginTransaction(ctx context.Context, req *kvpb.BeginTransactionRequest) (*kvpb.BeginTransactionResponse, error) {
+	if req.GetTimeoutMs() < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "timeout_ms must not be negative, got %d", req.GetTimeoutMs())
+	}
+	id, err := s.db.Begin(ctx, req.GetReadOnly(), time.Duration(req.GetTimeoutMs())*time.Millisecond)
+	if err != nil {
+		return nil, s.status("kv.BeginTransaction", err)
+	}
+	return &kvpb.BeginTransactionResponse{TransactionId: id}, nil
+}
+
+// CommitTransaction reports success=true, or an error status (NOT_FOUND for an unknown, ended or
+// expired transaction) — never success=false, so a client checking either signal is right.
+func (s *kvService) CommitTransaction(ctx context.Context, req *kvpb.CommitTransactionRequest) (*kvpb.CommitTransactionResponse, error) {
+	if err := s.db.Commit(ctx, req.GetTransactionId()); err != nil {
+		return nil, s.status("kv.CommitTransaction", fmt.Errorf("commit transaction %q: %w", req.GetTransactionId(), err))
+	}
+	return &kvpb.CommitTransactionResponse{Success: true}, nil
+}
+
+// RollbackTransaction reports success=true, or an error status like CommitTransaction.
+func (s *kvService) RollbackTransaction(ctx context.Context, req *kvpb.RollbackTransactionRequest) (*kvpb.RollbackTransactionResponse, error) {
+	if err := s.db.Rollback(ctx, req.GetTransactionId()); err != nil {
+		return nil, s.status("kv.RollbackTransaction", fmt.Errorf("roll back transaction %q: %w", req.GetTransactionId(), err))
+	}
+	return &kvpb.RollbackTransactionResponse{Success: true}, nil
+}

@@ -1,0 +1,108 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"golang.org/x/sync/semaphore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+)
+
+// Pipelining limits for one bidirectional stream. The receiving goroutine runs ahead of the sending
+// loop by at most pipelineDepth requests and pipelineBytes of payload, so a fast client cannot make
+// the server buffer without bound while it waits for group commits.
+const (
+	// pipelineDepth: enough small writes in flight to fill several group commits (which is what
+	// makes one stream reach 100k durable Set/s), small enough that the queue costs little memory.
+	pipelineDepth = 4096
+	// pipelineBytes bounds the payload bytes (blob data) held by queued requests and responses: one
+	// maximum-size message at a time, plus room for smaller ones to overlap with it.
+	pipelineBytes = 128 << 20
+)
+
+// pending is one request's outcome, produced in order by the receiving goroutine.
+type pending[Resp any] struct {
+	wait   func(ctx context.Context) (*Resp, error) // blocks until the response (or error) is ready
+	weight int64                                    // bytes reserved from the pipeline budget
+	err    error                                    // a receive error; ends the stream
+}
+
+// serveBidi answers a bidirectional stream one response per request, in request order, as each
+// request arrives. A receiving goroutine reads requests and starts each one with start, which either
+// does the work at once (reads) or submits it to the store's group committer and returns a wait
+// function (writes); the calling goroutine waits for each result in order and sends it. weight
+// reports the payload bytes a request holds while in flight. When the client half-closes, queued
+// requests are answered and the stream ends OK. On the first error the responses already sent stay
+// delivered, headers are sent, and the stream ends with err's status; done (if non-nil) runs when
+// the receiving goroutine exits, after the last start.
+func serveBidi[Req, Resp any](s *service, method string, stream grpc.BidiStreamingServer[Req, Resp],
+	start func(ctx context.Context, req *Req) func(ctx context.Context) (*Resp, error), weight func(req *Req) int64, done func()) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	budget := semaphore.NewWeighted(pipelineBytes)
+	queue := make(chan pending[Resp], pipelineDepth)
+
+	go func() {
+		defer close(queue)
+		if done != nil {
+			defer done()
+		}
+		for {
+			req, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			var p pending[Resp]
+			if err != nil {
+				p.err = err
+			} else {
+				if weight != nil {
+					// A request larger than the whole budget takes all of it rather than waiting forever.
+					p.weight = min(weight(req), pipelineBytes)
+					if budget.Acquire(ctx, p.weight) != nil {
+						return
+					}
+				}
+				p.wait = start(ctx, req)
+			}
+			select {
+			case queue <- p:
+			case <-ctx.Done():
+				return
+			}
+			if p.err != nil {
+				return
+			}
+		}
+	}()
+
+	for p := range queue {
+		if p.err != nil {
+			return streamError(s, method, stream, p.err)
+		}
+		resp, err := p.wait(ctx)
+		if err != nil {
+			return streamError(s, method, stream, err)
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		budget.Release(p.weight)
+	}
+	return nil
+}
+
+// streamError sends (empty) response headers if none were sent yet, so the error arrives after
+// headers rather than as a trailers-only response — BuffDB's Rust (tonic) clients expect that — and
+// returns err's status.
+func streamError(s *service, method string, stream grpc.ServerStream, err error) error {
+	_ = stream.SendHeader(metadata.MD{}) // fails harmlessly when headers already went out
+	return s.status(method, err)
+}
+
+// ready returns a wait function for a result computed already.
+func ready[Resp any](resp *Resp, err error) func(context.Context) (*Resp, error) {
+	return func(context.Context) (*Resp, error) { return resp, err }
+}

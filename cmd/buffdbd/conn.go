@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/buffdb/buffdbd/api"
+)
+
+// clientConn is a connection for one CLI command: to a daemon, or to an in-process server over the
+// store opened directly. Either way the command speaks the same gRPC, so it has one code path.
+type clientConn struct {
+	*grpc.ClientConn
+	// Local is true when no daemon was found and the store was opened in this process.
+	Local  bool
+	closer func() error
+}
+
+// Close closes the connection and, for an in-process server, the server and the store.
+func (c *clientConn) Close() error { return c.closer() }
+
+// dial connects to --addr if set; else to the daemon on the data directory's socket if one answers;
+// else opens the store in-process and serves the same services (registry included) on an in-memory
+// listener. Callers Close the result.
+func dial(cmd *cobra.Command, g *globalFlags) (*clientConn, error) {
+	cfg := DefaultConfig()
+	dialOpts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(int(cfg.GRPC.MaxMessageBytes)),
+			grpc.MaxCallSendMsgSize(int(cfg.GRPC.MaxMessageBytes))),
+	}
+	if g.addr != "" {
+		return remote(g.addr, dialOpts)
+	}
+	dir, err := resolveDataDir(g.dataDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.DataDir = dir
+	if sock := socketPath(cfg); sock != "" && daemonAnswers(sock) {
+		return remote("unix://"+sock, dialOpts)
+	}
+	return local(cmd.Context(), cfg, g, dialOpts)
+}
+
+func remote(addr string, opts []grpc.DialOption) (*clientConn, error) {
+	target := addr
+	if !strings.Contains(addr, "://") {
+		// passthrough: a bare host:port dials exactly that address, as users expect from --addr.
+		target = "passthrough:///" + addr
+	}
+	cc, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		return nil, usagef("--addr %q: %v", addr, err)
+	}
+	return &clientConn{ClientConn: cc, closer: cc.Close}, nil
+}
+
+// inProcessBufferBytes sizes the in-memory pipe between the CLI and its in-process server; like a
+// socket buffer, larger only costs memory.
+const inProcessBufferBytes = 1 << 20
+
+func local(ctx context.Context, cfg Config, g *globalFlags, opts []grpc.DialOption) (*clientConn, error) {
+	if _, err := os.Stat(cfg.DataDir); errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(os.Stderr, "buffdbd: creating data directory %s\n", cfg.DataDir)
+	}
+	log := slog.New(slog.DiscardHandler)
+	if g.logLevel == "debug" {
+		log = slog.Default()
+	}
+	db, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return nil, fmt.Errorf("open store in %s (no daemon is serving it): %w", cfg.DataDir, err)
+	}
+	svcs, err := buildServices(ctx, db, cfg, log, api.Options{})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	lis := bufconn.Listen(inProcessBufferBytes)
+	done := make(chan struct{})
+	go func() { defer close(done); svcs.srv.Serve(lis) }()
+	svcs.srv.SetServing()
+	opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+		return lis.DialContext(ctx)
+	}))
+	cc, err := grpc.NewClient("passthrough:///buffdbd-in-process", opts...)
+	closeAll := func() error {
+		if cc != nil {
+			cc.Close()
+		}
+		svcs.srv.Shutdown(context.Background())
+		<-done
+		return errors.Join(svcs.close(), db.Close())
+	}
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	return &clientConn{ClientConn: cc, Local: true, closer: closeAll}, nil
+}

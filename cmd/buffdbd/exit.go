@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/buffdb/buffdbd/api"
+)
+
+// Exit codes, documented in the README.
+const (
+	exitOK       = 0
+	exitFalse    = 1 // eq/not-eq style checks answered false
+	exitUsage    = 2 // bad command line
+	exitNotFound = 3 // a key, blob id, index or transaction does not exist
+	exitError    = 4 // anything else
+	// exitConfig (78, EX_CONFIG, defined in config.go): invalid configuration file, value or key
+)
+
+// errFalse makes a check command exit with exitFalse without printing anything more.
+var errFalse = errors.New("false")
+
+// usageError marks a bad command line.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// usagef returns a usageError with a formatted message.
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// Argument validators that report usage errors (cobra's own return plain errors).
+func noArgs(cmd *cobra.Command, args []string) error { return wrapUsage(cobra.NoArgs(cmd, args)) }
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error { return wrapUsage(cobra.ExactArgs(n)(cmd, args)) }
+}
+func rangeArgs(lo, hi int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		return wrapUsage(cobra.RangeArgs(lo, hi)(cmd, args))
+	}
+}
+func minArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error { return wrapUsage(cobra.MinimumNArgs(n)(cmd, args)) }
+}
+
+func wrapUsage(err error) error {
+	if err == nil {
+		return nil
+	}
+	return usageError{err}
+}
+
+// reportError prints err as one sentence (plus a hint where one helps) on w and returns the exit code.
+func reportError(w io.Writer, err error) int {
+	if err == nil {
+		return exitOK
+	}
+	if errors.Is(err, errFalse) {
+		return exitFalse
+	}
+	if errors.Is(err, ErrConfig) {
+		// One line naming the key; systemd's RestartPreventExitStatus=78 stops a restart loop.
+		fmt.Fprintf(w, "buffdbd: configuration: %v\n", err)
+		return exitConfig
+	}
+	var ue usageError
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
+		fmt.Fprintf(w, "buffdbd: %v\nRun 'buffdbd --help' for usage.\n", err)
+		return exitUsage
+	}
+	code := api.Code(err)
+	msg := err.Error()
+	if s, ok := status.FromError(err); ok {
+		code, msg = s.Code(), s.Message()
+	}
+	hint := ""
+	switch code {
+	case codes.Unavailable:
+		hint = "is the daemon at --addr running and reachable?"
+	case codes.DeadlineExceeded, codes.Canceled:
+		if errors.Is(err, context.Canceled) || code == codes.Canceled {
+			msg = "interrupted"
+		}
+	case codes.ResourceExhausted:
+		hint = "the request is larger than the server accepts; see grpc.max_message_bytes"
+	case codes.Internal:
+		hint = "the daemon's log has the details"
+	}
+	fmt.Fprintf(w, "buffdbd: %s\n", strings.TrimSpace(msg))
+	if hint != "" {
+		fmt.Fprintf(w, "hint: %s\n", hint)
+	}
+	if code == codes.NotFound {
+		return exitNotFound
+	}
+	return exitError
+}

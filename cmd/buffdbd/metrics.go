@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
+	indexpb "github.com/buffdb/buffdbd/api/proto/indexpb"
+	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
+	querypb "github.com/buffdb/buffdbd/api/proto/querypb"
+	"github.com/buffdb/buffdbd/store"
+)
+
+// metricsNamespace prefixes every buffdbd-specific metric.
+const metricsNamespace = "buffdbd"
+
+// grpcHandlingBuckets spans a 1 ms KV call to a 10 minute model pull over a slow edge link;
+// prometheus.DefBuckets stop at 10 s, which would put every pull in +Inf.
+var grpcHandlingBuckets = []float64{.001, .005, .01, .05, .1, .5, 1, 5, 30, 120, 600}
+
+// metrics owns buffdbd's private Prometheus registry (never the global one: no stray collectors from
+// libraries, and tests can build many daemons in one process).
+type metrics struct {
+	registry *prometheus.Registry
+	grpc     *grpcprom.ServerMetrics
+}
+
+// newMetrics registers the go and process collectors, buffdbd_build_info and the gRPC server
+// metrics (go-grpc-middleware's standard grpc_server_* names, with handling-time histograms).
+func newMetrics(bi buildInfo) *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		grpc: grpcprom.NewServerMetrics(
+			grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(grpcHandlingBuckets))),
+	}
+	buildInfoGauge := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: metricsNamespace,
+		Name:      "build_info",
+		Help:      "A metric with a constant '1' value labeled by the version, revision and Go version buffdbd was built with.",
+	}, []string{"version", "revision", "goversion"})
+	buildInfoGauge.WithLabelValues(bi.Version, bi.Commit, bi.GoVersion).Set(1)
+	m.registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfoGauge,
+		m.grpc,
+	)
+	return m
+}
+
+// unaryInterceptor and streamInterceptor feed grpc_server_*.
+func (m *metrics) unaryInterceptor() grpc.UnaryServerInterceptor {
+	return m.grpc.UnaryServerInterceptor()
+}
+func (m *metrics) streamInterceptor() grpc.StreamServerInterceptor {
+	return m.grpc.StreamServerInterceptor()
+}
+
+// servedServices are the services whose grpc_server_* series are created at zero before their
+// first call (so rate() and absent() work from the start). Services a hook adds later still get
+// series on first use.
+var servedServices = []*grpc.ServiceDesc{
+	&kvpb.Kv_ServiceDesc, &blobpb.Blob_ServiceDesc, &querypb.Query_ServiceDesc, &indexpb.Index_ServiceDesc,
+	&healthpb.Health_ServiceDesc,
+}
+
+// serviceInfo turns service descriptors into what grpc.Server.GetServiceInfo reports.
+type serviceInfo []*grpc.ServiceDesc
+
+func (s serviceInfo) GetServiceInfo() map[string]grpc.ServiceInfo {
+	out := make(map[string]grpc.ServiceInfo, len(s))
+	for _, d := range s {
+		var ms []grpc.MethodInfo
+		for _, u := range d.Methods {
+			ms = append(ms, grpc.MethodInfo{Name: u.MethodName})
+		}
+		for _, st := range d.Streams {
+			ms = append(ms, grpc.MethodInfo{Name: st.StreamName, IsClientStream: st.ClientStreams, IsServerStream: st.ServerStreams})
+		}
+		out[d.ServiceName] = grpc.ServiceInfo{Methods: ms}
+	}
+	return out
+}
+
+// initialize pre-creates the grpc_server_* series of servedServices.
+func (m *metrics) initialize() { m.grpc.InitializeMetrics(serviceInfo(servedServices)) }
+
+// storeStats is store.Stats; the alias keeps collector signatures short.
+type storeStats = store.Stats
+
+// statsTimeout bounds one scrape's store query; Prometheus' default scrape timeout is 10 s and a
+// slow SD card should not make the whole scrape fail.
+const statsTimeout = 5 * time.Second
+
+// storeCollector computes store gauges at scrape time from store.DB.Stats, so they are always
+// current and cost nothing between scrapes.
+type storeCollector struct {
+	stats func(context.Context) (storeStats, error)
+	descs []*prometheus.Desc
+}
+
+// storeGauges lists the store gauges and how each is read from store.Stats.
+var storeGauges = []struct {
+	name, help string
+	value      func(storeStats) float64
+}{
+	{"database_bytes", "Size of the SQLite database file.", func(s storeStats) float64 { return float64(s.DatabaseBytes) }},
+	{"wal_bytes", "Size of the SQLite write-ahead log.", func(s storeStats) float64 { return float64(s.WALBytes) }},
+	{"payload_bytes", "Bytes of blob payload files on disk (outside SQLite).", func(s storeStats) float64 { return float64(s.PayloadBytes) }},
+	{"payload_files", "Blob payload files on disk.", func(s storeStats) float64 { return float64(s.PayloadFiles) }},
+	{"keys", "KV keys stored.", func(s storeStats) float64 { return float64(s.Keys) }},
+	{"blobs", "Blobs stored.", func(s storeStats) float64 { return float64(s.Blobs) }},
+	{"open_transactions", "Client transactions currently open.", func(s storeStats) float64 { return float64(s.OpenTx) }},
+}
+
+func newStoreCollector(stats func(context.Context) (storeStats, error)) *storeCollector {
+	c := &storeCollector{stats: stats}
+	for _, g := range storeGauges {
+		c.descs = append(c.descs, prometheus.NewDesc(
+			prometheus.BuildFQName(metricsNamespace, "store", g.name), g.help, nil, nil))
+	}
+	return c
+}
+
+func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+
+func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), statsTimeout)
+	defer cancel()
+	s, err := c.stats(ctx)
+	for i, g := range storeGauges {
+		if err != nil {
+			// Served as a scrape error (HTTP handler ContinueOnError) rather than stale zeros.
+			ch <- prometheus.NewInvalidMetric(c.descs[i], err)
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.GaugeValue, g.value(s))
+	}
+}
+
+// registerStore adds the scrape-time store gauges.
+func (m *metrics) registerStore(stats func(context.Context) (storeStats, error)) {
+	m.registry.MustRegister(newStoreCollector(stats))
+}

@@ -1,0 +1,492 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/buffdb/buffdbd/api"
+	"github.com/buffdb/buffdbd/store"
+)
+
+// serviceHook adds services layered on the store (the model registry) to a server. It runs for the
+// daemon and for the CLI's in-process server alike, so both serve the same service set. The returned
+// closer (may be nil) stops the hook's background work; it runs before the store closes.
+type serviceHook func(ctx context.Context, db *store.DB, srv *api.Server, cfg Config, log *slog.Logger) (io.Closer, error)
+
+// serviceHooks are registered from other files' var blocks with addServiceHook, e.g. in model.go:
+//
+//	var _ = addServiceHook(registerRegistry)
+var serviceHooks []serviceHook
+
+func addServiceHook(h serviceHook) struct{} {
+	serviceHooks = append(serviceHooks, h)
+	return struct{}{}
+}
+
+// storeMigrations are schema steps of packages layered on the store, added like serviceHooks.
+var storeMigrations []store.Migration
+
+// openStore opens cfg's data directory with cfg's store options.
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*store.DB, error) {
+	d, err := store.ParseDurability(cfg.Store.Durability)
+	if err != nil {
+		return nil, fmt.Errorf("store.durability: %w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	return store.Open(ctx, cfg.DataDir, store.Options{
+		Durability:       d,
+		DefaultTxTimeout: cfg.Store.DefaultTxTimeout,
+		MaxTxTimeout:     cfg.Store.MaxTxTimeout,
+		MaxOpenTx:        cfg.Store.MaxOpenTx,
+		QueryWrites:      cfg.Store.QueryWrites,
+		Migrations:       storeMigrations,
+		Logger:           log,
+	})
+}
+
+// services is a server with its layered services, built the same way for the daemon and the CLI.
+type services struct {
+	srv     *api.Server
+	closers []io.Closer
+}
+
+func buildServices(ctx context.Context, db *store.DB, cfg Config, log *slog.Logger, opts api.Options) (*services, error) {
+	opts.MaxMessageBytes = int(cfg.GRPC.MaxMessageBytes)
+	opts.Logger = log
+	s := &services{srv: api.NewServer(db, opts)}
+	for _, h := range serviceHooks {
+		c, err := h(ctx, db, s.srv, cfg, log)
+		if err != nil {
+			s.close()
+			return nil, err
+		}
+		if c != nil {
+			s.closers = append(s.closers, c)
+		}
+	}
+	return s, nil
+}
+
+// close stops the layered services' background work, last registered first.
+func (s *services) close() error {
+	var errs []error
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		errs = append(errs, s.closers[i].Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Main is the running daemon: the store, the gRPC server and its listeners. Open brings them up in
+// order; Close takes them down in reverse.
+type Main struct {
+	Config Config
+	Logger *slog.Logger
+	// ServerOptions customise the gRPC server (interceptors for metrics, keepalive).
+	ServerOptions api.Options
+	// OnReady, if set, runs once every listener is bound and the server is SERVING (systemd READY=1).
+	OnReady func()
+
+	DB       *store.DB
+	Services *services
+
+	listeners []net.Listener
+	addrs     []net.Addr
+	socket    string
+	// socketLink is <data_dir>/buffdbd.sock pointing at a socket elsewhere ($RUNTIME_DIRECTORY), so
+	// CLI calls that only know the data directory still find the daemon.
+	socketLink string
+	serveErr   chan error
+	wg         sync.WaitGroup
+
+	// Operations: metrics (nil when http.listen is empty), the HTTP listener, systemd notification.
+	metrics  *metrics
+	http     *http.Server
+	httpLn   net.Listener
+	httpAddr net.Addr
+	systemd  *systemd
+	ready    atomic.Bool
+}
+
+// NewMain returns a Main for cfg; nothing runs until Open.
+func NewMain(cfg Config, log *slog.Logger) *Main {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Main{Config: cfg, Logger: log, serveErr: make(chan error, 1), systemd: newSystemd(log)}
+}
+
+// Open opens the store, builds the services, binds every listener and starts serving. On error
+// everything opened so far is closed again.
+func (m *Main) Open(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			m.Close(context.Background())
+		}
+	}()
+	if err := m.Config.resolveDirs(); err != nil {
+		return err
+	}
+	if err := m.Config.Validate(); err != nil {
+		return err
+	}
+	m.instrument()
+	// Bind the socket first: a daemon already serving this data directory answers on it, and
+	// refusing here gives a clearer message than the store's lock would.
+	if m.socket = socketPath(m.Config); m.socket != "" {
+		if err := os.MkdirAll(filepath.Dir(m.socket), 0o700); err != nil {
+			return fmt.Errorf("create socket directory: %w", err)
+		}
+		l, err := listenUnix(m.socket)
+		if err != nil {
+			return err
+		}
+		m.listeners = append(m.listeners, l)
+		if err := m.linkSocket(); err != nil {
+			return err
+		}
+	}
+	if m.DB, err = openStore(ctx, m.Config, m.Logger); err != nil {
+		return err
+	}
+	if m.metrics != nil {
+		m.metrics.registerStore(m.DB.Stats)
+		ctx = withObservers(ctx, m.metrics)
+	}
+	if m.Services, err = buildServices(ctx, m.DB, m.Config, m.Logger, m.ServerOptions); err != nil {
+		return err
+	}
+	if m.metrics != nil {
+		m.metrics.initialize()
+	}
+	if m.Config.HTTP.Listen != "" {
+		if m.httpLn, err = net.Listen("tcp", m.Config.HTTP.Listen); err != nil {
+			return fmt.Errorf("http.listen: listen on %s: %w", m.Config.HTTP.Listen, err)
+		}
+		m.httpAddr = m.httpLn.Addr()
+	}
+	for _, a := range m.Config.GRPC.Listen {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			if isIPv6Unavailable(a, err) {
+				// Hosts with IPv6 disabled still serve BuffDB's 127.0.0.1 clients.
+				m.Logger.Warn("IPv6 loopback unavailable; not listening on it", "addr", a, "err", err)
+				continue
+			}
+			return fmt.Errorf("listen on %s: %w", a, err)
+		}
+		m.listeners = append(m.listeners, l)
+	}
+	if len(m.listeners) == 0 {
+		return errors.New("no listener could be bound")
+	}
+	for _, l := range m.listeners {
+		m.addrs = append(m.addrs, l.Addr())
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			if err := m.Services.srv.Serve(l); err != nil {
+				select {
+				case m.serveErr <- fmt.Errorf("serve %s: %w", l.Addr(), err):
+				default:
+				}
+			}
+		}()
+	}
+	if m.httpLn != nil {
+		m.http = newHTTPServer(newHTTPHandler(m.metrics.registry, m.readiness, m.Logger), m.Logger)
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			serveHTTP(m.http, m.httpLn, m.Logger)
+		}()
+	}
+	m.Services.srv.SetServing()
+	m.ready.Store(true)
+	m.Logger.Info("buffdbd serving", "data_dir", m.Config.DataDir, "addrs", addrStrings(m.addrs),
+		"http", addrString(m.httpAddr))
+	// Every listener is bound and serving: only now may systemd consider the unit started.
+	m.systemd.ready(fmt.Sprintf("serving on %s", strings.Join(addrStrings(m.addrs), ", ")))
+	m.systemd.startWatchdog(m.readiness)
+	if m.OnReady != nil {
+		m.OnReady()
+	}
+	return nil
+}
+
+// instrument sets up metrics and request logging before the gRPC server is built: interceptors
+// are fixed at construction. Metrics exist only when something can scrape them (http.listen set).
+func (m *Main) instrument() {
+	if m.Config.HTTP.Listen != "" {
+		m.metrics = newMetrics(readBuildInfo())
+		m.ServerOptions.UnaryInterceptors = append(m.ServerOptions.UnaryInterceptors, m.metrics.unaryInterceptor())
+		m.ServerOptions.StreamInterceptors = append(m.ServerOptions.StreamInterceptors, m.metrics.streamInterceptor())
+	}
+	unary, stream := requestLogInterceptors(m.Logger)
+	m.ServerOptions.UnaryInterceptors = append(m.ServerOptions.UnaryInterceptors, unary)
+	m.ServerOptions.StreamInterceptors = append(m.ServerOptions.StreamInterceptors, stream)
+}
+
+// readiness is nil once the store is open (migrations applied) and the listeners serve, until
+// shutdown begins. /readyz and the systemd watchdog use it.
+func (m *Main) readiness(ctx context.Context) error {
+	if !m.ready.Load() {
+		if m.DB == nil {
+			return errors.New("store not open")
+		}
+		return errShuttingDown
+	}
+	return nil
+}
+
+// HTTPAddr is the bound HTTP listener address (nil when http.listen is empty).
+func (m *Main) HTTPAddr() net.Addr { return m.httpAddr }
+
+// linkSocket points <data_dir>/buffdbd.sock at a socket bound elsewhere (systemd's runtime
+// directory), replacing a stale link from a crashed daemon.
+func (m *Main) linkSocket() error {
+	link := filepath.Join(m.Config.DataDir, "buffdbd.sock")
+	if link == m.socket || m.Config.GRPC.Socket != "" {
+		return nil // the socket is in the data directory, or placed explicitly by the operator
+	}
+	if err := os.MkdirAll(m.Config.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	if fi, err := os.Lstat(link); err == nil {
+		if fi.Mode()&os.ModeSymlink == 0 && daemonAnswers(link) {
+			return fmt.Errorf("another buffdbd is already serving this data directory (socket %s)", link)
+		}
+		_ = os.Remove(link)
+	}
+	if err := os.Symlink(m.socket, link); err != nil {
+		// The CLI can still be pointed at the socket with --addr; not worth refusing to start.
+		m.Logger.Warn("cannot link the socket into the data directory", "err", err)
+		return nil
+	}
+	m.socketLink = link
+	return nil
+}
+
+// Addrs are the bound listener addresses (TCP ones resolve a :0 port), the unix socket included.
+func (m *Main) Addrs() []net.Addr { return m.addrs }
+
+// Err receives the first error a listener's Serve returns (a daemon should then shut down).
+func (m *Main) Err() <-chan error { return m.serveErr }
+
+// Close shuts down in reverse order: health NOT_SERVING and stop accepting, let in-flight RPCs finish
+// until ctx is done (then cancel them), stop layered services, close the store, remove the socket.
+func (m *Main) Close(ctx context.Context) error {
+	var errs []error
+	if m.ready.Swap(false) {
+		m.systemd.stopping()
+	}
+	m.systemd.stopWatchdog()
+	if m.Services != nil {
+		m.Services.srv.Shutdown(ctx)
+	}
+	for _, l := range m.listeners {
+		l.Close() // those never handed to Serve (a failed Open); the rest report "already closed"
+	}
+	// HTTP goes last among the listeners: /healthz and /metrics stay up while gRPC drains. Its own
+	// requests are short, so a fresh short deadline suffices even when ctx has expired.
+	if m.http != nil {
+		hctx, cancel := context.WithTimeout(context.Background(), httpShutdownTimeout)
+		if err := m.http.Shutdown(hctx); err != nil {
+			m.http.Close()
+		}
+		cancel()
+		m.http = nil
+	} else if m.httpLn != nil {
+		m.httpLn.Close()
+	}
+	m.wg.Wait()
+	if m.Services != nil {
+		errs = append(errs, m.Services.close())
+		m.Services = nil
+	}
+	if m.DB != nil {
+		errs = append(errs, m.DB.Close())
+		m.DB = nil
+	}
+	if m.socket != "" && len(m.listeners) > 0 {
+		os.Remove(m.socket) // usually gone already: net.UnixListener.Close unlinks it
+	}
+	if m.socketLink != "" {
+		os.Remove(m.socketLink)
+		m.socketLink = ""
+	}
+	m.listeners = nil
+	return errors.Join(errs...)
+}
+
+// listenUnix binds the CLI's socket, removing a stale one left by a crashed daemon but refusing to
+// start when a live daemon answers on it.
+func listenUnix(path string) (net.Listener, error) {
+	// sun_path holds 108 bytes on Linux, including the terminating NUL.
+	if len(path) > 107 {
+		return nil, fmt.Errorf("socket path %s is longer than the 107 bytes a unix socket allows; set grpc.socket to a shorter path or %q", path, socketNone)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		if daemonAnswers(path) {
+			return nil, fmt.Errorf("another buffdbd is already serving this data directory (socket %s)", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on socket %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// daemonAnswers reports whether something accepts connections on the unix socket path. A stale
+// socket file refuses at once, so the timeout only matters for a daemon too busy to accept.
+func daemonAnswers(path string) bool {
+	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+func isIPv6Unavailable(addr string, err error) bool {
+	host, _, _ := net.SplitHostPort(addr)
+	return strings.Contains(host, ":") &&
+		(errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EPROTONOSUPPORT))
+}
+
+// resolveDataDir returns dir, or when empty the embedded default: $STATE_DIRECTORY (set by systemd's
+// StateDirectory=; the first entry if it lists several), else $XDG_DATA_HOME/buffdbd, else
+// ~/.local/share/buffdbd. The result is absolute so the socket path does not depend on the cwd.
+func resolveDataDir(dir string) (string, error) {
+	if dir == "" {
+		switch {
+		case os.Getenv("STATE_DIRECTORY") != "":
+			dir, _, _ = strings.Cut(os.Getenv("STATE_DIRECTORY"), ":")
+		case os.Getenv("XDG_DATA_HOME") != "":
+			dir = filepath.Join(os.Getenv("XDG_DATA_HOME"), "buffdbd")
+		default:
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return "", fmt.Errorf("no data directory: set --data-dir (%w)", err)
+			}
+			dir = filepath.Join(home, ".local", "share", "buffdbd")
+		}
+	}
+	return filepath.Abs(dir)
+}
+
+// socketPath is cfg's unix socket, "" when disabled.
+func socketPath(cfg Config) string {
+	switch cfg.GRPC.Socket {
+	case socketNone:
+		return ""
+	case "":
+		// systemd's RuntimeDirectory= (/run/buffdbd); the daemon links it into the data directory.
+		if d := firstDir(os.Getenv("RUNTIME_DIRECTORY")); d != "" {
+			return filepath.Join(d, "buffdbd.sock")
+		}
+		return filepath.Join(cfg.DataDir, "buffdbd.sock")
+	}
+	return cfg.GRPC.Socket
+}
+
+func addrStrings(as []net.Addr) []string {
+	out := make([]string, len(as))
+	for i, a := range as {
+		out[i] = a.String()
+	}
+	return out
+}
+
+// httpShutdownTimeout bounds the HTTP listener's shutdown: scrapes and probes take milliseconds.
+const httpShutdownTimeout = 2 * time.Second
+
+func newRunCmd(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the daemon: serve the store over gRPC until SIGINT/SIGTERM",
+		Long: `Run the daemon: serve buffdb.kv, buffdb.blob, buffdb.query, buffdb.index, health and reflection
+over gRPC on the --listen addresses and on the unix socket (used by local CLI calls), and
+/metrics, /healthz and /readyz over HTTP on --http-listen, until SIGINT or SIGTERM. A second
+signal exits at once.
+
+Configuration comes from flags, then BUFFDBD_* environment variables, then the config file
+(--config, default /etc/buffdbd/buffdbd.yaml when present), then defaults; see
+'buffdbd config print'. An invalid configuration exits with code 78.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, file, warnings, err := LoadConfig(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			target := logTarget{}
+			if f, ok := cmd.ErrOrStderr().(*os.File); ok {
+				target = detectLogTarget(f)
+			}
+			log, err := newLogger(cmd.ErrOrStderr(), cfg.Log.Level, cfg.Log.Format, target)
+			if err != nil {
+				return configErrorf("log: %v", err)
+			}
+			bi := readBuildInfo()
+			log.Info("starting buffdbd", "version", bi.Version, "commit", bi.Commit, "go", bi.GoVersion,
+				"config_file", file)
+			for _, w := range warnings {
+				log.Warn(w)
+			}
+			return runDaemon(cmd.Context(), cfg, log)
+		},
+	}
+	addConfigFlags(cmd.Flags())
+	return cmd
+}
+
+// runDaemon serves until ctx is cancelled (the first signal) or a listener fails, then shuts down:
+// health NOT_SERVING and systemd STOPPING=1, stop accepting, in-flight RPCs finish within
+// cfg.ShutdownTimeout (then are cancelled), store closed. It returns nil after a clean shutdown.
+func runDaemon(ctx context.Context, cfg Config, log *slog.Logger) error {
+	m := NewMain(cfg, log)
+	if err := m.Open(ctx); err != nil {
+		return err
+	}
+	log.Info("effective configuration", m.Config.maskedAttrs()...)
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	case serveErr = <-m.Err():
+		log.Error("listener failed; shutting down", "err", serveErr)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	err := errors.Join(serveErr, m.Close(sctx))
+	if err == nil {
+		log.Info("stopped cleanly")
+	}
+	return err
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}

@@ -1,0 +1,550 @@
+package huggingface
+
+import (
+	"context"
+	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
+	"golang.org/x/time/rate"
+)
+
+// EngineOptions tune the download engine. Zero fields take the documented defaults.
+type EngineOptions struct {
+	// Concurrency is the number of HTTP connections (byte ranges) in flight across all files.
+	// Default 8: enough to fill a link whose CDN caps each connection, few enough that a
+	// Raspberry Pi's CPU and the Hub's per-client limits are not swamped.
+	Concurrency int
+	// RangeSize is the byte range one connection fetches of a large file. Default 32 MiB:
+	// a range costs one request and one journal record, and a 1 GiB file still splits into 32
+	// pieces for parallelism.
+	RangeSize int64
+	// Checkpoint is how many bytes of a range are written between fsync+journal records, which
+	// bounds what a kill -9 can lose per connection. Default 8 MiB.
+	Checkpoint int64
+	// StallTimeout cancels and retries a range that received no bytes for this long. Default
+	// 30s: long enough for a congested cellular link, short enough that a dead TCP connection
+	// (which may otherwise hang for the kernel's ~15 minute retransmission limit) is noticed.
+	StallTimeout time.Duration
+	// MaxRate limits total download bandwidth in bytes per second; 0 means unlimited.
+	MaxRate int64
+	// BufferSize is the per-connection read buffer. Default 1 MiB: large enough that writes are
+	// few and big, small enough that memory stays bounded (Concurrency × BufferSize).
+	BufferSize int
+}
+
+func (o EngineOptions) withDefaults() EngineOptions {
+	if o.Concurrency <= 0 {
+		o.Concurrency = 8
+	}
+	if o.RangeSize <= 0 {
+		o.RangeSize = 32 << 20
+	}
+	if o.Checkpoint <= 0 {
+		o.Checkpoint = 8 << 20
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = 30 * time.Second
+	}
+	if o.BufferSize <= 0 {
+		o.BufferSize = 1 << 20
+	}
+	return o
+}
+
+// engine downloads files of one repository commit into a staging directory.
+type engine struct {
+	c       *Client
+	o       EngineOptions
+	sem     *semaphore.Weighted
+	limiter *rate.Limiter
+	obs     Observer
+	dir     string // staging directory of this commit
+	repo    string
+	commit  string
+}
+
+func newEngine(c *Client, o EngineOptions, obs Observer, dir, repo, commit string) *engine {
+	o = o.withDefaults()
+	e := &engine{c: c, o: o, sem: semaphore.NewWeighted(int64(o.Concurrency)), obs: obs, dir: dir, repo: repo, commit: commit}
+	if o.MaxRate > 0 {
+		// The burst must admit one full buffer read; a smaller rate just waits longer per read.
+		e.limiter = rate.NewLimiter(rate.Limit(o.MaxRate), o.BufferSize)
+	}
+	return e
+}
+
+// task is one file to download, with its live progress.
+type task struct {
+	file   File
+	path   string // validated relative path
+	final  string // where the verified file ends up
+	done   atomic.Int64
+	sha256 [32]byte // filled after verification
+	state  atomic.Value
+}
+
+func (e *engine) partialPaths(relPath string) (part, jour string) {
+	// Partial files are named by a hash of the path so that no repository filename ("x.part",
+	// a directory named like another file's partial) can collide with them.
+	h := sha256.Sum256([]byte(relPath))
+	base := filepath.Join(e.dir, "partial", hex.EncodeToString(h[:16]))
+	return base + ".part", base + ".journal"
+}
+
+// finalPath is where a verified file lives until the import; relPath passed registry.CleanPath.
+func (e *engine) finalPath(relPath string) string {
+	return filepath.Join(e.dir, "files", filepath.FromSlash(relPath))
+}
+
+// download fetches t's file into t.final, verifying it. A file already at t.final was verified by
+// an earlier run (it is renamed there only after verification) and is just re-hashed for sha256.
+func (e *engine) download(ctx context.Context, t *task) error {
+	if fi, err := os.Stat(t.final); err == nil && fi.Size() == t.file.Size {
+		sum, err := e.verifyFile(t.final, t)
+		if err == nil {
+			t.sha256 = sum
+			t.done.Store(t.file.Size)
+			return nil
+		}
+		os.Remove(t.final)
+	}
+	part, jpath := e.partialPaths(t.path)
+	if err := os.MkdirAll(filepath.Dir(part), 0o700); err != nil {
+		return fmt.Errorf("download %s: %w", t.path, err)
+	}
+	identity := t.file.BlobID
+	if t.file.LFS != nil {
+		identity = t.file.LFS.SHA256
+	}
+	j, fresh, err := openJournal(jpath, t.file.Size, e.o.RangeSize, identity)
+	if err != nil {
+		return fmt.Errorf("download %s: %w", t.path, err)
+	}
+	defer j.close()
+	flags := os.O_RDWR | os.O_CREATE
+	if fresh {
+		flags |= os.O_TRUNC
+	}
+	f, err := os.OpenFile(part, flags, 0o600)
+	if err != nil {
+		return fmt.Errorf("download %s: %w", t.path, err)
+	}
+	defer f.Close()
+	if err := f.Truncate(t.file.Size); err != nil {
+		return fmt.Errorf("download %s: preallocate %d bytes: %w", t.path, t.file.Size, err)
+	}
+
+	rs := j.rangeSize
+	n := int((t.file.Size + rs - 1) / rs)
+	ranges := make([]*byteRange, n)
+	var already int64
+	for i := range ranges {
+		start := int64(i) * rs
+		r := &byteRange{idx: uint32(i), start: start, end: min(start+rs, t.file.Size), complete: make(chan struct{})}
+		r.done = min(j.done[uint32(i)], r.end-r.start)
+		already += r.done
+		if r.done == r.end-r.start {
+			close(r.complete)
+		}
+		ranges[i] = r
+	}
+	t.done.Store(already)
+
+	// The hash follows the download: it reads each range back (from the page cache) as soon as
+	// every range before it is complete, so verification costs almost no extra wall time.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hashc := make(chan hashResult, 1)
+	go func() { hashc <- e.hashRanges(ctx, f, ranges, t) }()
+
+	src := &source{e: e, t: t}
+	var jmu sync.Mutex // serializes journal appends
+	g, gctx := errgroup.WithContext(ctx)
+	for _, r := range ranges {
+		if r.done == r.end-r.start {
+			continue
+		}
+		if err := e.sem.Acquire(gctx, 1); err != nil {
+			break
+		}
+		g.Go(func() error {
+			defer e.sem.Release(1)
+			return e.fetchRange(gctx, src, f, j, &jmu, r, t)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		cancel()
+		<-hashc
+		return fmt.Errorf("download %s: %w", t.path, err)
+	}
+	if ctx.Err() != nil {
+		cancel()
+		<-hashc
+		return ctx.Err()
+	}
+	hr := <-hashc
+	if hr.err != nil {
+		return fmt.Errorf("download %s: %w", t.path, hr.err)
+	}
+	if err := e.check(t, hr); err != nil {
+		// Bad bytes must not be resumed from: drop them so the next run starts clean.
+		f.Close()
+		j.close()
+		os.Remove(part)
+		os.Remove(jpath)
+		return err
+	}
+	t.sha256 = hr.sha256
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("download %s: sync: %w", t.path, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(t.final), 0o700); err != nil {
+		return fmt.Errorf("download %s: %w", t.path, err)
+	}
+	if err := os.Rename(part, t.final); err != nil {
+		return fmt.Errorf("download %s: %w", t.path, err)
+	}
+	syncDir(filepath.Dir(t.final))
+	j.close()
+	os.Remove(jpath)
+	if e.obs != nil {
+		e.obs.FileDownloaded()
+	}
+	return nil
+}
+
+type byteRange struct {
+	idx        uint32
+	start, end int64
+	done       int64 // durable bytes from start (only the range's own goroutine writes it)
+	complete   chan struct{}
+}
+
+type hashResult struct {
+	sha256 [32]byte
+	sha1   [20]byte
+	err    error
+}
+
+// hashRanges hashes the file in range order, waiting for each range to complete.
+func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange, t *task) hashResult {
+	h256 := sha256.New()
+	var h1 hash.Hash
+	hw := io.Writer(h256)
+	if t.file.LFS == nil {
+		h1 = sha1.New()
+		fmt.Fprintf(h1, "blob %d\x00", t.file.Size)
+		hw = io.MultiWriter(h256, h1)
+	}
+	buf := make([]byte, 1<<20)
+	for _, r := range ranges {
+		select {
+		case <-r.complete:
+		case <-ctx.Done():
+			return hashResult{err: ctx.Err()}
+		}
+		if _, err := io.CopyBuffer(hw, io.NewSectionReader(f, r.start, r.end-r.start), buf); err != nil {
+			return hashResult{err: fmt.Errorf("read back: %w", err)}
+		}
+	}
+	var res hashResult
+	h256.Sum(res.sha256[:0])
+	if h1 != nil {
+		h1.Sum(res.sha1[:0])
+	}
+	return res
+}
+
+// verifyFile hashes an already complete file and checks it like a fresh download.
+func (e *engine) verifyFile(path string, t *task) ([32]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	defer f.Close()
+	r := &byteRange{start: 0, end: t.file.Size, complete: make(chan struct{})}
+	close(r.complete)
+	hr := e.hashRanges(context.Background(), f, []*byteRange{r}, t)
+	if hr.err != nil {
+		return [32]byte{}, hr.err
+	}
+	return hr.sha256, e.check(t, hr)
+}
+
+// check compares hashes with what the Hub announced.
+func (e *engine) check(t *task, hr hashResult) error {
+	if t.file.LFS != nil {
+		if got := hex.EncodeToString(hr.sha256[:]); !strings.EqualFold(got, t.file.LFS.SHA256) {
+			return fmt.Errorf("%w: %s: sha256 is %s, the Hub announced %s; nothing was published", ErrChecksum, t.path, got, t.file.LFS.SHA256)
+		}
+		return nil
+	}
+	if got := hex.EncodeToString(hr.sha1[:]); !strings.EqualFold(got, t.file.BlobID) {
+		return fmt.Errorf("%w: %s: git blob sha1 is %s, the Hub announced %s; nothing was published", ErrChecksum, t.path, got, t.file.BlobID)
+	}
+	return nil
+}
+
+// source is a file's download URL, re-resolved when a signed CDN URL expires.
+type source struct {
+	e   *engine
+	t   *task
+	mu  sync.Mutex
+	loc Location
+	gen int // bumped at each resolution, so concurrent ranges that hit the same 403 resolve once
+}
+
+func (s *source) get(ctx context.Context, staleGen int) (Location, int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.loc.URL != "" && s.gen != staleGen {
+		return s.loc, s.gen, nil
+	}
+	loc, err := s.e.c.Resolve(ctx, s.e.repo, s.e.commit, s.t.file.Path)
+	if err != nil {
+		return Location{}, 0, err
+	}
+	if loc.Size >= 0 && loc.Size != s.t.file.Size {
+		return Location{}, 0, fmt.Errorf("%w: %s: the Hub announces %d bytes at download time but listed %d", ErrChecksum, s.t.path, loc.Size, s.t.file.Size)
+	}
+	if s.t.file.LFS != nil && len(loc.ETag) == 64 && !strings.EqualFold(loc.ETag, s.t.file.LFS.SHA256) {
+		return Location{}, 0, fmt.Errorf("%w: %s: the Hub announces sha256 %s at download time but listed %s", ErrChecksum, s.t.path, loc.ETag, s.t.file.LFS.SHA256)
+	}
+	s.loc = loc
+	s.gen++
+	return s.loc, s.gen, nil
+}
+
+// errStalled marks a range attempt cancelled because no bytes arrived within StallTimeout.
+var errStalled = errors.New("download stalled")
+
+// errExpired marks a 403 from the CDN: the signed URL expired, resolve a fresh one.
+var errExpired = errors.New("signed URL rejected")
+
+// fetchRange downloads the rest of r with retries, checkpointing durable progress.
+func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, j *journal, jmu *sync.Mutex, r *byteRange, t *task) error {
+	if e.obs != nil {
+		e.obs.DownloadsActive(1)
+		defer e.obs.DownloadsActive(-1)
+	}
+	buf := make([]byte, e.o.BufferSize)
+	bo := e.c.backoff
+	stale := -1 // a generation no resolution has, so the first get resolves
+	failures := 0
+	for {
+		loc, g, err := src.get(ctx, stale)
+		if err != nil {
+			return err
+		}
+		before := r.done
+		hdr, err := e.rangeAttempt(ctx, loc, f, j, jmu, r, t, buf)
+		if err == nil {
+			close(r.complete)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		stale = -1
+		if errors.Is(err, errExpired) {
+			stale = g // this URL is dead: resolve again unless another range already did
+		}
+		if !retryable(err) {
+			return err
+		}
+		if r.done > before {
+			failures = 0 // progress was made: this is a flaky link, not a dead one
+		}
+		failures++
+		if failures >= bo.Attempts {
+			return err
+		}
+		if e.obs != nil {
+			e.obs.RetryObserved(err)
+		}
+		if errors.Is(err, errExpired) {
+			continue // a fresh signature needs no backoff
+		}
+		if err := sleepCtx(ctx, bo.delay(failures-1, hdr)); err != nil {
+			return err
+		}
+	}
+}
+
+// retryable reports whether a range failure is worth another attempt.
+func retryable(err error) bool {
+	if errors.Is(err, errStalled) || errors.Is(err, errExpired) || errors.Is(err, ErrOffline) ||
+		errors.Is(err, ErrRateLimited) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	return false
+}
+
+// rangeAttempt makes one request for the rest of r and copies it to f. On failure it returns the
+// response headers (for Retry-After) and an error; r.done reflects the durable bytes.
+func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, j *journal, jmu *sync.Mutex, r *byteRange, t *task, buf []byte) (http.Header, error) {
+	from, to := r.start+r.done, r.end // [from, to)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var stalled atomic.Bool
+	timer := time.AfterFunc(e.o.StallTimeout, func() { stalled.Store(true); cancel() })
+	defer timer.Stop()
+
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, loc.URL, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrProtocol, err)
+	}
+	e.c.decorate(req, loc.Auth)
+	whole := from == 0 && to == t.file.Size
+	if !whole {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(from, 10)+"-"+strconv.FormatInt(to-1, 10))
+	}
+	resp, err := e.c.http.Do(req)
+	if err != nil {
+		if stalled.Load() {
+			return nil, fmt.Errorf("%w: no response for %v", errStalled, e.o.StallTimeout)
+		}
+		if isCtxErr(ctx, err) {
+			return nil, ctx.Err()
+		}
+		return nil, networkError(req.URL, err)
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusPartialContent:
+		if cr := resp.Header.Get("Content-Range"); !strings.HasPrefix(cr, "bytes "+strconv.FormatInt(from, 10)+"-") {
+			return nil, fmt.Errorf("%w: asked bytes %d-%d, got Content-Range %q", ErrProtocol, from, to-1, cr)
+		}
+	case resp.StatusCode == http.StatusOK && from == 0:
+		// The server ignored Range (or we asked for everything): read only our range.
+	case resp.StatusCode == http.StatusOK:
+		return nil, fmt.Errorf("%w: %s ignored a Range request", ErrProtocol, redact(req.URL))
+	case resp.StatusCode == http.StatusForbidden && !loc.Auth:
+		drain(resp)
+		return nil, errExpired
+	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
+		drain(resp)
+		return nil, fmt.Errorf("%w: %s: the server has fewer than the %d bytes the Hub listed (HTTP 416 for bytes %d-%d)", ErrChecksum, t.path, t.file.Size, from, to-1)
+	case resp.StatusCode >= 300 && resp.StatusCode < 400 && loc.Auth:
+		// The hub redirected a download we expected to serve directly (a rename, or the
+		// file moved to LFS); re-resolve.
+		drain(resp)
+		return nil, errExpired
+	default:
+		err := e.c.statusError(resp, ErrEntryNotFound)
+		drain(resp)
+		return resp.Header, err
+	}
+
+	body := io.LimitReader(resp.Body, to-from)
+	off := from
+	sinceSync := int64(0)
+	checkpoint := func() error {
+		if sinceSync == 0 {
+			return nil
+		}
+		// Data first, then the journal record that vouches for it.
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("sync partial file: %w", err)
+		}
+		jmu.Lock()
+		err := j.record(r.idx, off-r.start)
+		jmu.Unlock()
+		if err != nil {
+			return err
+		}
+		r.done = off - r.start
+		sinceSync = 0
+		return nil
+	}
+	for off < to {
+		n, rerr := readFull(body, buf[:min(int64(len(buf)), to-off)], timer, e.o.StallTimeout)
+		if n > 0 {
+			if e.limiter != nil {
+				if err := e.limiter.WaitN(ctx, n); err != nil {
+					return nil, err
+				}
+			}
+			if _, err := f.WriteAt(buf[:n], off); err != nil {
+				return nil, fmt.Errorf("write %s: %w", t.path, err)
+			}
+			off += int64(n)
+			sinceSync += int64(n)
+			t.done.Add(int64(n))
+			if e.obs != nil {
+				e.obs.BytesDownloaded(int64(n))
+			}
+			if sinceSync >= e.o.Checkpoint {
+				if err := checkpoint(); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if rerr != nil {
+			if off >= to {
+				break
+			}
+			// Keep what arrived: the retry continues from here.
+			if err := checkpoint(); err != nil {
+				return nil, err
+			}
+			switch {
+			case stalled.Load():
+				return nil, fmt.Errorf("%w: no bytes for %v at offset %d of %s", errStalled, e.o.StallTimeout, off, t.path)
+			case isCtxErr(ctx, rerr):
+				return nil, ctx.Err()
+			case errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF):
+				return nil, fmt.Errorf("%w: connection closed at offset %d of %s", io.ErrUnexpectedEOF, off, t.path)
+			default:
+				return nil, networkError(req.URL, rerr)
+			}
+		}
+	}
+	if err := checkpoint(); err != nil {
+		return nil, err
+	}
+	return nil, nil
+}
+
+// readFull fills p like io.ReadFull, resetting the stall timer whenever bytes arrive.
+func readFull(r io.Reader, p []byte, timer *time.Timer, stall time.Duration) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := r.Read(p[n:])
+		if m > 0 {
+			timer.Reset(stall)
+		}
+		n += m
+		if err != nil {
+			if err == io.EOF && n == len(p) {
+				return n, nil
+			}
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// syncDir fsyncs a directory so a rename in it is durable. Errors are ignored: some filesystems
+// refuse fsync on directories, and the rename itself already succeeded.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}

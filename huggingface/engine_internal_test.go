@@ -1,0 +1,290 @@
+package huggingface
+
+// Engine tests live inside the package because the engine is an implementation detail of Fetcher;
+// the end-to-end behaviour is tested through the public API in fetch_test.go.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/buffdb/buffdbd/huggingface/hubtest"
+)
+
+// fastBackoff keeps retry tests quick; the production defaults are exercised by code review, not
+// by waiting.
+var fastBackoff = Backoff{Base: time.Millisecond, Max: 20 * time.Millisecond, Attempts: 6}
+
+type engineFixture struct {
+	hub    *hubtest.Server
+	client *Client
+	repo   string
+	commit string
+	files  []File
+	data   map[string][]byte
+}
+
+func newEngineFixture(t testing.TB, specs map[string]int, lfs map[string]bool) *engineFixture {
+	t.Helper()
+	hub := hubtest.New()
+	t.Cleanup(hub.Close)
+	hub.AddRepo("org/model", hubtest.RepoOptions{})
+	var fs []hubtest.FileSpec
+	data := map[string][]byte{}
+	seed := uint64(1)
+	for p, n := range specs {
+		b := make([]byte, n)
+		hubtest.Random(seed, int64(n)).ReadAt(b, 0)
+		seed++
+		data[p] = b
+		fs = append(fs, hubtest.FileSpec{Path: p, Content: hubtest.Bytes(b), LFS: lfs[p]})
+	}
+	commit := hub.Commit("org/model", "main", fs)
+	c, err := NewClient(ClientOptions{Endpoint: hub.Endpoint(), Backoff: fastBackoff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := c.ListFiles(context.Background(), "org/model", commit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &engineFixture{hub: hub, client: c, repo: "org/model", commit: commit, files: files, data: data}
+}
+
+func (fx *engineFixture) file(t testing.TB, p string) File {
+	for _, f := range fx.files {
+		if f.Path == p {
+			return f
+		}
+	}
+	t.Fatalf("no file %s", p)
+	return File{}
+}
+
+// run downloads one file with the given options and returns the task and error.
+func (fx *engineFixture) run(t testing.TB, dir, p string, o EngineOptions) (*task, error) {
+	t.Helper()
+	e := newEngine(fx.client, o, nil, dir, fx.repo, fx.commit)
+	tk := &task{file: fx.file(t, p), path: p, final: e.finalPath(p)}
+	return tk, e.download(context.Background(), tk)
+}
+
+func (fx *engineFixture) assertFile(t testing.TB, tk *task, p string) {
+	t.Helper()
+	got, err := os.ReadFile(tk.final)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, fx.data[p]) {
+		t.Fatalf("%s: downloaded %d bytes differ from the %d served", p, len(got), len(fx.data[p]))
+	}
+}
+
+func TestEngine_Download(t *testing.T) {
+	small := EngineOptions{RangeSize: 64 << 10, Checkpoint: 16 << 10, Concurrency: 4, BufferSize: 8 << 10}
+	t.Run("OKRanges", func(t *testing.T) {
+		fx := newEngineFixture(t, map[string]int{"w.bin": 1<<20 + 123}, map[string]bool{"w.bin": true})
+		tk, err := fx.run(t, t.TempDir(), "w.bin", small)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fx.assertFile(t, tk, "w.bin")
+		ranged := 0
+		for _, r := range fx.hub.Requests() {
+			if r.Server == "cdn" && r.Range != "" {
+				ranged++
+			}
+		}
+		if want := 17; ranged != want { // ceil((1 MiB + 123) / 64 KiB)
+			t.Fatalf("CDN range requests = %d, want %d", ranged, want)
+		}
+	})
+	t.Run("OKRegularFileGitSHA1", func(t *testing.T) {
+		fx := newEngineFixture(t, map[string]int{"config.json": 777}, nil)
+		tk, err := fx.run(t, t.TempDir(), "config.json", small)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fx.assertFile(t, tk, "config.json")
+	})
+	t.Run("OKConnectionsCut", func(t *testing.T) {
+		fx := newEngineFixture(t, map[string]int{"w.bin": 300 << 10}, map[string]bool{"w.bin": true})
+		fx.hub.CutNext(1000, 20000, 5, 40000)
+		tk, err := fx.run(t, t.TempDir(), "w.bin", small)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fx.assertFile(t, tk, "w.bin")
+	})
+	t.Run("OKStall", func(t *testing.T) {
+		fx := newEngineFixture(t, map[string]int{"w.bin": 200 << 10}, map[string]bool{"w.bin": true})
+		// The server would stall for an hour; the engine must notice and retry instead.
+		fx.hub.StallNext(2, 10000, time.Hour)
+		o := small
+		o.StallTimeout = 200 * time.Millisecond
+		tk, err := fx.run(t, t.TempDir(), "w.bin", o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fx.assertFile(t, tk, "w.bin")
+	})
+	t.Run("OKExpiredSignature", func(t *testing.T) {
+		fx := newEngineFixture(t, map[string]int{"w.bin": 256 << 10}, map[string]bool{"w.bin": true})
+		fx.hub.StallNext(1, 20000, 300*time.Millisecond)
+		o := small
+		o.Concurrency = 1
+		e := newEngine(fx.client, o, nil, t.TempDir(), fx.repo, fx.commit)
+		tk := &task{file: fx.file(t, "w.bin"), path: "w.bin", final: e.finalPath("w.bin")}
+		// Expire every signature while the first range is in flight: later ranges get 403.
+		go func() {
+			for fx.hub.BytesServed() < 20000 {
+				time.Sleep(time.Millisecond)
+			}
+			fx.hub.ExpireSignatures()
+		}()
+		if err := e.download(context.Background(), tk); err != nil {
+			t.Fatal(err)
+		}
+		fx.assertFile(t, tk, "w.bin")
+		resolves := 0
+		for _, r := range fx.hub.Requests() {
+			if r.Server == "hub" && strings.Contains(r.Path, "/resolve/") {
+				resolves++
+			}
+		}
+		if resolves < 2 {
+			t.Fatalf("resolve requests = %d, want a re-resolution after the 403", resolves)
+		}
+	})
+	t.Run("OKServerErrorsThenSuccess", func(t *testing.T) {
+		fx := newEngineFixture(t, map[string]int{"w.bin": 100 << 10}, map[string]bool{"w.bin": true})
+		fx.hub.StatusNext(503, 500, 429)
+		tk, err := fx.run(t, t.TempDir(), "w.bin", small)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fx.assertFile(t, tk, "w.bin")
+	})
+	t.Run("ErrChecksumLFS", func(t *testing.T) {
+		fx := newEngineFixture(t, map[string]int{"w.bin": 100 << 10}, map[string]bool{"w.bin": true})
+		fx.hub.Corrupt("org/model", "w.bin")
+		dir := t.TempDir()
+		tk, err := fx.run(t, dir, "w.bin", small)
+		if !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), "w.bin") {
+			t.Fatalf("err = %v, want ErrChecksum naming w.bin", err)
+		}
+		if _, err := os.Stat(tk.final); !os.IsNotExist(err) {
+			t.Fatalf("corrupt file left at its final path: %v", err)
+		}
+		part, jour := newEngine(fx.client, small, nil, dir, fx.repo, fx.commit).partialPaths("w.bin")
+		for _, p := range []string{part, jour} {
+			if _, err := os.Stat(p); !os.IsNotExist(err) {
+				t.Fatalf("corrupt partial state %s kept (a resume would trust it): %v", p, err)
+			}
+		}
+	})
+	t.Run("ErrChecksumRegular", func(t *testing.T) {
+		fx := newEngineFixture(t, map[string]int{"config.json": 5000}, nil)
+		fx.hub.Corrupt("org/model", "config.json")
+		if _, err := fx.run(t, t.TempDir(), "config.json", small); !errors.Is(err, ErrChecksum) {
+			t.Fatalf("err = %v, want ErrChecksum", err)
+		}
+	})
+	t.Run("OKMaxRate", func(t *testing.T) {
+		fx := newEngineFixture(t, map[string]int{"w.bin": 64 << 10}, map[string]bool{"w.bin": true})
+		o := small
+		o.MaxRate = 256 << 10
+		e := newEngine(fx.client, o, nil, t.TempDir(), fx.repo, fx.commit)
+		if e.limiter == nil || int64(e.limiter.Limit()) != o.MaxRate {
+			t.Fatalf("limiter = %v, want %d B/s", e.limiter, o.MaxRate)
+		}
+		tk := &task{file: fx.file(t, "w.bin"), path: "w.bin", final: e.finalPath("w.bin")}
+		if err := e.download(context.Background(), tk); err != nil {
+			t.Fatal(err)
+		}
+		fx.assertFile(t, tk, "w.bin")
+	})
+}
+
+// Resume after SIGKILL: the test re-executes its own binary as a child that downloads a throttled
+// file, kills it with SIGKILL mid-file, then finishes the download in-process and checks that the
+// bytes served twice stay within what the journal could not vouch for.
+const killChildEnv = "BUFFDBD_HF_KILL_CHILD"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(killChildEnv); spec != "" {
+		os.Exit(killChild(spec))
+	}
+	os.Exit(m.Run())
+}
+
+// killChild runs "endpoint|commit|dir|size": download w.bin and hang around until killed.
+func killChild(spec string) int {
+	parts := strings.Split(spec, "|")
+	c, err := NewClient(ClientOptions{Endpoint: parts[0], Backoff: fastBackoff})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	files, err := c.ListFiles(context.Background(), "org/model", parts[1])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	e := newEngine(c, killOpts, nil, parts[2], "org/model", parts[1])
+	tk := &task{file: files[0], path: files[0].Path, final: e.finalPath(files[0].Path)}
+	if err := e.download(context.Background(), tk); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+var killOpts = EngineOptions{RangeSize: 256 << 10, Checkpoint: 32 << 10, Concurrency: 4, BufferSize: 16 << 10}
+
+func TestEngine_ResumeAfterSIGKILL(t *testing.T) {
+	const size = 4 << 20
+	fx := newEngineFixture(t, map[string]int{"w.bin": size}, map[string]bool{"w.bin": true})
+	// Throttled so the kill lands mid-file whatever the machine's speed: 4 connections at
+	// 1 MiB/s each take about a second for the whole file.
+	fx.hub.Throttle(1 << 20)
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), killChildEnv+"="+strings.Join([]string{fx.hub.Endpoint(), fx.commit, dir, strconv.Itoa(size)}, "|"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for fx.hub.BytesServed() < size/2 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	err := cmd.Wait()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
+		t.Fatalf("child was not killed mid-download (err %v, stderr %s)", err, stderr.String())
+	}
+	servedBefore := fx.hub.BytesServed()
+	fx.hub.Throttle(0)
+	tk, err := fx.run(t, dir, "w.bin", killOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.assertFile(t, tk, "w.bin")
+	redownloaded := fx.hub.BytesServed() - servedBefore - (size - servedBefore)
+	// Lost at most: per connection, the bytes after the last checkpoint plus one buffer that
+	// was on the wire, plus whatever the kernel had in socket buffers (served but never read).
+	limit := int64(killOpts.Concurrency) * (killOpts.Checkpoint + int64(killOpts.BufferSize) + 256<<10)
+	if redownloaded > limit {
+		t.Fatalf("re-downloaded %d bytes after the kill, want ≤ %d (served %d before the kill of a %d-byte file)", redownloaded, limit, servedBefore, size)
+	}
+	t.Logf("served %d before SIGKILL, re-downloaded %d", servedBefore, redownloaded)
+}

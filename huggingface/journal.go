@@ -1,0 +1,129 @@
+package huggingface
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+)
+
+// A journal records, for one partial file, how many bytes of each byte range are durable. Its
+// invariant is that a record is written only after the data it describes was fsynced, so after a
+// kill -9 (or power loss) every byte the journal claims is on disk; a lost journal write only costs
+// re-downloading. Records carry a CRC so a torn tail is recognized and ignored.
+//
+// Layout: a 32-byte header (magic, file size, range size, first 8 bytes of sha256(identity)), then
+// 16-byte records (range index u32, durable bytes in the range u64, crc32 of the first 12 bytes).
+type journal struct {
+	f         *os.File
+	size      int64
+	rangeSize int64
+	done      map[uint32]int64
+}
+
+var journalMagic = [8]byte{'B', 'H', 'F', 'J', 'R', 'N', 'L', '1'}
+
+const (
+	journalHeader = 32
+	journalRecord = 16
+)
+
+func identityTag(identity string) [8]byte {
+	s := sha256.Sum256([]byte(identity))
+	var t [8]byte
+	copy(t[:], s[:8])
+	return t
+}
+
+// openJournal opens or creates the journal at path for a file of the given size and identity
+// (its expected hash). A journal written for other content or size is discarded (fresh=true): the
+// partial file's bytes cannot be trusted then. An existing journal keeps its own range size so
+// changing options between runs does not invalidate progress.
+func openJournal(path string, size, rangeSize int64, identity string) (j *journal, fresh bool, err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, false, fmt.Errorf("open journal: %w", err)
+	}
+	j = &journal{f: f, size: size, rangeSize: rangeSize, done: map[uint32]int64{}}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		f.Close()
+		return nil, false, fmt.Errorf("read journal: %w", err)
+	}
+	tag := identityTag(identity)
+	if len(data) >= journalHeader && bytes.Equal(data[:8], journalMagic[:]) &&
+		int64(binary.LittleEndian.Uint64(data[8:])) == size && bytes.Equal(data[24:32], tag[:]) {
+		rs := int64(binary.LittleEndian.Uint64(data[16:]))
+		if rs > 0 {
+			j.rangeSize = rs
+			good := journalHeader
+			for off := journalHeader; off+journalRecord <= len(data); off += journalRecord {
+				rec := data[off : off+journalRecord]
+				if crc32.ChecksumIEEE(rec[:12]) != binary.LittleEndian.Uint32(rec[12:]) {
+					break // torn or garbage tail: everything before it is still valid
+				}
+				idx, n := binary.LittleEndian.Uint32(rec), int64(binary.LittleEndian.Uint64(rec[4:]))
+				if n > j.done[idx] {
+					j.done[idx] = n
+				}
+				good = off + journalRecord
+			}
+			if good != len(data) {
+				if err := f.Truncate(int64(good)); err != nil {
+					f.Close()
+					return nil, false, fmt.Errorf("truncate journal: %w", err)
+				}
+			}
+			if _, err := f.Seek(int64(good), io.SeekStart); err != nil {
+				f.Close()
+				return nil, false, err
+			}
+			return j, false, nil
+		}
+	}
+	// New or foreign journal: start over.
+	var hdr [journalHeader]byte
+	copy(hdr[:], journalMagic[:])
+	binary.LittleEndian.PutUint64(hdr[8:], uint64(size))
+	binary.LittleEndian.PutUint64(hdr[16:], uint64(rangeSize))
+	copy(hdr[24:], tag[:])
+	if err := f.Truncate(0); err != nil {
+		f.Close()
+		return nil, false, fmt.Errorf("reset journal: %w", err)
+	}
+	if _, err := f.WriteAt(hdr[:], 0); err != nil {
+		f.Close()
+		return nil, false, fmt.Errorf("write journal: %w", err)
+	}
+	if _, err := f.Seek(journalHeader, io.SeekStart); err != nil {
+		f.Close()
+		return nil, false, err
+	}
+	return j, true, nil
+}
+
+// record appends "range idx has n durable bytes". The caller must have fsynced those bytes.
+// Writes are serialized by the caller. The journal itself is not fsynced: losing a record only
+// loses progress, never correctness.
+func (j *journal) record(idx uint32, n int64) error {
+	var rec [journalRecord]byte
+	binary.LittleEndian.PutUint32(rec[:], idx)
+	binary.LittleEndian.PutUint64(rec[4:], uint64(n))
+	binary.LittleEndian.PutUint32(rec[12:], crc32.ChecksumIEEE(rec[:12]))
+	if _, err := j.f.Write(rec[:]); err != nil {
+		return fmt.Errorf("write journal: %w", err)
+	}
+	return nil
+}
+
+func (j *journal) close() error {
+	if j == nil || j.f == nil {
+		return nil
+	}
+	err := j.f.Close()
+	j.f = nil
+	return err
+}
