@@ -193,7 +193,7 @@ func (db *DB) discardTemp(f *os.File) {
 // pin on sum. If an identical payload already exists the temp file is just dropped.
 func (db *DB) installTemp(f *os.File, sum [32]byte) error {
 	defer db.discardTemp(f) // after a successful rename the Remove is a harmless no-op
-	if err := f.Sync(); err != nil {
+	if err := db.fsync(f); err != nil {
 		return fmt.Errorf("fsync payload: %w", err)
 	}
 	st, err := f.Stat()
@@ -209,7 +209,7 @@ func (db *DB) installTemp(f *os.File, sum [32]byte) error {
 	final := db.payloadPath(sum)
 	sub := filepath.Dir(final)
 	if err := os.Mkdir(sub, 0o750); err == nil {
-		if err := syncDir(filepath.Dir(sub)); err != nil {
+		if err := db.syncDir(filepath.Dir(sub)); err != nil {
 			return err
 		}
 	} else if !errors.Is(err, fs.ErrExist) {
@@ -218,10 +218,24 @@ func (db *DB) installTemp(f *os.File, sum [32]byte) error {
 	if err := os.Rename(f.Name(), final); err != nil {
 		return fmt.Errorf("install payload: %w", err)
 	}
-	return syncDir(sub)
+	return db.syncDir(sub)
 }
 
-func syncDir(dir string) error {
+// fsync makes f's bytes durable under DurabilitySync. Under DurabilityProcess it does nothing: the
+// promise there is surviving a process crash, and the kernel's page cache already does (the same
+// reasoning as SQLite's synchronous=NORMAL in WAL mode).
+func (db *DB) fsync(f *os.File) error {
+	if db.opts.Durability == DurabilityProcess {
+		return nil
+	}
+	return f.Sync()
+}
+
+// syncDir makes a directory's entries (a created or renamed payload file) durable; see fsync.
+func (db *DB) syncDir(dir string) error {
+	if db.opts.Durability == DurabilityProcess {
+		return nil
+	}
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -86,6 +86,8 @@ a running daemon (its unix socket in the data directory, or --addr) or open the 
 		newIndexCmd(g),
 		newModelCmd(g),
 		newGCCmd(g),
+		newBenchCmd(g),
+		newFetchCmd(g),
 		newConfigCommand(),
 		newVersionCommand(),
 	)
