@@ -23,7 +23,7 @@ type regEnv struct {
 	dir    string
 	db     *store.DB
 	reg    *registry.Service
-	srv    *grpc.Server
+	srv    *api.Server
 	conn   *grpc.ClientConn
 	client *registry.Client
 	rpc    registrypb.RegistryClient
@@ -50,9 +50,11 @@ func startRegistry(t testing.TB, opts registry.Options) *regEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.srv = grpc.NewServer()
-	registrypb.RegisterRegistryServer(e.srv, api.NewRegistry(e.reg, nil))
+	// The real server wiring (interceptors, health), with the registry registered as run does.
+	e.srv = api.NewServer(e.db, api.Options{})
+	e.srv.Register(&registrypb.Registry_ServiceDesc, api.NewRegistry(e.reg, nil))
 	go e.srv.Serve(l)
+	e.srv.SetServing()
 	e.conn, err = grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -61,38 +63,12 @@ func startRegistry(t testing.TB, opts registry.Options) *regEnv {
 	e.rpc = registrypb.NewRegistryClient(e.conn)
 	t.Cleanup(func() {
 		e.conn.Close()
-		e.srv.Stop()
+		e.srv.Shutdown(context.Background())
 		e.reg.Close()
 		checkIntegrity(t, e.db)
 		e.db.Close()
 	})
 	return e
-}
-
-func checkIntegrity(t testing.TB, db *store.DB) {
-	t.Helper()
-	var rows []string
-	err := db.Query(context.Background(), "PRAGMA integrity_check", func(_ []string, row []any) error {
-		rows = append(rows, toString(row[0]))
-		return nil
-	})
-	if err != nil {
-		t.Errorf("integrity_check: %v", err)
-		return
-	}
-	if len(rows) != 1 || rows[0] != "ok" {
-		t.Errorf("integrity_check = %v", rows)
-	}
-}
-
-func toString(v any) string {
-	switch v := v.(type) {
-	case string:
-		return v
-	case []byte:
-		return string(v)
-	}
-	return ""
 }
 
 func randBytes(seed uint64, n int) []byte {

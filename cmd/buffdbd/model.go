@@ -14,8 +14,9 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
 
 	"github.com/buffdb/buffdbd/api"
@@ -506,12 +507,13 @@ func dash(s string) string {
 	return s
 }
 
-// progress shows transfer progress: a bar with bytes, rate and ETA on a terminal, plain lines
-// (every 10% or 10 s) otherwise, so logs of unattended pulls stay readable.
+// progress shows transfer progress: a bar with bytes, rate and ETA on a terminal (mpb, as `fetch`
+// uses), plain lines (every 10% or 10 s) otherwise, so logs of unattended pulls stay readable.
 type progress struct {
 	w       io.Writer
 	label   string
-	bar     *progressbar.ProgressBar
+	p       *mpb.Progress
+	bar     *mpb.Bar
 	start   time.Time
 	lastPct int64
 	lastAt  time.Time
@@ -522,21 +524,22 @@ type progress struct {
 func newProgress(w io.Writer, label string) *progress {
 	p := &progress{w: w, label: label, start: time.Now(), lastPct: -1}
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		p.bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription(label),
-			progressbar.OptionShowBytes(true), progressbar.OptionSetPredictTime(true), progressbar.OptionShowCount(),
-			progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionClearOnFinish(),
-			progressbar.OptionFullWidth(), progressbar.OptionSetRenderBlankState(true))
+		p.p = mpb.New(mpb.WithOutput(w), mpb.WithRefreshRate(150*time.Millisecond))
 	}
 	return p
 }
 
 func (p *progress) update(done, total int64) {
 	p.done, p.total = done, total
-	if p.bar != nil {
-		if p.bar.GetMax64() != total {
-			p.bar.ChangeMax64(total)
+	if p.p != nil {
+		if p.bar == nil {
+			p.bar = p.p.AddBar(total,
+				mpb.PrependDecorators(decor.Name(p.label+" ", decor.WCSyncSpaceR), decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")),
+				mpb.AppendDecorators(decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30), decor.Name(" ETA "), decor.EwmaETA(decor.ET_STYLE_GO, 30)))
 		}
-		_ = p.bar.Set64(done)
+		p.bar.SetTotal(total, false)
+		p.bar.EwmaSetCurrent(done, time.Since(p.lastAt))
+		p.lastAt = time.Now()
 		return
 	}
 	pct := int64(100)
@@ -563,16 +566,19 @@ func (p *progress) eta() string {
 	if r <= 0 || p.done >= p.total {
 		return ""
 	}
-	return ", ETA " + (time.Duration(float64(p.total-p.done)/float64(r)) * time.Second).Round(time.Second).String()
+	return ", ETA " + time.Duration(float64(p.total-p.done)/float64(r)*float64(time.Second)).Round(time.Second).String()
 }
 
 func (p *progress) finish(ok bool) {
+	if p.p == nil {
+		return
+	}
 	if p.bar != nil {
 		if ok {
-			_ = p.bar.Finish()
+			p.bar.SetTotal(p.total, true)
 		} else {
-			_ = p.bar.Exit()
-			fmt.Fprintln(p.w)
+			p.bar.Abort(false)
 		}
 	}
+	p.p.Wait()
 }
