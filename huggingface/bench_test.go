@@ -39,7 +39,7 @@ func BenchmarkFetch(b *testing.B) {
 		size = n
 	}
 	const throttle = 50e6 // bytes/s per connection, the throttled setting
-	conc := benchConc()            // aria2c's maximum per server (-x16), for a like-for-like comparison
+	conc := benchConc()   // aria2c's maximum per server (-x16), for a like-for-like comparison
 	hub := hubtest.New()
 	defer hub.Close()
 	hub.AddRepo("bench/model", hubtest.RepoOptions{})
