@@ -1,0 +1,406 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// IndexType selects what lookups an index supports.
+type IndexType int
+
+const (
+	IndexHash  IndexType = iota // exact match
+	IndexBTree                  // exact match and ranges
+)
+
+// ValueKind says how indexed values compare.
+type ValueKind int
+
+const (
+	KindString ValueKind = iota
+	KindNumber           // values that do not parse as numbers are not indexed
+)
+
+// IndexDef defines a secondary index over KV values.
+//
+// A JSON path indexes the value found there when the KV value is valid JSON: strings, numbers (as
+// their text for KindString) and true/false; missing paths, null, objects and arrays are not indexed.
+// KindNumber indexes JSON numbers only (the whole value must itself be a JSON number when JSONPath is
+// ""), so "12" indexes as 12 while "12abc" is not indexed.
+type IndexDef struct {
+	Name      string
+	Type      IndexType
+	Unique    bool
+	JSONPath  string // "" indexes the whole value; else e.g. "$.framework"
+	KeyPrefix string // "" indexes every key
+	Kind      ValueKind
+}
+
+// maxIndexName bounds index names; they are identifiers, not data.
+const maxIndexName = 256
+
+func (d IndexDef) validate() error {
+	switch {
+	case d.Name == "":
+		return fmt.Errorf("index name is empty: %w", ErrInvalid)
+	case len(d.Name) > maxIndexName || !utf8.ValidString(d.Name) || strings.ContainsRune(d.Name, 0):
+		return fmt.Errorf("index name %q: must be valid UTF-8 without NUL, at most %d bytes: %w", d.Name, maxIndexName, ErrInvalid)
+	case d.Type != IndexHash && d.Type != IndexBTree:
+		return fmt.Errorf("index %q: unknown type %d: %w", d.Name, d.Type, ErrInvalid)
+	case d.Kind != KindString && d.Kind != KindNumber:
+		return fmt.Errorf("index %q: unknown value kind %d: %w", d.Name, d.Kind, ErrInvalid)
+	case d.JSONPath != "" && !strings.HasPrefix(d.JSONPath, "$"):
+		return fmt.Errorf("index %q: JSON path %q must start with $: %w", d.Name, d.JSONPath, ErrInvalid)
+	}
+	return nil
+}
+
+// sqlText renders s as an SQL text literal that survives any bytes (quotes, NUL, invalid UTF-8):
+// a hex blob cast to text.
+func sqlText(s string) string {
+	return "CAST(X'" + hex.EncodeToString([]byte(s)) + "' AS TEXT)"
+}
+
+// valueExpr is the SQL expression computing the indexed value of the kv value expression v, or NULL
+// when the value is not indexed. Only built-in SQLite functions are used, so the triggers work for
+// any SQLite client that opens the file (the sqlite3 shell, backups).
+func (d IndexDef) valueExpr(v string) string {
+	if d.JSONPath == "" {
+		if d.Kind == KindString {
+			return v
+		}
+		return fmt.Sprintf("CASE WHEN json_valid(%[1]s) THEN CASE WHEN json_type(%[1]s) IN ('integer','real') THEN json_extract(%[1]s, '$') END END", v)
+	}
+	p := sqlText(d.JSONPath)
+	if d.Kind == KindNumber {
+		return fmt.Sprintf("CASE WHEN json_valid(%[1]s) THEN CASE WHEN json_type(%[1]s, %[2]s) IN ('integer','real') THEN json_extract(%[1]s, %[2]s) END END", v, p)
+	}
+	return fmt.Sprintf(`CASE WHEN json_valid(%[1]s) THEN CASE json_type(%[1]s, %[2]s)
+		WHEN 'text' THEN json_extract(%[1]s, %[2]s)
+		WHEN 'integer' THEN CAST(json_extract(%[1]s, %[2]s) AS TEXT)
+		WHEN 'real' THEN CAST(json_extract(%[1]s, %[2]s) AS TEXT)
+		WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' END END`, v, p)
+}
+
+// keyCond is the SQL condition selecting keys with the index's prefix: a byte range, so it matches
+// SQLite's BINARY ordering and lets the backfill use kv's primary key.
+func (d IndexDef) keyCond(k string) string {
+	if d.KeyPrefix == "" {
+		return "1"
+	}
+	c := fmt.Sprintf("%s >= %s", k, sqlText(d.KeyPrefix))
+	if hi, ok := prefixEnd(d.KeyPrefix); ok {
+		c += fmt.Sprintf(" AND %s < %s", k, sqlText(hi))
+	}
+	return c
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// triggerSQL creates the three triggers that keep index id current on every kv write, whoever makes
+// it (group commit, client transactions, Update, raw SQL).
+func (d IndexDef) triggerSQL(id int64) []string {
+	ins := fmt.Sprintf(`INSERT INTO kv_index_entry(index_id, value, key, is_unique)
+		SELECT %d, v, NEW.key, %d FROM (SELECT %s AS v) WHERE v IS NOT NULL AND %s;`,
+		id, boolInt(d.Unique), d.valueExpr("NEW.value"), d.keyCond("NEW.key"))
+	del := fmt.Sprintf("DELETE FROM kv_index_entry WHERE index_id = %d AND key = OLD.key;", id)
+	return []string{
+		fmt.Sprintf("CREATE TRIGGER kv_index_%d_ins AFTER INSERT ON kv BEGIN %s END", id, ins),
+		fmt.Sprintf("CREATE TRIGGER kv_index_%d_upd AFTER UPDATE ON kv BEGIN %s %s END", id, del, ins),
+		fmt.Sprintf("CREATE TRIGGER kv_index_%d_del AFTER DELETE ON kv BEGIN %s END", id, del),
+	}
+}
+
+// CreateIndex creates and backfills an index, returning how many keys it indexed. ErrExists if the
+// name is taken or existing data violates uniqueness (then nothing is created); ErrInvalid for a bad
+// definition.
+func (db *DB) CreateIndex(ctx context.Context, def IndexDef) (uint64, error) {
+	if err := db.checkOpen(); err != nil {
+		return 0, err
+	}
+	if err := def.validate(); err != nil {
+		return 0, err
+	}
+	return db.do(ctx, &op{fn: func(t *wtx) (uint64, error) { return t.createIndex(def) }})
+}
+
+func (t *wtx) createIndex(d IndexDef) (uint64, error) {
+	if d.JSONPath != "" {
+		var x any
+		if err := t.q.queryRow(t.ctx, "SELECT json_extract('{}', ?)", d.JSONPath).Scan(&x); err != nil {
+			return 0, fmt.Errorf("index %q: bad JSON path %q: %v: %w", d.Name, d.JSONPath, err, ErrInvalid)
+		}
+	}
+	res, err := t.q.exec(t.ctx, `INSERT INTO kv_index(name, type, is_unique, json_path, key_prefix, kind)
+		VALUES (?, ?, ?, ?, ?, ?)`, d.Name, int(d.Type), d.Unique, d.JSONPath, d.KeyPrefix, int(d.Kind))
+	if err != nil {
+		if err = mapErr(err); errors.Is(err, ErrExists) {
+			return 0, fmt.Errorf("index %q: %w", d.Name, ErrExists)
+		}
+		return 0, fmt.Errorf("create index %q: %w", d.Name, err)
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return 0, err
+	}
+	for _, s := range d.triggerSQL(id) {
+		if _, err := t.q.exec(t.ctx, s); err != nil {
+			return 0, fmt.Errorf("create index %q: %w", d.Name, mapErr(err))
+		}
+	}
+	res, err = t.q.exec(t.ctx, fmt.Sprintf(`INSERT INTO kv_index_entry(index_id, value, key, is_unique)
+		SELECT %d, v, key, %d FROM (SELECT key, %s AS v FROM kv WHERE %s) WHERE v IS NOT NULL`,
+		id, boolInt(d.Unique), d.valueExpr("value"), d.keyCond("key")))
+	if err != nil {
+		if err = mapErr(err); errors.Is(err, ErrExists) {
+			return 0, fmt.Errorf("index %q: existing values are not unique: %w", d.Name, ErrExists)
+		}
+		return 0, fmt.Errorf("backfill index %q: %w", d.Name, err)
+	}
+	n, err := res.RowsAffected()
+	return uint64(n), err
+}
+
+// DropIndex removes an index; ErrNotFound if missing.
+func (db *DB) DropIndex(ctx context.Context, name string) error {
+	if err := db.checkOpen(); err != nil {
+		return err
+	}
+	_, err := db.do(ctx, &op{fn: func(t *wtx) (uint64, error) {
+		var id int64
+		err := t.q.queryRow(t.ctx, "SELECT id FROM kv_index WHERE name = ?", name).Scan(&id)
+		if errors.Is(err, sql.ErrNoRows) {
+			return 0, fmt.Errorf("index %q: %w", name, ErrNotFound)
+		}
+		if err != nil {
+			return 0, mapErr(err)
+		}
+		for _, s := range []string{
+			fmt.Sprintf("DROP TRIGGER IF EXISTS kv_index_%d_ins", id),
+			fmt.Sprintf("DROP TRIGGER IF EXISTS kv_index_%d_upd", id),
+			fmt.Sprintf("DROP TRIGGER IF EXISTS kv_index_%d_del", id),
+			fmt.Sprintf("DELETE FROM kv_index_entry WHERE index_id = %d", id),
+			fmt.Sprintf("DELETE FROM kv_index WHERE id = %d", id),
+		} {
+			if _, err := t.q.exec(t.ctx, s); err != nil {
+				return 0, fmt.Errorf("drop index %q: %w", name, mapErr(err))
+			}
+		}
+		return 0, nil
+	}})
+	return err
+}
+
+// ListIndexes returns all index definitions ordered by name.
+func (db *DB) ListIndexes(ctx context.Context) ([]IndexDef, error) {
+	if err := db.checkOpen(); err != nil {
+		return nil, err
+	}
+	rows, err := db.rstmt.query(ctx, "SELECT name, type, is_unique, json_path, key_prefix, kind FROM kv_index ORDER BY name")
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	defer rows.Close()
+	var defs []IndexDef
+	for rows.Next() {
+		var d IndexDef
+		if err := rows.Scan(&d.Name, &d.Type, &d.Unique, &d.JSONPath, &d.KeyPrefix, &d.Kind); err != nil {
+			return nil, err
+		}
+		defs = append(defs, d)
+	}
+	return defs, mapErr(rows.Err())
+}
+
+type indexInfo struct {
+	id   int64
+	typ  IndexType
+	kind ValueKind
+}
+
+func lookupIndex(ctx context.Context, q querier, name string) (indexInfo, error) {
+	var ix indexInfo
+	err := q.queryRow(ctx, "SELECT id, type, kind FROM kv_index WHERE name = ?", name).Scan(&ix.id, &ix.typ, &ix.kind)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ix, fmt.Errorf("index %q: %w", name, ErrNotFound)
+	}
+	return ix, mapErr(err)
+}
+
+// arg converts a lookup value to what the index stores: text, or a number for KindNumber indexes.
+func (ix indexInfo) arg(name, v string) (any, error) {
+	if ix.kind == KindString {
+		return v, nil
+	}
+	s := strings.TrimSpace(v)
+	if i, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return i, nil // exact for integers beyond float64's 2^53
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return nil, fmt.Errorf("index %q holds numbers; %q is not one: %w", name, v, ErrInvalid)
+	}
+	return f, nil
+}
+
+// limitArg maps limit 0 (unlimited) to SQLite's -1; negative limits are invalid.
+func limitArg(limit int) (int, error) {
+	if limit < 0 {
+		return 0, fmt.Errorf("limit %d: must not be negative: %w", limit, ErrInvalid)
+	}
+	if limit == 0 {
+		return -1, nil
+	}
+	return limit, nil
+}
+
+// Find calls fn for each key whose indexed value equals value, in key order; limit 0 = unlimited.
+// fn receives the key's whole value. fn returning an error stops Find, which returns it.
+func (db *DB) Find(ctx context.Context, txID, index, value string, limit int, fn func(key, value string) error) error {
+	if err := db.checkOpen(); err != nil {
+		return err
+	}
+	if txID != "" {
+		return db.withTx(ctx, txID, false, func(t *clientTx) error { return find(ctx, t.q, index, value, limit, fn) })
+	}
+	return db.readView(ctx, func(q querier) error { return find(ctx, q, index, value, limit, fn) })
+}
+
+func find(ctx context.Context, q querier, index, value string, limit int, fn func(key, value string) error) error {
+	ix, err := lookupIndex(ctx, q, index)
+	if err != nil {
+		return err
+	}
+	v, err := ix.arg(index, value)
+	if err != nil {
+		return err
+	}
+	lim, err := limitArg(limit)
+	if err != nil {
+		return err
+	}
+	rows, err := q.query(ctx, `SELECT e.key, kv.value FROM kv_index_entry e JOIN kv ON kv.key = e.key
+		WHERE e.index_id = ? AND e.value = ? ORDER BY e.key LIMIT ?`, ix.id, v, lim)
+	return streamKV(rows, err, fn)
+}
+
+func streamKV(rows *sql.Rows, err error, fn func(key, value string) error) error {
+	if err != nil {
+		return mapErr(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			return err
+		}
+		if err := fn(k, v); err != nil {
+			return err
+		}
+	}
+	return mapErr(rows.Err())
+}
+
+// Bound is one end of a range; nil means open.
+type Bound struct {
+	Value     string
+	Inclusive bool
+}
+
+// Range selects indexed values for FindRange.
+type Range struct {
+	Lower, Upper *Bound
+	Limit        int
+	Descending   bool
+}
+
+// FindRange calls fn for keys whose indexed value is within r, ordered by indexed value then key
+// (reversed when Descending); btree only (ErrInvalid for hash). Number indexes compare numerically.
+func (db *DB) FindRange(ctx context.Context, txID, index string, r Range, fn func(key, value string) error) error {
+	if err := db.checkOpen(); err != nil {
+		return err
+	}
+	if txID != "" {
+		return db.withTx(ctx, txID, false, func(t *clientTx) error { return findRange(ctx, t.q, index, r, fn) })
+	}
+	return db.readView(ctx, func(q querier) error { return findRange(ctx, q, index, r, fn) })
+}
+
+func findRange(ctx context.Context, q querier, index string, r Range, fn func(key, value string) error) error {
+	ix, err := lookupIndex(ctx, q, index)
+	if err != nil {
+		return err
+	}
+	if ix.typ != IndexBTree {
+		return fmt.Errorf("index %q is a hash index; ranges need a btree index: %w", index, ErrInvalid)
+	}
+	lim, err := limitArg(r.Limit)
+	if err != nil {
+		return err
+	}
+	cond, args := "e.index_id = ?", []any{ix.id}
+	for _, b := range []struct {
+		bound  *Bound
+		op, eq string
+	}{{r.Lower, ">", ">="}, {r.Upper, "<", "<="}} {
+		if b.bound == nil {
+			continue
+		}
+		v, err := ix.arg(index, b.bound.Value)
+		if err != nil {
+			return err
+		}
+		op := b.op
+		if b.bound.Inclusive {
+			op = b.eq
+		}
+		cond += " AND e.value " + op + " ?"
+		args = append(args, v)
+	}
+	order := "e.value, e.key"
+	if r.Descending {
+		order = "e.value DESC, e.key DESC"
+	}
+	rows, err := q.query(ctx, "SELECT e.key, kv.value FROM kv_index_entry e JOIN kv ON kv.key = e.key WHERE "+
+		cond+" ORDER BY "+order+" LIMIT ?", append(args, lim)...)
+	return streamKV(rows, err, fn)
+}
+
+// readView runs fn on one pooled read connection inside a read transaction, so multi-statement
+// reads (index lookup, then rows) see one snapshot.
+func (db *DB) readView(ctx context.Context, fn func(q querier) error) error {
+	conn, err := db.rdb.Conn(ctx)
+	if err != nil {
+		return mapErr(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN"); err != nil {
+		return mapErr(err)
+	}
+	defer conn.ExecContext(context.Background(), "ROLLBACK")
+	return fn(&plainConn{conn})
+}
+
+// plainConn is a querier that does not cache statements: for one-off connections.
+type plainConn struct{ c *sql.Conn }
+
+func (p *plainConn) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return p.c.ExecContext(ctx, q, args...)
+}
+func (p *plainConn) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return p.c.QueryContext(ctx, q, args...)
+}
+func (p *plainConn) queryRow(ctx context.Context, q string, args ...any) scanner {
+	return p.c.QueryRowContext(ctx, q, args...)
+}

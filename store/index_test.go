@@ -1,0 +1,225 @@
+package store_test
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/buffdb/buffdbd/store"
+)
+
+func findKeys(t *testing.T, db *store.DB, txID, index, value string) []string {
+	t.Helper()
+	var keys []string
+	if err := db.Find(ctx, txID, index, value, 0, func(k, _ string) error { keys = append(keys, k); return nil }); err != nil {
+		t.Fatalf("Find(%s, %q): %v", index, value, err)
+	}
+	return keys
+}
+
+func TestDB_CreateIndex(t *testing.T) {
+	db := openDB(t, store.Options{})
+	db.Set(ctx, "", "model:a", `{"framework":"torch","size":10}`)
+	db.Set(ctx, "", "model:b", `{"framework":"onnx","size":2.5}`)
+	db.Set(ctx, "", "model:c", `{"framework":"torch","size":100}`)
+	db.Set(ctx, "", "other:x", `{"framework":"torch"}`)
+	db.Set(ctx, "", "model:bad", `not json`)
+	t.Run("Backfill", func(t *testing.T) {
+		n, err := db.CreateIndex(ctx, store.IndexDef{Name: "fw", JSONPath: "$.framework", KeyPrefix: "model:"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != 3 {
+			t.Fatalf("indexed %d keys, want 3", n)
+		}
+		if got := fmt.Sprint(findKeys(t, db, "", "fw", "torch")); got != "[model:a model:c]" {
+			t.Fatalf("Find torch = %s", got)
+		}
+	})
+	t.Run("ErrExists", func(t *testing.T) {
+		if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "fw"}); !errors.Is(err, store.ErrExists) {
+			t.Fatalf("err = %v, want ErrExists", err)
+		}
+		// Backfill violating uniqueness: nothing is created.
+		if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "ufw", JSONPath: "$.framework", Unique: true}); !errors.Is(err, store.ErrExists) {
+			t.Fatalf("err = %v, want ErrExists", err)
+		}
+		defs, _ := db.ListIndexes(ctx)
+		if len(defs) != 1 {
+			t.Fatalf("indexes = %+v, want only fw", defs)
+		}
+	})
+	t.Run("ErrInvalid", func(t *testing.T) {
+		for _, d := range []store.IndexDef{{}, {Name: "x", JSONPath: "framework"}, {Name: "x", JSONPath: "$.["}, {Name: "x", Type: 7}, {Name: "x", Kind: 9}} {
+			if _, err := db.CreateIndex(ctx, d); !errors.Is(err, store.ErrInvalid) {
+				t.Fatalf("CreateIndex(%+v) err = %v, want ErrInvalid", d, err)
+			}
+		}
+	})
+	t.Run("ListDrop", func(t *testing.T) {
+		db.CreateIndex(ctx, store.IndexDef{Name: "a-first", Type: store.IndexBTree, Unique: true})
+		defs, err := db.ListIndexes(ctx)
+		if err != nil || len(defs) != 2 || defs[0].Name != "a-first" || !defs[0].Unique || defs[0].Type != store.IndexBTree || defs[1].JSONPath != "$.framework" || defs[1].KeyPrefix != "model:" {
+			t.Fatalf("ListIndexes = %+v, %v", defs, err)
+		}
+		if err := db.DropIndex(ctx, "a-first"); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.DropIndex(ctx, "a-first"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("second drop err = %v", err)
+		}
+		if err := db.Find(ctx, "", "a-first", "x", 0, func(string, string) error { return nil }); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("Find on dropped index err = %v", err)
+		}
+		// Writes after a drop must not touch the dropped index.
+		if err := db.Set(ctx, "", "dup", "same"); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Set(ctx, "", "dup2", "same"); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestDB_IndexMaintenance checks every write path keeps the index current and that a unique
+// violation fails only that write, changing nothing.
+func TestDB_IndexMaintenance(t *testing.T) {
+	db := openDB(t, store.Options{QueryWrites: true})
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "owner", JSONPath: "$.owner", Unique: true}); err != nil {
+		t.Fatal(err)
+	}
+	paths := map[string]func(key, value string) error{
+		"DB.Set": func(k, v string) error { return db.Set(ctx, "", k, v) },
+		"Writer": func(k, v string) error {
+			_, err := db.NewWriter().Set("", k, v).Wait(ctx)
+			return err
+		},
+		"Update": func(k, v string) error {
+			return db.Update(ctx, func(tx *store.Tx) error { return tx.Set(k, v) })
+		},
+		"ClientTx": func(k, v string) error {
+			tx, err := db.Begin(ctx, false, 0)
+			if err != nil {
+				return err
+			}
+			if err := db.Set(ctx, tx, k, v); err != nil {
+				db.Rollback(ctx, tx)
+				return err
+			}
+			return db.Commit(ctx, tx)
+		},
+		"Execute": func(k, v string) error {
+			_, err := db.Execute(ctx, fmt.Sprintf("INSERT INTO kv VALUES ('%s', '%s') ON CONFLICT(key) DO UPDATE SET value = excluded.value", k, v))
+			return err
+		},
+	}
+	for name, set := range paths {
+		t.Run(name, func(t *testing.T) {
+			k1, k2 := name+"/1", name+"/2"
+			o1, o2 := name+"-alice", name+"-bob"
+			if err := set(k1, fmt.Sprintf(`{"owner":"%s"}`, o1)); err != nil {
+				t.Fatal(err)
+			}
+			if got := fmt.Sprint(findKeys(t, db, "", "owner", o1)); got != "["+k1+"]" {
+				t.Fatalf("after insert: %s", got)
+			}
+			// Update moves the entry.
+			if err := set(k1, fmt.Sprintf(`{"owner":"%s"}`, o2)); err != nil {
+				t.Fatal(err)
+			}
+			if got := findKeys(t, db, "", "owner", o1); len(got) != 0 {
+				t.Fatalf("stale entry: %v", got)
+			}
+			// Unique violation: ErrExists, k2 not written.
+			err := set(k2, fmt.Sprintf(`{"owner":"%s"}`, o2))
+			if !errors.Is(err, store.ErrExists) {
+				t.Fatalf("err = %v, want ErrExists", err)
+			}
+			if _, err := db.Get(ctx, "", k2); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("violating write was applied: %v", err)
+			}
+			if got := fmt.Sprint(findKeys(t, db, "", "owner", o2)); got != "["+k1+"]" {
+				t.Fatalf("after violation: %s", got)
+			}
+			// Re-setting the same key to its own value is not a violation.
+			if err := set(k1, fmt.Sprintf(`{"owner":"%s"}`, o2)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	t.Run("Delete", func(t *testing.T) {
+		db.Set(ctx, "", "d", `{"owner":"dora"}`)
+		db.Delete(ctx, "", "d")
+		if got := findKeys(t, db, "", "owner", "dora"); len(got) != 0 {
+			t.Fatalf("entry survived delete: %v", got)
+		}
+		if err := db.Set(ctx, "", "d2", `{"owner":"dora"}`); err != nil {
+			t.Fatalf("value freed by delete still taken: %v", err)
+		}
+	})
+	t.Run("InTxVisible", func(t *testing.T) {
+		tx, _ := db.Begin(ctx, false, 0)
+		defer db.Rollback(ctx, tx)
+		db.Set(ctx, tx, "t", `{"owner":"tina"}`)
+		if got := fmt.Sprint(findKeys(t, db, tx, "owner", "tina")); got != "[t]" {
+			t.Fatalf("Find in tx = %s", got)
+		}
+	})
+}
+
+func TestDB_FindRange(t *testing.T) {
+	db := openDB(t, store.Options{})
+	for i, v := range []string{"10", "9", "100", "-1.5", "abc", "2e1"} {
+		db.Set(ctx, "", fmt.Sprintf("n%d", i), v)
+	}
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "num", Type: store.IndexBTree, Kind: store.KindNumber}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "str", Type: store.IndexBTree}); err != nil {
+		t.Fatal(err)
+	}
+	db.CreateIndex(ctx, store.IndexDef{Name: "hash"})
+	values := func(index string, r store.Range) string {
+		t.Helper()
+		var out []string
+		if err := db.FindRange(ctx, "", index, r, func(_, v string) error { out = append(out, v); return nil }); err != nil {
+			t.Fatalf("FindRange(%s): %v", index, err)
+		}
+		return fmt.Sprint(out)
+	}
+	cases := []struct {
+		index string
+		r     store.Range
+		want  string
+	}{
+		{"num", store.Range{}, "[-1.5 9 10 2e1 100]"}, // numeric order; "abc" not indexed
+		{"str", store.Range{}, "[-1.5 10 100 2e1 9 abc]"},
+		{"num", store.Range{Lower: &store.Bound{Value: "9", Inclusive: true}, Upper: &store.Bound{Value: "20"}}, "[9 10]"},
+		{"num", store.Range{Lower: &store.Bound{Value: "9"}, Upper: &store.Bound{Value: "20", Inclusive: true}}, "[10 2e1]"},
+		{"num", store.Range{Descending: true, Limit: 2}, "[100 2e1]"},
+		{"str", store.Range{Lower: &store.Bound{Value: "2"}}, "[2e1 9 abc]"},
+	}
+	for _, c := range cases {
+		if got := values(c.index, c.r); got != c.want {
+			t.Errorf("FindRange(%s, %+v) = %s, want %s", c.index, c.r, got, c.want)
+		}
+	}
+	if got := fmt.Sprint(findKeys(t, db, "", "num", "20")); got != "[n5]" {
+		t.Errorf("Find num 20 = %s, want [n5] (2e1)", got)
+	}
+	t.Run("ErrInvalid", func(t *testing.T) {
+		nop := func(string, string) error { return nil }
+		if err := db.FindRange(ctx, "", "hash", store.Range{}, nop); !errors.Is(err, store.ErrInvalid) {
+			t.Fatalf("range on hash err = %v", err)
+		}
+		if err := db.FindRange(ctx, "", "num", store.Range{Lower: &store.Bound{Value: "x"}}, nop); !errors.Is(err, store.ErrInvalid) {
+			t.Fatalf("non-numeric bound err = %v", err)
+		}
+		if err := db.FindRange(ctx, "", "num", store.Range{Limit: -1}, nop); !errors.Is(err, store.ErrInvalid) {
+			t.Fatalf("negative limit err = %v", err)
+		}
+		if err := db.FindRange(ctx, "", "missing", store.Range{}, nop); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("missing index err = %v", err)
+		}
+	})
+}

@@ -1,0 +1,488 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+const (
+	payloadDir = "payloads"
+	tmpDir     = "tmp"
+	// copyBufSize is the fixed buffer WritePayload streams through: large enough that a multi-GB
+	// payload is written in few syscalls, small enough that many concurrent uploads stay in memory.
+	copyBufSize = 1 << 20
+)
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// Payload identifies durable content by its sha256 and size.
+type Payload struct {
+	SHA256 [32]byte
+	Size   int64
+}
+
+// PendingPayload is a payload written durably but not yet referenced by a committed row. Until
+// Release is called, garbage collection will not remove it. Release after the referencing Update
+// commits (or is abandoned). Small payloads (≤ Options.InlineMax) are held in memory instead of a
+// file and become inline blob bytes.
+type PendingPayload struct {
+	p   Payload
+	pin *pin
+}
+
+// Payload returns the content's identity, for Tx.StorePayloadBlob.
+func (p *PendingPayload) Payload() Payload { return p.p }
+
+// Release unpins the payload. Safe to call more than once.
+func (p *PendingPayload) Release() { p.pin.release() }
+
+// pendingSet is the set of payload hashes pinned by writes in flight. Both the writers (before they
+// check for or create a file) and the remover (before it unlinks one) hold mu, so a file a writer is
+// about to reference is never unlinked under it.
+type pendingSet struct {
+	mu  sync.Mutex
+	m   map[[32]byte]*pinEntry
+	tmp map[string]bool // temp files being written, so GC leaves them alone
+}
+
+type pinEntry struct {
+	n      int
+	inline []byte // the bytes of a small pending payload (nil for files)
+}
+
+type pin struct {
+	set  *pendingSet
+	sum  [32]byte
+	once sync.Once
+}
+
+func (s *pendingSet) init() {
+	s.m = make(map[[32]byte]*pinEntry)
+	s.tmp = make(map[string]bool)
+}
+
+// pinLocked pins sum; the caller holds s.mu.
+func (s *pendingSet) pinLocked(sum [32]byte, inline []byte) *pin {
+	e := s.m[sum]
+	if e == nil {
+		e = &pinEntry{}
+		s.m[sum] = e
+	}
+	e.n++
+	if inline != nil && e.inline == nil {
+		e.inline = inline
+	}
+	return &pin{set: s, sum: sum}
+}
+
+func (s *pendingSet) pin(sum [32]byte, inline []byte) *pin {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pinLocked(sum, inline)
+}
+
+func (p *pin) release() {
+	if p == nil {
+		return
+	}
+	p.once.Do(func() {
+		p.set.mu.Lock()
+		defer p.set.mu.Unlock()
+		if e := p.set.m[p.sum]; e != nil {
+			if e.n--; e.n <= 0 {
+				delete(p.set.m, p.sum)
+			}
+		}
+	})
+}
+
+// pendingInline returns the in-memory bytes of a pinned small payload.
+func (s *pendingSet) pendingInline(sum [32]byte) ([]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.m[sum]; e != nil && e.inline != nil {
+		return e.inline, true
+	}
+	return nil, false
+}
+
+func (db *DB) payloadPath(sum [32]byte) string {
+	h := hex.EncodeToString(sum[:])
+	return filepath.Join(db.dir, payloadDir, h[:2], h)
+}
+
+// content is a blob's bytes prepared for a row: inline bytes, or a durable, pinned payload file.
+type content struct {
+	sum    [32]byte
+	size   int64
+	inline []byte // non-nil for inline content (possibly empty)
+	pin    *pin   // for external content, released after the referencing transaction ends
+}
+
+// prepare hashes data and, if it is too large to inline, makes it a durable payload file. It runs in
+// the submitting goroutine so the committer never does large I/O.
+func (db *DB) prepare(data []byte) (content, error) {
+	c := content{sum: sha256.Sum256(data), size: int64(len(data))}
+	if c.size <= db.opts.InlineMax {
+		c.inline = data
+		if c.inline == nil {
+			c.inline = []byte{}
+		}
+		return c, nil
+	}
+	c.pin = db.pend.pin(c.sum, nil)
+	if db.payloadExists(c.sum, c.size) {
+		return c, nil
+	}
+	f, err := db.createTemp()
+	if err != nil {
+		c.pin.release()
+		return c, err
+	}
+	if _, err := f.Write(data); err != nil {
+		db.discardTemp(f)
+		c.pin.release()
+		return c, fmt.Errorf("write payload: %w", err)
+	}
+	if err := db.installTemp(f, c.sum); err != nil {
+		c.pin.release()
+		return c, err
+	}
+	return c, nil
+}
+
+// payloadExists reports whether the payload file is present with the expected size. A file of the
+// wrong size (impossible unless the disk was tampered with) is replaced by the caller's new copy.
+func (db *DB) payloadExists(sum [32]byte, size int64) bool {
+	st, err := os.Stat(db.payloadPath(sum))
+	return err == nil && st.Mode().IsRegular() && st.Size() == size
+}
+
+func (db *DB) createTemp() (*os.File, error) {
+	f, err := os.CreateTemp(filepath.Join(db.dir, tmpDir), "payload-*")
+	if err != nil {
+		return nil, fmt.Errorf("create payload temp file: %w", err)
+	}
+	db.pend.mu.Lock()
+	db.pend.tmp[f.Name()] = true
+	db.pend.mu.Unlock()
+	return f, nil
+}
+
+func (db *DB) discardTemp(f *os.File) {
+	f.Close()
+	os.Remove(f.Name())
+	db.pend.mu.Lock()
+	delete(db.pend.tmp, f.Name())
+	db.pend.mu.Unlock()
+}
+
+// installTemp makes the fully written temp file f the durable payload file for sum: fsync the file,
+// rename it into place, fsync the directory (so the name survives power loss). The caller holds a
+// pin on sum. If an identical payload already exists the temp file is just dropped.
+func (db *DB) installTemp(f *os.File, sum [32]byte) error {
+	defer db.discardTemp(f) // after a successful rename the Remove is a harmless no-op
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync payload: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close payload: %w", err)
+	}
+	if db.payloadExists(sum, st.Size()) {
+		return nil
+	}
+	final := db.payloadPath(sum)
+	sub := filepath.Dir(final)
+	if err := os.Mkdir(sub, 0o750); err == nil {
+		if err := syncDir(filepath.Dir(sub)); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create payload directory: %w", err)
+	}
+	if err := os.Rename(f.Name(), final); err != nil {
+		return fmt.Errorf("install payload: %w", err)
+	}
+	return syncDir(sub)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// ctxReader makes a long copy stop when ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// WritePayload streams r into a content-addressed payload (temp file, fsync, rename, dir fsync; or
+// inline when small), deduplicating identical content, without holding it in memory.
+// If wantSHA256 is non-nil and the content differs, it returns ErrCorrupt and keeps nothing.
+func (db *DB) WritePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byte) (*PendingPayload, error) {
+	if err := db.checkOpen(); err != nil {
+		return nil, err
+	}
+	r = ctxReader{ctx, r}
+	h := sha256.New()
+	// Read up to InlineMax+1 bytes first: if the content ends within InlineMax it stays in memory and
+	// becomes inline blob bytes; otherwise those bytes start the temp file.
+	head, err := io.ReadAll(io.LimitReader(r, db.opts.InlineMax+1))
+	if err != nil {
+		return nil, fmt.Errorf("read payload: %w", err)
+	}
+	h.Write(head)
+	if int64(len(head)) <= db.opts.InlineMax {
+		p := Payload{Size: int64(len(head))}
+		h.Sum(p.SHA256[:0])
+		if err := checkSum(p.SHA256, wantSHA256); err != nil {
+			return nil, err
+		}
+		return &PendingPayload{p: p, pin: db.pend.pin(p.SHA256, head)}, nil
+	}
+	f, err := db.createTemp()
+	if err != nil {
+		return nil, err
+	}
+	n, err := copyHashed(f, h, head, r)
+	if err != nil {
+		db.discardTemp(f)
+		return nil, fmt.Errorf("write payload: %w", err)
+	}
+	p := Payload{Size: n}
+	h.Sum(p.SHA256[:0])
+	if err := checkSum(p.SHA256, wantSHA256); err != nil {
+		db.discardTemp(f)
+		return nil, err
+	}
+	pn := db.pend.pin(p.SHA256, nil)
+	if err := db.installTemp(f, p.SHA256); err != nil {
+		pn.release()
+		return nil, err
+	}
+	return &PendingPayload{p: p, pin: pn}, nil
+}
+
+func copyHashed(f *os.File, h hash.Hash, head []byte, r io.Reader) (int64, error) {
+	if _, err := f.Write(head); err != nil {
+		return 0, err
+	}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	n, err := io.CopyBuffer(io.MultiWriter(f, h), r, *bp)
+	return int64(len(head)) + n, err
+}
+
+func checkSum(got [32]byte, want *[32]byte) error {
+	if want != nil && got != *want {
+		return fmt.Errorf("payload sha256 %x, want %x: %w", got, *want, ErrCorrupt)
+	}
+	return nil
+}
+
+// HasPayload reports whether content with this sha256 is stored (referenced by some blob).
+func (db *DB) HasPayload(ctx context.Context, sum [32]byte) (bool, error) {
+	if err := db.checkOpen(); err != nil {
+		return false, err
+	}
+	var one int
+	err := db.rstmt.queryRow(ctx, "SELECT 1 FROM blob WHERE sha256 = ? LIMIT 1", sum[:]).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, mapErr(err)
+	}
+	return true, nil
+}
+
+// ref counts one more blob row referencing the payload file sum.
+func (t *wtx) ref(sum [32]byte, size int64) error {
+	_, err := t.q.exec(t.ctx, `INSERT INTO payload(sha256, size, refs) VALUES (?, ?, 1)
+		ON CONFLICT(sha256) DO UPDATE SET refs = refs + 1`, sum[:], size)
+	return mapErr(err)
+}
+
+// unref drops one reference; the last one deletes the row and schedules the file's unlink after
+// commit.
+func (t *wtx) unref(sum [32]byte) error {
+	res, err := t.q.exec(t.ctx, "UPDATE payload SET refs = refs - 1 WHERE sha256 = ? AND refs > 1", sum[:])
+	if err != nil {
+		return mapErr(err)
+	}
+	if n, _ := res.RowsAffected(); n > 0 {
+		return nil
+	}
+	if _, err := t.q.exec(t.ctx, "DELETE FROM payload WHERE sha256 = ?", sum[:]); err != nil {
+		return mapErr(err)
+	}
+	t.unrefs = append(t.unrefs, sum)
+	return nil
+}
+
+// unlinkUnreferenced removes the files of payloads whose last reference a just-committed transaction
+// dropped — unless a pending write pinned the hash or a newer commit references it again. A failure
+// here only leaves an orphan for CollectGarbage.
+func (db *DB) unlinkUnreferenced(sums [][32]byte) {
+	for _, sum := range sums {
+		if _, _, err := db.removeIfOrphan(context.Background(), sum); err != nil {
+			db.log.Warn("remove unreferenced payload", "sha256", hex.EncodeToString(sum[:]), "err", err)
+		}
+	}
+}
+
+// removeIfOrphan unlinks the payload file sum if nothing pins or references it, returning the bytes
+// freed. The check and the unlink happen under the pending-set lock, which writers take before they
+// decide to reuse a file.
+func (db *DB) removeIfOrphan(ctx context.Context, sum [32]byte) (removed bool, size int64, err error) {
+	db.pend.mu.Lock()
+	defer db.pend.mu.Unlock()
+	if db.pend.m[sum] != nil {
+		return false, 0, nil
+	}
+	var one int
+	err = db.rstmt.queryRow(ctx, "SELECT 1 FROM payload WHERE sha256 = ?", sum[:]).Scan(&one)
+	if err == nil {
+		return false, 0, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return false, 0, mapErr(err)
+	}
+	path := db.payloadPath(sum)
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, 0, nil
+	}
+	if err != nil {
+		return false, 0, err
+	}
+	if err := os.Remove(path); err != nil {
+		return false, 0, err
+	}
+	return true, st.Size(), nil
+}
+
+// GCResult reports what CollectGarbage removed.
+type GCResult struct {
+	Files int64
+	Bytes int64
+}
+
+// CollectGarbage removes payload files no committed row references and no pending write pins, and
+// temp files of writes that died. Safe to run alongside writes.
+func (db *DB) CollectGarbage(ctx context.Context) (GCResult, error) {
+	if err := db.checkOpen(); err != nil {
+		return GCResult{}, err
+	}
+	return db.collectGarbage(ctx, false)
+}
+
+func (db *DB) collectGarbage(ctx context.Context, atOpen bool) (GCResult, error) {
+	var res GCResult
+	tmps, err := os.ReadDir(filepath.Join(db.dir, tmpDir))
+	if err != nil {
+		return res, err
+	}
+	for _, e := range tmps {
+		name := filepath.Join(db.dir, tmpDir, e.Name())
+		db.pend.mu.Lock()
+		busy := db.pend.tmp[name] && !atOpen
+		db.pend.mu.Unlock()
+		if busy {
+			continue
+		}
+		if info, err := e.Info(); err == nil && os.Remove(name) == nil {
+			res.Files++
+			res.Bytes += info.Size()
+		}
+	}
+
+	// Hashes referenced when we start; files not among them are re-checked one by one under the
+	// pending lock, so a payload referenced or pinned after this snapshot is never removed.
+	referenced := map[[32]byte]bool{}
+	rows, err := db.rstmt.query(ctx, "SELECT sha256 FROM payload")
+	if err != nil {
+		return res, mapErr(err)
+	}
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			rows.Close()
+			return res, err
+		}
+		var sum [32]byte
+		copy(sum[:], b)
+		referenced[sum] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return res, mapErr(err)
+	}
+
+	subs, err := os.ReadDir(filepath.Join(db.dir, payloadDir))
+	if err != nil {
+		return res, err
+	}
+	for _, sub := range subs {
+		if !sub.IsDir() {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(db.dir, payloadDir, sub.Name()))
+		if err != nil {
+			return res, err
+		}
+		for _, f := range files {
+			if err := ctx.Err(); err != nil {
+				return res, err
+			}
+			var sum [32]byte
+			if b, err := hex.DecodeString(f.Name()); err != nil || len(b) != 32 || !bytes.Equal([]byte(f.Name()[:2]), []byte(sub.Name())) {
+				continue // not ours; leave it
+			} else {
+				copy(sum[:], b)
+			}
+			if referenced[sum] {
+				continue
+			}
+			removed, n, err := db.removeIfOrphan(ctx, sum)
+			if err != nil {
+				return res, err
+			}
+			if removed {
+				res.Files++
+				res.Bytes += n
+			}
+		}
+	}
+	return res, nil
+}

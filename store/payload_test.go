@@ -1,0 +1,159 @@
+package store_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/buffdb/buffdbd/store"
+)
+
+func TestDB_WritePayload(t *testing.T) {
+	db := openDB(t, smallOpts)
+	for _, size := range []int{0, 10, 1024, 1025, 3 << 20} {
+		data := bytes.Repeat([]byte{byte(size)}, size)
+		p, err := db.WritePayload(ctx, bytes.NewReader(data), nil)
+		if err != nil {
+			t.Fatalf("size %d: %v", size, err)
+		}
+		want := store.Payload{SHA256: sha256.Sum256(data), Size: int64(size)}
+		if p.Payload() != want {
+			t.Fatalf("size %d: payload %+v, want %+v", size, p.Payload(), want)
+		}
+		var id uint64
+		err = db.Update(ctx, func(tx *store.Tx) error {
+			var err error
+			id, err = tx.StorePayloadBlob(p.Payload(), ptr("m"))
+			return err
+		})
+		p.Release()
+		if err != nil {
+			t.Fatalf("size %d: StorePayloadBlob: %v", size, err)
+		}
+		b, err := db.GetBlob(ctx, "", id)
+		if err != nil || !bytes.Equal(b.Data, data) || *b.Metadata != "m" {
+			t.Fatalf("size %d: GetBlob: %v", size, err)
+		}
+		if ok, err := db.HasPayload(ctx, want.SHA256); !ok || err != nil {
+			t.Fatalf("size %d: HasPayload = %v, %v", size, ok, err)
+		}
+	}
+	// Sizes ≤ 1024 were inlined; 1025 and 3 MiB became files.
+	if n := payloadFiles(t, db); n != 2 {
+		t.Fatalf("payload files = %d, want 2", n)
+	}
+	t.Run("ErrCorrupt", func(t *testing.T) {
+		for _, size := range []int{5, 5000} {
+			wrong := sha256.Sum256([]byte("other"))
+			data := bytes.Repeat([]byte("q"), size)
+			if _, err := db.WritePayload(ctx, bytes.NewReader(data), &wrong); !errors.Is(err, store.ErrCorrupt) {
+				t.Fatalf("err = %v, want ErrCorrupt", err)
+			}
+			if ok, _ := db.HasPayload(ctx, sha256.Sum256(data)); ok {
+				t.Fatal("mismatched payload was kept")
+			}
+		}
+		if n := payloadFiles(t, db); n != 2 {
+			t.Fatalf("payload files = %d, want 2 (nothing kept)", n)
+		}
+		tmp, _ := os.ReadDir(filepath.Join(db.Dir(), "tmp"))
+		if len(tmp) != 0 {
+			t.Fatalf("temp files left: %d", len(tmp))
+		}
+	})
+	t.Run("WantMatches", func(t *testing.T) {
+		data := []byte(strings.Repeat("w", 3000))
+		sum := sha256.Sum256(data)
+		p, err := db.WritePayload(ctx, bytes.NewReader(data), &sum)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Release()
+	})
+	t.Run("UnknownPayload", func(t *testing.T) {
+		err := db.Update(ctx, func(tx *store.Tx) error {
+			_, err := tx.StorePayloadBlob(store.Payload{SHA256: sha256.Sum256([]byte("nope")), Size: 4}, nil)
+			return err
+		})
+		if !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("err = %v, want ErrNotFound", err)
+		}
+	})
+	t.Run("HasPayloadMissing", func(t *testing.T) {
+		if ok, err := db.HasPayload(ctx, sha256.Sum256([]byte("never"))); ok || err != nil {
+			t.Fatalf("HasPayload = %v, %v", ok, err)
+		}
+	})
+}
+
+func TestDB_CollectGarbage(t *testing.T) {
+	dir := t.TempDir()
+	db := openAt(t, dir, smallOpts)
+	data := bytes.Repeat([]byte("pinned"), 1000)
+	p, err := db.WritePayload(ctx, bytes.NewReader(data), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("PendingIsKept", func(t *testing.T) {
+		res, err := db.CollectGarbage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Files != 0 || payloadFiles(t, db) != 1 {
+			t.Fatalf("GC removed a pinned payload: %+v", res)
+		}
+	})
+	t.Run("ReleasedOrphanIsRemoved", func(t *testing.T) {
+		p.Release()
+		res, err := db.CollectGarbage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Files != 1 || res.Bytes != int64(len(data)) || payloadFiles(t, db) != 0 {
+			t.Fatalf("GC = %+v, files left %d", res, payloadFiles(t, db))
+		}
+	})
+	t.Run("AtOpen", func(t *testing.T) {
+		// Simulate a crash: a payload file never committed, and a temp file mid-write.
+		p, _ := db.WritePayload(ctx, bytes.NewReader(bytes.Repeat([]byte("orphan"), 1000)), nil)
+		_ = p // never released nor committed: the process "dies"
+		db.Close()
+		os.WriteFile(filepath.Join(dir, "tmp", "payload-123"), []byte("partial"), 0o600)
+		db = openAt(t, dir, smallOpts)
+		if n := payloadFiles(t, db); n != 0 {
+			t.Fatalf("orphan survived Open: %d files", n)
+		}
+		if tmp, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(tmp) != 0 {
+			t.Fatalf("temp files survived Open: %d", len(tmp))
+		}
+	})
+}
+
+func TestOpen_Locked(t *testing.T) {
+	dir := t.TempDir()
+	openAt(t, dir, store.Options{})
+	if _, err := store.Open(ctx, dir, store.Options{}); !errors.Is(err, store.ErrLocked) {
+		t.Fatalf("second Open err = %v, want ErrLocked", err)
+	}
+}
+
+func TestDB_Closed(t *testing.T) {
+	db := openDB(t, store.Options{})
+	db.Close()
+	if err := db.Set(ctx, "", "k", "v"); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("Set after Close: %v", err)
+	}
+	if _, err := db.Get(ctx, "", "k"); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("Get after Close: %v", err)
+	}
+	if _, err := db.NewWriter().Set("", "k", "v").Wait(ctx); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("Writer.Set after Close: %v", err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}

@@ -1,0 +1,123 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	sqlite "modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Query runs sql and calls fn per row, streaming: memory stays bounded whatever the row count.
+// Column values are int64, float64, string, []byte or nil. Unless Options.QueryWrites, the statement
+// runs on a connection SQLite opened read-only, so any write fails with ErrReadOnly whatever the SQL
+// says; ATTACH is refused on every query connection. ctx cancellation interrupts the statement.
+//
+// Raw SQL sees the whole database: kv(key, value), blob(id, size, sha256, data, metadata) where data is
+// NULL for bytes kept in payload files, payload, kv_index, kv_index_entry, schema_migrations and the
+// tables of layered packages (the registry). See DESIGN.md.
+func (db *DB) Query(ctx context.Context, sql string, fn func(columns []string, row []any) error) error {
+	if err := db.checkOpen(); err != nil {
+		return err
+	}
+	conn, release, err := db.queryConn(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	rows, err := conn.QueryContext(ctx, sql)
+	if err != nil {
+		return mapErr(err)
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return mapErr(err)
+	}
+	vals := make([]any, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	for rows.Next() {
+		if err := rows.Scan(ptrs...); err != nil {
+			return mapErr(err)
+		}
+		row := make([]any, len(cols))
+		for i, v := range vals {
+			row[i] = normalize(v)
+		}
+		if err := fn(cols, row); err != nil {
+			return err
+		}
+	}
+	return mapErr(rows.Err())
+}
+
+// normalize maps driver values onto the documented set.
+func normalize(v any) any {
+	switch x := v.(type) {
+	case time.Time:
+		return x.Format(time.RFC3339Nano)
+	case bool:
+		if x {
+			return int64(1)
+		}
+		return int64(0)
+	case int:
+		return int64(x)
+	}
+	return v
+}
+
+// queryConn returns a connection for raw SQL: read-only normally; with QueryWrites a writable one
+// held under writeLock (so raw writes serialize with group commit and client transactions).
+func (db *DB) queryConn(ctx context.Context) (*sql.Conn, func(), error) {
+	pool := db.rdb
+	unlock := func() {}
+	if db.opts.QueryWrites {
+		select {
+		case db.writeLock <- struct{}{}:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+		unlock = func() { <-db.writeLock }
+		pool = db.wdb
+	}
+	conn, err := pool.Conn(ctx)
+	if err != nil {
+		unlock()
+		return nil, nil, mapErr(err)
+	}
+	// ATTACH could create or write another database file, sidestepping mode=ro; limit it to zero.
+	if _, err := sqlite.Limit(conn, sqlite3.SQLITE_LIMIT_ATTACHED, 0); err != nil {
+		conn.Close()
+		unlock()
+		return nil, nil, err
+	}
+	return conn, func() { conn.Close(); unlock() }, nil
+}
+
+// Execute runs sql and returns rows changed; ErrReadOnly unless Options.QueryWrites. It runs through
+// group commit like every other write. Raw writes to kv keep indexes current (they are triggers) but
+// raw writes to blob/payload bypass payload reference counting: that is the operator's responsibility.
+func (db *DB) Execute(ctx context.Context, sql string) (int64, error) {
+	if err := db.checkOpen(); err != nil {
+		return 0, err
+	}
+	if !db.opts.QueryWrites {
+		return 0, fmt.Errorf("execute is disabled (query writes are off): %w", ErrReadOnly)
+	}
+	var n int64
+	_, err := db.do(ctx, &op{fn: func(t *wtx) (uint64, error) {
+		res, err := db.wconn.ExecContext(t.ctx, sql)
+		if err != nil {
+			return 0, mapErr(err)
+		}
+		n, err = res.RowsAffected()
+		return 0, err
+	}})
+	return n, err
+}

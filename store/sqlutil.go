@@ -1,0 +1,133 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	sqlite "modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// querier runs statements on one connection or pool, preparing each distinct statement once: the hot
+// write path runs the same few statements hundreds of thousands of times per second, and preparing
+// costs more than executing.
+type querier interface {
+	exec(ctx context.Context, q string, args ...any) (sql.Result, error)
+	query(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+	queryRow(ctx context.Context, q string, args ...any) scanner
+}
+
+// stmtCache prepares statements on a *sql.DB (statements follow the pool's connections) or a
+// *sql.Conn (statements bound to that connection).
+type stmtCache struct {
+	mu    sync.Mutex
+	prep  func(ctx context.Context, q string) (*sql.Stmt, error)
+	stmts map[string]*sql.Stmt
+}
+
+func (c *stmtCache) init(p interface {
+	PrepareContext(ctx context.Context, q string) (*sql.Stmt, error)
+}) {
+	c.prep = p.PrepareContext
+	c.stmts = make(map[string]*sql.Stmt)
+}
+
+func (c *stmtCache) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.stmts[q]; ok {
+		return s, nil
+	}
+	s, err := c.prep(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	c.stmts[q] = s
+	return s, nil
+}
+
+func (c *stmtCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.stmts {
+		s.Close()
+	}
+	c.stmts = nil
+}
+
+func (c *stmtCache) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	s, err := c.stmt(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return s.ExecContext(ctx, args...)
+}
+
+func (c *stmtCache) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	s, err := c.stmt(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return s.QueryContext(ctx, args...)
+}
+
+func (c *stmtCache) queryRow(ctx context.Context, q string, args ...any) scanner {
+	s, err := c.stmt(ctx, q)
+	if err != nil {
+		return errScanner{err}
+	}
+	return s.QueryRowContext(ctx, args...)
+}
+
+// scanner is *sql.Row's Scan, so a prepare error can be reported through the same call.
+type scanner interface{ Scan(dest ...any) error }
+
+type errScanner struct{ err error }
+
+func (e errScanner) Scan(...any) error { return e.err }
+
+// connQ is a querier over one dedicated connection.
+type connQ struct {
+	conn *sql.Conn
+	stmtCache
+}
+
+func newConnQ(conn *sql.Conn) *connQ {
+	q := &connQ{conn: conn}
+	q.init(conn)
+	return q
+}
+
+// sqliteCode returns SQLite's extended result code of err, or 0.
+func sqliteCode(err error) int {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code()
+	}
+	return 0
+}
+
+// mapErr turns SQLite errors that mean something to callers into the package's sentinels, keeping the
+// original text. Context errors pass through untouched.
+func mapErr(err error) error {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	code := sqliteCode(err)
+	switch {
+	case code&0xff == sqlite3.SQLITE_READONLY:
+		return fmt.Errorf("%w: %v", ErrReadOnly, err)
+	case code == sqlite3.SQLITE_CONSTRAINT_UNIQUE || code == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+		return fmt.Errorf("%w: %v", ErrExists, err)
+	case code&0xff == sqlite3.SQLITE_INTERRUPT:
+		return fmt.Errorf("interrupted: %w", context.Canceled)
+	case strings.Contains(err.Error(), "too many attached databases"):
+		// The read-only query path forbids ATTACH (it could create writable files elsewhere).
+		return fmt.Errorf("%w: ATTACH is not allowed on the read-only query path", ErrReadOnly)
+	}
+	return err
+}

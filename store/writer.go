@@ -1,0 +1,169 @@
+package store
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+)
+
+// Writer pipelines the writes of one client stream through group commit: its methods return at once
+// (blocking only when the commit queue is full) and the returned Futures complete in submission
+// order, each after its write is durable. If a write fails, later writes of the same Writer are not
+// applied and fail with ErrAborted. Writes carrying a txID run inside that transaction (in order,
+// after the Writer's earlier writes completed) instead.
+type Writer struct {
+	db     *DB
+	failed atomic.Bool
+	mu     sync.Mutex
+	last   *Future
+}
+
+// NewWriter returns a Writer. Close it when the stream ends.
+func (db *DB) NewWriter() *Writer { return &Writer{db: db} }
+
+// Set queues key=value (see DB.Set).
+func (w *Writer) Set(txID, key, value string) *Future {
+	if txID != "" {
+		return w.inTx(func() (uint64, error) { return 0, w.db.txSet(txID, key, value) })
+	}
+	return w.push(w.db.setOp(key, value))
+}
+
+// Delete queues the deletion of key (see DB.Delete).
+func (w *Writer) Delete(txID, key string) *Future {
+	if txID != "" {
+		return w.inTx(func() (uint64, error) { return 0, w.db.txDelete(txID, key) })
+	}
+	return w.push(w.db.deleteOp(key))
+}
+
+// StoreBlob hashes data (and writes its payload file when large) in the caller's goroutine, then
+// queues the row (see DB.StoreBlob). The Future's id is the new blob id.
+func (w *Writer) StoreBlob(txID string, data []byte, metadata *string) *Future {
+	if txID != "" {
+		return w.inTx(func() (uint64, error) { return w.db.txStoreBlob(txID, data, metadata) })
+	}
+	o, err := w.db.storeBlobOp(data, metadata)
+	if err != nil {
+		return w.failNow(err)
+	}
+	return w.push(o)
+}
+
+// UpdateBlob queues an update of blob id (see DB.UpdateBlob).
+func (w *Writer) UpdateBlob(txID string, id uint64, u BlobUpdate) *Future {
+	if txID != "" {
+		return w.inTx(func() (uint64, error) { return id, w.db.txUpdateBlob(txID, id, u) })
+	}
+	o, err := w.db.updateBlobOp(id, u)
+	if err != nil {
+		return w.failNow(err)
+	}
+	return w.push(o)
+}
+
+// DeleteBlob queues the deletion of blob id (see DB.DeleteBlob).
+func (w *Writer) DeleteBlob(txID string, id uint64) *Future {
+	if txID != "" {
+		return w.inTx(func() (uint64, error) { return id, w.db.txDeleteBlob(txID, id) })
+	}
+	return w.push(w.db.deleteBlobOp(id))
+}
+
+// Close waits for outstanding writes.
+func (w *Writer) Close() {
+	w.mu.Lock()
+	last := w.last
+	w.mu.Unlock()
+	if last != nil {
+		<-last.done
+	}
+}
+
+func (w *Writer) push(o *op) *Future {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.failed.Load() {
+		if o.after != nil {
+			o.after()
+		}
+		return w.record(doneFuture(0, ErrAborted))
+	}
+	o.w = w
+	return w.record(w.db.submit(o))
+}
+
+// failNow fails a write whose preparation failed (e.g. payload file I/O); it counts as the Writer's
+// failure, so later writes abort too.
+func (w *Writer) failNow(err error) *Future {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.failed.Load() {
+		return w.record(doneFuture(0, ErrAborted))
+	}
+	w.failed.Store(true)
+	return w.record(doneFuture(0, err))
+}
+
+// inTx runs a transactional write synchronously after the Writer's earlier writes completed, so
+// ordering and abort-after-failure hold across autocommit and transactional writes of one stream.
+func (w *Writer) inTx(fn func() (uint64, error)) *Future {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.last != nil {
+		<-w.last.done
+	}
+	if w.failed.Load() {
+		return w.record(doneFuture(0, ErrAborted))
+	}
+	id, err := fn()
+	if err != nil {
+		w.failed.Store(true)
+	}
+	return w.record(doneFuture(id, err))
+}
+
+func (w *Writer) record(f *Future) *Future {
+	w.last = f
+	return f
+}
+
+// Future is the outcome of one pipelined write.
+type Future struct {
+	done chan struct{}
+	id   uint64
+	err  error
+}
+
+func newFuture() *Future { return &Future{done: make(chan struct{})} }
+
+func doneFuture(id uint64, err error) *Future {
+	f := newFuture()
+	f.complete(id, err)
+	return f
+}
+
+func (f *Future) complete(id uint64, err error) {
+	f.id, f.err = id, err
+	close(f.done)
+}
+
+// Wait blocks until the write is committed or failed. ID is the new blob id for StoreBlob, the
+// affected id for blob writes, 0 for KV writes. If ctx ends first it returns ctx's error; the write
+// may still be applied.
+func (f *Future) Wait(ctx context.Context) (id uint64, err error) {
+	select {
+	case <-f.done:
+		return f.id, f.err
+	default:
+	}
+	select {
+	case <-f.done:
+		return f.id, f.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// Done is closed when the write has completed; then Wait returns at once.
+func (f *Future) Done() <-chan struct{} { return f.done }
