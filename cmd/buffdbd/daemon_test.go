@@ -412,7 +412,9 @@ func TestMain_LifecycleHealthMetrics(t *testing.T) {
 	}
 
 	// Shutdown: a Watch stream sees NOT_SERVING, systemd gets STOPPING=1, /readyz fails while draining.
-	watch, err := hc.Watch(context.Background(), &healthpb.HealthCheckRequest{})
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	watch, err := hc.Watch(wctx, &healthpb.HealthCheckRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,6 +427,7 @@ func TestMain_LifecycleHealthMetrics(t *testing.T) {
 	if st, err := watch.Recv(); err != nil || st.Status != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf("watch during shutdown: %v %v", st, err)
 	}
+	wcancel() // the watcher goes away; the drain can finish
 	if err := <-closed; err != nil {
 		t.Fatalf("Close: %v", err)
 	}
