@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
-	"strings"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -33,8 +32,8 @@ type Options struct {
 	MaxMessageBytes int
 	// Logger receives internal errors and recovered panics; nil discards them.
 	Logger *slog.Logger
-	// UnaryInterceptors and StreamInterceptors run outermost first, before buffdbd's own (panic
-	// recovery, message-size wording), so metrics see the final status codes.
+	// UnaryInterceptors and StreamInterceptors run outermost first, before buffdbd's own panic
+	// recovery, so metrics see the final status codes.
 	UnaryInterceptors  []grpc.UnaryServerInterceptor
 	StreamInterceptors []grpc.StreamServerInterceptor
 	// ServerOptions are appended to the server's options (e.g. keepalive settings).
@@ -63,9 +62,11 @@ func NewServer(db *store.DB, opts Options) *Server {
 		log = slog.New(slog.DiscardHandler)
 	}
 	unary := append(append([]grpc.UnaryServerInterceptor{}, opts.UnaryInterceptors...), recoverUnary(log))
-	streams := append(append([]grpc.StreamServerInterceptor{}, opts.StreamInterceptors...),
-		recoverStream(log), messageSizeStream(opts.MaxMessageBytes))
+	streams := append(append([]grpc.StreamServerInterceptor{}, opts.StreamInterceptors...), recoverStream(log))
 	sopts := append([]grpc.ServerOption{
+		// An oversized request fails with grpc-go's own RESOURCE_EXHAUSTED "received message larger
+		// than max (N vs. LIMIT)", which states the limit; grpc-go writes that status itself, so a
+		// handler or interceptor cannot reword it.
 		grpc.MaxRecvMsgSize(opts.MaxMessageBytes),
 		grpc.MaxSendMsgSize(opts.MaxMessageBytes),
 		grpc.ChainUnaryInterceptor(unary...),
@@ -176,29 +177,4 @@ func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
 func panicStatus(log *slog.Logger, method string, r any) error {
 	log.Error("panic in handler", "method", method, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 	return status.Error(codes.Internal, "internal error; the server log has the details")
-}
-
-// messageSizeStream rewords grpc-go's "received message larger than max (N vs. M)" so a user learns
-// which setting governs it. Unary requests are decoded before interceptors run and keep grpc-go's
-// wording, which already states both sizes.
-func messageSizeStream(max int) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		return h(srv, &sizeStream{ServerStream: ss, max: max})
-	}
-}
-
-type sizeStream struct {
-	grpc.ServerStream
-	max int
-}
-
-func (s *sizeStream) RecvMsg(m any) error {
-	err := s.ServerStream.RecvMsg(m)
-	if st, ok := status.FromError(err); ok && st.Code() == codes.ResourceExhausted &&
-		strings.Contains(st.Message(), "larger than max") {
-		return status.Errorf(codes.ResourceExhausted,
-			"request message exceeds the server's maximum message size of %d bytes (grpc.max_message_bytes): %s",
-			s.max, st.Message())
-	}
-	return err
 }

@@ -1,6 +1,9 @@
 package registry
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Callers test with errors.Is; messages wrap them with the model, version, alias or
 // path involved. The API layer maps each to one gRPC code.
@@ -30,3 +33,7 @@ var (
 	// ErrClosed: the Service has been closed.
 	ErrClosed = errors.New("registry closed")
 )
+
+func errorf(sentinel error, format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{sentinel}, args...)...)
+}

@@ -19,6 +19,10 @@ type Options struct {
 	// SessionTTL is how long an interrupted push stays resumable (its uploaded chunks pinned).
 	// Default 24h: long enough to outlast a device's or build server's network outage overnight.
 	SessionTTL time.Duration
+	// GCInterval, if > 0, runs CollectGarbage that often in the background (until Close).
+	GCInterval time.Duration
+	// ScrubInterval, if > 0, runs Verify over every chunk that often in the background.
+	ScrubInterval time.Duration
 	// Metrics receives counters; nil fields are skipped.
 	Metrics Metrics
 	Logger  *slog.Logger
@@ -52,14 +56,12 @@ type Service struct {
 	pinMu sync.Mutex
 	pins  map[[32]byte]int
 
-	// sessMu guards active: at most one live stream per (name, version) upload session.
-	sessMu sync.Mutex
-	active map[string]bool
-
 	watch *hub
 
 	closeOnce sync.Once
 	closed    chan struct{}
+	bgCancel  context.CancelFunc
+	bg        sync.WaitGroup
 }
 
 // New returns a Service over db, which must have been opened with Migrations among its
@@ -77,21 +79,59 @@ func New(db *store.DB, opts Options) (*Service, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{
+	s := &Service{
 		db:     db,
 		opts:   opts,
 		log:    opts.Logger,
 		pins:   map[[32]byte]int{},
-		active: map[string]bool{},
 		watch:  newHub(),
 		closed: make(chan struct{}),
-	}, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.bgCancel = cancel
+	s.every(ctx, opts.GCInterval, "gc", func(ctx context.Context) error {
+		_, err := s.CollectGarbage(ctx)
+		return err
+	})
+	s.every(ctx, opts.ScrubInterval, "scrub", func(ctx context.Context) error {
+		res, err := s.Verify(ctx, nil, nil)
+		if err == nil {
+			s.log.Info("registry scrub", "chunks", res.Chunks, "bytes", res.Bytes, "corrupt", len(res.Corrupt))
+		}
+		return err
+	})
+	return s, nil
 }
 
-// Close ends every Watch stream. It does not close the store.
+// every runs fn every interval (if > 0) on a goroutine the Service owns until Close.
+func (s *Service) every(ctx context.Context, interval time.Duration, what string, fn func(context.Context) error) {
+	if interval <= 0 {
+		return
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := fn(ctx); err != nil && ctx.Err() == nil {
+					s.log.Error("registry background "+what+" failed", "err", err)
+				}
+			}
+		}
+	}()
+}
+
+// Close stops background GC and scrubbing and ends every Watch stream. It does not close the store.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
+		s.bgCancel()
+		s.bg.Wait()
 		s.watch.close()
 	})
 	return nil

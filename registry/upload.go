@@ -484,6 +484,17 @@ type chanReader struct {
 
 func (r *chanReader) Read(p []byte) (int, error) {
 	for len(r.cur) == 0 {
+		// Bytes already delivered win over an abort: a chunk that arrived whole is still made
+		// durable, so a resumed push need not send it again.
+		select {
+		case b, ok := <-r.ch:
+			if !ok {
+				return 0, io.EOF
+			}
+			r.cur = b
+			continue
+		default:
+		}
 		select {
 		case b, ok := <-r.ch:
 			if !ok {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 )
 
 const (
@@ -22,6 +23,8 @@ const (
 	// copyBufSize is the fixed buffer WritePayload streams through: large enough that a multi-GB
 	// payload is written in few syscalls, small enough that many concurrent uploads stay in memory.
 	copyBufSize = 1 << 20
+	// tmpMaxIdle is how long a temp file must sit unmodified before a runtime GC may remove it.
+	tmpMaxIdle = 10 * time.Minute
 )
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
@@ -193,7 +196,7 @@ func (db *DB) discardTemp(f *os.File) {
 // pin on sum. If an identical payload already exists the temp file is just dropped.
 func (db *DB) installTemp(f *os.File, sum [32]byte) error {
 	defer db.discardTemp(f) // after a successful rename the Remove is a harmless no-op
-	if err := f.Sync(); err != nil {
+	if err := db.fsync(f); err != nil {
 		return fmt.Errorf("fsync payload: %w", err)
 	}
 	st, err := f.Stat()
@@ -209,7 +212,7 @@ func (db *DB) installTemp(f *os.File, sum [32]byte) error {
 	final := db.payloadPath(sum)
 	sub := filepath.Dir(final)
 	if err := os.Mkdir(sub, 0o750); err == nil {
-		if err := syncDir(filepath.Dir(sub)); err != nil {
+		if err := db.syncDir(filepath.Dir(sub)); err != nil {
 			return err
 		}
 	} else if !errors.Is(err, fs.ErrExist) {
@@ -218,10 +221,24 @@ func (db *DB) installTemp(f *os.File, sum [32]byte) error {
 	if err := os.Rename(f.Name(), final); err != nil {
 		return fmt.Errorf("install payload: %w", err)
 	}
-	return syncDir(sub)
+	return db.syncDir(sub)
 }
 
-func syncDir(dir string) error {
+// fsync makes f's bytes durable under DurabilitySync. Under DurabilityProcess it does nothing: the
+// promise there is surviving a process crash, and the kernel's page cache already does (the same
+// reasoning as SQLite's synchronous=NORMAL in WAL mode).
+func (db *DB) fsync(f *os.File) error {
+	if db.opts.Durability == DurabilityProcess {
+		return nil
+	}
+	return f.Sync()
+}
+
+// syncDir makes a directory's entries (a created or renamed payload file) durable; see fsync.
+func (db *DB) syncDir(dir string) error {
+	if db.opts.Durability == DurabilityProcess {
+		return nil
+	}
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
@@ -415,13 +432,19 @@ func (db *DB) collectGarbage(ctx context.Context, atOpen bool) (GCResult, error)
 	}
 	for _, e := range tmps {
 		name := filepath.Join(db.dir, tmpDir, e.Name())
-		db.pend.mu.Lock()
-		busy := db.pend.tmp[name] && !atOpen
-		db.pend.mu.Unlock()
-		if busy {
+		info, err := e.Info()
+		if err != nil {
 			continue
 		}
-		if info, err := e.Info(); err == nil && os.Remove(name) == nil {
+		db.pend.mu.Lock()
+		busy := db.pend.tmp[name]
+		db.pend.mu.Unlock()
+		// At runtime a temp file may have been created a moment ago and not yet registered in
+		// pend.tmp; only files idle for tmpMaxIdle are abandoned for sure. At Open nothing is writing.
+		if !atOpen && (busy || time.Since(info.ModTime()) < tmpMaxIdle) {
+			continue
+		}
+		if os.Remove(name) == nil {
 			res.Files++
 			res.Bytes += info.Size()
 		}

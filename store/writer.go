@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // Writer pipelines the writes of one client stream through group commit: its methods return at once
@@ -16,7 +18,31 @@ type Writer struct {
 	failed atomic.Bool
 	mu     sync.Mutex
 	last   *Future
+	// pipe, once started, carries every write of the Writer in submission order to a goroutine that
+	// waits for each write's payload preparation and then submits it. It lets several large blobs be
+	// hashed and written (and fsynced) concurrently while the stream keeps reading, instead of one
+	// after another on the stream's goroutine.
+	pipe     chan *slot
+	pipeDone chan struct{}
+	inflight *semaphore.Weighted
 }
+
+// slot is one write in the Writer's pipe: o (or err) is valid once ready is closed.
+type slot struct {
+	fut   *Future
+	ready chan struct{}
+	o     *op
+	err   error
+}
+
+const (
+	// maxInflightBytes bounds the blob bytes one Writer prepares concurrently (its memory is the
+	// callers' buffers, held until the payload file is written). One blob larger than this still
+	// proceeds alone.
+	maxInflightBytes = 64 << 20
+	// pipeLen is how many writes may wait in a Writer's pipe before the stream blocks.
+	pipeLen = 1024
+)
 
 // NewWriter returns a Writer. Close it when the stream ends.
 func (db *DB) NewWriter() *Writer { return &Writer{db: db} }
@@ -43,6 +69,9 @@ func (w *Writer) StoreBlob(txID string, data []byte, metadata *string) *Future {
 	if txID != "" {
 		return w.inTx(func() (uint64, error) { return w.db.txStoreBlob(txID, data, metadata) })
 	}
+	if int64(len(data)) > w.db.opts.InlineMax {
+		return w.pushAsync(int64(len(data)), func() (*op, error) { return w.db.storeBlobOp(data, metadata) })
+	}
 	o, err := w.db.storeBlobOp(data, metadata)
 	if err != nil {
 		return w.failNow(err)
@@ -54,6 +83,9 @@ func (w *Writer) StoreBlob(txID string, data []byte, metadata *string) *Future {
 func (w *Writer) UpdateBlob(txID string, id uint64, u BlobUpdate) *Future {
 	if txID != "" {
 		return w.inTx(func() (uint64, error) { return id, w.db.txUpdateBlob(txID, id, u) })
+	}
+	if int64(len(u.Data)) > w.db.opts.InlineMax {
+		return w.pushAsync(int64(len(u.Data)), func() (*op, error) { return w.db.updateBlobOp(id, u) })
 	}
 	o, err := w.db.updateBlobOp(id, u)
 	if err != nil {
@@ -70,10 +102,16 @@ func (w *Writer) DeleteBlob(txID string, id uint64) *Future {
 	return w.push(w.db.deleteBlobOp(id))
 }
 
-// Close waits for outstanding writes.
+// Close waits for outstanding writes and stops the Writer's pipeline. The Writer must not be used
+// afterwards.
 func (w *Writer) Close() {
 	w.mu.Lock()
 	last := w.last
+	if w.pipe != nil {
+		close(w.pipe)
+		<-w.pipeDone
+		w.pipe = nil
+	}
 	w.mu.Unlock()
 	if last != nil {
 		<-last.done
@@ -90,7 +128,60 @@ func (w *Writer) push(o *op) *Future {
 		return w.record(doneFuture(0, ErrAborted))
 	}
 	o.w = w
+	if w.pipe != nil {
+		// Behind earlier writes still being prepared.
+		s := &slot{fut: newFuture(), ready: make(chan struct{}), o: o}
+		close(s.ready)
+		w.pipe <- s
+		return w.record(s.fut)
+	}
 	return w.record(w.db.submit(o))
+}
+
+// pushAsync queues a write whose payload prep (hashing, payload file write and fsync) runs on its
+// own goroutine, bounded by maxInflightBytes per Writer.
+func (w *Writer) pushAsync(size int64, prep func() (*op, error)) *Future {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.failed.Load() {
+		return w.record(doneFuture(0, ErrAborted))
+	}
+	if w.pipe == nil {
+		w.pipe = make(chan *slot, pipeLen)
+		w.pipeDone = make(chan struct{})
+		w.inflight = semaphore.NewWeighted(maxInflightBytes)
+		go w.runPipe()
+	}
+	weight := min(size, maxInflightBytes)
+	w.inflight.Acquire(context.Background(), weight)
+	s := &slot{fut: newFuture(), ready: make(chan struct{})}
+	go func() {
+		defer close(s.ready)
+		defer w.inflight.Release(weight)
+		s.o, s.err = prep()
+	}()
+	w.pipe <- s
+	return w.record(s.fut)
+}
+
+// runPipe submits the pipe's writes in order, each once its preparation finished.
+func (w *Writer) runPipe() {
+	defer close(w.pipeDone)
+	for s := range w.pipe {
+		<-s.ready
+		switch {
+		case s.err != nil && w.failed.Swap(true):
+			s.fut.complete(0, ErrAborted)
+		case s.err != nil:
+			s.fut.complete(0, s.err)
+		case w.failed.Load():
+			s.o.fut = s.fut
+			s.o.finish(0, ErrAborted)
+		default:
+			s.o.fut, s.o.w = s.fut, w
+			w.db.submit(s.o)
+		}
+	}
 }
 
 // failNow fails a write whose preparation failed (e.g. payload file I/O); it counts as the Writer's

@@ -75,6 +75,18 @@ func reportError(w io.Writer, err error) int {
 		fmt.Fprintf(w, "buffdbd: %v\nRun 'buffdbd --help' for usage.\n", err)
 		return exitUsage
 	}
+	// Commands with their own documented exit codes (fetch) carry them, and a hint, on the error.
+	var coded interface {
+		ExitCode() int
+		Hint() string
+	}
+	if errors.As(err, &coded) {
+		fmt.Fprintf(w, "buffdbd: %s\n", strings.TrimSpace(err.Error()))
+		if h := coded.Hint(); h != "" {
+			fmt.Fprintf(w, "hint: %s\n", h)
+		}
+		return coded.ExitCode()
+	}
 	code := api.Code(err)
 	msg := err.Error()
 	if s, ok := status.FromError(err); ok {

@@ -84,6 +84,10 @@ a running daemon (its unix socket in the data directory, or --addr) or open the 
 		newBlobCmd(g),
 		newQueryCmd(g),
 		newIndexCmd(g),
+		newModelCmd(g),
+		newGCCmd(g),
+		newBenchCmd(g),
+		newFetchCmd(g),
 		newConfigCommand(),
 		newVersionCommand(),
 	)

@@ -243,7 +243,8 @@ func (s *Server) StatusNext(codes ...int) {
 	s.statusNext = append(s.statusNext, codes...)
 }
 
-// Corrupt flips one byte in the middle of the named file whenever it is served.
+// Corrupt flips one byte in the middle of the named file whenever it is served. The CDN is
+// content-addressed, so other files with the same content are corrupted too.
 func (s *Server) Corrupt(repoID, path string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

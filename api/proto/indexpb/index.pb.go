@@ -661,7 +661,7 @@ func (x *FindRangeRequest) GetTransactionId() string {
 type FindResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	// value is the indexed value for this key.
+	// value is the key's current value (saves a Get per key).
 	Value         string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

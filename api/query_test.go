@@ -1,0 +1,124 @@
+package api_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/buffdb/buffdbd/api"
+	querypb "github.com/buffdb/buffdbd/api/proto/querypb"
+	"github.com/buffdb/buffdbd/store"
+)
+
+// rowsSQL generates n rows of every SQLite type without depending on the store's table names.
+const rowsSQL = `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000)
+SELECT x AS n, x * 0.5 AS half, 'row' || x AS label, x'00ff' AS raw, NULL AS missing FROM c`
+
+func TestQuery_ManyRows(t *testing.T) {
+	ts := newTestServer(t, store.Options{}, api.Options{})
+	c := querypb.NewQueryClient(ts.conn)
+	s, err := c.Query(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Send(&querypb.RawQuery{Query: rowsSQL})
+	s.CloseSend()
+	md, err := s.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCols := []string{"n", "half", "label", "raw", "missing"}
+	if got := md.Get(api.ColumnsHeader); !slices.Equal(got, wantCols) {
+		_, rerr := s.Recv()
+		t.Fatalf("header %s = %v, want %v (stream: %v)", api.ColumnsHeader, got, wantCols, rerr)
+	}
+	n := 0
+	for {
+		r, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		if n == 1 && !slices.Equal(r.GetColumnNames(), wantCols) {
+			t.Fatalf("first row column_names = %v", r.GetColumnNames())
+		}
+		if n > 1 && len(r.GetColumnNames()) != 0 {
+			t.Fatalf("row %d repeats column_names", n)
+		}
+		f := r.GetFields()
+		var i64 wrapperspb.Int64Value
+		var dbl wrapperspb.DoubleValue
+		var str wrapperspb.StringValue
+		var byt wrapperspb.BytesValue
+		var null structpb.Value
+		if err := f[0].UnmarshalTo(&i64); err != nil || i64.GetValue() != int64(n) {
+			t.Fatalf("row %d col n = %v, %v", n, i64.GetValue(), err)
+		}
+		if err := f[1].UnmarshalTo(&dbl); err != nil || dbl.GetValue() != float64(n)*0.5 {
+			t.Fatalf("row %d col half = %v, %v", n, dbl.GetValue(), err)
+		}
+		if err := f[2].UnmarshalTo(&str); err != nil || str.GetValue() == "" {
+			t.Fatalf("row %d col label = %v, %v", n, str.GetValue(), err)
+		}
+		if err := f[3].UnmarshalTo(&byt); err != nil || string(byt.GetValue()) != "\x00\xff" {
+			t.Fatalf("row %d col raw = %x, %v", n, byt.GetValue(), err)
+		}
+		if err := f[4].UnmarshalTo(&null); err != nil {
+			t.Fatalf("row %d NULL column: %v", n, err)
+		}
+		if _, ok := null.GetKind().(*structpb.Value_NullValue); !ok {
+			t.Fatalf("row %d NULL column kind = %T, want null_value", n, null.GetKind())
+		}
+	}
+	if n != 20000 {
+		t.Fatalf("got %d rows, want 20000", n)
+	}
+}
+
+func TestQuery_ReadOnly(t *testing.T) {
+	ts := newTestServer(t, store.Options{}, api.Options{})
+	c := querypb.NewQueryClient(ts.conn)
+	_, err := bidi(t, c.Query, &querypb.RawQuery{Query: "CREATE TABLE sneaky(x)"})
+	wantCode(t, err, codes.PermissionDenied, "query-writes")
+	_, err = bidi(t, c.Execute, &querypb.RawQuery{Query: "CREATE TABLE sneaky(x)"})
+	wantCode(t, err, codes.PermissionDenied, "query-writes")
+	_, err = bidi(t, c.Query, &querypb.RawQuery{Query: "SELEC oops"})
+	wantCode(t, err, codes.InvalidArgument)
+}
+
+func TestQuery_Execute(t *testing.T) {
+	ts := newTestServer(t, store.Options{QueryWrites: true}, api.Options{})
+	c := querypb.NewQueryClient(ts.conn)
+	got, err := bidi(t, c.Execute,
+		&querypb.RawQuery{Query: "CREATE TABLE scratch(x)"},
+		&querypb.RawQuery{Query: "INSERT INTO scratch VALUES (1), (2), (3)"},
+		&querypb.RawQuery{Query: "DELETE FROM scratch WHERE x > 1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var changed []uint64
+	for _, r := range got {
+		changed = append(changed, r.GetRowsChanged())
+	}
+	// SQLite reports no meaningful count for DDL, so only the DML counts are checked.
+	if len(changed) != 3 || !slices.Equal(changed[1:], []uint64{3, 2}) {
+		t.Fatalf("rows changed = %v, want [_ 3 2]", changed)
+	}
+	rows, err := bidi(t, c.Query, &querypb.RawQuery{Query: "SELECT count(*) AS n FROM scratch"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n wrapperspb.Int64Value
+	if err := rows[0].GetFields()[0].UnmarshalTo(&n); err != nil || n.GetValue() != 1 {
+		t.Fatalf("count = %v, %v", n.GetValue(), err)
+	}
+}

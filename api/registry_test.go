@@ -1,0 +1,597 @@
+package api_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
+	"github.com/buffdb/buffdbd/registry"
+)
+
+func push(t testing.TB, e *regEnv, src, name, version string, aliases ...string) registry.PushResult {
+	t.Helper()
+	res, err := e.client.Push(context.Background(), src, registry.PushOptions{
+		Info:    registry.ModelInfo{Name: name, Version: version, Framework: "onnx", Parameters: map[string]string{"task": "nlp"}},
+		Aliases: aliases,
+	})
+	if err != nil {
+		t.Fatalf("push %s:%s: %v", name, version, err)
+	}
+	return res
+}
+
+func TestRegistry_PushPull(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	src := t.TempDir()
+	files := map[string][]byte{
+		"config.json":            []byte(`{"hidden": 768}`),
+		"model.safetensors":      randBytes(1, 21<<20+17),
+		"onnx/model.onnx":        randBytes(2, 3<<20),
+		"tokenizer/vocab.txt":    randBytes(3, 100),
+		"empty.txt":              {},
+		"onnx/dup-of-model.onnx": randBytes(2, 3<<20), // identical content: stored once
+	}
+	writeFiles(t, src, files)
+	res := push(t, e, src, "org/bert", "v1", "production")
+	if res.Files != len(files) || res.Info.Version != "v1" {
+		t.Fatalf("push result %+v", res)
+	}
+	if res.BytesSent >= res.Bytes {
+		t.Errorf("sent %d of %d bytes; the duplicate file should not be sent twice", res.BytesSent, res.Bytes)
+	}
+
+	out := t.TempDir()
+	pr, err := e.client.Pull(context.Background(), "org/bert@production", out, registry.PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, files)
+	if pr.BytesReceived != pr.Bytes {
+		t.Errorf("pull into an empty dir received %d of %d bytes", pr.BytesReceived, pr.Bytes)
+	}
+
+	show, err := e.rpc.Show(context.Background(), &registrypb.ShowRequest{Ref: "org/bert:v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(show.Aliases, []string{"latest", "production"}) || show.LastPulled == nil || len(show.Files) != len(files) {
+		t.Errorf("show = aliases %v, last pulled %v, %d files", show.Aliases, show.LastPulled, len(show.Files))
+	}
+	for _, f := range show.Files {
+		if want := sha256.Sum256(files[f.Path]); string(f.Sha256) != string(want[:]) || f.Size != uint64(len(files[f.Path])) {
+			t.Errorf("show %s: size %d sha %x", f.Path, f.Size, f.Sha256)
+		}
+	}
+	list, err := e.rpc.ListModels(context.Background(), &registrypb.ListModelsRequest{Framework: "onnx", Parameters: map[string]string{"task": "nlp"}})
+	if err != nil || len(list.Models) != 1 || list.Models[0].Aliases["production"] != "v1" {
+		t.Fatalf("list = %v, %v", list, err)
+	}
+	for _, f := range []*registrypb.ListModelsRequest{{Framework: "pytorch"}, {Parameters: map[string]string{"task": "cv"}}, {Prefix: "other"}} {
+		if list, err := e.rpc.ListModels(context.Background(), f); err != nil || len(list.Models) != 0 {
+			t.Errorf("list %v = %v, %v; want none", f, list, err)
+		}
+	}
+}
+
+// TestRegistry_BuffDBKeys checks BuffDB's conventions: ModelInfo JSON with exactly its fields, the
+// indexes, and blob_ids that concatenate to a single-file model.
+func TestRegistry_BuffDBKeys(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	data := randBytes(7, 9<<20+3)
+	src := filepath.Join(t.TempDir(), "weights.bin")
+	writeFiles(t, filepath.Dir(src), map[string][]byte{"weights.bin": data})
+	push(t, e, src, "resnet", "1.0")
+	push(t, e, src, "resnet", "1.1")
+	ctx := context.Background()
+	meta, err := e.db.Get(ctx, "", "model:resnet:1.0:metadata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(meta), &m); err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	want := []string{"blob_ids", "created_at", "description", "framework", "input_shape", "name", "output_shape", "parameters", "version"}
+	if !slices.Equal(keys, want) {
+		t.Fatalf("metadata fields %v, want %v", keys, want)
+	}
+	var info registry.ModelInfo
+	if err := json.Unmarshal([]byte(meta), &info); err != nil {
+		t.Fatal(err)
+	}
+	var joined []byte
+	for _, id := range info.BlobIDs {
+		b, err := e.db.GetBlob(ctx, "", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		joined = append(joined, b.Data...)
+	}
+	if string(joined) != string(data) {
+		t.Fatalf("blob_ids %v concatenate to %d bytes, not the pushed file", info.BlobIDs, len(joined))
+	}
+	for key, want := range map[string]string{"model:resnet:index": `["1.0","1.1"]`, "model:global:index": `["resnet"]`} {
+		if got, err := e.db.Get(ctx, "", key); err != nil || got != want {
+			t.Errorf("%s = %s, %v; want %s", key, got, err, want)
+		}
+	}
+	if _, err := e.rpc.DeleteVersion(ctx, &registrypb.DeleteVersionRequest{Ref: "resnet:1.0"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e.db.Get(ctx, "", "model:resnet:index"); got != `["1.1"]` {
+		t.Errorf("index after delete = %s", got)
+	}
+	if _, err := e.db.Get(ctx, "", "model:resnet:1.0:metadata"); err == nil {
+		t.Error("metadata of a deleted version is still there")
+	}
+	// The shared chunks are still referenced by 1.1 and must still be readable.
+	out := t.TempDir()
+	if _, err := e.client.Pull(ctx, "resnet", out, registry.PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, map[string][]byte{"weights.bin": data})
+}
+
+func sharedVersions(t testing.TB) (v1, v2 map[string][]byte) {
+	base := randBytes(11, 40<<20)
+	// v2: a 64 KiB patch overwritten in the middle, 1 MiB inserted later, and a changed config.
+	edited := slices.Clone(base)
+	copy(edited[12<<20:], randBytes(12, 64<<10))
+	edited = slices.Concat(edited[:30<<20], randBytes(13, 1<<20), edited[30<<20:])
+	return map[string][]byte{"model.bin": base, "config.json": []byte(`{"v": 1}`)},
+		map[string][]byte{"model.bin": edited, "config.json": []byte(`{"v": 2}`)}
+}
+
+func TestRegistry_DeltaPushPull(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	v1, v2 := sharedVersions(t)
+	s1, s2 := t.TempDir(), t.TempDir()
+	writeFiles(t, s1, v1)
+	writeFiles(t, s2, v2)
+	push(t, e, s1, "llm", "v1")
+	res := push(t, e, s2, "llm", "v2")
+	// Only the chunks around the two edits travel: at most ~4 average chunks plus the inserted MiB.
+	if limit := int64(4*registry.AvgChunkSize + 1<<20); res.BytesSent > limit || res.BytesSent == 0 {
+		t.Errorf("delta push sent %d of %d bytes, want (0, %d]", res.BytesSent, res.Bytes, limit)
+	}
+	if res.BytesReused+res.BytesSent != res.Bytes {
+		t.Errorf("sent %d + reused %d != %d", res.BytesSent, res.BytesReused, res.Bytes)
+	}
+
+	dev := t.TempDir()
+	if _, err := e.client.Pull(context.Background(), "llm:v1", dev, registry.PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pr, err := e.client.Pull(context.Background(), "llm:v2", dev, registry.PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, dev, v2)
+	if limit := int64(4*registry.AvgChunkSize + 1<<20); pr.BytesReceived > limit || pr.BytesReceived == 0 {
+		t.Errorf("delta pull received %d of %d bytes, want (0, %d]", pr.BytesReceived, pr.Bytes, limit)
+	}
+	// Pulling again is a no-op: every file is already complete.
+	pr, err = e.client.Pull(context.Background(), "llm:v2", dev, registry.PullOptions{})
+	if err != nil || pr.BytesReceived != 0 {
+		t.Errorf("repeated pull received %d bytes, %v", pr.BytesReceived, err)
+	}
+}
+
+func TestRegistry_ResumePush(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	data := randBytes(21, 48<<20)
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"m.bin": data})
+	ctx, cancel := context.WithCancel(context.Background())
+	var cutAt int64
+	_, err := e.client.Push(ctx, src, registry.PushOptions{
+		Info: registry.ModelInfo{Name: "cut", Version: "v1"},
+		Progress: func(done, total int64) {
+			if done >= total*3/4 && cutAt == 0 {
+				cutAt = done
+				cancel() // the client vanishes mid-push
+			}
+		},
+	})
+	if status.Code(err) != codes.Canceled {
+		t.Fatalf("cut push: %v", err)
+	}
+	if ok, _ := e.reg.HasVersion(context.Background(), "cut", "v1"); ok {
+		t.Fatal("a cut push left a visible version")
+	}
+	res, err := e.client.Push(context.Background(), src, registry.PushOptions{Info: registry.ModelInfo{Name: "cut", Version: "v1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What was durable before the cut is not sent again: at most the chunks in flight at the cut.
+	if max := res.Bytes - cutAt + 3*registry.MaxChunkSize; res.BytesSent > max || res.BytesReused == 0 {
+		t.Errorf("resumed push sent %d bytes (reused %d) after a cut at %d of %d", res.BytesSent, res.BytesReused, cutAt, res.Bytes)
+	}
+	out := t.TempDir()
+	if _, err := e.client.Pull(context.Background(), "cut:v1", out, registry.PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, map[string][]byte{"m.bin": data})
+}
+
+func TestRegistry_ResumePull(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	files := map[string][]byte{"a.bin": randBytes(31, 20<<20), "b.bin": randBytes(32, 20<<20)}
+	src := t.TempDir()
+	writeFiles(t, src, files)
+	push(t, e, src, "big", "v1")
+	out := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	var cutAt int64
+	_, err := e.client.Pull(ctx, "big", out, registry.PullOptions{NoDelta: true, Progress: func(done, total int64) {
+		if done >= total*3/4 && cutAt == 0 {
+			cutAt = done
+			cancel()
+		}
+	}})
+	if status.Code(err) != codes.Canceled && !errors.Is(err, context.Canceled) {
+		t.Fatalf("cut pull: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(out, "b.bin")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a cut pull left a final file: %v", err)
+	}
+	pr, err := e.client.Pull(context.Background(), "big", out, registry.PullOptions{NoDelta: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, files)
+	if pr.BytesReceived > pr.Bytes-cutAt+registry.PullPieceSize || pr.BytesLocal == 0 {
+		t.Errorf("resumed pull received %d (local %d) after a cut at %d of %d", pr.BytesReceived, pr.BytesLocal, cutAt, pr.Bytes)
+	}
+}
+
+func TestRegistry_RangePull(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	data := randBytes(41, 10<<20)
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"m.bin": data})
+	push(t, e, src, "r", "v1")
+	stream, err := e.rpc.Pull(context.Background(), &registrypb.PullRequest{Ref: "r:v1",
+		Ranges: []*registrypb.FileRange{{Path: "m.bin", Offset: 3<<20 + 5, Length: 4 << 20}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := m.GetData(); d != nil {
+			if len(d.Data) > registry.PullPieceSize || d.Offset != uint64(3<<20+5+len(got)) {
+				t.Fatalf("piece of %d bytes at %d", len(d.Data), d.Offset)
+			}
+			got = append(got, d.Data...)
+		}
+	}
+	if string(got) != string(data[3<<20+5:7<<20+5]) {
+		t.Fatalf("range pull returned %d bytes that differ", len(got))
+	}
+}
+
+func TestRegistry_Eviction(t *testing.T) {
+	const size = 3 << 20
+	e := startRegistry(t, registry.Options{MaxBytes: 3*size + size/2})
+	ctx := context.Background()
+	src := func(seed uint64, n int) string {
+		d := t.TempDir()
+		writeFiles(t, d, map[string][]byte{"m.bin": randBytes(seed, n)})
+		return d
+	}
+	push(t, e, src(1, size), "m", "v1")
+	push(t, e, src(2, size), "m", "v2")
+	push(t, e, src(3, size), "m", "v3")
+	if _, err := e.client.Pull(ctx, "m:v1", t.TempDir(), registry.PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	versions := func() []string {
+		vs, err := e.reg.ListVersions(ctx, "m")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, v := range vs {
+			out = append(out, v.Version)
+		}
+		return out
+	}
+	// v4 does not fit with v1..v3: v2 is the least recently used (v1 was pulled, v3 was latest).
+	push(t, e, src(4, size), "m", "v4")
+	if got := versions(); !slices.Equal(got, []string{"v1", "v3", "v4"}) {
+		t.Fatalf("after v4: %v, want v2 evicted", got)
+	}
+	// A pinned or aliased version is never evicted: pin v3 (now the LRU), alias v1.
+	if _, err := e.rpc.SetPinned(ctx, &registrypb.SetPinnedRequest{Ref: "m:v3", Pinned: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.rpc.SetAlias(ctx, &registrypb.SetAliasRequest{Name: "m", Alias: "prod", Version: "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	push(t, e, src(5, size), "m", "v5")
+	if got := versions(); !slices.Equal(got, []string{"v1", "v3", "v5"}) {
+		t.Fatalf("after v5: %v, want v4 evicted", got)
+	}
+	// A version that cannot fit even after evicting everything evictable (v5, which would lose
+	// latest) fails with RESOURCE_EXHAUSTED and changes nothing: v5 is still there and still latest.
+	before, _ := e.reg.Stats(ctx)
+	_, err := e.client.Push(ctx, src(6, 2*size), registry.PushOptions{Info: registry.ModelInfo{Name: "m", Version: "v6"}})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("push over budget: %v, want ResourceExhausted", err)
+	}
+	if got := versions(); !slices.Equal(got, []string{"v1", "v3", "v5"}) {
+		t.Fatalf("after failed v6: %v", got)
+	}
+	if v, _ := e.reg.ResolveAlias(ctx, "m", "latest"); v != "v5" {
+		t.Fatalf("latest = %s after a failed push", v)
+	}
+	after, _ := e.reg.Stats(ctx)
+	if after.Versions != before.Versions {
+		t.Fatalf("stats changed: %+v -> %+v", before, after)
+	}
+}
+
+func TestRegistry_Watch(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"m.bin": randBytes(51, 1<<20)})
+	push(t, e, src, "w", "v1")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := e.rpc.Watch(ctx, &registrypb.WatchRequest{Name: "w"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv := func() *registrypb.WatchEvent {
+		t.Helper()
+		ev, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ev
+	}
+	if ev := recv(); ev.Kind != registrypb.WatchEvent_READY {
+		t.Fatalf("first event %v, want READY", ev)
+	}
+	writeFiles(t, src, map[string][]byte{"m.bin": randBytes(52, 1<<20)})
+	push(t, e, src, "w", "v2")
+	if ev := recv(); ev.Kind != registrypb.WatchEvent_PUBLISHED || ev.Version != "v2" {
+		t.Fatalf("got %v, want PUBLISHED v2", ev)
+	}
+	if ev := recv(); ev.Kind != registrypb.WatchEvent_ALIAS_SET || ev.Alias != "latest" || ev.Version != "v2" || ev.Previous != "v1" {
+		t.Fatalf("got %v, want latest v1 -> v2", ev)
+	}
+	if _, err := e.rpc.SetAlias(ctx, &registrypb.SetAliasRequest{Name: "w", Alias: "production", Version: "v2"}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := recv(); ev.Kind != registrypb.WatchEvent_ALIAS_SET || ev.Alias != "production" || ev.Version != "v2" {
+		t.Fatalf("got %v, want production -> v2", ev)
+	}
+	if _, err := e.rpc.SetAlias(ctx, &registrypb.SetAliasRequest{Name: "w", Alias: "production", Version: "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := recv(); ev.Alias != "production" || ev.Version != "v1" || ev.Previous != "v2" {
+		t.Fatalf("got %v, want production v2 -> v1", ev)
+	}
+}
+
+func TestRegistry_Errors(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	ctx := context.Background()
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"m.bin": randBytes(61, 2<<20)})
+	push(t, e, src, "e", "v1", "prod")
+
+	code := func(err error) codes.Code { return status.Code(err) }
+	cases := []struct {
+		name string
+		err  error
+		want codes.Code
+	}{}
+	add := func(name string, err error, want codes.Code) {
+		cases = append(cases, struct {
+			name string
+			err  error
+			want codes.Code
+		}{name, err, want})
+	}
+	_, err := e.client.Push(ctx, src, registry.PushOptions{Info: registry.ModelInfo{Name: "bad:name", Version: "v1"}})
+	add("InvalidName", err, codes.InvalidArgument)
+	_, err = e.client.Push(ctx, src, registry.PushOptions{Info: registry.ModelInfo{Name: "e", Version: "../v"}})
+	add("InvalidVersion", err, codes.InvalidArgument)
+	_, err = e.client.Push(ctx, src, registry.PushOptions{Info: registry.ModelInfo{Name: "e", Version: "v1"}})
+	add("Exists", err, codes.AlreadyExists)
+	_, err = e.rpc.Show(ctx, &registrypb.ShowRequest{Ref: "e:v9"})
+	add("ShowMissing", err, codes.NotFound)
+	_, err = e.rpc.Show(ctx, &registrypb.ShowRequest{Ref: "e@nope"})
+	add("AliasMissing", err, codes.NotFound)
+	_, err = e.rpc.DeleteVersion(ctx, &registrypb.DeleteVersionRequest{Ref: "e:v1"})
+	add("DeleteAliased", err, codes.FailedPrecondition)
+	_, err = e.rpc.SetAlias(ctx, &registrypb.SetAliasRequest{Name: "e", Alias: "x", Version: "v9"})
+	add("AliasToMissing", err, codes.NotFound)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if code(c.err) != c.want {
+				t.Fatalf("got %v, want %v", c.err, c.want)
+			}
+		})
+	}
+
+	raw := func(t *testing.T, msgs ...*registrypb.PushRequest) error {
+		t.Helper()
+		stream, err := e.rpc.Push(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			if err := stream.Send(m); err != nil {
+				break
+			}
+		}
+		stream.CloseSend()
+		for {
+			if _, err := stream.Recv(); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+		}
+	}
+	open := &registrypb.PushRequest{Msg: &registrypb.PushRequest_Open{Open: &registrypb.PushOpen{Info: &registrypb.ModelInfo{Name: "raw", Version: "v1"}}}}
+	begin := func(p string, n uint64) *registrypb.PushRequest {
+		return &registrypb.PushRequest{Msg: &registrypb.PushRequest_FileBegin{FileBegin: &registrypb.FileBegin{Path: p, Size: n}}}
+	}
+	data := []byte("hello world")
+	sum := sha256.Sum256(data)
+	offer := &registrypb.PushRequest{Msg: &registrypb.PushRequest_Offer{Offer: &registrypb.ChunkOffer{Sha256: sum[:], Size: uint64(len(data))}}}
+	send := func(b []byte) *registrypb.PushRequest {
+		return &registrypb.PushRequest{Msg: &registrypb.PushRequest_Data{Data: &registrypb.ChunkData{Data: b}}}
+	}
+	end := func(s []byte) *registrypb.PushRequest {
+		return &registrypb.PushRequest{Msg: &registrypb.PushRequest_FileEnd{FileEnd: &registrypb.FileEnd{Sha256: s}}}
+	}
+	commit := &registrypb.PushRequest{Msg: &registrypb.PushRequest_Commit{Commit: &registrypb.Commit{}}}
+	wrong := sha256.Sum256([]byte("other"))
+	sum2 := sha256.Sum256([]byte("fresh"))
+	offer2 := &registrypb.PushRequest{Msg: &registrypb.PushRequest_Offer{Offer: &registrypb.ChunkOffer{Sha256: sum2[:], Size: 5}}}
+
+	for _, c := range []struct {
+		name string
+		msgs []*registrypb.PushRequest
+		want codes.Code
+	}{
+		{"PathEscapes", []*registrypb.PushRequest{open, begin("../etc/passwd", 11)}, codes.InvalidArgument},
+		{"PathAbsolute", []*registrypb.PushRequest{open, begin("/etc/passwd", 11)}, codes.InvalidArgument},
+		{"PathNUL", []*registrypb.PushRequest{open, begin("a\x00b", 11)}, codes.InvalidArgument},
+		{"ChunkMismatch", []*registrypb.PushRequest{open, begin("f", 11), offer, send([]byte("HELLO WORLD")), end(sum[:]), commit}, codes.DataLoss},
+		{"FileMismatch", []*registrypb.PushRequest{open, begin("f", 11), offer, send(data), end(wrong[:]), commit}, codes.DataLoss},
+		{"Oversize", []*registrypb.PushRequest{open, begin("f", 1<<30), {Msg: &registrypb.PushRequest_Offer{Offer: &registrypb.ChunkOffer{Sha256: sum[:], Size: 64 << 20}}}}, codes.ResourceExhausted},
+		{"MissingData", []*registrypb.PushRequest{open, begin("f", 5), offer2, end(sum2[:]), commit}, codes.FailedPrecondition},
+		{"NoCommit", []*registrypb.PushRequest{open, begin("f", 11), offer, send(data), end(sum[:])}, codes.InvalidArgument},
+		{"NoOpen", []*registrypb.PushRequest{begin("f", 11)}, codes.InvalidArgument},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if err := raw(t, c.msgs...); status.Code(err) != c.want {
+				t.Fatalf("got %v, want %v", err, c.want)
+			}
+			if ok, _ := e.reg.HasVersion(ctx, "raw", "v1"); ok {
+				t.Fatal("a failed push left a visible version")
+			}
+		})
+	}
+	t.Run("RawOK", func(t *testing.T) {
+		okData := []byte("fresh bytes for the successful push")
+		okSum := sha256.Sum256(okData)
+		okOffer := &registrypb.PushRequest{Msg: &registrypb.PushRequest_Offer{Offer: &registrypb.ChunkOffer{Sha256: okSum[:], Size: uint64(len(okData))}}}
+		if err := raw(t, open, begin("f", uint64(len(okData))), okOffer, send(okData), end(okSum[:]), commit); err != nil {
+			t.Fatal(err)
+		}
+		if ok, _ := e.reg.HasVersion(ctx, "raw", "v1"); !ok {
+			t.Fatal("version not visible after commit")
+		}
+	})
+}
+
+func TestRegistry_GCAndVerify(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	clock := func() time.Time { return now }
+	e := startRegistry(t, registry.Options{SessionTTL: time.Hour, Now: clock})
+	ctx := context.Background()
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"m.bin": randBytes(71, 24<<20)})
+	push(t, e, src, "g", "v1")
+	// An abandoned push of different content leaves durable chunks pinned to its session.
+	src2 := t.TempDir()
+	writeFiles(t, src2, map[string][]byte{"m.bin": randBytes(72, 24<<20)})
+	cctx, cancel := context.WithCancel(ctx)
+	e.client.Push(cctx, src2, registry.PushOptions{Info: registry.ModelInfo{Name: "g", Version: "v2"},
+		Progress: func(done, total int64) {
+			if done > total/2 {
+				cancel()
+			}
+		}})
+	st, _ := e.reg.Stats(ctx)
+	if st.SessionsOpen != 1 {
+		t.Fatalf("%d sessions open after an abandoned push", st.SessionsOpen)
+	}
+	// Not expired yet: GC keeps the session's chunks so the push can resume.
+	res, err := e.reg.CollectGarbage(ctx)
+	if err != nil || res.Chunks != 0 || res.Sessions != 0 {
+		t.Fatalf("gc before expiry = %+v, %v", res, err)
+	}
+	now = now.Add(2 * time.Hour)
+	res, err = e.reg.CollectGarbage(ctx)
+	if err != nil || res.Sessions != 1 || res.Chunks == 0 {
+		t.Fatalf("gc after expiry = %+v, %v", res, err)
+	}
+	after, _ := e.reg.Stats(ctx)
+	if after.Chunks >= st.Chunks || after.StoredBytes != after.LogicalBytes {
+		t.Fatalf("after gc: %+v (before %+v)", after, st)
+	}
+
+	v, err := e.rpc.Verify(ctx, &registrypb.VerifyRequest{})
+	if err != nil || len(v.Corrupt) != 0 || v.Bytes != 24<<20 {
+		t.Fatalf("verify = %v, %v", v, err)
+	}
+	// Corrupt one payload file on disk: verify reports it and pulls fail with DATA_LOSS.
+	corruptOnePayload(t, e.dir, 1<<20)
+	v, err = e.rpc.Verify(ctx, &registrypb.VerifyRequest{Ref: "g:v1"})
+	if err != nil || len(v.Corrupt) != 1 || !slices.Equal(v.Corrupt[0].Versions, []string{"g:v1"}) {
+		t.Fatalf("verify after corruption = %v, %v", v, err)
+	}
+	_, err = e.client.Pull(ctx, "g:v1", t.TempDir(), registry.PullOptions{})
+	if status.Code(err) != codes.DataLoss {
+		t.Fatalf("pull of a corrupt version: %v, want DataLoss", err)
+	}
+}
+
+// corruptOnePayload flips a byte in the first payload file under dir larger than min bytes.
+func corruptOnePayload(t testing.TB, dir string, min int64) {
+	t.Helper()
+	var target string
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && target == "" && fi.Mode().IsRegular() && fi.Size() > min && !strings.Contains(p, ".db") && !strings.Contains(p, "-wal") {
+			target = p
+		}
+		return nil
+	})
+	if target == "" {
+		t.Fatal("no payload file found")
+	}
+	f, err := os.OpenFile(target, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	f.ReadAt(b, 1000)
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, 1000); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,229 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/buffdb/buffdbd/api"
+	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
+	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
+)
+
+func newBenchCmd(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "bench", Short: "Measure throughput on this machine (results as ratios to its own limits)"}
+	cmd.AddCommand(newBenchStoreCmd(g))
+	return cmd
+}
+
+type benchStoreFlags struct {
+	keys       int
+	blobs      int
+	blobSize   int
+	durability string
+	cpuProfile string
+}
+
+func newBenchStoreCmd(g *globalFlags) *cobra.Command {
+	f := &benchStoreFlags{}
+	cmd := &cobra.Command{
+		Use:   "store",
+		Short: "KV Set/Get ops/s and blob Store/Get MB/s on one gRPC stream over loopback, next to a raw file write",
+		Long: `Starts the store and gRPC server in-process on a scratch data directory (--data-dir, default a
+temporary directory that is removed) and a loopback TCP port, then measures on ONE bidirectional
+stream each: KV Set and Get ops/s, blob Store and Get MB/s. In the same run it writes the same blob
+bytes to a plain file and fsyncs it, and prints each blob rate as a ratio to that.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return benchStore(cmd, g, f) },
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&f.keys, "keys", 100_000, "KV pairs to Set and then Get")
+	fl.IntVar(&f.blobs, "blobs", 256, "blobs to Store and then Get")
+	fl.IntVar(&f.blobSize, "blob-size", 1<<20, "bytes per blob")
+	fl.StringVar(&f.durability, "durability", "sync", "store durability: sync or process")
+	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
+	return cmd
+}
+
+func benchStore(cmd *cobra.Command, g *globalFlags, f *benchStoreFlags) error {
+	ctx := cmd.Context()
+	if f.keys < 1 || f.blobs < 1 || f.blobSize < 8 {
+		return usagef("--keys and --blobs must be >= 1 and --blob-size >= 8")
+	}
+	dir := g.dataDir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "buffdbd-bench")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	cfg := DefaultConfig()
+	cfg.DataDir = dir
+	cfg.Store.Durability = f.durability
+	if cfg.GRPC.MaxMessageBytes < ByteSize(f.blobSize)+MiB {
+		cfg.GRPC.MaxMessageBytes = ByteSize(f.blobSize) + MiB
+	}
+
+	// Blob contents: one random buffer, each blob made unique by a counter in its first 8 bytes so
+	// the store cannot deduplicate them, and generating them costs nothing measurable.
+	base := make([]byte, f.blobSize)
+	rand.NewChaCha8([32]byte{}).Read(base)
+	blob := func(i int) []byte {
+		b := append([]byte(nil), base...)
+		binary.LittleEndian.PutUint64(b, uint64(i)+1)
+		return b
+	}
+	total := float64(f.blobs) * float64(f.blobSize)
+	if f.cpuProfile != "" {
+		pf, err := os.Create(f.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+
+	rawDur, err := rawWrite(filepath.Join(dir, "raw-write-probe"), f.blobs, blob)
+	if err != nil {
+		return fmt.Errorf("raw write: %w", err)
+	}
+
+	db, err := openStore(ctx, cfg, nil)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	svcs, err := buildServices(ctx, db, cfg, nil, api.Options{})
+	if err != nil {
+		return err
+	}
+	defer svcs.close()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go svcs.srv.Serve(lis)
+	defer svcs.srv.Shutdown(context.Background())
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(int(cfg.GRPC.MaxMessageBytes)), grpc.MaxCallSendMsgSize(int(cfg.GRPC.MaxMessageBytes))))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	kv := kvpb.NewKvClient(conn)
+	bc := blobpb.NewBlobClient(conn)
+
+	key := func(i int) string { return fmt.Sprintf("bench:%08d", i) }
+	setDur, err := timeStream(ctx, kv.Set, f.keys, func(i int) *kvpb.SetRequest {
+		return &kvpb.SetRequest{Key: key(i), Value: "value-" + key(i)}
+	})
+	if err != nil {
+		return fmt.Errorf("kv set: %w", err)
+	}
+	getDur, err := timeStream(ctx, kv.Get, f.keys, func(i int) *kvpb.GetRequest { return &kvpb.GetRequest{Key: key(i)} })
+	if err != nil {
+		return fmt.Errorf("kv get: %w", err)
+	}
+	var ids []uint64
+	storeDur, err := timeStream(ctx, bc.Store, f.blobs, func(i int) *blobpb.StoreRequest {
+		return &blobpb.StoreRequest{Bytes: blob(i)}
+	}, func(r *blobpb.StoreResponse) { ids = append(ids, r.GetId()) })
+	if err != nil {
+		return fmt.Errorf("blob store: %w", err)
+	}
+	blobGetDur, err := timeStream(ctx, bc.Get, len(ids), func(i int) *blobpb.GetRequest { return &blobpb.GetRequest{Id: ids[i]} })
+	if err != nil {
+		return fmt.Errorf("blob get: %w", err)
+	}
+
+	mbps := func(d time.Duration) float64 { return total / d.Seconds() / 1e6 }
+	rawMBps := mbps(rawDur)
+	w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "buffdbd bench store: one stream over loopback, durability=%s, data dir %s\n", f.durability, dir)
+	fmt.Fprintf(w, "KV Set\t%d values\t%.0f ops/s\t\n", f.keys, float64(f.keys)/setDur.Seconds())
+	fmt.Fprintf(w, "KV Get\t%d values\t%.0f ops/s\t\n", f.keys, float64(f.keys)/getDur.Seconds())
+	fmt.Fprintf(w, "raw file write+fsync\t%d x %d B\t%.0f MB/s\t1.00x\n", f.blobs, f.blobSize, rawMBps)
+	fmt.Fprintf(w, "Blob Store\t%d x %d B\t%.0f MB/s\t%.2fx raw\n", f.blobs, f.blobSize, mbps(storeDur), mbps(storeDur)/rawMBps)
+	fmt.Fprintf(w, "Blob Get\t%d x %d B\t%.0f MB/s\t%.2fx raw write\n", f.blobs, f.blobSize, mbps(blobGetDur), mbps(blobGetDur)/rawMBps)
+	return w.Flush()
+}
+
+// rawWrite writes the blobs' bytes to one file and fsyncs it: the machine's sequential write limit,
+// measured in the same run as the store.
+func rawWrite(path string, n int, blob func(int) []byte) (time.Duration, error) {
+	defer os.Remove(path)
+	start := time.Now()
+	f, err := os.Create(path)
+	if err != nil {
+		return 0, err
+	}
+	for i := range n {
+		if _, err := f.Write(blob(i)); err != nil {
+			f.Close()
+			return 0, err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return 0, err
+	}
+	if err := f.Close(); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// timeStream sends n requests on one bidi stream while receiving the answers concurrently, and
+// returns the time until the last answer arrived.
+func timeStream[Req, Resp any](ctx context.Context, open func(context.Context, ...grpc.CallOption) (grpc.BidiStreamingClient[Req, Resp], error),
+	n int, mk func(int) *Req, onResp ...func(*Resp)) (time.Duration, error) {
+	start := time.Now()
+	s, err := open(ctx)
+	if err != nil {
+		return 0, err
+	}
+	go func() {
+		for i := range n {
+			if s.Send(mk(i)) != nil {
+				return
+			}
+		}
+		s.CloseSend()
+	}()
+	got := 0
+	for {
+		r, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+		got++
+		for _, fn := range onResp {
+			fn(r)
+		}
+	}
+	if got != n {
+		return 0, fmt.Errorf("%d answers for %d requests", got, n)
+	}
+	return time.Since(start), nil
+}

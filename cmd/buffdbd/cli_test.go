@@ -1,0 +1,276 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// cliResult is one in-process run of the command line.
+type cliResult struct {
+	stdout, stderr string
+	code           int
+}
+
+// runLine runs buffdbd with args in-process, stdin from in.
+func runLine(t testing.TB, in string, args ...string) cliResult {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := execute(context.Background(), args, strings.NewReader(in), &out, &errb)
+	return cliResult{out.String(), errb.String(), code}
+}
+
+// must runs the CLI and fails unless it exits with want.
+func must(t testing.TB, want int, in string, args ...string) cliResult {
+	t.Helper()
+	r := runLine(t, in, args...)
+	if r.code != want {
+		t.Fatalf("buffdbd %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, want, r.stdout, r.stderr)
+	}
+	if want >= exitUsage && strings.Count(strings.TrimSpace(r.stderr), "\n") > 1 {
+		t.Fatalf("buffdbd %s: error is not one sentence (plus a hint):\n%s", strings.Join(args, " "), r.stderr)
+	}
+	return r
+}
+
+// cliSuite exercises the data commands; base selects the data directory or daemon.
+func cliSuite(t *testing.T, base ...string) {
+	a := func(args ...string) []string { return append(append([]string{}, base...), args...) }
+
+	t.Run("KV", func(t *testing.T) {
+		must(t, exitOK, "", a("kv", "set", "greeting", "hello world")...)
+		must(t, exitOK, "", a("kv", "set", "copy", "hello world")...)
+		must(t, exitOK, "", a("kv", "set", "other", "bye")...)
+		if r := must(t, exitOK, "", a("kv", "get", "greeting")...); r.stdout != "hello world\n" {
+			t.Fatalf("kv get = %q", r.stdout)
+		}
+		must(t, exitOK, "", a("kv", "eq", "greeting", "copy")...)
+		if r := must(t, exitFalse, "", a("kv", "eq", "greeting", "other")...); r.stdout != "false\n" {
+			t.Fatalf("kv eq stdout = %q", r.stdout)
+		}
+		must(t, exitOK, "", a("kv", "not-eq", "greeting", "other")...)
+		must(t, exitFalse, "", a("kv", "not-eq", "greeting", "copy", "other")...)
+		must(t, exitOK, "", a("kv", "delete", "copy")...)
+		r := must(t, exitNotFound, "", a("kv", "get", "copy")...)
+		if !strings.Contains(r.stderr, "copy") {
+			t.Fatalf("not-found error does not name the key: %q", r.stderr)
+		}
+		must(t, exitNotFound, "", a("kv", "delete", "copy")...)
+		must(t, exitNotFound, "", a("kv", "eq", "greeting", "nope")...)
+	})
+
+	t.Run("Blob", func(t *testing.T) {
+		f := filepath.Join(t.TempDir(), "payload")
+		payload := bytes.Repeat([]byte{0, 1, 2, 250}, 10000) // binary, larger than inline
+		os.WriteFile(f, payload, 0o600)
+		id := strings.TrimSpace(must(t, exitOK, "", a("blob", "store", f, `{"kind":"file"}`)...).stdout)
+		id2 := strings.TrimSpace(must(t, exitOK, "from stdin", a("blob", "store", "-")...).stdout)
+		if id == "" || id2 == "" || id == id2 {
+			t.Fatalf("ids %q %q", id, id2)
+		}
+		if r := must(t, exitOK, "", a("blob", "get", id)...); r.stdout != string(payload) {
+			t.Fatalf("blob get returned %d bytes, want %d", len(r.stdout), len(payload))
+		}
+		if r := must(t, exitOK, "", a("blob", "get", id, "--mode", "metadata")...); r.stdout != "{\"kind\":\"file\"}\n" {
+			t.Fatalf("metadata = %q", r.stdout)
+		}
+		if r := must(t, exitOK, "", a("blob", "get", id2, "--mode", "all")...); r.stdout != "from stdin" {
+			t.Fatalf("all without metadata = %q", r.stdout)
+		}
+		must(t, exitOK, "new data", a("blob", "update", id2, "data", "-")...)
+		must(t, exitOK, "", a("blob", "update", id2, "metadata", "m2")...)
+		if r := must(t, exitOK, "", a("blob", "get", id2, "--mode", "all")...); r.stdout != "m2\nnew data" {
+			t.Fatalf("after updates = %q", r.stdout)
+		}
+		must(t, exitOK, "", a("blob", "update", id2, "metadata")...)
+		if r := must(t, exitOK, "", a("blob", "get", id2, "--mode", "metadata")...); r.stdout != "" {
+			t.Fatalf("metadata after removal = %q", r.stdout)
+		}
+		must(t, exitOK, "", a("blob", "update", id2, "all", f, "both")...)
+		must(t, exitOK, "", a("blob", "eq-data", id, id2)...)
+		must(t, exitFalse, "", a("blob", "not-eq-data", id, id2)...)
+		must(t, exitOK, "", a("blob", "delete", id2)...)
+		must(t, exitNotFound, "", a("blob", "get", id2)...)
+		must(t, exitUsage, "", a("blob", "get", "abc")...)
+		must(t, exitUsage, "", a("blob", "update", id, "sideways", "x")...)
+		must(t, exitError, "", a("blob", "store", filepath.Join(t.TempDir(), "missing"))...)
+	})
+
+	t.Run("Query", func(t *testing.T) {
+		q := "SELECT 1 AS one, 'two' AS two, NULL AS three UNION ALL SELECT 10, 'twenty', 3.5"
+		r := must(t, exitOK, "", a("query", q)...)
+		lines := strings.Split(strings.TrimRight(r.stdout, "\n"), "\n")
+		if len(lines) != 3 || !strings.HasPrefix(lines[0], "one") || !strings.Contains(lines[1], "NULL") {
+			t.Fatalf("table output:\n%s", r.stdout)
+		}
+		// Aligned: every line has the second column at the same offset.
+		if i := strings.Index(lines[0], "two"); strings.Index(lines[2], "twenty") != i {
+			t.Fatalf("columns not aligned:\n%s", r.stdout)
+		}
+		var rows []map[string]any
+		r = must(t, exitOK, "", a("query", "--json", q)...)
+		if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil || len(rows) != 2 || rows[0]["two"] != "two" || rows[0]["three"] != nil || rows[1]["three"] != 3.5 {
+			t.Fatalf("--json = %s (%v)", r.stdout, err)
+		}
+		r = must(t, exitOK, "", a("query", "--csv", q)...)
+		if r.stdout != "one,two,three\n1,two,\n10,twenty,3.5\n" {
+			t.Fatalf("--csv = %q", r.stdout)
+		}
+		must(t, exitError, "", a("query", "--execute", "CREATE TABLE x(y)")...)
+		must(t, exitError, "", a("query", "SELEC nonsense")...)
+		must(t, exitUsage, "", a("query", "--json", "--csv", "SELECT 1")...)
+	})
+
+	t.Run("Index", func(t *testing.T) {
+		must(t, exitOK, "", a("kv", "set", "m:a", `{"fw":"onnx","n":3}`)...)
+		must(t, exitOK, "", a("kv", "set", "m:b", `{"fw":"tflite","n":20}`)...)
+		if r := must(t, exitOK, "", a("index", "create", "fw", "--json-path", "$.fw", "--prefix", "m:")...); r.stdout != "2\n" {
+			t.Fatalf("index create printed %q, want 2", r.stdout)
+		}
+		must(t, exitOK, "", a("index", "create", "n", "--type", "btree", "--kind", "number", "--json-path", "$.n")...)
+		if r := must(t, exitOK, "", a("index", "find", "fw", "onnx")...); r.stdout != "m:a\n" {
+			t.Fatalf("find = %q", r.stdout)
+		}
+		if r := must(t, exitOK, "", a("index", "range", "n", "--ge", "3", "--desc", "--values")...); r.stdout != "m:b\t{\"fw\":\"tflite\",\"n\":20}\nm:a\t{\"fw\":\"onnx\",\"n\":3}\n" {
+			t.Fatalf("range = %q", r.stdout)
+		}
+		if r := must(t, exitOK, "", a("index", "ls")...); !strings.Contains(r.stdout, "btree") || !strings.Contains(r.stdout, "$.fw") {
+			t.Fatalf("ls = %q", r.stdout)
+		}
+		must(t, exitOK, "", a("index", "drop", "fw")...)
+		must(t, exitNotFound, "", a("index", "drop", "fw")...)
+		must(t, exitUsage, "", a("index", "create", "z", "--type", "trie")...)
+	})
+}
+
+func TestCLI_WithoutDaemon(t *testing.T) {
+	cliSuite(t, "--data-dir", t.TempDir())
+
+	// The in-process store takes the daemon's configuration (here from the environment).
+	t.Run("ConfigQueryWrites", func(t *testing.T) {
+		t.Setenv("BUFFDBD_STORE_QUERY_WRITES", "true")
+		dir := t.TempDir()
+		must(t, exitOK, "", "--data-dir", dir, "query", "--execute", "CREATE TABLE scratch(x)")
+		if r := must(t, exitOK, "", "--data-dir", dir, "query", "--execute", "INSERT INTO scratch VALUES (1), (2)"); r.stdout != "2\n" {
+			t.Fatalf("rows changed = %q", r.stdout)
+		}
+	})
+}
+
+func TestCLI_WithDaemon(t *testing.T) {
+	dir := t.TempDir()
+	m := startDaemon(t, dir)
+	t.Run("Socket", func(t *testing.T) { cliSuite(t, "--data-dir", dir) })
+	var tcp string
+	for _, a := range m.Addrs() {
+		if a.Network() == "tcp" {
+			tcp = a.String()
+		}
+	}
+	t.Run("Addr", func(t *testing.T) {
+		must(t, exitOK, "", "--addr", tcp, "kv", "set", "via-tcp", "yes")
+		// The daemon holds the store; the socket client sees the TCP client's write.
+		if r := must(t, exitOK, "", "--data-dir", dir, "kv", "get", "via-tcp"); r.stdout != "yes\n" {
+			t.Fatalf("got %q", r.stdout)
+		}
+	})
+	t.Run("Unavailable", func(t *testing.T) {
+		l, _ := net.Listen("tcp", "127.0.0.1:0")
+		addr := l.Addr().String()
+		l.Close()
+		r := must(t, exitError, "", "--addr", addr, "kv", "get", "x")
+		if !strings.Contains(r.stderr, "hint:") {
+			t.Fatalf("no hint for an unreachable daemon: %q", r.stderr)
+		}
+	})
+}
+
+func TestCLI_Usage(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"no-such-command"},
+		{"kv", "get"},
+		{"kv", "set", "only-key"},
+		{"kv", "get", "--bogus-flag", "k"},
+		{"blob", "store"},
+		{"run", "extra-arg"},
+	} {
+		r := must(t, exitUsage, "", append([]string{"--data-dir", dir}, args...)...)
+		if !strings.HasPrefix(r.stderr, "buffdbd: ") {
+			t.Fatalf("%v: stderr %q", args, r.stderr)
+		}
+	}
+}
+
+// startDaemon runs the daemon wiring in-process on 127.0.0.1:0 and dir's socket.
+func startDaemon(t testing.TB, dir string) *Main {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.DataDir = dir
+	cfg.GRPC.Listen = []string{"127.0.0.1:0"}
+	cfg.HTTP.Listen = "" // metrics are tested elsewhere; a fixed port would collide across tests
+	m := NewMain(cfg, nil)
+	if err := m.Open(context.Background()); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(context.Background()); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return m
+}
+
+func TestMain_Socket(t *testing.T) {
+	t.Run("ErrSecondDaemon", func(t *testing.T) {
+		dir := t.TempDir()
+		startDaemon(t, dir)
+		cfg := DefaultConfig()
+		cfg.DataDir = dir
+		cfg.GRPC.Listen = []string{"127.0.0.1:0"}
+		cfg.HTTP.Listen = ""
+		err := NewMain(cfg, nil).Open(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "already serving") {
+			t.Fatalf("second daemon on one data dir: err = %v", err)
+		}
+	})
+	t.Run("StaleSocketRemoved", func(t *testing.T) {
+		dir := t.TempDir()
+		l, err := net.Listen("unix", filepath.Join(dir, "buffdbd.sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false) // what a crashed daemon leaves behind
+		l.Close()
+		startDaemon(t, dir)
+		must(t, exitOK, "", "--data-dir", dir, "kv", "set", "k", "v")
+	})
+}
+
+func TestResolveDataDir(t *testing.T) {
+	t.Setenv("STATE_DIRECTORY", "")
+	t.Setenv("XDG_DATA_HOME", "")
+	t.Setenv("HOME", "/home/edge")
+	for _, tc := range []struct {
+		name, flag, state, xdg, want string
+	}{
+		{"Flag", "/srv/data", "/var/lib/buffdbd", "/x", "/srv/data"},
+		{"Systemd", "", "/var/lib/buffdbd:/var/lib/other", "/x", "/var/lib/buffdbd"},
+		{"XDG", "", "", "/xdg", "/xdg/buffdbd"},
+		{"Home", "", "", "", "/home/edge/.local/share/buffdbd"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("STATE_DIRECTORY", tc.state)
+			t.Setenv("XDG_DATA_HOME", tc.xdg)
+			got, err := resolveDataDir(tc.flag)
+			if err != nil || got != tc.want {
+				t.Fatalf("resolveDataDir(%q) = %q, %v; want %q", tc.flag, got, err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,419 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
+	"golang.org/x/term"
+
+	"github.com/buffdb/buffdbd/huggingface"
+	"github.com/buffdb/buffdbd/registry"
+	"github.com/buffdb/buffdbd/store"
+)
+
+// Exit codes of `buffdbd fetch`, documented in the README. They start at 10 to stay clear of the
+// generic codes (0 ok, 1 false, 2 usage, 3 not found, 4 other).
+const (
+	exitRepoNotFound     = 10
+	exitRevisionNotFound = 11
+	exitFileNotFound     = 12
+	exitGated            = 13
+	exitUnauthorized     = 14
+	exitRateLimited      = 15
+	exitOffline          = 16
+	exitChecksum         = 17
+	exitBudget           = 18
+	exitUnsafePath       = 19
+)
+
+// fetchError carries a fetch failure's exit code and hint to reportError.
+type fetchError struct {
+	err  error
+	code int
+	hint string
+}
+
+func (e fetchError) Error() string { return e.err.Error() }
+func (e fetchError) Unwrap() error { return e.err }
+
+// ExitCode is the documented exit code.
+func (e fetchError) ExitCode() int { return e.code }
+
+// Hint is advice printed after the message, or "".
+func (e fetchError) Hint() string { return e.hint }
+
+type fetchFlags struct {
+	include, exclude []string
+	token, endpoint  string
+	cacheDir         string
+	concurrency      int
+	maxRate          string
+	offline, jsonOut bool
+}
+
+func newFetchCmd(g *globalFlags) *cobra.Command {
+	var f fetchFlags
+	cmd := &cobra.Command{
+		Use:   "fetch hf:<org/name>[@<revision>]",
+		Short: "Download a Hugging Face Hub model revision into the registry",
+		Long: `fetch downloads a Hugging Face Hub repository at a revision (branch, tag, refs/pr/N or commit;
+default main), verifies every file (sha256 for LFS files, git blob sha1 otherwise) and publishes it
+as registry version <org/name>:<commit>, with the revision as an alias ('/' becomes '+', so
+refs/pr/1 is alias refs+pr+1). A fetch interrupted at any point resumes where it stopped; files
+already in the registry are not downloaded again.
+
+Exit codes: 10 repository not found, 11 revision not found, 12 file not found (or no file matches
+--include/--exclude), 13 gated repository, 14 invalid token, 15 rate limited, 16 Hub unreachable
+(or --offline and not cached), 17 verification failed, 18 registry disk budget exceeded,
+19 unsafe filename in the repository.`,
+		Example: `  buffdbd fetch hf:sentence-transformers/all-MiniLM-L6-v2
+  buffdbd fetch hf:org/model@v1.0 --include '*.safetensors' --include '*.json'
+  HF_TOKEN=hf_... buffdbd fetch hf:meta-llama/Llama-3.2-1B --max-rate 5MB`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return runFetch(cmd, g, &f, args[0]) },
+	}
+	fl := cmd.Flags()
+	fl.StringArrayVar(&f.include, "include", nil, "only files matching this glob (repeatable; '*' matches across '/')")
+	fl.StringArrayVar(&f.exclude, "exclude", nil, "skip files matching this glob (repeatable)")
+	fl.StringVar(&f.token, "token", "", "Hugging Face token (default $HF_TOKEN, then $HUGGING_FACE_HUB_TOKEN)")
+	fl.StringVar(&f.endpoint, "endpoint", "", "Hub URL (default $HF_ENDPOINT, else "+huggingface.DefaultEndpoint+")")
+	fl.StringVar(&f.cacheDir, "cache-dir", "", "where partial downloads live until published (default <cache_dir>/hf)")
+	fl.IntVar(&f.concurrency, "concurrency", 8, "parallel connections, files and byte ranges of large files (default huggingface.concurrency)")
+	fl.StringVar(&f.maxRate, "max-rate", "", "bandwidth limit in bytes per second, e.g. 5MB, 500KiB (default unlimited)")
+	fl.BoolVar(&f.offline, "offline", false, "never touch the network: succeed only if the revision is already in the registry (also $HF_HUB_OFFLINE=1)")
+	fl.BoolVar(&f.jsonOut, "json", false, "print progress and the result as JSON lines on stdout")
+	return cmd
+}
+
+func runFetch(cmd *cobra.Command, g *globalFlags, f *fetchFlags, arg string) error {
+	ref, err := huggingface.ParseRef(arg)
+	if err != nil {
+		return usageError{err}
+	}
+	if _, err := huggingface.NewFilter(f.include, f.exclude); err != nil {
+		return usagef("--include/--exclude: %v", err)
+	}
+	cfg, _, _, err := LoadConfig(cmd.Flags())
+	if err != nil {
+		return err
+	}
+	if g.dataDir != "" {
+		cfg.DataDir = g.dataDir
+	}
+	if err := cfg.resolveDirs(); err != nil {
+		return err
+	}
+	hf := cfg.HuggingFace
+	concurrency := hf.Concurrency
+	if cmd.Flags().Changed("concurrency") {
+		concurrency = f.concurrency
+	}
+	if concurrency < 1 || concurrency > 256 {
+		return usagef("--concurrency: must be between 1 and 256, got %d", concurrency)
+	}
+	rate := int64(hf.RateLimit)
+	if f.maxRate != "" {
+		if rate, err = parseRate(f.maxRate); err != nil {
+			return usagef("--max-rate: %v", err)
+		}
+	}
+	cfgToken := hf.Token
+	if cfgToken == "" && hf.TokenFile != "" {
+		b, err := os.ReadFile(hf.TokenFile)
+		if err != nil {
+			return fmt.Errorf("huggingface.token_file: %w", err)
+		}
+		cfgToken = strings.TrimSpace(string(b))
+	}
+	// Precedence as huggingface_hub users expect: flag, HF_TOKEN, HUGGING_FACE_HUB_TOKEN, config.
+	token := firstNonEmpty(f.token, os.Getenv("HF_TOKEN"), os.Getenv("HUGGING_FACE_HUB_TOKEN"), cfgToken)
+	endpoint := firstNonEmpty(f.endpoint, os.Getenv("HF_ENDPOINT"), hf.Endpoint, huggingface.DefaultEndpoint)
+	offline := f.offline || hf.Offline || isTruthy(os.Getenv("HF_HUB_OFFLINE"))
+
+	dir := cfg.DataDir
+	if sock := socketPath(cfg); sock != "" && daemonAnswers(sock) {
+		// TODO(hf): use the Fetch RPC once it is on the registry service.
+		return fmt.Errorf("a buffdbd daemon is serving %s; stop it to fetch, or fetch on another data directory", dir)
+	}
+	ctx := cmd.Context()
+	log := g.logger(cmd)
+	db, err := openFetchStore(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("open store in %s: %w", dir, err)
+	}
+	defer db.Close()
+	reg, err := registry.New(db, registry.Options{MaxBytes: int64(cfg.Registry.MaxBytes), Logger: log})
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	cacheDir := f.cacheDir
+	if cacheDir == "" {
+		cacheDir = filepath.Join(cfg.CacheDir, "hf")
+	}
+	fetcher, err := huggingface.New(reg, huggingface.Options{
+		Client:   huggingface.ClientOptions{Endpoint: endpoint, Token: token, UserAgent: "buffdbd-fetch"},
+		Engine:   huggingface.EngineOptions{Concurrency: concurrency, MaxRate: rate},
+		CacheDir: cacheDir,
+		Logger:   log,
+	})
+	if err != nil {
+		return usagef("--endpoint: %v", err)
+	}
+	out := cmd.OutOrStdout()
+	prog := newFetchProgress(cmd.ErrOrStderr(), out, f.jsonOut)
+	res, err := fetcher.Fetch(ctx, huggingface.Request{
+		Ref: ref, Include: f.include, Exclude: f.exclude, Offline: offline, OnProgress: prog.update,
+	})
+	prog.finish()
+	if err != nil {
+		return classifyFetchError(err, ref, token != "", endpoint)
+	}
+	if f.jsonOut {
+		return json.NewEncoder(out).Encode(map[string]any{"event": "result", "name": res.Name, "version": res.Version,
+			"alias": res.Alias, "files": res.Files, "bytes": res.Bytes, "downloaded_bytes": res.Downloaded,
+			"reused_files": res.Reused, "already_had": res.AlreadyHad, "offline": res.Offline})
+	}
+	switch {
+	case res.Offline:
+		fmt.Fprintf(out, "%s is in the registry as %s:%s (offline; not checked against the Hub)\n", ref, res.Name, res.Version)
+	case res.AlreadyHad:
+		fmt.Fprintf(out, "%s is up to date: %s:%s\n", ref, res.Name, res.Version)
+	default:
+		fmt.Fprintf(out, "fetched %s → %s:%s: %d files, %s (downloaded %s, %d files reused)\n",
+			ref, res.Name, res.Version, res.Files, humanBytes(res.Bytes), humanBytes(res.Downloaded), res.Reused)
+	}
+	if res.Alias != "" {
+		fmt.Fprintf(out, "alias %s@%s → %s\n", res.Name, res.Alias, res.Version)
+	}
+	return nil
+}
+
+// openFetchStore opens the store with the registry's schema.
+func openFetchStore(ctx context.Context, cfg Config) (*store.DB, error) {
+	d, err := store.ParseDurability(cfg.Store.Durability)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	migs := append([]store.Migration(nil), storeMigrations...)
+	has := false
+	for _, m := range migs {
+		has = has || m.Domain == registry.Migrations[0].Domain
+	}
+	if !has {
+		migs = append(migs, registry.Migrations...)
+	}
+	return store.Open(ctx, cfg.DataDir, store.Options{Durability: d, Migrations: migs})
+}
+
+// classifyFetchError turns a fetch error into one sentence, a hint and a distinct exit code.
+func classifyFetchError(err error, ref huggingface.Ref, hasToken bool, endpoint string) error {
+	fe := fetchError{err: err, code: exitError}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return err
+	case errors.Is(err, huggingface.ErrRepoNotFound):
+		fe.code = exitRepoNotFound
+		if hasToken {
+			fe.hint = "check the repository id; if it is private, your token's user needs access"
+		} else {
+			fe.hint = "check the repository id; if it is private, pass --token or set HF_TOKEN"
+		}
+	case errors.Is(err, huggingface.ErrRevisionNotFound):
+		fe.code, fe.hint = exitRevisionNotFound, "check the branch, tag or commit after '@' (default main)"
+	case errors.Is(err, huggingface.ErrEntryNotFound):
+		fe.code, fe.hint = exitFileNotFound, "check --include/--exclude against the repository's files"
+	case errors.Is(err, huggingface.ErrGated):
+		fe.code = exitGated
+		if hasToken {
+			fe.hint = "request access at " + endpoint + "/" + ref.Repo + " with the account of your token"
+		} else {
+			fe.hint = "pass --token (or set HF_TOKEN) for an account that was granted access at " + endpoint + "/" + ref.Repo
+		}
+	case errors.Is(err, huggingface.ErrUnauthorized):
+		fe.code, fe.hint = exitUnauthorized, "the token is invalid or expired; create one at "+endpoint+"/settings/tokens"
+	case errors.Is(err, huggingface.ErrRateLimited):
+		fe.code, fe.hint = exitRateLimited, "wait a few minutes, or pass a token (authenticated users get higher limits)"
+	case errors.Is(err, huggingface.ErrOffline):
+		fe.code, fe.hint = exitOffline, "check the network or --endpoint; a revision fetched before works offline"
+	case errors.Is(err, huggingface.ErrChecksum):
+		fe.code, fe.hint = exitChecksum, "nothing was published; run the fetch again (corrupt partial data was discarded)"
+	case errors.Is(err, registry.ErrBudget):
+		fe.code, fe.hint = exitBudget, "raise the registry's max_bytes, or delete, unpin or untag old versions"
+	case errors.Is(err, huggingface.ErrUnsafePath):
+		fe.code, fe.hint = exitUnsafePath, "the repository lists a filename that could escape the model directory; nothing was published"
+	case errors.Is(err, huggingface.ErrInvalidRef):
+		return usageError{err}
+	}
+	return fe
+}
+
+// parseRate parses a byte rate: a number with an optional unit (B, KB, MB, GB = powers of 1000;
+// KiB, MiB, GiB = powers of 1024; a trailing "/s" is allowed). "" means unlimited (0).
+func parseRate(s string) (int64, error) {
+	s = strings.TrimSuffix(strings.TrimSpace(s), "/s")
+	if s == "" {
+		return 0, nil
+	}
+	units := []struct {
+		suffix string
+		mult   float64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"B", 1}}
+	mult := 1.0
+	for _, u := range units {
+		if strings.HasSuffix(strings.ToUpper(s), strings.ToUpper(u.suffix)) && (strings.Contains(u.suffix, "i") == strings.Contains(s, "i")) {
+			mult, s = u.mult, strings.TrimSpace(s[:len(s)-len(u.suffix)])
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v <= 0 || v*mult < 1024 {
+		return 0, fmt.Errorf("want a rate of at least 1KiB per second such as 5MB or 500KiB")
+	}
+	return int64(v * mult), nil
+}
+
+func firstNonEmpty(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func isTruthy(s string) bool {
+	switch strings.ToLower(s) {
+	case "1", "true", "yes", "on":
+		return true
+	}
+	return false
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// fetchProgress renders fetch progress: bars on a terminal, periodic plain lines otherwise, JSON
+// lines with --json.
+type fetchProgress struct {
+	mu       sync.Mutex
+	errw     io.Writer
+	out      io.Writer
+	json     bool
+	tty      bool
+	p        *mpb.Progress
+	total    *mpb.Bar
+	bars     map[string]*mpb.Bar
+	lastLine time.Time
+	lastDone int64
+	phase    string
+}
+
+// plainInterval spaces progress lines when stderr is not a terminal: often enough to show life in
+// a journal, rarely enough not to flood it.
+const plainInterval = 5 * time.Second
+
+func newFetchProgress(errw, out io.Writer, jsonOut bool) *fetchProgress {
+	fp := &fetchProgress{errw: errw, out: out, json: jsonOut, bars: map[string]*mpb.Bar{}}
+	if f, ok := errw.(*os.File); ok && !jsonOut && term.IsTerminal(int(f.Fd())) {
+		fp.tty = true
+		fp.p = mpb.New(mpb.WithOutput(errw), mpb.WithRefreshRate(150*time.Millisecond))
+	}
+	return fp
+}
+
+func (fp *fetchProgress) update(p huggingface.Progress) {
+	fp.mu.Lock()
+	defer fp.mu.Unlock()
+	switch {
+	case fp.json:
+		files := make([]map[string]any, 0, len(p.Files))
+		for _, f := range p.Files {
+			files = append(files, map[string]any{"path": f.Path, "size": f.Size, "done": f.Done})
+		}
+		json.NewEncoder(fp.out).Encode(map[string]any{"event": "progress", "phase": p.Phase, "repo": p.Repo,
+			"revision": p.Revision, "commit": p.Commit, "total_bytes": p.TotalBytes, "done_bytes": p.DoneBytes, "files": files})
+	case fp.tty:
+		if p.Phase != "downloading" || p.TotalBytes == 0 {
+			return
+		}
+		if fp.total == nil {
+			fp.total = fp.p.AddBar(p.TotalBytes,
+				mpb.PrependDecorators(decor.Name(p.Repo+" ", decor.WCSyncSpaceR), decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")),
+				mpb.AppendDecorators(decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30), decor.Name(" ETA "), decor.EwmaETA(decor.ET_STYLE_GO, 30)))
+		}
+		fp.total.SetCurrent(p.DoneBytes)
+		fp.total.EwmaSetCurrent(p.DoneBytes, 500*time.Millisecond)
+		for _, f := range p.Files {
+			b := fp.bars[f.Path]
+			if b == nil {
+				if f.Done >= f.Size && f.Size > 0 {
+					continue // already complete from an earlier run: no line needed
+				}
+				b = fp.p.AddBar(f.Size, mpb.BarRemoveOnComplete(),
+					mpb.PrependDecorators(decor.Name("  "+f.Path+" ", decor.WCSyncSpaceR), decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")),
+					mpb.AppendDecorators(decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30), decor.Name(" ETA "), decor.EwmaETA(decor.ET_STYLE_GO, 30)))
+				fp.bars[f.Path] = b
+			}
+			b.EwmaSetCurrent(f.Done, 500*time.Millisecond)
+		}
+	default:
+		now := time.Now()
+		if p.Phase != fp.phase || p.Phase == "downloading" && now.Sub(fp.lastLine) >= plainInterval {
+			line := fmt.Sprintf("%s %s@%s", p.Phase, p.Repo, p.Revision)
+			if p.Phase == "downloading" && p.TotalBytes > 0 {
+				rate := ""
+				if !fp.lastLine.IsZero() && p.Phase == fp.phase {
+					bps := float64(p.DoneBytes-fp.lastDone) / now.Sub(fp.lastLine).Seconds()
+					rate = fmt.Sprintf(", %s/s", humanBytes(int64(bps)))
+					if bps > 0 {
+						rate += fmt.Sprintf(", ETA %s", (time.Duration(float64(p.TotalBytes-p.DoneBytes)/bps) * time.Second).Round(time.Second))
+					}
+				}
+				line += fmt.Sprintf(": %s / %s (%d%%)%s", humanBytes(p.DoneBytes), humanBytes(p.TotalBytes), p.DoneBytes*100/p.TotalBytes, rate)
+			}
+			fmt.Fprintln(fp.errw, line)
+			fp.lastLine, fp.lastDone, fp.phase = now, p.DoneBytes, p.Phase
+		}
+	}
+}
+
+func (fp *fetchProgress) finish() {
+	fp.mu.Lock()
+	defer fp.mu.Unlock()
+	if fp.p == nil {
+		return
+	}
+	for _, b := range fp.bars {
+		b.Abort(true)
+	}
+	if fp.total != nil {
+		fp.total.Abort(false)
+	}
+	fp.p.Wait()
+}

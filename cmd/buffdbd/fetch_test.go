@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/buffdb/buffdbd/huggingface/hubtest"
+)
+
+// runCLI runs buffdbd in-process with args and returns the exit code and outputs.
+func runCLI(t testing.TB, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errw bytes.Buffer
+	code := execute(context.Background(), args, strings.NewReader(""), &out, &errw)
+	return code, out.String(), errw.String()
+}
+
+func TestFetchCmd(t *testing.T) {
+	for _, k := range []string{"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "BUFFDBD_CONFIG"} {
+		t.Setenv(k, "")
+	}
+	hub := hubtest.New()
+	t.Cleanup(hub.Close)
+	hub.AddRepo("org/model", hubtest.RepoOptions{LibraryName: "transformers"})
+	weights := make([]byte, 200<<10)
+	hubtest.Random(1, int64(len(weights))).ReadAt(weights, 0)
+	sha := hub.Commit("org/model", "main", []hubtest.FileSpec{
+		{Path: "model.safetensors", Content: hubtest.Bytes(weights), LFS: true},
+		{Path: "config.json", Content: hubtest.Bytes([]byte(`{}`))},
+	})
+	hub.AddRepo("org/gated", hubtest.RepoOptions{Gated: true})
+	hub.Commit("org/gated", "main", []hubtest.FileSpec{{Path: "a", Content: hubtest.Bytes([]byte("a"))}})
+	hub.AddRepo("org/corrupt", hubtest.RepoOptions{})
+	hub.Commit("org/corrupt", "main", []hubtest.FileSpec{{Path: "w.bin", Content: hubtest.Random(2, 100<<10), LFS: true}})
+	hub.Corrupt("org/corrupt", "w.bin")
+	data := t.TempDir()
+	base := []string{"--data-dir", data, "--endpoint", hub.Endpoint()}
+
+	t.Run("OK", func(t *testing.T) {
+		code, out, errw := runCLI(t, append([]string{"fetch", "hf:org/model"}, base...)...)
+		if code != exitOK || !strings.Contains(out, "org/model:"+sha) || !strings.Contains(out, "alias org/model@main") {
+			t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out, errw)
+		}
+	})
+	t.Run("OKJSONUpToDate", func(t *testing.T) {
+		code, out, errw := runCLI(t, append([]string{"fetch", "hf:org/model@main", "--json"}, base...)...)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		var last map[string]any
+		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || code != exitOK {
+			t.Fatalf("exit %d, last line %q: %v (stderr %s)", code, lines[len(lines)-1], err, errw)
+		}
+		if last["event"] != "result" || last["version"] != sha || last["already_had"] != true {
+			t.Fatalf("result line = %v", last)
+		}
+	})
+	t.Run("OKOffline", func(t *testing.T) {
+		code, out, errw := runCLI(t, "fetch", "hf:org/model", "--offline", "--data-dir", data, "--endpoint", "http://127.0.0.1:1")
+		if code != exitOK || !strings.Contains(out, sha) {
+			t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out, errw)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		hint string
+	}{
+		{"ErrRepoNotFound", []string{"hf:org/nope"}, exitRepoNotFound, "--token"},
+		{"ErrRevisionNotFound", []string{"hf:org/model@nope"}, exitRevisionNotFound, "branch, tag or commit"},
+		{"ErrGated", []string{"hf:org/gated"}, exitGated, "granted access"},
+		{"ErrUnauthorized", []string{"hf:org/model", "--token", "hf_bad"}, exitUnauthorized, "settings/tokens"},
+		{"ErrChecksum", []string{"hf:org/corrupt"}, exitChecksum, "nothing was published"},
+		{"ErrNoMatch", []string{"hf:org/corrupt", "--include", "*.gguf"}, exitFileNotFound, "--include"},
+		{"ErrOfflineNotCached", []string{"hf:org/other", "--offline"}, exitOffline, "network"},
+		{"ErrUsageRef", []string{"hf:../etc"}, exitUsage, ""},
+		{"ErrUsageRate", []string{"hf:org/model", "--max-rate", "fast"}, exitUsage, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errw := runCLI(t, append(append([]string{"fetch"}, tc.args...), base...)...)
+			if code != tc.code || !strings.Contains(errw, tc.hint) || strings.Contains(errw, "goroutine") {
+				t.Fatalf("exit %d, want %d with hint %q\nstdout: %s\nstderr: %s", code, tc.code, tc.hint, out, errw)
+			}
+		})
+	}
+}
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]int64{"": 0, "5MB": 5e6, "500KiB": 500 << 10, "1.5M/s": 1.5e6, "2GiB": 2 << 30, "4096": 4096} {
+		got, err := parseRate(in)
+		if err != nil || got != want {
+			t.Fatalf("parseRate(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"fast", "-5MB", "10"} {
+		if _, err := parseRate(bad); err == nil {
+			t.Fatalf("parseRate(%q) accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,584 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
+	"golang.org/x/term"
+
+	"github.com/buffdb/buffdbd/api"
+	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
+	"github.com/buffdb/buffdbd/registry"
+	"github.com/buffdb/buffdbd/store"
+)
+
+// The registry's tables and its gRPC service, for the daemon and the CLI's in-process server.
+var (
+	_ = func() struct{} { storeMigrations = append(storeMigrations, registry.Migrations...); return struct{}{} }()
+	_ = addServiceHook(registerRegistry)
+)
+
+var (
+	registriesMu sync.Mutex
+	registries   = map[*store.DB]*registry.Service{}
+)
+
+// registryFor returns the one registry.Service over db, creating it (with cfg's budget, session
+// expiry, GC and scrub intervals, and metrics hooks from ctx) on first use. Other service hooks
+// (the Hugging Face fetcher) call it to share the same Service; the registry hook closes it.
+func registryFor(ctx context.Context, db *store.DB, cfg Config, log *slog.Logger) (*registry.Service, error) {
+	registriesMu.Lock()
+	defer registriesMu.Unlock()
+	if svc := registries[db]; svc != nil {
+		return svc, nil
+	}
+	var svc *registry.Service
+	metrics := observersFrom(ctx).Registry(func(ctx context.Context) (registry.Stats, error) { return svc.Stats(ctx) },
+		int64(cfg.Registry.MaxBytes))
+	svc, err := registry.New(db, registry.Options{
+		MaxBytes:      int64(cfg.Registry.MaxBytes),
+		SessionTTL:    cfg.Registry.UploadSessionExpiry,
+		GCInterval:    cfg.Registry.GCInterval,
+		ScrubInterval: cfg.Registry.ScrubInterval,
+		Metrics:       metrics,
+		Logger:        log.With("component", "registry"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	registries[db] = svc
+	return svc, nil
+}
+
+func registerRegistry(ctx context.Context, db *store.DB, srv *api.Server, cfg Config, log *slog.Logger) (io.Closer, error) {
+	svc, err := registryFor(ctx, db, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	srv.Register(&registrypb.Registry_ServiceDesc, api.NewRegistry(svc, log))
+	return closerFunc(func() error {
+		registriesMu.Lock()
+		delete(registries, db)
+		registriesMu.Unlock()
+		return svc.Close()
+	}), nil
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
+// withRegistry runs fn with a registry client over a daemon or the in-process server.
+func withRegistry(g *globalFlags, fn func(cmd *cobra.Command, c *registry.Client, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		cc, err := dial(cmd, g)
+		if err != nil {
+			return err
+		}
+		defer cc.Close()
+		return fn(cmd, registry.NewClient(cc), args)
+	}
+}
+
+func newModelCmd(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "model", Short: "Push, pull and manage versioned models"}
+	cmd.AddCommand(newModelPushCmd(g), newModelPullCmd(g), newModelLsCmd(g), newModelShowCmd(g), newModelRmCmd(g),
+		newModelTagCmd(g), newModelUntagCmd(g), newModelPinCmd(g, true), newModelPinCmd(g, false), newModelVerifyCmd(g),
+		newModelWatchCmd(g))
+	return cmd
+}
+
+func newModelPushCmd(g *globalFlags) *cobra.Command {
+	var info registry.ModelInfo
+	var params, aliases []string
+	var inShape, outShape string
+	var retries int
+	cmd := &cobra.Command{
+		Use:   "push <DIR|FILE> --name N --version V",
+		Short: "Push a model version (a file, or every file under a directory)",
+		Long: `Push uploads a model version. Only chunks the registry does not already have are sent, and an
+interrupted push resumes where it stopped (run the same command again). The version becomes
+visible, with the "latest" alias and any --alias, only once every byte is stored and verified.`,
+		Args: exactArgs(1),
+		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+			var err error
+			if info.Parameters, err = parseParams(params); err != nil {
+				return err
+			}
+			if info.InputShape, err = parseShape("--input-shape", inShape); err != nil {
+				return err
+			}
+			if info.OutputShape, err = parseShape("--output-shape", outShape); err != nil {
+				return err
+			}
+			if err := registry.ValidateName(info.Name); err != nil {
+				return usagef("--name: %v", err)
+			}
+			if err := registry.ValidateVersion(info.Version); err != nil {
+				return usagef("--version: %v", err)
+			}
+			p := newProgress(cmd.ErrOrStderr(), "push "+info.Name+":"+info.Version)
+			res, err := c.Push(cmd.Context(), args[0], registry.PushOptions{Info: info, Aliases: aliases, Retries: retries, Progress: p.update})
+			p.finish(err == nil)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "pushed %s:%s: %d files, %s; sent %s, %s already stored\n",
+				res.Info.Name, res.Info.Version, res.Files, ibytes(res.Bytes), ibytes(res.BytesSent), ibytes(res.BytesReused))
+			return nil
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&info.Name, "name", "", "model name, e.g. org/model (required)")
+	f.StringVar(&info.Version, "version", "", "version, e.g. v1 or 1.2.0 (required)")
+	f.StringVar(&info.Framework, "framework", "", "framework, e.g. onnx, pytorch, tensorflow")
+	f.StringVar(&info.Description, "description", "", "free-text description")
+	f.StringArrayVar(&params, "param", nil, "parameter key=value (repeatable)")
+	f.StringArrayVar(&aliases, "alias", nil, "alias to point at this version once published, e.g. canary (repeatable)")
+	f.StringVar(&inShape, "input-shape", "", "input shape, comma-separated, -1 for dynamic (e.g. -1,3,224,224)")
+	f.StringVar(&outShape, "output-shape", "", "output shape, comma-separated")
+	f.IntVar(&retries, "retries", 10, "how many times to resume after a lost connection")
+	_ = cmd.MarkFlagRequired("name")
+	_ = cmd.MarkFlagRequired("version")
+	return cmd
+}
+
+func newModelPullCmd(g *globalFlags) *cobra.Command {
+	var out string
+	var retries int
+	var noDelta bool
+	cmd := &cobra.Command{
+		Use:   "pull <REF> -o <DIR>",
+		Short: "Pull a model version (name, name:version or name@alias) into a directory",
+		Long: `Pull downloads a model version into DIR. Files already in DIR (e.g. the previous version) are
+reused chunk by chunk, an interrupted pull resumes (run it again), and files appear in DIR only
+after every file of the version has been verified against its sha256.`,
+		Args: exactArgs(1),
+		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+			if out == "" {
+				return usagef("-o/--output is required")
+			}
+			p := newProgress(cmd.ErrOrStderr(), "pull "+args[0])
+			res, err := c.Pull(cmd.Context(), args[0], out, registry.PullOptions{Retries: retries, NoDelta: noDelta, Progress: p.update})
+			p.finish(err == nil)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s:%s into %s: %d files, %s; received %s, reused %s locally\n",
+				res.Info.Name, res.Info.Version, out, res.Files, ibytes(res.Bytes), ibytes(res.BytesReceived), ibytes(res.BytesLocal))
+			return nil
+		}),
+	}
+	cmd.Flags().StringVarP(&out, "output", "o", "", "output directory (required)")
+	cmd.Flags().IntVar(&retries, "retries", 10, "how many times to resume after a lost connection")
+	cmd.Flags().BoolVar(&noDelta, "no-delta", false, "do not reuse chunks of files already in the output directory")
+	return cmd
+}
+
+func newModelLsCmd(g *globalFlags) *cobra.Command {
+	var req registrypb.ListModelsRequest
+	var params []string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ls [NAME]",
+		Short: "List models (or one model's versions) with their aliases",
+		Args:  rangeArgs(0, 1),
+		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+			var err error
+			if req.Parameters, err = parseParams(params); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			w := cmd.OutOrStdout()
+			if len(args) == 1 {
+				resp, err := c.RPC().ListVersions(ctx, &registrypb.ListVersionsRequest{Name: args[0]})
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(w, resp.Versions)
+				}
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "VERSION\tFRAMEWORK\tSIZE\tCREATED\tALIASES\tPINNED\tLAST PULLED")
+				for _, v := range resp.Versions {
+					printVersionRow(tw, "", v)
+				}
+				return tw.Flush()
+			}
+			resp, err := c.RPC().ListModels(ctx, &req)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(w, resp.Models)
+			}
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "MODEL\tVERSION\tFRAMEWORK\tSIZE\tCREATED\tALIASES\tPINNED\tLAST PULLED")
+			for _, m := range resp.Models {
+				for _, v := range m.Versions {
+					printVersionRow(tw, m.Name+"\t", v)
+				}
+			}
+			return tw.Flush()
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Prefix, "prefix", "", "only models whose name starts with this")
+	f.StringVar(&req.Framework, "framework", "", "only versions with this framework")
+	f.StringArrayVar(&params, "param", nil, "only versions with parameter key=value (repeatable)")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printVersionRow(w io.Writer, prefix string, v *registrypb.VersionSummary) {
+	pulled := "never"
+	if v.LastPulled != nil {
+		pulled = humanize.Time(v.LastPulled.AsTime())
+	}
+	pinned := ""
+	if v.Pinned {
+		pinned = "pinned"
+	}
+	fmt.Fprintf(w, "%s%s\t%s\t%s\t%s\t%s\t%s\t%s\n", prefix, v.Version, dash(v.Framework), ibytes(int64(v.Size)),
+		v.CreatedAt.AsTime().Format(time.DateTime), dash(strings.Join(v.Aliases, ",")), pinned, pulled)
+}
+
+func newModelShowCmd(g *globalFlags) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "show <REF>",
+		Short: "Show a version: metadata, files, aliases, pin, last pull",
+		Args:  exactArgs(1),
+		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+			resp, err := c.RPC().Show(cmd.Context(), &registrypb.ShowRequest{Ref: args[0]})
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			info := registry.InfoFromProto(resp.Info)
+			if asJSON {
+				files, _ := registry.FilesFromProto(resp.Files)
+				return printJSON(w, map[string]any{"info": info, "files": files, "size": resp.Size,
+					"aliases": resp.Aliases, "pinned": resp.Pinned, "last_pulled": resp.LastPulled.AsTime()})
+			}
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "name:\t%s\nversion:\t%s\nframework:\t%s\ndescription:\t%s\n", info.Name, info.Version, dash(info.Framework), dash(info.Description))
+			fmt.Fprintf(tw, "created:\t%s\nsize:\t%s\naliases:\t%s\npinned:\t%v\n", info.CreatedAt.Format(time.RFC3339), ibytes(int64(resp.Size)),
+				dash(strings.Join(resp.Aliases, ", ")), resp.Pinned)
+			pulled := "never"
+			if resp.LastPulled != nil {
+				pulled = resp.LastPulled.AsTime().Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "last pulled:\t%s\n", pulled)
+			if len(info.InputShape)+len(info.OutputShape) > 0 {
+				fmt.Fprintf(tw, "input shape:\t%v\noutput shape:\t%v\n", info.InputShape, info.OutputShape)
+			}
+			for k, v := range info.Parameters {
+				fmt.Fprintf(tw, "param %s:\t%s\n", k, v)
+			}
+			tw.Flush()
+			fmt.Fprintln(w)
+			tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "FILE\tSIZE\tCHUNKS\tSHA256")
+			for _, f := range resp.Files {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%x\n", f.Path, ibytes(int64(f.Size)), len(f.Chunks), f.Sha256)
+			}
+			return tw.Flush()
+		}),
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newModelRmCmd(g *globalFlags) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "rm <REF>",
+		Short: "Delete a version (refused while an alias points at it or it is pinned, unless --force)",
+		Args:  exactArgs(1),
+		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+			resp, err := c.RPC().DeleteVersion(cmd.Context(), &registrypb.DeleteVersionRequest{Ref: args[0], Force: force})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "deleted %s:%s\n", resp.Name, resp.Version)
+			return nil
+		}),
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete even if aliased or pinned (its aliases are removed)")
+	return cmd
+}
+
+func newModelTagCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "tag <NAME:VERSION> <ALIAS>",
+		Short: "Point ALIAS (e.g. production) at a version, atomically",
+		Args:  exactArgs(2),
+		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+			ref, err := registry.ParseRef(args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			if ref.Version == "" {
+				r, err := c.RPC().Show(cmd.Context(), &registrypb.ShowRequest{Ref: args[0]})
+				if err != nil {
+					return err
+				}
+				ref.Version = r.Info.GetVersion()
+			}
+			resp, err := c.RPC().SetAlias(cmd.Context(), &registrypb.SetAliasRequest{Name: ref.Name, Alias: args[1], Version: ref.Version})
+			if err != nil {
+				return err
+			}
+			from := ""
+			if resp.Previous != "" && resp.Previous != ref.Version {
+				from = " (was " + resp.Previous + ")"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s@%s -> %s%s\n", ref.Name, args[1], ref.Version, from)
+			return nil
+		}),
+	}
+}
+
+func newModelUntagCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "untag <NAME@ALIAS>",
+		Short: "Remove an alias",
+		Args:  exactArgs(1),
+		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+			ref, err := registry.ParseRef(args[0])
+			if err != nil || ref.Alias == "" || !strings.Contains(args[0], "@") {
+				return usagef("untag takes NAME@ALIAS, got %q", args[0])
+			}
+			resp, err := c.RPC().RemoveAlias(cmd.Context(), &registrypb.RemoveAliasRequest{Name: ref.Name, Alias: ref.Alias})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s@%s (was %s)\n", ref.Name, ref.Alias, resp.Previous)
+			return nil
+		}),
+	}
+}
+
+func newModelPinCmd(g *globalFlags, pin bool) *cobra.Command {
+	use, short, verb := "pin <REF>", "Pin a version: never evicted to fit the disk budget", "pinned"
+	if !pin {
+		use, short, verb = "unpin <REF>", "Unpin a version", "unpinned"
+	}
+	return &cobra.Command{
+		Use: use, Short: short, Args: exactArgs(1),
+		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+			resp, err := c.RPC().SetPinned(cmd.Context(), &registrypb.SetPinnedRequest{Ref: args[0], Pinned: pin})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s:%s\n", verb, resp.Name, resp.Version)
+			return nil
+		}),
+	}
+}
+
+func newModelVerifyCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "verify [REF]",
+		Short: "Re-hash stored chunks (of one version, or all) and report corrupt ones",
+		Args:  rangeArgs(0, 1),
+		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+			req := &registrypb.VerifyRequest{}
+			if len(args) == 1 {
+				req.Ref = args[0]
+			}
+			resp, err := c.RPC().Verify(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			for _, cc := range resp.Corrupt {
+				fmt.Fprintf(w, "CORRUPT chunk %x (blob %d) used by %s: %s\n", cc.Sha256, cc.BlobId, dash(strings.Join(cc.Versions, ", ")), cc.Error)
+			}
+			fmt.Fprintf(w, "verified %d chunks, %s: %d corrupt\n", resp.Chunks, ibytes(int64(resp.Bytes)), len(resp.Corrupt))
+			if len(resp.Corrupt) > 0 {
+				return fmt.Errorf("%d corrupt chunks; push the affected versions again to heal them", len(resp.Corrupt))
+			}
+			return nil
+		}),
+	}
+}
+
+func newModelWatchCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "watch [NAME]",
+		Short: "Print version and alias changes as they happen (all models, or one)",
+		Args:  rangeArgs(0, 1),
+		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+			req := &registrypb.WatchRequest{}
+			if len(args) == 1 {
+				req.Name = args[0]
+			}
+			stream, err := c.RPC().Watch(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			for {
+				ev, err := stream.Recv()
+				if err != nil {
+					return err
+				}
+				if ev.Kind == registrypb.WatchEvent_READY {
+					continue
+				}
+				fmt.Fprintf(w, "%s %s %s version=%s alias=%s previous=%s\n", time.Now().UTC().Format(time.RFC3339),
+					strings.ToLower(ev.Kind.String()), ev.Name, dash(ev.Version), dash(ev.Alias), dash(ev.Previous))
+			}
+		}),
+	}
+}
+
+func newGCCmd(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "gc",
+		Short: "Collect unreferenced chunks, expired upload sessions and orphaned payload files",
+		Args:  noArgs,
+		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+			resp, err := c.RPC().CollectGarbage(cmd.Context(), &registrypb.CollectGarbageRequest{})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %d expired upload sessions, %d chunks (%s), %d payload files (%s)\n",
+				resp.Sessions, resp.Chunks, ibytes(int64(resp.Bytes)), resp.Files, ibytes(int64(resp.FileBytes)))
+			return nil
+		}),
+	}
+}
+
+func parseParams(kvs []string) (map[string]string, error) {
+	m := map[string]string{}
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, usagef("--param %q: want key=value", kv)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+func parseShape(flag, s string) ([]int64, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []int64
+	for _, p := range strings.Split(s, ",") {
+		n, err := strconv.ParseInt(strings.TrimSpace(p), 10, 64)
+		if err != nil || n < -1 {
+			return nil, usagef("%s %q: want comma-separated integers (-1 for dynamic)", flag, s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func ibytes(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// progress shows transfer progress: a bar with bytes, rate and ETA on a terminal (mpb, as `fetch`
+// uses), plain lines (every 10% or 10 s) otherwise, so logs of unattended pulls stay readable.
+type progress struct {
+	w       io.Writer
+	label   string
+	p       *mpb.Progress
+	bar     *mpb.Bar
+	start   time.Time
+	lastPct int64
+	lastAt  time.Time
+	done    int64
+	total   int64
+}
+
+func newProgress(w io.Writer, label string) *progress {
+	p := &progress{w: w, label: label, start: time.Now(), lastPct: -1}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		p.p = mpb.New(mpb.WithOutput(w), mpb.WithRefreshRate(150*time.Millisecond))
+	}
+	return p
+}
+
+func (p *progress) update(done, total int64) {
+	p.done, p.total = done, total
+	if p.p != nil {
+		if p.bar == nil {
+			p.bar = p.p.AddBar(total,
+				mpb.PrependDecorators(decor.Name(p.label+" ", decor.WCSyncSpaceR), decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")),
+				mpb.AppendDecorators(decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30), decor.Name(" ETA "), decor.EwmaETA(decor.ET_STYLE_GO, 30)))
+		}
+		p.bar.SetTotal(total, false)
+		p.bar.EwmaSetCurrent(done, time.Since(p.lastAt))
+		p.lastAt = time.Now()
+		return
+	}
+	pct := int64(100)
+	if total > 0 {
+		pct = done * 100 / total
+	}
+	if pct/10 == p.lastPct/10 && time.Since(p.lastAt) < 10*time.Second {
+		return
+	}
+	p.lastPct, p.lastAt = pct, time.Now()
+	fmt.Fprintf(p.w, "%s: %s / %s (%d%%), %s/s%s\n", p.label, ibytes(done), ibytes(total), pct, ibytes(p.rate()), p.eta())
+}
+
+func (p *progress) rate() int64 {
+	secs := time.Since(p.start).Seconds()
+	if secs <= 0 {
+		return 0
+	}
+	return int64(float64(p.done) / secs)
+}
+
+func (p *progress) eta() string {
+	r := p.rate()
+	if r <= 0 || p.done >= p.total {
+		return ""
+	}
+	return ", ETA " + time.Duration(float64(p.total-p.done)/float64(r)*float64(time.Second)).Round(time.Second).String()
+}
+
+func (p *progress) finish(ok bool) {
+	if p.p == nil {
+		return
+	}
+	if p.bar != nil {
+		if ok {
+			p.bar.SetTotal(p.total, true)
+		} else {
+			p.bar.Abort(false)
+		}
+	}
+	p.p.Wait()
+}

@@ -1,0 +1,117 @@
+package registry_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/buffdb/buffdbd/registry"
+)
+
+func randomBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	b := make([]byte, n)
+	for i := 0; i+8 <= n; i += 8 {
+		v := r.Uint64()
+		for j := 0; j < 8; j++ {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return b
+}
+
+type chunkInfo struct {
+	off  int64
+	size int
+	sum  [32]byte
+}
+
+func chunks(t testing.TB, data []byte) []chunkInfo {
+	t.Helper()
+	c := registry.NewChunker(bytes.NewReader(data))
+	var out []chunkInfo
+	for {
+		b, off, err := c.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, chunkInfo{off, len(b), sha256.Sum256(b)})
+	}
+}
+
+func TestChunker_Bounds(t *testing.T) {
+	data := randomBytes(1, 64<<20)
+	cs := chunks(t, data)
+	var total int64
+	for i, c := range cs {
+		if c.off != total {
+			t.Fatalf("chunk %d at %d, want %d", i, c.off, total)
+		}
+		if c.size > registry.MaxChunkSize || (i < len(cs)-1 && c.size < registry.MinChunkSize) {
+			t.Fatalf("chunk %d has %d bytes, outside [%d, %d]", i, c.size, registry.MinChunkSize, registry.MaxChunkSize)
+		}
+		total += int64(c.size)
+	}
+	if total != int64(len(data)) {
+		t.Fatalf("chunks cover %d bytes, want %d", total, len(data))
+	}
+	avg := total / int64(len(cs))
+	if avg < registry.AvgChunkSize/2 || avg > registry.AvgChunkSize*2 {
+		t.Fatalf("average chunk %d bytes over %d chunks, want near %d", avg, len(cs), registry.AvgChunkSize)
+	}
+}
+
+func TestChunker_InsertionResyncs(t *testing.T) {
+	data := randomBytes(2, 48<<20)
+	edited := append(append(append([]byte{}, data[:10<<20]...), randomBytes(3, 4096)...), data[10<<20:]...)
+	a, b := chunks(t, data), chunks(t, edited)
+	have := map[[32]byte]bool{}
+	for _, c := range a {
+		have[c.sum] = true
+	}
+	var newBytes int
+	for _, c := range b {
+		if !have[c.sum] {
+			newBytes += c.size
+		}
+	}
+	// An insertion changes the chunk it lands in and possibly a neighbour; everything else is shared.
+	if newBytes > 3*registry.MaxChunkSize || newBytes == 0 {
+		t.Fatalf("%d bytes of new chunks after a 4 KiB insertion into 48 MiB", newBytes)
+	}
+}
+
+func TestChunker_SmallAndEmpty(t *testing.T) {
+	if cs := chunks(t, nil); len(cs) != 0 {
+		t.Fatalf("empty stream gave %d chunks", len(cs))
+	}
+	small := randomBytes(4, 1000)
+	cs := chunks(t, small)
+	if len(cs) != 1 || cs[0].size != 1000 || cs[0].sum != sha256.Sum256(small) {
+		t.Fatalf("1000-byte stream gave %+v", cs)
+	}
+	zeros := make([]byte, 20<<20) // no cut point ever fires: every chunk is MaxChunkSize
+	cs = chunks(t, zeros)
+	if len(cs) != 3 || cs[0].size != registry.MaxChunkSize || cs[2].size != 4<<20 {
+		t.Fatalf("20 MiB of zeros gave %d chunks: %+v", len(cs), cs)
+	}
+}
+
+func BenchmarkChunker(b *testing.B) {
+	data := randomBytes(5, 64<<20)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		c := registry.NewChunker(bytes.NewReader(data))
+		for {
+			if _, _, err := c.Next(); err != nil {
+				break
+			}
+		}
+	}
+}

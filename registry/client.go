@@ -1,0 +1,433 @@
+package registry
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
+)
+
+// Client pushes and pulls models through a buffdb.registry.Registry server (a daemon, or the CLI's
+// in-process server). Push and Pull stream files from and to disk with flat memory, resume after
+// interruptions, and move only chunks the other side lacks.
+type Client struct {
+	rpc registrypb.RegistryClient
+}
+
+// NewClient returns a Client over a gRPC connection.
+func NewClient(cc grpc.ClientConnInterface) *Client {
+	return &Client{rpc: registrypb.NewRegistryClient(cc)}
+}
+
+// RPC returns the generated client for the unary and watch calls the Client does not wrap.
+func (c *Client) RPC() registrypb.RegistryClient { return c.rpc }
+
+// Progress reports transfer progress: done of total bytes (chunks skipped by dedupe count as done).
+type Progress func(done, total int64)
+
+// pushWindow is how many chunk offers a push keeps unanswered. Offers are tiny; the window hides
+// the round trip so the link never idles waiting for "need" answers (64 × 2 MiB average = 128 MiB of
+// file ahead, far more than any bandwidth-delay product we meet), and it is far below the server's
+// 4096 limit.
+const pushWindow = 64
+
+// retryBackoff bounds the wait between attempts after a transient failure: short enough to resume
+// quickly after a blip, long enough not to hammer a server that is restarting.
+const (
+	retryMin = 500 * time.Millisecond
+	retryMax = 30 * time.Second
+)
+
+// PushOptions configure Push.
+type PushOptions struct {
+	Info    ModelInfo // Name and Version required
+	Aliases []string
+	// Retries is how many times a transient failure (connection lost, server restarting) restarts
+	// the push, which then sends only what the server is missing. 0: no retry.
+	Retries  int
+	Progress Progress
+}
+
+// PushResult reports a push.
+type PushResult struct {
+	Info        ModelInfo
+	Files       int
+	Bytes       int64 // total file bytes
+	BytesSent   int64 // chunk bytes sent over the wire (all attempts)
+	BytesReused int64 // chunk bytes the server already had (last attempt)
+	Attempts    int
+}
+
+type localFile struct {
+	rel    string
+	abs    string
+	size   int64
+	mtime  time.Time
+	chunks []ChunkRef // cached after a complete chunking pass
+	sum    Digest
+}
+
+// Push uploads src (a file, or a directory whose regular files are pushed with their relative
+// paths) as opts.Info.Name:opts.Info.Version.
+func (c *Client) Push(ctx context.Context, src string, opts PushOptions) (PushResult, error) {
+	files, err := listLocal(src)
+	if err != nil {
+		return PushResult{}, err
+	}
+	var res PushResult
+	res.Files = len(files)
+	for _, f := range files {
+		res.Bytes += f.size
+	}
+	for attempt := 0; ; attempt++ {
+		res.Attempts = attempt + 1
+		err := c.pushOnce(ctx, files, opts, &res)
+		if err == nil || !retryable(ctx, err) || attempt >= opts.Retries {
+			return res, err
+		}
+		if err := sleepBackoff(ctx, attempt); err != nil {
+			return res, err
+		}
+	}
+}
+
+func listLocal(src string) ([]*localFile, error) {
+	st, err := os.Stat(src)
+	if err != nil {
+		return nil, err
+	}
+	if !st.IsDir() {
+		if !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("%w: %s is not a regular file", ErrInvalid, src)
+		}
+		return []*localFile{{rel: filepath.Base(src), abs: src, size: st.Size(), mtime: st.ModTime()}}, nil
+	}
+	var files []*localFile
+	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil // directories are walked; symlinks, sockets and devices are not model files
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		if _, err := CleanPath(rel); err != nil {
+			return fmt.Errorf("cannot push %s: %w", p, err)
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		files = append(files, &localFile{rel: rel, abs: p, size: info.Size(), mtime: info.ModTime()})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("%w: %s contains no files", ErrInvalid, src)
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].rel < files[j].rel })
+	return files, nil
+}
+
+// offerItem is an offer awaiting its answer; commit marks the end.
+type offerItem struct {
+	f      *localFile
+	off    int64
+	size   int64
+	commit bool
+}
+
+func (c *Client) pushOnce(ctx context.Context, files []*localFile, opts PushOptions, res *PushResult) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.rpc.Push(ctx)
+	if err != nil {
+		return err
+	}
+	var sendMu sync.Mutex
+	send := func(m *registrypb.PushRequest) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(m)
+	}
+	info := opts.Info
+	if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Open{Open: &registrypb.PushOpen{
+		Info: InfoToProto(info), Aliases: opts.Aliases}}}); err != nil {
+		return streamErr(stream, err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if first.GetOpened() == nil {
+		return fmt.Errorf("%w: server answered push open with %T", ErrInvalid, first.Msg)
+	}
+	res.BytesReused = 0
+	var done int64
+	progress := func(n int64) {
+		done += n
+		if opts.Progress != nil {
+			opts.Progress(done, res.Bytes)
+		}
+	}
+	inflight := make(chan offerItem, pushWindow)
+	prodErr := make(chan error, 1)
+	go func() {
+		defer close(inflight)
+		prodErr <- produceOffers(ctx, files, send, inflight)
+	}()
+
+	buf := make([]byte, PullPieceSize)
+	var recvErr error
+	for it := range inflight {
+		if it.commit {
+			if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Commit{Commit: &registrypb.Commit{}}}); err != nil {
+				recvErr = streamErr(stream, err)
+				break
+			}
+			resp, err := stream.Recv()
+			if err != nil {
+				recvErr = err
+				break
+			}
+			cm := resp.GetCommitted()
+			if cm == nil {
+				recvErr = fmt.Errorf("%w: expected commit confirmation, got %T", ErrInvalid, resp.Msg)
+				break
+			}
+			res.Info = InfoFromProto(cm.Info)
+			_ = stream.CloseSend()
+			break
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			recvErr = err
+			break
+		}
+		ans := resp.GetAnswer()
+		if ans == nil {
+			recvErr = fmt.Errorf("%w: expected a chunk answer, got %T", ErrInvalid, resp.Msg)
+			break
+		}
+		if !ans.Need {
+			res.BytesReused += it.size
+			progress(it.size)
+			continue
+		}
+		if err := sendChunkData(it, buf, send, func(n int64) { res.BytesSent += n; progress(n) }); err != nil {
+			recvErr = streamErr(stream, err)
+			break
+		}
+	}
+	cancel()
+	for range inflight {
+	}
+	if pe := <-prodErr; recvErr == nil && pe != nil && !errors.Is(pe, context.Canceled) {
+		return pe
+	}
+	return recvErr
+}
+
+// sendChunkData re-reads a needed chunk from its file and sends it in PullPieceSize pieces.
+func sendChunkData(it offerItem, buf []byte, send func(*registrypb.PushRequest) error, sent func(int64)) error {
+	f, err := os.Open(it.f.abs)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for off := int64(0); off < it.size; {
+		n := min(int64(len(buf)), it.size-off)
+		if _, err := f.ReadAt(buf[:n], it.off+off); err != nil {
+			return fmt.Errorf("read %s: %w (did it change during the push?)", it.f.abs, err)
+		}
+		if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Data{Data: &registrypb.ChunkData{Data: buf[:n]}}}); err != nil {
+			return err
+		}
+		sent(n)
+		off += n
+	}
+	return nil
+}
+
+// produceOffers chunks each file (or reuses the chunking of an earlier attempt if the file is
+// unchanged), sends FileBegin, the offers and FileEnd, and queues each offer for the receiver. The
+// file's sha256 is computed by a second goroutine reading the file independently, so the two hashes
+// use two cores.
+func produceOffers(ctx context.Context, files []*localFile, send func(*registrypb.PushRequest) error, inflight chan<- offerItem) error {
+	for _, f := range files {
+		st, err := os.Stat(f.abs)
+		if err != nil {
+			return err
+		}
+		if st.Size() != f.size || !st.ModTime().Equal(f.mtime) {
+			return fmt.Errorf("%s changed during the push", f.abs)
+		}
+		if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_FileBegin{FileBegin: &registrypb.FileBegin{
+			Path: f.rel, Size: uint64(f.size)}}}); err != nil {
+			return err
+		}
+		offer := func(sum Digest, off, size int64) error {
+			if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Offer{Offer: &registrypb.ChunkOffer{
+				Sha256: sum[:], Size: uint64(size)}}}); err != nil {
+				return err
+			}
+			select {
+			case inflight <- offerItem{f: f, off: off, size: size}:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if f.chunks == nil {
+			if err := chunkFile(ctx, f, offer); err != nil {
+				return err
+			}
+		} else {
+			var off int64
+			for _, c := range f.chunks {
+				if err := offer(c.SHA256, off, c.Size); err != nil {
+					return err
+				}
+				off += c.Size
+			}
+		}
+		if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_FileEnd{FileEnd: &registrypb.FileEnd{Sha256: f.sum[:]}}}); err != nil {
+			return err
+		}
+	}
+	select {
+	case inflight <- offerItem{commit: true}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// chunkFile chunks f, calling offer for each chunk, and fills f.chunks and f.sum.
+func chunkFile(ctx context.Context, f *localFile, offer func(sum Digest, off, size int64) error) error {
+	type sumResult struct {
+		sum Digest
+		err error
+	}
+	fileSum := make(chan sumResult, 1)
+	go func() {
+		var r sumResult
+		r.sum, r.err = hashFile(f.abs)
+		fileSum <- r
+	}()
+	fh, err := os.Open(f.abs)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	ch := NewChunker(fh)
+	var chunks []ChunkRef
+	var total int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		data, off, err := ch.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", f.abs, err)
+		}
+		sum := Digest(sha256.Sum256(data))
+		chunks = append(chunks, ChunkRef{SHA256: sum, Size: int64(len(data))})
+		total += int64(len(data))
+		if err := offer(sum, off, int64(len(data))); err != nil {
+			return err
+		}
+	}
+	r := <-fileSum
+	if r.err != nil {
+		return r.err
+	}
+	if total != f.size {
+		return fmt.Errorf("%s changed during the push (%d bytes, was %d)", f.abs, total, f.size)
+	}
+	f.chunks, f.sum = chunks, r.sum
+	if f.chunks == nil {
+		f.chunks = []ChunkRef{}
+	}
+	return nil
+}
+
+func hashFile(path string) (Digest, error) {
+	var d Digest
+	f, err := os.Open(path)
+	if err != nil {
+		return d, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
+		return d, err
+	}
+	h.Sum(d[:0])
+	return d, nil
+}
+
+// streamErr returns the server's status when a Send failed because the server ended the stream
+// (Send then reports only io.EOF).
+func streamErr(stream interface{ RecvMsg(any) error }, err error) error {
+	if !errors.Is(err, io.EOF) {
+		return err
+	}
+	for {
+		if rerr := stream.RecvMsg(new(registrypb.PushResponse)); rerr != nil {
+			if errors.Is(rerr, io.EOF) {
+				return err
+			}
+			return rerr
+		}
+	}
+}
+
+// retryable reports whether err is a transient transport failure worth resuming after.
+func retryable(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Aborted, codes.Canceled, codes.DeadlineExceeded, codes.ResourceExhausted:
+		// ResourceExhausted covers the server's "too many outstanding" and a budget failure alike;
+		// a budget failure repeats, so cap retries on it via the attempt limit only.
+		return status.Code(err) != codes.ResourceExhausted
+	}
+	return false
+}
+
+func sleepBackoff(ctx context.Context, attempt int) error {
+	d := retryMin << min(attempt, 6)
+	d = min(d, retryMax)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,381 @@
+package registry
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
+)
+
+// PartialSuffix marks a file being pulled. It holds a verified-order prefix of the file, so a pull
+// that was interrupted resumes from its length; it is renamed over the final name once the whole
+// version is verified.
+const PartialSuffix = ".buffdbd-partial"
+
+// PullOptions configure Pull.
+type PullOptions struct {
+	// Retries is how many times a transient failure resumes the pull. 0: no retry.
+	Retries int
+	// NoDelta disables reuse of chunks found in files already in the output directory.
+	NoDelta  bool
+	Progress Progress
+}
+
+// PullResult reports a pull.
+type PullResult struct {
+	Info          ModelInfo
+	Files         int
+	Bytes         int64 // total file bytes of the version
+	BytesReceived int64 // file bytes received over the wire (all attempts)
+	BytesLocal    int64 // bytes copied from chunks already on disk or kept from partial files
+	Attempts      int
+}
+
+// localChunk says where a chunk's bytes are on local disk.
+type localChunk struct {
+	path string
+	off  int64
+	size int64
+}
+
+// Pull downloads ref into dir: every file is written to a partial file, verified against its
+// sha256, fsynced, and only when all are verified renamed into place (then the directories are
+// fsynced). Files already present with the right content are kept as they are; chunks found in
+// other files of dir (e.g. the previous version) are copied locally instead of downloaded; partial
+// files left by an interrupted pull are resumed from their length.
+func (c *Client) Pull(ctx context.Context, ref string, dir string, opts PullOptions) (PullResult, error) {
+	var res PullResult
+	r, err := ParseRef(ref)
+	if err != nil {
+		return res, err
+	}
+	show, err := c.rpc.Show(ctx, &registrypb.ShowRequest{Ref: r.String()})
+	if err != nil {
+		return res, err
+	}
+	info := InfoFromProto(show.Info)
+	files, err := FilesFromProto(show.Files)
+	if err != nil {
+		return res, fmt.Errorf("manifest of %s: %w", ref, err)
+	}
+	res.Info, res.Files = info, len(files)
+	for _, f := range files {
+		res.Bytes += f.Size
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return res, err
+	}
+	wanted := map[Digest]bool{}
+	for _, f := range files {
+		for _, ch := range f.Chunks {
+			wanted[ch.SHA256] = true
+		}
+	}
+	// Index the chunks of files already in dir that this version uses. Files whose chunks equal the
+	// manifest's are complete already.
+	local := map[Digest]localChunk{}
+	complete := map[string]bool{}
+	if !opts.NoDelta {
+		if err := indexLocal(ctx, dir, files, wanted, local, complete); err != nil {
+			return res, err
+		}
+	}
+	pinned := fmt.Sprintf("%s:%s", info.Name, info.Version) // an alias may move mid-pull; the version cannot
+	for attempt := 0; ; attempt++ {
+		res.Attempts = attempt + 1
+		err := c.pullOnce(ctx, pinned, dir, files, local, complete, opts, &res)
+		if err == nil || !retryable(ctx, err) || attempt >= opts.Retries {
+			return res, err
+		}
+		if err := sleepBackoff(ctx, attempt); err != nil {
+			return res, err
+		}
+	}
+}
+
+// indexLocal chunks the regular files under dir (not partial files) and records where each chunk
+// the version wants can be read locally.
+func indexLocal(ctx context.Context, dir string, files []File, wanted map[Digest]bool, local map[Digest]localChunk, complete map[string]bool) error {
+	byPath := map[string]*File{}
+	for i := range files {
+		byPath[files[i].Path] = &files[i]
+	}
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == dir && errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if !d.Type().IsRegular() || strings.HasSuffix(p, PartialSuffix) {
+			return nil
+		}
+		fh, err := os.Open(p)
+		if err != nil {
+			return nil // unreadable files are simply not a delta source
+		}
+		defer fh.Close()
+		rel, _ := filepath.Rel(dir, p)
+		mf := byPath[filepath.ToSlash(rel)]
+		ch := NewChunker(fh)
+		same := mf != nil
+		i := 0
+		for {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			data, off, err := ch.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return nil
+			}
+			sum := Digest(sha256.Sum256(data))
+			if same && (i >= len(mf.Chunks) || mf.Chunks[i].SHA256 != sum) {
+				same = false
+			}
+			i++
+			if wanted[sum] {
+				if _, ok := local[sum]; !ok {
+					local[sum] = localChunk{path: p, off: off, size: int64(len(data))}
+				}
+			}
+		}
+		if same && i == len(mf.Chunks) {
+			complete[mf.Path] = true
+		}
+		return nil
+	})
+}
+
+func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, local map[Digest]localChunk,
+	complete map[string]bool, opts PullOptions, res *PullResult) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req := &registrypb.PullRequest{Ref: ref}
+	for sum := range local {
+		req.HaveChunks = append(req.HaveChunks, sum[:])
+	}
+	type job struct {
+		f       *File
+		partial string
+		offset  int64
+	}
+	var jobs []job
+	var done int64
+	for i := range files {
+		f := &files[i]
+		if complete[f.Path] {
+			done += f.Size
+			continue
+		}
+		partial := filepath.Join(dir, filepath.FromSlash(f.Path)) + PartialSuffix
+		var off int64
+		if st, err := os.Stat(partial); err == nil && st.Mode().IsRegular() && st.Size() <= f.Size {
+			off = st.Size()
+		}
+		jobs = append(jobs, job{f: f, partial: partial, offset: off})
+		req.Ranges = append(req.Ranges, &registrypb.FileRange{Path: f.Path, Offset: uint64(off)})
+	}
+	progress := func(n int64) {
+		done += n
+		if opts.Progress != nil {
+			opts.Progress(done, res.Bytes)
+		}
+	}
+	progress(0)
+	if len(jobs) > 0 {
+		stream, err := c.rpc.Pull(ctx, req)
+		if err != nil {
+			return err
+		}
+		first, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if first.GetManifest() == nil {
+			return fmt.Errorf("%w: pull stream did not start with a manifest", ErrInvalid)
+		}
+		got, err := FilesFromProto(first.GetManifest().Files)
+		if err != nil {
+			return err
+		}
+		if len(got) != len(files) {
+			return fmt.Errorf("%w: pull manifest differs from the version's", ErrInvalid)
+		}
+		idx := map[string]int{}
+		for i, f := range got {
+			idx[f.Path] = i
+		}
+		rd := &pieceReader{stream: stream}
+		for _, j := range jobs {
+			if err := pullFile(ctx, j.f, idx[j.f.Path], j.partial, j.offset, local, rd, res, progress); err != nil {
+				return fmt.Errorf("pull %s: %w", j.f.Path, err)
+			}
+		}
+		if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+			if err == nil {
+				err = fmt.Errorf("%w: server sent more data than the manifest describes", ErrInvalid)
+			}
+			return err
+		}
+	}
+	// Every file is verified and durable under its partial name: move them into place.
+	dirs := map[string]bool{}
+	for _, j := range jobs {
+		final := filepath.Join(dir, filepath.FromSlash(j.f.Path))
+		if err := os.Rename(j.partial, final); err != nil {
+			return err
+		}
+		dirs[filepath.Dir(final)] = true
+	}
+	for d := range dirs {
+		if err := syncDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pieceReader hands out the data pieces of a pull stream in order.
+type pieceReader struct {
+	stream registrypb.Registry_PullClient
+	cur    *registrypb.PullData
+}
+
+func (r *pieceReader) next() (*registrypb.PullData, error) {
+	if r.cur != nil && len(r.cur.Data) > 0 {
+		return r.cur, nil
+	}
+	m, err := r.stream.Recv()
+	if errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: pull stream ended early", io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		return nil, err
+	}
+	d := m.GetData()
+	if d == nil {
+		return nil, fmt.Errorf("%w: unexpected %T in pull stream", ErrInvalid, m.Msg)
+	}
+	r.cur = d
+	return d, nil
+}
+
+// pullFile writes f's bytes [offset, size) to partial (keeping its first offset bytes, which it
+// hashes first), from local chunks where listed and from the stream otherwise, then verifies the
+// sha256 and fsyncs. A mismatch removes the partial file so the next attempt starts clean.
+func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset int64, local map[Digest]localChunk,
+	rd *pieceReader, res *PullResult, progress func(int64)) (err error) {
+	if err := os.MkdirAll(filepath.Dir(partial), 0o755); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	h := sha256.New()
+	if offset > 0 {
+		if _, err := io.CopyN(h, out, offset); err != nil {
+			return fmt.Errorf("re-read partial file: %w", err)
+		}
+		res.BytesLocal += offset
+		progress(offset)
+	}
+	if err := out.Truncate(offset); err != nil {
+		return err
+	}
+	if _, err := out.Seek(offset, io.SeekStart); err != nil {
+		return err
+	}
+	w := io.MultiWriter(out, h)
+	buf := make([]byte, PullPieceSize)
+	var cs int64
+	for _, ch := range f.Chunks {
+		ce := cs + ch.Size
+		if ce <= offset {
+			cs = ce
+			continue
+		}
+		from := max(cs, offset)
+		if lc, ok := local[ch.SHA256]; ok {
+			if err := copyLocal(w, lc, from-cs, ce-from, buf); err != nil {
+				return err
+			}
+			res.BytesLocal += ce - from
+			progress(ce - from)
+			cs = ce
+			continue
+		}
+		for pos := from; pos < ce; {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			d, err := rd.next()
+			if err != nil {
+				return err
+			}
+			if int(d.File) != fileIdx || int64(d.Offset) != pos {
+				return fmt.Errorf("%w: got bytes of file %d at %d, expected file %d at %d", ErrInvalid, d.File, d.Offset, fileIdx, pos)
+			}
+			n := min(int64(len(d.Data)), ce-pos)
+			if _, err := w.Write(d.Data[:n]); err != nil {
+				return err
+			}
+			d.Data = d.Data[n:]
+			d.Offset += uint64(n)
+			pos += n
+			res.BytesReceived += n
+			progress(n)
+		}
+		cs = ce
+	}
+	if err := verifySum(h, f); err != nil {
+		_ = os.Remove(partial)
+		return err
+	}
+	return out.Sync()
+}
+
+func verifySum(h hash.Hash, f *File) error {
+	var got Digest
+	h.Sum(got[:0])
+	if got != f.SHA256 {
+		return fmt.Errorf("%w: %s hashes to %s, manifest says %s", ErrChecksum, f.Path, got, f.SHA256)
+	}
+	return nil
+}
+
+// copyLocal copies n bytes starting skip bytes into a local chunk.
+func copyLocal(w io.Writer, lc localChunk, skip, n int64, buf []byte) error {
+	f, err := os.Open(lc.path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.CopyBuffer(w, io.NewSectionReader(f, lc.off+skip, n), buf)
+	return err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
