@@ -24,48 +24,23 @@ import (
 	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
 )
 
-// Test binaries: built once per `go test` run into binDir, removed by TestMain.
-var (
-	binDir   string
-	binOnce  sync.Once
-	binPath  string
-	binError error
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
-	os.Exit(code)
-}
-
-// testVersion and testCommit are linked into the test binary to check `buffdbd version`.
+// testVersion and testCommit are linked into a binary to check `buffdbd version`.
 const (
 	testVersion = "v0.0.0-test"
 	testCommit  = "0123456789abcdef"
 )
 
-// buildBinary builds cmd/buffdbd (CGO off, as shipped) once.
-func buildBinary(t testing.TB) string {
+// buildVersioned builds cmd/buffdbd with release-style ldflags into dir.
+func buildVersioned(t testing.TB, dir string) string {
 	t.Helper()
-	binOnce.Do(func() {
-		binDir, binError = os.MkdirTemp("", "buffdbd-bin-")
-		if binError != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "buffdbd")
-		cmd := exec.Command("go", "build", "-ldflags",
-			"-X main.version="+testVersion+" -X main.commit="+testCommit, "-o", binPath, ".")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binError = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binError != nil {
-		t.Fatal(binError)
+	bin := filepath.Join(dir, "buffdbd")
+	cmd := exec.Command("go", "build", "-ldflags",
+		"-X main.version="+testVersion+" -X main.commit="+testCommit, "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	return binPath
+	return bin
 }
 
 // notifyListener is a real sd_notify socket: it collects the datagrams a daemon sends.
@@ -124,8 +99,8 @@ func (n *notifyListener) waitFor(t testing.TB, prefix string, exited <-chan stru
 	}
 }
 
-// daemonProc is a running `buffdbd run` child process.
-type daemonProc struct {
+// opsProc is a running `buffdbd run` child process.
+type opsProc struct {
 	cmd      *exec.Cmd
 	notify   *notifyListener
 	stderr   *bytes.Buffer
@@ -152,12 +127,12 @@ func cleanEnv(extra ...string) []string {
 
 // startDaemon runs the built binary on loopback ports chosen by the kernel and waits for READY=1,
 // whose STATUS names the bound addresses.
-func startDaemon(t testing.TB, args ...string) *daemonProc {
+func startOpsDaemon(t testing.TB, args ...string) *opsProc {
 	t.Helper()
-	bin := buildBinary(t)
+	bin := buffdbdBin
 	dir := t.TempDir()
 	n := listenNotify(t)
-	d := &daemonProc{notify: n, stderr: &bytes.Buffer{}, exited: make(chan struct{})}
+	d := &opsProc{notify: n, stderr: &bytes.Buffer{}, exited: make(chan struct{})}
 	d.cmd = exec.Command(bin, append([]string{"run", "--config", os.DevNull, "--data-dir", filepath.Join(dir, "data"),
 		"--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--socket", "none", "--log-format", "json"}, args...)...)
 	d.cmd.Env = cleanEnv("NOTIFY_SOCKET="+n.path, "HOME="+dir)
@@ -185,7 +160,7 @@ func startDaemon(t testing.TB, args ...string) *daemonProc {
 }
 
 // wait waits for the daemon to exit and returns its exit code. The bound only ends a broken test.
-func (d *daemonProc) wait(t testing.TB) int {
+func (d *opsProc) wait(t testing.TB) int {
 	t.Helper()
 	select {
 	case <-d.exited:
@@ -239,7 +214,7 @@ func setOnStream(t testing.TB, s grpc.BidiStreamingClient[kvpb.SetRequest, kvpb.
 }
 
 func TestRun_GracefulShutdown(t *testing.T) {
-	d := startDaemon(t)
+	d := startOpsDaemon(t)
 	conn := dialGRPC(t, d.grpcAddr)
 	kv := kvpb.NewKvClient(conn)
 
@@ -272,7 +247,7 @@ func TestRun_GracefulShutdown(t *testing.T) {
 
 func TestRun_SecondSignalExitsAtOnce(t *testing.T) {
 	// A long shutdown timeout: only the second signal can end the drain early.
-	d := startDaemon(t, "--shutdown-timeout", "1h")
+	d := startOpsDaemon(t, "--shutdown-timeout", "1h")
 	stream, err := kvpb.NewKvClient(dialGRPC(t, d.grpcAddr)).Set(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -290,7 +265,7 @@ func TestRun_SecondSignalExitsAtOnce(t *testing.T) {
 }
 
 func TestRun_ConfigErrorExit78(t *testing.T) {
-	bin := buildBinary(t)
+	bin := buffdbdBin
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -320,7 +295,7 @@ func TestRun_ConfigErrorExit78(t *testing.T) {
 }
 
 func TestVersionCommand(t *testing.T) {
-	out, err := exec.Command(buildBinary(t), "version").Output()
+	out, err := exec.Command(buildVersioned(t, t.TempDir()), "version").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,6 +373,10 @@ func TestMain_LifecycleHealthMetrics(t *testing.T) {
 		`grpc_server_msg_received_total{grpc_method="Set",grpc_service="buffdb.kv.Kv",grpc_type="bidi_stream"} 3`,
 		`grpc_server_started_total{grpc_method="Get",grpc_service="buffdb.blob.Blob",grpc_type="bidi_stream"} 0`,
 		`buffdbd_build_info{`,
+		"buffdbd_registry_versions 0\n",
+		"buffdbd_registry_max_bytes 2.147483648e+10\n",
+		`buffdbd_registry_pushes_total{result="ok"} 0`,
+		`grpc_server_started_total{grpc_method="Pull",grpc_service="buffdb.registry.Registry"`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
