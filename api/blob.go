@@ -17,17 +17,27 @@ type blobService struct {
 }
 
 func (s *blobService) Get(stream grpc.BidiStreamingServer[blobpb.GetRequest, blobpb.GetResponse]) error {
+	r := newReader()
 	return serveBidi(s.service, "blob.Get", stream,
 		func(ctx context.Context, req *blobpb.GetRequest) func(context.Context) (*blobpb.GetResponse, error) {
-			b, err := s.db.GetBlob(ctx, req.GetTransactionId(), req.GetId())
-			if err != nil {
-				return ready[blobpb.GetResponse](nil, err)
-			}
-			return ready(&blobpb.GetResponse{Bytes: b.Data, Metadata: b.Metadata}, nil)
+			return start(r, func() (*blobpb.GetResponse, error) {
+				b, err := s.db.GetBlob(ctx, req.GetTransactionId(), req.GetId())
+				if err != nil {
+					return nil, err
+				}
+				return &blobpb.GetResponse{Bytes: b.Data, Metadata: b.Metadata}, nil
+			})
 		},
-		// Reads are not weighed before they run (the size is unknown until the blob is read);
-		// pipelineDepth and the message size limit bound what a Get stream can hold.
-		nil, nil)
+		// A blob read ahead waits in memory until the client takes it, so its size counts against
+		// the stream's pipeline budget before it is read; a failed lookup weighs nothing and the
+		// Get itself reports the error.
+		func(req *blobpb.GetRequest) int64 {
+			info, err := s.db.StatBlob(stream.Context(), req.GetTransactionId(), req.GetId())
+			if err != nil {
+				return 0
+			}
+			return info.Size
+		}, r.close)
 }
 
 func (s *blobService) Store(stream grpc.BidiStreamingServer[blobpb.StoreRequest, blobpb.StoreResponse]) error {

@@ -23,15 +23,18 @@ type kvService struct {
 }
 
 func (s *kvService) Get(stream grpc.BidiStreamingServer[kvpb.GetRequest, kvpb.GetResponse]) error {
+	r := newReader()
 	return serveBidi(s.service, "kv.Get", stream,
 		func(ctx context.Context, req *kvpb.GetRequest) func(context.Context) (*kvpb.GetResponse, error) {
-			v, err := s.db.Get(ctx, req.GetTransactionId(), req.GetKey())
-			if err != nil {
-				return ready[kvpb.GetResponse](nil, err)
-			}
-			return ready(&kvpb.GetResponse{Value: v}, nil)
+			return start(r, func() (*kvpb.GetResponse, error) {
+				v, err := s.db.Get(ctx, req.GetTransactionId(), req.GetKey())
+				if err != nil {
+					return nil, err
+				}
+				return &kvpb.GetResponse{Value: v}, nil
+			})
 		},
-		func(req *kvpb.GetRequest) int64 { return 0 }, nil)
+		nil, r.close)
 }
 
 func (s *kvService) Set(stream grpc.BidiStreamingServer[kvpb.SetRequest, kvpb.SetResponse]) error {

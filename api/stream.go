@@ -106,3 +106,51 @@ func streamError(s *service, method string, stream grpc.ServerStream, err error)
 func ready[Resp any](resp *Resp, err error) func(context.Context) (*Resp, error) {
 	return func(context.Context) (*Resp, error) { return resp, err }
 }
+
+// readParallelism is how many reads of one stream run at once. SQLite serves reads from several
+// connections concurrently (WAL), so overlapping a stream's lookups keeps both cores busy while
+// responses still leave in request order; more than a few only adds scheduling overhead.
+const readParallelism = 4
+
+// reader runs a stream's reads on a few long-lived goroutines. Long-lived matters: the SQLite
+// driver runs deep call stacks, and a fresh goroutine per read spent a fifth of the CPU growing
+// its stack.
+type reader struct {
+	jobs chan func()
+}
+
+func newReader() *reader {
+	r := &reader{jobs: make(chan func())}
+	for range readParallelism {
+		go func() {
+			for job := range r.jobs {
+				job()
+			}
+		}()
+	}
+	return r
+}
+
+// close stops the workers once the jobs already submitted have run.
+func (r *reader) close() { close(r.jobs) }
+
+// start runs fn on a worker and returns a wait function for its result.
+func start[Resp any](r *reader, fn func() (*Resp, error)) func(context.Context) (*Resp, error) {
+	type result struct {
+		resp *Resp
+		err  error
+	}
+	ch := make(chan result, 1)
+	r.jobs <- func() {
+		resp, err := fn()
+		ch <- result{resp, err}
+	}
+	return func(ctx context.Context) (*Resp, error) {
+		select {
+		case res := <-ch:
+			return res.resp, res.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}

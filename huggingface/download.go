@@ -131,7 +131,7 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	if t.file.LFS != nil {
 		identity = t.file.LFS.SHA256
 	}
-	j, fresh, err := openJournal(jpath, t.file.Size, e.o.RangeSize, identity)
+	j, fresh, err := openJournal(jpath, t.file.Size, e.rangeSizeFor(t.file.Size), identity)
 	if err != nil {
 		return fmt.Errorf("download %s: %w", t.path, err)
 	}
@@ -226,6 +226,15 @@ func (e *engine) download(ctx context.Context, t *task) error {
 		e.obs.FileDownloaded()
 	}
 	return nil
+}
+
+// rangeSizeFor splits a file into about two ranges per connection, so every connection has work
+// and a slow one does not hold the tail of the file alone; ranges stay between minRange and
+// RangeSize so small files are not split into requests that cost more than they carry.
+func (e *engine) rangeSizeFor(size int64) int64 {
+	const minRange = 1 << 20
+	rs := (size + 2*int64(e.o.Concurrency) - 1) / (2 * int64(e.o.Concurrency))
+	return max(min(rs, e.o.RangeSize), min(minRange, e.o.RangeSize))
 }
 
 type byteRange struct {
@@ -459,7 +468,7 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, j *
 			return nil
 		}
 		// Data first, then the journal record that vouches for it.
-		if err := f.Sync(); err != nil {
+		if err := datasync(f); err != nil {
 			return fmt.Errorf("sync partial file: %w", err)
 		}
 		jmu.Lock()

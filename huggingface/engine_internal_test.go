@@ -223,6 +223,9 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(killChildEnv); spec != "" {
 		os.Exit(killChild(spec))
 	}
+	if spec := os.Getenv(benchChildEnv); spec != "" {
+		os.Exit(benchChild(spec))
+	}
 	os.Exit(m.Run())
 }
 

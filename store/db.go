@@ -70,6 +70,9 @@ type DB struct {
 
 	pend pendingSet
 
+	stopJanitor context.CancelFunc
+	janitorDone chan struct{}
+
 	txMu    sync.Mutex
 	txs     map[string]*clientTx
 	openTx  int             // open + being begun; guarded by txMu
@@ -119,6 +122,10 @@ func Open(ctx context.Context, dir string, opts Options) (*DB, error) {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	go db.commitLoop()
+	jctx, cancel := context.WithCancel(context.Background())
+	db.stopJanitor = cancel
+	db.janitorDone = make(chan struct{})
+	go db.janitor(jctx)
 	return db, nil
 }
 
@@ -134,6 +141,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.MaxOpenTx == 0 {
 		o.MaxOpenTx = defaultMaxOpenTx
+	}
+	if o.GCInterval == 0 {
+		o.GCInterval = time.Hour // orphans only appear after abandoned uploads; hourly bounds their space cheaply
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -249,6 +259,8 @@ func (db *DB) Close() error {
 	db.closed.Store(true)
 	db.closeMu.Unlock()
 
+	db.stopJanitor()
+	<-db.janitorDone
 	db.rollbackAll()
 	close(db.queue)
 	<-db.done
@@ -283,4 +295,28 @@ func (db *DB) checkOpen() error {
 		return ErrClosed
 	}
 	return nil
+}
+
+// janitor periodically collects orphaned payload files. Expired transactions need no polling: each
+// has its own timer (see Begin).
+func (db *DB) janitor(ctx context.Context) {
+	defer close(db.janitorDone)
+	if db.opts.GCInterval < 0 {
+		return
+	}
+	t := time.NewTicker(db.opts.GCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			res, err := db.collectGarbage(ctx, false)
+			if err != nil && ctx.Err() == nil {
+				db.log.Warn("collect orphaned payloads", "err", err)
+			} else if res.Files > 0 {
+				db.log.Info("removed orphaned payload files", "files", res.Files, "bytes", res.Bytes)
+			}
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/buffdb/buffdbd/store"
 )
@@ -155,5 +156,17 @@ func TestDB_Closed(t *testing.T) {
 	}
 	if err := db.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+func TestDB_Janitor(t *testing.T) {
+	db := openDB(t, store.Options{InlineMax: 16, GCInterval: 10 * time.Millisecond})
+	p, err := db.WritePayload(ctx, bytes.NewReader(make([]byte, 100)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Release() // abandoned: never referenced
+	for payloadFiles(t, db) != 0 {
+		time.Sleep(5 * time.Millisecond) // the janitor removes it; the test times out if it never does
 	}
 }

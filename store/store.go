@@ -79,6 +79,9 @@ type Options struct {
 	// Migrations are extra numbered schema steps from packages layered on the store (the registry),
 	// applied after the store's own, each once, in a transaction.
 	Migrations []Migration
+	// GCInterval is how often the janitor collects orphaned payload files (abandoned uploads, failed
+	// unlinks). Default 1h; negative disables (Open and CollectGarbage still collect).
+	GCInterval time.Duration
 	Logger     *slog.Logger
 }
 

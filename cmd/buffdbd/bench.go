@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"text/tabwriter"
 	"time"
 
@@ -33,6 +34,7 @@ type benchStoreFlags struct {
 	blobs      int
 	blobSize   int
 	durability string
+	cpuProfile string
 }
 
 func newBenchStoreCmd(g *globalFlags) *cobra.Command {
@@ -52,6 +54,7 @@ bytes to a plain file and fsyncs it, and prints each blob rate as a ratio to tha
 	fl.IntVar(&f.blobs, "blobs", 256, "blobs to Store and then Get")
 	fl.IntVar(&f.blobSize, "blob-size", 1<<20, "bytes per blob")
 	fl.StringVar(&f.durability, "durability", "sync", "store durability: sync or process")
+	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
 	return cmd
 }
 
@@ -86,6 +89,17 @@ func benchStore(cmd *cobra.Command, g *globalFlags, f *benchStoreFlags) error {
 		return b
 	}
 	total := float64(f.blobs) * float64(f.blobSize)
+	if f.cpuProfile != "" {
+		pf, err := os.Create(f.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	rawDur, err := rawWrite(filepath.Join(dir, "raw-write-probe"), f.blobs, blob)
 	if err != nil {

@@ -150,6 +150,16 @@ func cliSuite(t *testing.T, base ...string) {
 
 func TestCLI_WithoutDaemon(t *testing.T) {
 	cliSuite(t, "--data-dir", t.TempDir())
+
+	// The in-process store takes the daemon's configuration (here from the environment).
+	t.Run("ConfigQueryWrites", func(t *testing.T) {
+		t.Setenv("BUFFDBD_STORE_QUERY_WRITES", "true")
+		dir := t.TempDir()
+		must(t, exitOK, "", "--data-dir", dir, "query", "--execute", "CREATE TABLE scratch(x)")
+		if r := must(t, exitOK, "", "--data-dir", dir, "query", "--execute", "INSERT INTO scratch VALUES (1), (2)"); r.stdout != "2\n" {
+			t.Fatalf("rows changed = %q", r.stdout)
+		}
+	})
 }
 
 func TestCLI_WithDaemon(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -33,7 +34,13 @@ func (c *clientConn) Close() error { return c.closer() }
 // else opens the store in-process and serves the same services (registry included) on an in-memory
 // listener. Callers Close the result.
 func dial(cmd *cobra.Command, g *globalFlags) (*clientConn, error) {
-	cfg := DefaultConfig()
+	// The same configuration as `run` (--config / /etc/buffdbd/buffdbd.yaml, BUFFDBD_* variables,
+	// --data-dir), so the CLI finds the daemon's data directory and, without a daemon, opens the
+	// store with the daemon's settings (durability, query writes, message size).
+	cfg, _, _, err := LoadConfig(cmd.Flags())
+	if err != nil {
+		return nil, err
+	}
 	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(
@@ -43,13 +50,14 @@ func dial(cmd *cobra.Command, g *globalFlags) (*clientConn, error) {
 	if g.addr != "" {
 		return remote(g.addr, dialOpts)
 	}
-	dir, err := resolveDataDir(g.dataDir)
-	if err != nil {
+	if err := cfg.resolveDirs(); err != nil {
 		return nil, err
 	}
-	cfg.DataDir = dir
-	if sock := socketPath(cfg); sock != "" && daemonAnswers(sock) {
-		return remote("unix://"+sock, dialOpts)
+	// The daemon's socket, or the link to it that a systemd-run daemon keeps in the data directory.
+	for _, sock := range []string{socketPath(cfg), filepath.Join(cfg.DataDir, "buffdbd.sock")} {
+		if sock != "" && daemonAnswers(sock) {
+			return remote("unix://"+sock, dialOpts)
+		}
 	}
 	return local(cmd.Context(), cfg, g, dialOpts)
 }

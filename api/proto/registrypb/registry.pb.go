@@ -81,7 +81,369 @@ func (x WatchEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Kind.Descriptor instead.
 func (WatchEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{36, 0}
+	return file_registry_proto_rawDescGZIP(), []int{40, 0}
+}
+
+type FetchRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Repo     string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`         // "org/name" or a legacy single-segment id
+	Revision string                 `protobuf:"bytes,2,opt,name=revision,proto3" json:"revision,omitempty"` // branch, tag, refs/pr/N or 40-hex commit; empty = main
+	Include  []string               `protobuf:"bytes,3,rep,name=include,proto3" json:"include,omitempty"`   // fnmatch globs as `hf download --include`
+	Exclude  []string               `protobuf:"bytes,4,rep,name=exclude,proto3" json:"exclude,omitempty"`
+	// token overrides the daemon's configured Hugging Face token for this fetch. It is sent in the
+	// clear on a plain-text connection: use the unix socket or a trusted network.
+	Token         string `protobuf:"bytes,5,opt,name=token,proto3" json:"token,omitempty"`
+	Endpoint      string `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`               // overrides the daemon's Hub URL; empty = the daemon's
+	Offline       bool   `protobuf:"varint,7,opt,name=offline,proto3" json:"offline,omitempty"`                // resolve from the registry only
+	Concurrency   uint32 `protobuf:"varint,8,opt,name=concurrency,proto3" json:"concurrency,omitempty"`        // 0 = the daemon's default
+	MaxRate       uint64 `protobuf:"varint,9,opt,name=max_rate,json=maxRate,proto3" json:"max_rate,omitempty"` // bytes per second; 0 = the daemon's default
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchRequest) Reset() {
+	*x = FetchRequest{}
+	mi := &file_registry_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchRequest) ProtoMessage() {}
+
+func (x *FetchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_registry_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
+func (*FetchRequest) Descriptor() ([]byte, []int) {
+	return file_registry_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *FetchRequest) GetRepo() string {
+	if x != nil {
+		return x.Repo
+	}
+	return ""
+}
+
+func (x *FetchRequest) GetRevision() string {
+	if x != nil {
+		return x.Revision
+	}
+	return ""
+}
+
+func (x *FetchRequest) GetInclude() []string {
+	if x != nil {
+		return x.Include
+	}
+	return nil
+}
+
+func (x *FetchRequest) GetExclude() []string {
+	if x != nil {
+		return x.Exclude
+	}
+	return nil
+}
+
+func (x *FetchRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *FetchRequest) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *FetchRequest) GetOffline() bool {
+	if x != nil {
+		return x.Offline
+	}
+	return false
+}
+
+func (x *FetchRequest) GetConcurrency() uint32 {
+	if x != nil {
+		return x.Concurrency
+	}
+	return 0
+}
+
+func (x *FetchRequest) GetMaxRate() uint64 {
+	if x != nil {
+		return x.MaxRate
+	}
+	return 0
+}
+
+type FetchFileProgress struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Size          uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Done          uint64                 `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchFileProgress) Reset() {
+	*x = FetchFileProgress{}
+	mi := &file_registry_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchFileProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchFileProgress) ProtoMessage() {}
+
+func (x *FetchFileProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_registry_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchFileProgress.ProtoReflect.Descriptor instead.
+func (*FetchFileProgress) Descriptor() ([]byte, []int) {
+	return file_registry_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *FetchFileProgress) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *FetchFileProgress) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *FetchFileProgress) GetDone() uint64 {
+	if x != nil {
+		return x.Done
+	}
+	return 0
+}
+
+type FetchResult struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Name            string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Version         string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	Alias           string                 `protobuf:"bytes,3,opt,name=alias,proto3" json:"alias,omitempty"`
+	Files           uint64                 `protobuf:"varint,4,opt,name=files,proto3" json:"files,omitempty"`
+	Bytes           uint64                 `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	DownloadedBytes uint64                 `protobuf:"varint,6,opt,name=downloaded_bytes,json=downloadedBytes,proto3" json:"downloaded_bytes,omitempty"`
+	ReusedFiles     uint64                 `protobuf:"varint,7,opt,name=reused_files,json=reusedFiles,proto3" json:"reused_files,omitempty"`
+	AlreadyHad      bool                   `protobuf:"varint,8,opt,name=already_had,json=alreadyHad,proto3" json:"already_had,omitempty"`
+	Offline         bool                   `protobuf:"varint,9,opt,name=offline,proto3" json:"offline,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *FetchResult) Reset() {
+	*x = FetchResult{}
+	mi := &file_registry_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchResult) ProtoMessage() {}
+
+func (x *FetchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_registry_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchResult.ProtoReflect.Descriptor instead.
+func (*FetchResult) Descriptor() ([]byte, []int) {
+	return file_registry_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FetchResult) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FetchResult) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *FetchResult) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+func (x *FetchResult) GetFiles() uint64 {
+	if x != nil {
+		return x.Files
+	}
+	return 0
+}
+
+func (x *FetchResult) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *FetchResult) GetDownloadedBytes() uint64 {
+	if x != nil {
+		return x.DownloadedBytes
+	}
+	return 0
+}
+
+func (x *FetchResult) GetReusedFiles() uint64 {
+	if x != nil {
+		return x.ReusedFiles
+	}
+	return 0
+}
+
+func (x *FetchResult) GetAlreadyHad() bool {
+	if x != nil {
+		return x.AlreadyHad
+	}
+	return false
+}
+
+func (x *FetchResult) GetOffline() bool {
+	if x != nil {
+		return x.Offline
+	}
+	return false
+}
+
+type FetchProgress struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Phase         string                 `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"` // resolving, downloading, publishing, done
+	Commit        string                 `protobuf:"bytes,2,opt,name=commit,proto3" json:"commit,omitempty"`
+	TotalBytes    uint64                 `protobuf:"varint,3,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	DoneBytes     uint64                 `protobuf:"varint,4,opt,name=done_bytes,json=doneBytes,proto3" json:"done_bytes,omitempty"`
+	Files         []*FetchFileProgress   `protobuf:"bytes,5,rep,name=files,proto3" json:"files,omitempty"`   // files being downloaded in this fetch
+	Result        *FetchResult           `protobuf:"bytes,6,opt,name=result,proto3" json:"result,omitempty"` // set on the last message only
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchProgress) Reset() {
+	*x = FetchProgress{}
+	mi := &file_registry_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchProgress) ProtoMessage() {}
+
+func (x *FetchProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_registry_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchProgress.ProtoReflect.Descriptor instead.
+func (*FetchProgress) Descriptor() ([]byte, []int) {
+	return file_registry_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *FetchProgress) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *FetchProgress) GetCommit() string {
+	if x != nil {
+		return x.Commit
+	}
+	return ""
+}
+
+func (x *FetchProgress) GetTotalBytes() uint64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *FetchProgress) GetDoneBytes() uint64 {
+	if x != nil {
+		return x.DoneBytes
+	}
+	return 0
+}
+
+func (x *FetchProgress) GetFiles() []*FetchFileProgress {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *FetchProgress) GetResult() *FetchResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
 }
 
 // ModelInfo mirrors BuffDB's ModelInfo JSON stored at model:{name}:{version}:metadata.
@@ -102,7 +464,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_registry_proto_msgTypes[0]
+	mi := &file_registry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -114,7 +476,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[0]
+	mi := &file_registry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -127,7 +489,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{0}
+	return file_registry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ModelInfo) GetName() string {
@@ -203,7 +565,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_registry_proto_msgTypes[1]
+	mi := &file_registry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -215,7 +577,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[1]
+	mi := &file_registry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -228,7 +590,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{1}
+	return file_registry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Chunk) GetSha256() []byte {
@@ -257,7 +619,7 @@ type File struct {
 
 func (x *File) Reset() {
 	*x = File{}
-	mi := &file_registry_proto_msgTypes[2]
+	mi := &file_registry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -269,7 +631,7 @@ func (x *File) String() string {
 func (*File) ProtoMessage() {}
 
 func (x *File) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[2]
+	mi := &file_registry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -282,7 +644,7 @@ func (x *File) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use File.ProtoReflect.Descriptor instead.
 func (*File) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{2}
+	return file_registry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *File) GetPath() string {
@@ -330,7 +692,7 @@ type PushRequest struct {
 
 func (x *PushRequest) Reset() {
 	*x = PushRequest{}
-	mi := &file_registry_proto_msgTypes[3]
+	mi := &file_registry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -342,7 +704,7 @@ func (x *PushRequest) String() string {
 func (*PushRequest) ProtoMessage() {}
 
 func (x *PushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[3]
+	mi := &file_registry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -355,7 +717,7 @@ func (x *PushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushRequest.ProtoReflect.Descriptor instead.
 func (*PushRequest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{3}
+	return file_registry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PushRequest) GetMsg() isPushRequest_Msg {
@@ -471,7 +833,7 @@ type PushOpen struct {
 
 func (x *PushOpen) Reset() {
 	*x = PushOpen{}
-	mi := &file_registry_proto_msgTypes[4]
+	mi := &file_registry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -483,7 +845,7 @@ func (x *PushOpen) String() string {
 func (*PushOpen) ProtoMessage() {}
 
 func (x *PushOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[4]
+	mi := &file_registry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -496,7 +858,7 @@ func (x *PushOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushOpen.ProtoReflect.Descriptor instead.
 func (*PushOpen) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{4}
+	return file_registry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PushOpen) GetInfo() *ModelInfo {
@@ -523,7 +885,7 @@ type FileBegin struct {
 
 func (x *FileBegin) Reset() {
 	*x = FileBegin{}
-	mi := &file_registry_proto_msgTypes[5]
+	mi := &file_registry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +897,7 @@ func (x *FileBegin) String() string {
 func (*FileBegin) ProtoMessage() {}
 
 func (x *FileBegin) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[5]
+	mi := &file_registry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +910,7 @@ func (x *FileBegin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileBegin.ProtoReflect.Descriptor instead.
 func (*FileBegin) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{5}
+	return file_registry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FileBegin) GetPath() string {
@@ -575,7 +937,7 @@ type ChunkOffer struct {
 
 func (x *ChunkOffer) Reset() {
 	*x = ChunkOffer{}
-	mi := &file_registry_proto_msgTypes[6]
+	mi := &file_registry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +949,7 @@ func (x *ChunkOffer) String() string {
 func (*ChunkOffer) ProtoMessage() {}
 
 func (x *ChunkOffer) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[6]
+	mi := &file_registry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +962,7 @@ func (x *ChunkOffer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChunkOffer.ProtoReflect.Descriptor instead.
 func (*ChunkOffer) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{6}
+	return file_registry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ChunkOffer) GetSha256() []byte {
@@ -626,7 +988,7 @@ type ChunkData struct {
 
 func (x *ChunkData) Reset() {
 	*x = ChunkData{}
-	mi := &file_registry_proto_msgTypes[7]
+	mi := &file_registry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +1000,7 @@ func (x *ChunkData) String() string {
 func (*ChunkData) ProtoMessage() {}
 
 func (x *ChunkData) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[7]
+	mi := &file_registry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +1013,7 @@ func (x *ChunkData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChunkData.ProtoReflect.Descriptor instead.
 func (*ChunkData) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{7}
+	return file_registry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ChunkData) GetData() []byte {
@@ -670,7 +1032,7 @@ type FileEnd struct {
 
 func (x *FileEnd) Reset() {
 	*x = FileEnd{}
-	mi := &file_registry_proto_msgTypes[8]
+	mi := &file_registry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +1044,7 @@ func (x *FileEnd) String() string {
 func (*FileEnd) ProtoMessage() {}
 
 func (x *FileEnd) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[8]
+	mi := &file_registry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +1057,7 @@ func (x *FileEnd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileEnd.ProtoReflect.Descriptor instead.
 func (*FileEnd) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{8}
+	return file_registry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FileEnd) GetSha256() []byte {
@@ -713,7 +1075,7 @@ type Commit struct {
 
 func (x *Commit) Reset() {
 	*x = Commit{}
-	mi := &file_registry_proto_msgTypes[9]
+	mi := &file_registry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +1087,7 @@ func (x *Commit) String() string {
 func (*Commit) ProtoMessage() {}
 
 func (x *Commit) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[9]
+	mi := &file_registry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +1100,7 @@ func (x *Commit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Commit.ProtoReflect.Descriptor instead.
 func (*Commit) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{9}
+	return file_registry_proto_rawDescGZIP(), []int{13}
 }
 
 type PushResponse struct {
@@ -755,7 +1117,7 @@ type PushResponse struct {
 
 func (x *PushResponse) Reset() {
 	*x = PushResponse{}
-	mi := &file_registry_proto_msgTypes[10]
+	mi := &file_registry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -767,7 +1129,7 @@ func (x *PushResponse) String() string {
 func (*PushResponse) ProtoMessage() {}
 
 func (x *PushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[10]
+	mi := &file_registry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -780,7 +1142,7 @@ func (x *PushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResponse.ProtoReflect.Descriptor instead.
 func (*PushResponse) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{10}
+	return file_registry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PushResponse) GetMsg() isPushResponse_Msg {
@@ -849,7 +1211,7 @@ type PushOpened struct {
 
 func (x *PushOpened) Reset() {
 	*x = PushOpened{}
-	mi := &file_registry_proto_msgTypes[11]
+	mi := &file_registry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -861,7 +1223,7 @@ func (x *PushOpened) String() string {
 func (*PushOpened) ProtoMessage() {}
 
 func (x *PushOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[11]
+	mi := &file_registry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -874,7 +1236,7 @@ func (x *PushOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushOpened.ProtoReflect.Descriptor instead.
 func (*PushOpened) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{11}
+	return file_registry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PushOpened) GetSessionId() string {
@@ -900,7 +1262,7 @@ type ChunkAnswer struct {
 
 func (x *ChunkAnswer) Reset() {
 	*x = ChunkAnswer{}
-	mi := &file_registry_proto_msgTypes[12]
+	mi := &file_registry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -912,7 +1274,7 @@ func (x *ChunkAnswer) String() string {
 func (*ChunkAnswer) ProtoMessage() {}
 
 func (x *ChunkAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[12]
+	mi := &file_registry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -925,7 +1287,7 @@ func (x *ChunkAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChunkAnswer.ProtoReflect.Descriptor instead.
 func (*ChunkAnswer) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{12}
+	return file_registry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ChunkAnswer) GetNeed() bool {
@@ -946,7 +1308,7 @@ type Committed struct {
 
 func (x *Committed) Reset() {
 	*x = Committed{}
-	mi := &file_registry_proto_msgTypes[13]
+	mi := &file_registry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1320,7 @@ func (x *Committed) String() string {
 func (*Committed) ProtoMessage() {}
 
 func (x *Committed) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[13]
+	mi := &file_registry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1333,7 @@ func (x *Committed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Committed.ProtoReflect.Descriptor instead.
 func (*Committed) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{13}
+	return file_registry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Committed) GetInfo() *ModelInfo {
@@ -1006,7 +1368,7 @@ type FileRange struct {
 
 func (x *FileRange) Reset() {
 	*x = FileRange{}
-	mi := &file_registry_proto_msgTypes[14]
+	mi := &file_registry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1018,7 +1380,7 @@ func (x *FileRange) String() string {
 func (*FileRange) ProtoMessage() {}
 
 func (x *FileRange) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[14]
+	mi := &file_registry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1031,7 +1393,7 @@ func (x *FileRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileRange.ProtoReflect.Descriptor instead.
 func (*FileRange) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{14}
+	return file_registry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *FileRange) GetPath() string {
@@ -1066,7 +1428,7 @@ type PullRequest struct {
 
 func (x *PullRequest) Reset() {
 	*x = PullRequest{}
-	mi := &file_registry_proto_msgTypes[15]
+	mi := &file_registry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1440,7 @@ func (x *PullRequest) String() string {
 func (*PullRequest) ProtoMessage() {}
 
 func (x *PullRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[15]
+	mi := &file_registry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1453,7 @@ func (x *PullRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullRequest.ProtoReflect.Descriptor instead.
 func (*PullRequest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{15}
+	return file_registry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PullRequest) GetRef() string {
@@ -1128,7 +1490,7 @@ type PullResponse struct {
 
 func (x *PullResponse) Reset() {
 	*x = PullResponse{}
-	mi := &file_registry_proto_msgTypes[16]
+	mi := &file_registry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1502,7 @@ func (x *PullResponse) String() string {
 func (*PullResponse) ProtoMessage() {}
 
 func (x *PullResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[16]
+	mi := &file_registry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1515,7 @@ func (x *PullResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullResponse.ProtoReflect.Descriptor instead.
 func (*PullResponse) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{16}
+	return file_registry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PullResponse) GetMsg() isPullResponse_Msg {
@@ -1207,7 +1569,7 @@ type PullManifest struct {
 
 func (x *PullManifest) Reset() {
 	*x = PullManifest{}
-	mi := &file_registry_proto_msgTypes[17]
+	mi := &file_registry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1581,7 @@ func (x *PullManifest) String() string {
 func (*PullManifest) ProtoMessage() {}
 
 func (x *PullManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[17]
+	mi := &file_registry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1594,7 @@ func (x *PullManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullManifest.ProtoReflect.Descriptor instead.
 func (*PullManifest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{17}
+	return file_registry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PullManifest) GetInfo() *ModelInfo {
@@ -1260,7 +1622,7 @@ type PullData struct {
 
 func (x *PullData) Reset() {
 	*x = PullData{}
-	mi := &file_registry_proto_msgTypes[18]
+	mi := &file_registry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1634,7 @@ func (x *PullData) String() string {
 func (*PullData) ProtoMessage() {}
 
 func (x *PullData) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[18]
+	mi := &file_registry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1647,7 @@ func (x *PullData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullData.ProtoReflect.Descriptor instead.
 func (*PullData) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{18}
+	return file_registry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PullData) GetFile() uint32 {
@@ -1320,7 +1682,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_registry_proto_msgTypes[19]
+	mi := &file_registry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1694,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[19]
+	mi := &file_registry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1707,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{19}
+	return file_registry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListModelsRequest) GetPrefix() string {
@@ -1384,7 +1746,7 @@ type VersionSummary struct {
 
 func (x *VersionSummary) Reset() {
 	*x = VersionSummary{}
-	mi := &file_registry_proto_msgTypes[20]
+	mi := &file_registry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1396,7 +1758,7 @@ func (x *VersionSummary) String() string {
 func (*VersionSummary) ProtoMessage() {}
 
 func (x *VersionSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[20]
+	mi := &file_registry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1409,7 +1771,7 @@ func (x *VersionSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionSummary.ProtoReflect.Descriptor instead.
 func (*VersionSummary) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{20}
+	return file_registry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *VersionSummary) GetVersion() string {
@@ -1472,7 +1834,7 @@ type ModelSummary struct {
 
 func (x *ModelSummary) Reset() {
 	*x = ModelSummary{}
-	mi := &file_registry_proto_msgTypes[21]
+	mi := &file_registry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1484,7 +1846,7 @@ func (x *ModelSummary) String() string {
 func (*ModelSummary) ProtoMessage() {}
 
 func (x *ModelSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[21]
+	mi := &file_registry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1497,7 +1859,7 @@ func (x *ModelSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelSummary.ProtoReflect.Descriptor instead.
 func (*ModelSummary) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{21}
+	return file_registry_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ModelSummary) GetName() string {
@@ -1530,7 +1892,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_registry_proto_msgTypes[22]
+	mi := &file_registry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1542,7 +1904,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[22]
+	mi := &file_registry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1555,7 +1917,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{22}
+	return file_registry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelSummary {
@@ -1574,7 +1936,7 @@ type ListVersionsRequest struct {
 
 func (x *ListVersionsRequest) Reset() {
 	*x = ListVersionsRequest{}
-	mi := &file_registry_proto_msgTypes[23]
+	mi := &file_registry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1586,7 +1948,7 @@ func (x *ListVersionsRequest) String() string {
 func (*ListVersionsRequest) ProtoMessage() {}
 
 func (x *ListVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[23]
+	mi := &file_registry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1599,7 +1961,7 @@ func (x *ListVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{23}
+	return file_registry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListVersionsRequest) GetName() string {
@@ -1618,7 +1980,7 @@ type ListVersionsResponse struct {
 
 func (x *ListVersionsResponse) Reset() {
 	*x = ListVersionsResponse{}
-	mi := &file_registry_proto_msgTypes[24]
+	mi := &file_registry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1630,7 +1992,7 @@ func (x *ListVersionsResponse) String() string {
 func (*ListVersionsResponse) ProtoMessage() {}
 
 func (x *ListVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[24]
+	mi := &file_registry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1643,7 +2005,7 @@ func (x *ListVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{24}
+	return file_registry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListVersionsResponse) GetVersions() []*VersionSummary {
@@ -1662,7 +2024,7 @@ type ShowRequest struct {
 
 func (x *ShowRequest) Reset() {
 	*x = ShowRequest{}
-	mi := &file_registry_proto_msgTypes[25]
+	mi := &file_registry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1674,7 +2036,7 @@ func (x *ShowRequest) String() string {
 func (*ShowRequest) ProtoMessage() {}
 
 func (x *ShowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[25]
+	mi := &file_registry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1687,7 +2049,7 @@ func (x *ShowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShowRequest.ProtoReflect.Descriptor instead.
 func (*ShowRequest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{25}
+	return file_registry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ShowRequest) GetRef() string {
@@ -1711,7 +2073,7 @@ type ShowResponse struct {
 
 func (x *ShowResponse) Reset() {
 	*x = ShowResponse{}
-	mi := &file_registry_proto_msgTypes[26]
+	mi := &file_registry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +2085,7 @@ func (x *ShowResponse) String() string {
 func (*ShowResponse) ProtoMessage() {}
 
 func (x *ShowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[26]
+	mi := &file_registry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +2098,7 @@ func (x *ShowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShowResponse.ProtoReflect.Descriptor instead.
 func (*ShowResponse) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{26}
+	return file_registry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ShowResponse) GetInfo() *ModelInfo {
@@ -1791,7 +2153,7 @@ type DeleteVersionRequest struct {
 
 func (x *DeleteVersionRequest) Reset() {
 	*x = DeleteVersionRequest{}
-	mi := &file_registry_proto_msgTypes[27]
+	mi := &file_registry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +2165,7 @@ func (x *DeleteVersionRequest) String() string {
 func (*DeleteVersionRequest) ProtoMessage() {}
 
 func (x *DeleteVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[27]
+	mi := &file_registry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +2178,7 @@ func (x *DeleteVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVersionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVersionRequest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{27}
+	return file_registry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteVersionRequest) GetRef() string {
@@ -1843,7 +2205,7 @@ type DeleteVersionResponse struct {
 
 func (x *DeleteVersionResponse) Reset() {
 	*x = DeleteVersionResponse{}
-	mi := &file_registry_proto_msgTypes[28]
+	mi := &file_registry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +2217,7 @@ func (x *DeleteVersionResponse) String() string {
 func (*DeleteVersionResponse) ProtoMessage() {}
 
 func (x *DeleteVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[28]
+	mi := &file_registry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +2230,7 @@ func (x *DeleteVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVersionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVersionResponse) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{28}
+	return file_registry_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteVersionResponse) GetName() string {
@@ -1896,7 +2258,7 @@ type SetAliasRequest struct {
 
 func (x *SetAliasRequest) Reset() {
 	*x = SetAliasRequest{}
-	mi := &file_registry_proto_msgTypes[29]
+	mi := &file_registry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1908,7 +2270,7 @@ func (x *SetAliasRequest) String() string {
 func (*SetAliasRequest) ProtoMessage() {}
 
 func (x *SetAliasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[29]
+	mi := &file_registry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1921,7 +2283,7 @@ func (x *SetAliasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAliasRequest.ProtoReflect.Descriptor instead.
 func (*SetAliasRequest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{29}
+	return file_registry_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SetAliasRequest) GetName() string {
@@ -1954,7 +2316,7 @@ type SetAliasResponse struct {
 
 func (x *SetAliasResponse) Reset() {
 	*x = SetAliasResponse{}
-	mi := &file_registry_proto_msgTypes[30]
+	mi := &file_registry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1966,7 +2328,7 @@ func (x *SetAliasResponse) String() string {
 func (*SetAliasResponse) ProtoMessage() {}
 
 func (x *SetAliasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[30]
+	mi := &file_registry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1979,7 +2341,7 @@ func (x *SetAliasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAliasResponse.ProtoReflect.Descriptor instead.
 func (*SetAliasResponse) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{30}
+	return file_registry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SetAliasResponse) GetPrevious() string {
@@ -1999,7 +2361,7 @@ type RemoveAliasRequest struct {
 
 func (x *RemoveAliasRequest) Reset() {
 	*x = RemoveAliasRequest{}
-	mi := &file_registry_proto_msgTypes[31]
+	mi := &file_registry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2011,7 +2373,7 @@ func (x *RemoveAliasRequest) String() string {
 func (*RemoveAliasRequest) ProtoMessage() {}
 
 func (x *RemoveAliasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[31]
+	mi := &file_registry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +2386,7 @@ func (x *RemoveAliasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAliasRequest.ProtoReflect.Descriptor instead.
 func (*RemoveAliasRequest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{31}
+	return file_registry_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RemoveAliasRequest) GetName() string {
@@ -2050,7 +2412,7 @@ type RemoveAliasResponse struct {
 
 func (x *RemoveAliasResponse) Reset() {
 	*x = RemoveAliasResponse{}
-	mi := &file_registry_proto_msgTypes[32]
+	mi := &file_registry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2424,7 @@ func (x *RemoveAliasResponse) String() string {
 func (*RemoveAliasResponse) ProtoMessage() {}
 
 func (x *RemoveAliasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[32]
+	mi := &file_registry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2437,7 @@ func (x *RemoveAliasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAliasResponse.ProtoReflect.Descriptor instead.
 func (*RemoveAliasResponse) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{32}
+	return file_registry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RemoveAliasResponse) GetPrevious() string {
@@ -2095,7 +2457,7 @@ type SetPinnedRequest struct {
 
 func (x *SetPinnedRequest) Reset() {
 	*x = SetPinnedRequest{}
-	mi := &file_registry_proto_msgTypes[33]
+	mi := &file_registry_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2469,7 @@ func (x *SetPinnedRequest) String() string {
 func (*SetPinnedRequest) ProtoMessage() {}
 
 func (x *SetPinnedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[33]
+	mi := &file_registry_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2482,7 @@ func (x *SetPinnedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPinnedRequest.ProtoReflect.Descriptor instead.
 func (*SetPinnedRequest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{33}
+	return file_registry_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SetPinnedRequest) GetRef() string {
@@ -2147,7 +2509,7 @@ type SetPinnedResponse struct {
 
 func (x *SetPinnedResponse) Reset() {
 	*x = SetPinnedResponse{}
-	mi := &file_registry_proto_msgTypes[34]
+	mi := &file_registry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2159,7 +2521,7 @@ func (x *SetPinnedResponse) String() string {
 func (*SetPinnedResponse) ProtoMessage() {}
 
 func (x *SetPinnedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[34]
+	mi := &file_registry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2172,7 +2534,7 @@ func (x *SetPinnedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPinnedResponse.ProtoReflect.Descriptor instead.
 func (*SetPinnedResponse) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{34}
+	return file_registry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SetPinnedResponse) GetName() string {
@@ -2198,7 +2560,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_registry_proto_msgTypes[35]
+	mi := &file_registry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2210,7 +2572,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[35]
+	mi := &file_registry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2223,7 +2585,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{35}
+	return file_registry_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WatchRequest) GetName() string {
@@ -2246,7 +2608,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_registry_proto_msgTypes[36]
+	mi := &file_registry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2620,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[36]
+	mi := &file_registry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2633,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{36}
+	return file_registry_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WatchEvent) GetKind() WatchEvent_Kind {
@@ -2317,7 +2679,7 @@ type CollectGarbageRequest struct {
 
 func (x *CollectGarbageRequest) Reset() {
 	*x = CollectGarbageRequest{}
-	mi := &file_registry_proto_msgTypes[37]
+	mi := &file_registry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2329,7 +2691,7 @@ func (x *CollectGarbageRequest) String() string {
 func (*CollectGarbageRequest) ProtoMessage() {}
 
 func (x *CollectGarbageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[37]
+	mi := &file_registry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2342,7 +2704,7 @@ func (x *CollectGarbageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectGarbageRequest.ProtoReflect.Descriptor instead.
 func (*CollectGarbageRequest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{37}
+	return file_registry_proto_rawDescGZIP(), []int{41}
 }
 
 type CollectGarbageResponse struct {
@@ -2358,7 +2720,7 @@ type CollectGarbageResponse struct {
 
 func (x *CollectGarbageResponse) Reset() {
 	*x = CollectGarbageResponse{}
-	mi := &file_registry_proto_msgTypes[38]
+	mi := &file_registry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2370,7 +2732,7 @@ func (x *CollectGarbageResponse) String() string {
 func (*CollectGarbageResponse) ProtoMessage() {}
 
 func (x *CollectGarbageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[38]
+	mi := &file_registry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2383,7 +2745,7 @@ func (x *CollectGarbageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectGarbageResponse.ProtoReflect.Descriptor instead.
 func (*CollectGarbageResponse) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{38}
+	return file_registry_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CollectGarbageResponse) GetSessions() uint64 {
@@ -2430,7 +2792,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_registry_proto_msgTypes[39]
+	mi := &file_registry_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2442,7 +2804,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[39]
+	mi := &file_registry_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2455,7 +2817,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{39}
+	return file_registry_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *VerifyRequest) GetRef() string {
@@ -2477,7 +2839,7 @@ type CorruptChunk struct {
 
 func (x *CorruptChunk) Reset() {
 	*x = CorruptChunk{}
-	mi := &file_registry_proto_msgTypes[40]
+	mi := &file_registry_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2489,7 +2851,7 @@ func (x *CorruptChunk) String() string {
 func (*CorruptChunk) ProtoMessage() {}
 
 func (x *CorruptChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[40]
+	mi := &file_registry_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2502,7 +2864,7 @@ func (x *CorruptChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CorruptChunk.ProtoReflect.Descriptor instead.
 func (*CorruptChunk) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{40}
+	return file_registry_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CorruptChunk) GetSha256() []byte {
@@ -2544,7 +2906,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_registry_proto_msgTypes[41]
+	mi := &file_registry_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +2918,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[41]
+	mi := &file_registry_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +2931,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{41}
+	return file_registry_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *VerifyResponse) GetChunks() uint64 {
@@ -2601,7 +2963,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_registry_proto_msgTypes[42]
+	mi := &file_registry_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2613,7 +2975,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[42]
+	mi := &file_registry_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2626,7 +2988,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{42}
+	return file_registry_proto_rawDescGZIP(), []int{46}
 }
 
 type StatsResponse struct {
@@ -2644,7 +3006,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_registry_proto_msgTypes[43]
+	mi := &file_registry_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2656,7 +3018,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_registry_proto_msgTypes[43]
+	mi := &file_registry_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2669,7 +3031,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_registry_proto_rawDescGZIP(), []int{43}
+	return file_registry_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *StatsResponse) GetModels() uint64 {
@@ -2725,7 +3087,41 @@ var File_registry_proto protoreflect.FileDescriptor
 
 const file_registry_proto_rawDesc = "" +
 	"\n" +
-	"\x0eregistry.proto\x12\x0fbuffdb.registry\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x03\n" +
+	"\x0eregistry.proto\x12\x0fbuffdb.registry\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x01\n" +
+	"\fFetchRequest\x12\x12\n" +
+	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\tR\brevision\x12\x18\n" +
+	"\ainclude\x18\x03 \x03(\tR\ainclude\x12\x18\n" +
+	"\aexclude\x18\x04 \x03(\tR\aexclude\x12\x14\n" +
+	"\x05token\x18\x05 \x01(\tR\x05token\x12\x1a\n" +
+	"\bendpoint\x18\x06 \x01(\tR\bendpoint\x12\x18\n" +
+	"\aoffline\x18\a \x01(\bR\aoffline\x12 \n" +
+	"\vconcurrency\x18\b \x01(\rR\vconcurrency\x12\x19\n" +
+	"\bmax_rate\x18\t \x01(\x04R\amaxRate\"O\n" +
+	"\x11FetchFileProgress\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x12\n" +
+	"\x04done\x18\x03 \x01(\x04R\x04done\"\x86\x02\n" +
+	"\vFetchResult\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
+	"\x05alias\x18\x03 \x01(\tR\x05alias\x12\x14\n" +
+	"\x05files\x18\x04 \x01(\x04R\x05files\x12\x14\n" +
+	"\x05bytes\x18\x05 \x01(\x04R\x05bytes\x12)\n" +
+	"\x10downloaded_bytes\x18\x06 \x01(\x04R\x0fdownloadedBytes\x12!\n" +
+	"\freused_files\x18\a \x01(\x04R\vreusedFiles\x12\x1f\n" +
+	"\valready_had\x18\b \x01(\bR\n" +
+	"alreadyHad\x12\x18\n" +
+	"\aoffline\x18\t \x01(\bR\aoffline\"\xed\x01\n" +
+	"\rFetchProgress\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x16\n" +
+	"\x06commit\x18\x02 \x01(\tR\x06commit\x12\x1f\n" +
+	"\vtotal_bytes\x18\x03 \x01(\x04R\n" +
+	"totalBytes\x12\x1d\n" +
+	"\n" +
+	"done_bytes\x18\x04 \x01(\x04R\tdoneBytes\x128\n" +
+	"\x05files\x18\x05 \x03(\v2\".buffdb.registry.FetchFileProgressR\x05files\x124\n" +
+	"\x06result\x18\x06 \x01(\v2\x1c.buffdb.registry.FetchResultR\x06result\"\x9e\x03\n" +
 	"\tModelInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1c\n" +
@@ -2919,7 +3315,7 @@ const file_registry_proto_rawDesc = "" +
 	"\fstored_bytes\x18\x04 \x01(\x04R\vstoredBytes\x12#\n" +
 	"\rlogical_bytes\x18\x05 \x01(\x04R\flogicalBytes\x12#\n" +
 	"\rsessions_open\x18\x06 \x01(\x04R\fsessionsOpen\x12%\n" +
-	"\x0ecorrupt_chunks\x18\a \x01(\x04R\rcorruptChunks2\xaf\b\n" +
+	"\x0ecorrupt_chunks\x18\a \x01(\x04R\rcorruptChunks2\xf9\b\n" +
 	"\bRegistry\x12G\n" +
 	"\x04Push\x12\x1c.buffdb.registry.PushRequest\x1a\x1d.buffdb.registry.PushResponse(\x010\x01\x12E\n" +
 	"\x04Pull\x12\x1c.buffdb.registry.PullRequest\x1a\x1d.buffdb.registry.PullResponse0\x01\x12U\n" +
@@ -2934,7 +3330,8 @@ const file_registry_proto_rawDesc = "" +
 	"\x05Watch\x12\x1d.buffdb.registry.WatchRequest\x1a\x1b.buffdb.registry.WatchEvent0\x01\x12a\n" +
 	"\x0eCollectGarbage\x12&.buffdb.registry.CollectGarbageRequest\x1a'.buffdb.registry.CollectGarbageResponse\x12I\n" +
 	"\x06Verify\x12\x1e.buffdb.registry.VerifyRequest\x1a\x1f.buffdb.registry.VerifyResponse\x12F\n" +
-	"\x05Stats\x12\x1d.buffdb.registry.StatsRequest\x1a\x1e.buffdb.registry.StatsResponseB;Z9github.com/buffdb/buffdbd/api/proto/registrypb;registrypbb\x06proto3"
+	"\x05Stats\x12\x1d.buffdb.registry.StatsRequest\x1a\x1e.buffdb.registry.StatsResponse\x12H\n" +
+	"\x05Fetch\x12\x1d.buffdb.registry.FetchRequest\x1a\x1e.buffdb.registry.FetchProgress0\x01B;Z9github.com/buffdb/buffdbd/api/proto/registrypb;registrypbb\x06proto3"
 
 var (
 	file_registry_proto_rawDescOnce sync.Once
@@ -2949,121 +3346,129 @@ func file_registry_proto_rawDescGZIP() []byte {
 }
 
 var file_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_registry_proto_goTypes = []any{
 	(WatchEvent_Kind)(0),           // 0: buffdb.registry.WatchEvent.Kind
-	(*ModelInfo)(nil),              // 1: buffdb.registry.ModelInfo
-	(*Chunk)(nil),                  // 2: buffdb.registry.Chunk
-	(*File)(nil),                   // 3: buffdb.registry.File
-	(*PushRequest)(nil),            // 4: buffdb.registry.PushRequest
-	(*PushOpen)(nil),               // 5: buffdb.registry.PushOpen
-	(*FileBegin)(nil),              // 6: buffdb.registry.FileBegin
-	(*ChunkOffer)(nil),             // 7: buffdb.registry.ChunkOffer
-	(*ChunkData)(nil),              // 8: buffdb.registry.ChunkData
-	(*FileEnd)(nil),                // 9: buffdb.registry.FileEnd
-	(*Commit)(nil),                 // 10: buffdb.registry.Commit
-	(*PushResponse)(nil),           // 11: buffdb.registry.PushResponse
-	(*PushOpened)(nil),             // 12: buffdb.registry.PushOpened
-	(*ChunkAnswer)(nil),            // 13: buffdb.registry.ChunkAnswer
-	(*Committed)(nil),              // 14: buffdb.registry.Committed
-	(*FileRange)(nil),              // 15: buffdb.registry.FileRange
-	(*PullRequest)(nil),            // 16: buffdb.registry.PullRequest
-	(*PullResponse)(nil),           // 17: buffdb.registry.PullResponse
-	(*PullManifest)(nil),           // 18: buffdb.registry.PullManifest
-	(*PullData)(nil),               // 19: buffdb.registry.PullData
-	(*ListModelsRequest)(nil),      // 20: buffdb.registry.ListModelsRequest
-	(*VersionSummary)(nil),         // 21: buffdb.registry.VersionSummary
-	(*ModelSummary)(nil),           // 22: buffdb.registry.ModelSummary
-	(*ListModelsResponse)(nil),     // 23: buffdb.registry.ListModelsResponse
-	(*ListVersionsRequest)(nil),    // 24: buffdb.registry.ListVersionsRequest
-	(*ListVersionsResponse)(nil),   // 25: buffdb.registry.ListVersionsResponse
-	(*ShowRequest)(nil),            // 26: buffdb.registry.ShowRequest
-	(*ShowResponse)(nil),           // 27: buffdb.registry.ShowResponse
-	(*DeleteVersionRequest)(nil),   // 28: buffdb.registry.DeleteVersionRequest
-	(*DeleteVersionResponse)(nil),  // 29: buffdb.registry.DeleteVersionResponse
-	(*SetAliasRequest)(nil),        // 30: buffdb.registry.SetAliasRequest
-	(*SetAliasResponse)(nil),       // 31: buffdb.registry.SetAliasResponse
-	(*RemoveAliasRequest)(nil),     // 32: buffdb.registry.RemoveAliasRequest
-	(*RemoveAliasResponse)(nil),    // 33: buffdb.registry.RemoveAliasResponse
-	(*SetPinnedRequest)(nil),       // 34: buffdb.registry.SetPinnedRequest
-	(*SetPinnedResponse)(nil),      // 35: buffdb.registry.SetPinnedResponse
-	(*WatchRequest)(nil),           // 36: buffdb.registry.WatchRequest
-	(*WatchEvent)(nil),             // 37: buffdb.registry.WatchEvent
-	(*CollectGarbageRequest)(nil),  // 38: buffdb.registry.CollectGarbageRequest
-	(*CollectGarbageResponse)(nil), // 39: buffdb.registry.CollectGarbageResponse
-	(*VerifyRequest)(nil),          // 40: buffdb.registry.VerifyRequest
-	(*CorruptChunk)(nil),           // 41: buffdb.registry.CorruptChunk
-	(*VerifyResponse)(nil),         // 42: buffdb.registry.VerifyResponse
-	(*StatsRequest)(nil),           // 43: buffdb.registry.StatsRequest
-	(*StatsResponse)(nil),          // 44: buffdb.registry.StatsResponse
-	nil,                            // 45: buffdb.registry.ModelInfo.ParametersEntry
-	nil,                            // 46: buffdb.registry.ListModelsRequest.ParametersEntry
-	nil,                            // 47: buffdb.registry.ModelSummary.AliasesEntry
-	(*timestamppb.Timestamp)(nil),  // 48: google.protobuf.Timestamp
+	(*FetchRequest)(nil),           // 1: buffdb.registry.FetchRequest
+	(*FetchFileProgress)(nil),      // 2: buffdb.registry.FetchFileProgress
+	(*FetchResult)(nil),            // 3: buffdb.registry.FetchResult
+	(*FetchProgress)(nil),          // 4: buffdb.registry.FetchProgress
+	(*ModelInfo)(nil),              // 5: buffdb.registry.ModelInfo
+	(*Chunk)(nil),                  // 6: buffdb.registry.Chunk
+	(*File)(nil),                   // 7: buffdb.registry.File
+	(*PushRequest)(nil),            // 8: buffdb.registry.PushRequest
+	(*PushOpen)(nil),               // 9: buffdb.registry.PushOpen
+	(*FileBegin)(nil),              // 10: buffdb.registry.FileBegin
+	(*ChunkOffer)(nil),             // 11: buffdb.registry.ChunkOffer
+	(*ChunkData)(nil),              // 12: buffdb.registry.ChunkData
+	(*FileEnd)(nil),                // 13: buffdb.registry.FileEnd
+	(*Commit)(nil),                 // 14: buffdb.registry.Commit
+	(*PushResponse)(nil),           // 15: buffdb.registry.PushResponse
+	(*PushOpened)(nil),             // 16: buffdb.registry.PushOpened
+	(*ChunkAnswer)(nil),            // 17: buffdb.registry.ChunkAnswer
+	(*Committed)(nil),              // 18: buffdb.registry.Committed
+	(*FileRange)(nil),              // 19: buffdb.registry.FileRange
+	(*PullRequest)(nil),            // 20: buffdb.registry.PullRequest
+	(*PullResponse)(nil),           // 21: buffdb.registry.PullResponse
+	(*PullManifest)(nil),           // 22: buffdb.registry.PullManifest
+	(*PullData)(nil),               // 23: buffdb.registry.PullData
+	(*ListModelsRequest)(nil),      // 24: buffdb.registry.ListModelsRequest
+	(*VersionSummary)(nil),         // 25: buffdb.registry.VersionSummary
+	(*ModelSummary)(nil),           // 26: buffdb.registry.ModelSummary
+	(*ListModelsResponse)(nil),     // 27: buffdb.registry.ListModelsResponse
+	(*ListVersionsRequest)(nil),    // 28: buffdb.registry.ListVersionsRequest
+	(*ListVersionsResponse)(nil),   // 29: buffdb.registry.ListVersionsResponse
+	(*ShowRequest)(nil),            // 30: buffdb.registry.ShowRequest
+	(*ShowResponse)(nil),           // 31: buffdb.registry.ShowResponse
+	(*DeleteVersionRequest)(nil),   // 32: buffdb.registry.DeleteVersionRequest
+	(*DeleteVersionResponse)(nil),  // 33: buffdb.registry.DeleteVersionResponse
+	(*SetAliasRequest)(nil),        // 34: buffdb.registry.SetAliasRequest
+	(*SetAliasResponse)(nil),       // 35: buffdb.registry.SetAliasResponse
+	(*RemoveAliasRequest)(nil),     // 36: buffdb.registry.RemoveAliasRequest
+	(*RemoveAliasResponse)(nil),    // 37: buffdb.registry.RemoveAliasResponse
+	(*SetPinnedRequest)(nil),       // 38: buffdb.registry.SetPinnedRequest
+	(*SetPinnedResponse)(nil),      // 39: buffdb.registry.SetPinnedResponse
+	(*WatchRequest)(nil),           // 40: buffdb.registry.WatchRequest
+	(*WatchEvent)(nil),             // 41: buffdb.registry.WatchEvent
+	(*CollectGarbageRequest)(nil),  // 42: buffdb.registry.CollectGarbageRequest
+	(*CollectGarbageResponse)(nil), // 43: buffdb.registry.CollectGarbageResponse
+	(*VerifyRequest)(nil),          // 44: buffdb.registry.VerifyRequest
+	(*CorruptChunk)(nil),           // 45: buffdb.registry.CorruptChunk
+	(*VerifyResponse)(nil),         // 46: buffdb.registry.VerifyResponse
+	(*StatsRequest)(nil),           // 47: buffdb.registry.StatsRequest
+	(*StatsResponse)(nil),          // 48: buffdb.registry.StatsResponse
+	nil,                            // 49: buffdb.registry.ModelInfo.ParametersEntry
+	nil,                            // 50: buffdb.registry.ListModelsRequest.ParametersEntry
+	nil,                            // 51: buffdb.registry.ModelSummary.AliasesEntry
+	(*timestamppb.Timestamp)(nil),  // 52: google.protobuf.Timestamp
 }
 var file_registry_proto_depIdxs = []int32{
-	48, // 0: buffdb.registry.ModelInfo.created_at:type_name -> google.protobuf.Timestamp
-	45, // 1: buffdb.registry.ModelInfo.parameters:type_name -> buffdb.registry.ModelInfo.ParametersEntry
-	2,  // 2: buffdb.registry.File.chunks:type_name -> buffdb.registry.Chunk
-	5,  // 3: buffdb.registry.PushRequest.open:type_name -> buffdb.registry.PushOpen
-	6,  // 4: buffdb.registry.PushRequest.file_begin:type_name -> buffdb.registry.FileBegin
-	7,  // 5: buffdb.registry.PushRequest.offer:type_name -> buffdb.registry.ChunkOffer
-	8,  // 6: buffdb.registry.PushRequest.data:type_name -> buffdb.registry.ChunkData
-	9,  // 7: buffdb.registry.PushRequest.file_end:type_name -> buffdb.registry.FileEnd
-	10, // 8: buffdb.registry.PushRequest.commit:type_name -> buffdb.registry.Commit
-	1,  // 9: buffdb.registry.PushOpen.info:type_name -> buffdb.registry.ModelInfo
-	12, // 10: buffdb.registry.PushResponse.opened:type_name -> buffdb.registry.PushOpened
-	13, // 11: buffdb.registry.PushResponse.answer:type_name -> buffdb.registry.ChunkAnswer
-	14, // 12: buffdb.registry.PushResponse.committed:type_name -> buffdb.registry.Committed
-	1,  // 13: buffdb.registry.Committed.info:type_name -> buffdb.registry.ModelInfo
-	15, // 14: buffdb.registry.PullRequest.ranges:type_name -> buffdb.registry.FileRange
-	18, // 15: buffdb.registry.PullResponse.manifest:type_name -> buffdb.registry.PullManifest
-	19, // 16: buffdb.registry.PullResponse.data:type_name -> buffdb.registry.PullData
-	1,  // 17: buffdb.registry.PullManifest.info:type_name -> buffdb.registry.ModelInfo
-	3,  // 18: buffdb.registry.PullManifest.files:type_name -> buffdb.registry.File
-	46, // 19: buffdb.registry.ListModelsRequest.parameters:type_name -> buffdb.registry.ListModelsRequest.ParametersEntry
-	48, // 20: buffdb.registry.VersionSummary.created_at:type_name -> google.protobuf.Timestamp
-	48, // 21: buffdb.registry.VersionSummary.last_pulled:type_name -> google.protobuf.Timestamp
-	21, // 22: buffdb.registry.ModelSummary.versions:type_name -> buffdb.registry.VersionSummary
-	47, // 23: buffdb.registry.ModelSummary.aliases:type_name -> buffdb.registry.ModelSummary.AliasesEntry
-	22, // 24: buffdb.registry.ListModelsResponse.models:type_name -> buffdb.registry.ModelSummary
-	21, // 25: buffdb.registry.ListVersionsResponse.versions:type_name -> buffdb.registry.VersionSummary
-	1,  // 26: buffdb.registry.ShowResponse.info:type_name -> buffdb.registry.ModelInfo
-	3,  // 27: buffdb.registry.ShowResponse.files:type_name -> buffdb.registry.File
-	48, // 28: buffdb.registry.ShowResponse.last_pulled:type_name -> google.protobuf.Timestamp
-	0,  // 29: buffdb.registry.WatchEvent.kind:type_name -> buffdb.registry.WatchEvent.Kind
-	41, // 30: buffdb.registry.VerifyResponse.corrupt:type_name -> buffdb.registry.CorruptChunk
-	4,  // 31: buffdb.registry.Registry.Push:input_type -> buffdb.registry.PushRequest
-	16, // 32: buffdb.registry.Registry.Pull:input_type -> buffdb.registry.PullRequest
-	20, // 33: buffdb.registry.Registry.ListModels:input_type -> buffdb.registry.ListModelsRequest
-	24, // 34: buffdb.registry.Registry.ListVersions:input_type -> buffdb.registry.ListVersionsRequest
-	26, // 35: buffdb.registry.Registry.Show:input_type -> buffdb.registry.ShowRequest
-	28, // 36: buffdb.registry.Registry.DeleteVersion:input_type -> buffdb.registry.DeleteVersionRequest
-	30, // 37: buffdb.registry.Registry.SetAlias:input_type -> buffdb.registry.SetAliasRequest
-	32, // 38: buffdb.registry.Registry.RemoveAlias:input_type -> buffdb.registry.RemoveAliasRequest
-	34, // 39: buffdb.registry.Registry.SetPinned:input_type -> buffdb.registry.SetPinnedRequest
-	36, // 40: buffdb.registry.Registry.Watch:input_type -> buffdb.registry.WatchRequest
-	38, // 41: buffdb.registry.Registry.CollectGarbage:input_type -> buffdb.registry.CollectGarbageRequest
-	40, // 42: buffdb.registry.Registry.Verify:input_type -> buffdb.registry.VerifyRequest
-	43, // 43: buffdb.registry.Registry.Stats:input_type -> buffdb.registry.StatsRequest
-	11, // 44: buffdb.registry.Registry.Push:output_type -> buffdb.registry.PushResponse
-	17, // 45: buffdb.registry.Registry.Pull:output_type -> buffdb.registry.PullResponse
-	23, // 46: buffdb.registry.Registry.ListModels:output_type -> buffdb.registry.ListModelsResponse
-	25, // 47: buffdb.registry.Registry.ListVersions:output_type -> buffdb.registry.ListVersionsResponse
-	27, // 48: buffdb.registry.Registry.Show:output_type -> buffdb.registry.ShowResponse
-	29, // 49: buffdb.registry.Registry.DeleteVersion:output_type -> buffdb.registry.DeleteVersionResponse
-	31, // 50: buffdb.registry.Registry.SetAlias:output_type -> buffdb.registry.SetAliasResponse
-	33, // 51: buffdb.registry.Registry.RemoveAlias:output_type -> buffdb.registry.RemoveAliasResponse
-	35, // 52: buffdb.registry.Registry.SetPinned:output_type -> buffdb.registry.SetPinnedResponse
-	37, // 53: buffdb.registry.Registry.Watch:output_type -> buffdb.registry.WatchEvent
-	39, // 54: buffdb.registry.Registry.CollectGarbage:output_type -> buffdb.registry.CollectGarbageResponse
-	42, // 55: buffdb.registry.Registry.Verify:output_type -> buffdb.registry.VerifyResponse
-	44, // 56: buffdb.registry.Registry.Stats:output_type -> buffdb.registry.StatsResponse
-	44, // [44:57] is the sub-list for method output_type
-	31, // [31:44] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	2,  // 0: buffdb.registry.FetchProgress.files:type_name -> buffdb.registry.FetchFileProgress
+	3,  // 1: buffdb.registry.FetchProgress.result:type_name -> buffdb.registry.FetchResult
+	52, // 2: buffdb.registry.ModelInfo.created_at:type_name -> google.protobuf.Timestamp
+	49, // 3: buffdb.registry.ModelInfo.parameters:type_name -> buffdb.registry.ModelInfo.ParametersEntry
+	6,  // 4: buffdb.registry.File.chunks:type_name -> buffdb.registry.Chunk
+	9,  // 5: buffdb.registry.PushRequest.open:type_name -> buffdb.registry.PushOpen
+	10, // 6: buffdb.registry.PushRequest.file_begin:type_name -> buffdb.registry.FileBegin
+	11, // 7: buffdb.registry.PushRequest.offer:type_name -> buffdb.registry.ChunkOffer
+	12, // 8: buffdb.registry.PushRequest.data:type_name -> buffdb.registry.ChunkData
+	13, // 9: buffdb.registry.PushRequest.file_end:type_name -> buffdb.registry.FileEnd
+	14, // 10: buffdb.registry.PushRequest.commit:type_name -> buffdb.registry.Commit
+	5,  // 11: buffdb.registry.PushOpen.info:type_name -> buffdb.registry.ModelInfo
+	16, // 12: buffdb.registry.PushResponse.opened:type_name -> buffdb.registry.PushOpened
+	17, // 13: buffdb.registry.PushResponse.answer:type_name -> buffdb.registry.ChunkAnswer
+	18, // 14: buffdb.registry.PushResponse.committed:type_name -> buffdb.registry.Committed
+	5,  // 15: buffdb.registry.Committed.info:type_name -> buffdb.registry.ModelInfo
+	19, // 16: buffdb.registry.PullRequest.ranges:type_name -> buffdb.registry.FileRange
+	22, // 17: buffdb.registry.PullResponse.manifest:type_name -> buffdb.registry.PullManifest
+	23, // 18: buffdb.registry.PullResponse.data:type_name -> buffdb.registry.PullData
+	5,  // 19: buffdb.registry.PullManifest.info:type_name -> buffdb.registry.ModelInfo
+	7,  // 20: buffdb.registry.PullManifest.files:type_name -> buffdb.registry.File
+	50, // 21: buffdb.registry.ListModelsRequest.parameters:type_name -> buffdb.registry.ListModelsRequest.ParametersEntry
+	52, // 22: buffdb.registry.VersionSummary.created_at:type_name -> google.protobuf.Timestamp
+	52, // 23: buffdb.registry.VersionSummary.last_pulled:type_name -> google.protobuf.Timestamp
+	25, // 24: buffdb.registry.ModelSummary.versions:type_name -> buffdb.registry.VersionSummary
+	51, // 25: buffdb.registry.ModelSummary.aliases:type_name -> buffdb.registry.ModelSummary.AliasesEntry
+	26, // 26: buffdb.registry.ListModelsResponse.models:type_name -> buffdb.registry.ModelSummary
+	25, // 27: buffdb.registry.ListVersionsResponse.versions:type_name -> buffdb.registry.VersionSummary
+	5,  // 28: buffdb.registry.ShowResponse.info:type_name -> buffdb.registry.ModelInfo
+	7,  // 29: buffdb.registry.ShowResponse.files:type_name -> buffdb.registry.File
+	52, // 30: buffdb.registry.ShowResponse.last_pulled:type_name -> google.protobuf.Timestamp
+	0,  // 31: buffdb.registry.WatchEvent.kind:type_name -> buffdb.registry.WatchEvent.Kind
+	45, // 32: buffdb.registry.VerifyResponse.corrupt:type_name -> buffdb.registry.CorruptChunk
+	8,  // 33: buffdb.registry.Registry.Push:input_type -> buffdb.registry.PushRequest
+	20, // 34: buffdb.registry.Registry.Pull:input_type -> buffdb.registry.PullRequest
+	24, // 35: buffdb.registry.Registry.ListModels:input_type -> buffdb.registry.ListModelsRequest
+	28, // 36: buffdb.registry.Registry.ListVersions:input_type -> buffdb.registry.ListVersionsRequest
+	30, // 37: buffdb.registry.Registry.Show:input_type -> buffdb.registry.ShowRequest
+	32, // 38: buffdb.registry.Registry.DeleteVersion:input_type -> buffdb.registry.DeleteVersionRequest
+	34, // 39: buffdb.registry.Registry.SetAlias:input_type -> buffdb.registry.SetAliasRequest
+	36, // 40: buffdb.registry.Registry.RemoveAlias:input_type -> buffdb.registry.RemoveAliasRequest
+	38, // 41: buffdb.registry.Registry.SetPinned:input_type -> buffdb.registry.SetPinnedRequest
+	40, // 42: buffdb.registry.Registry.Watch:input_type -> buffdb.registry.WatchRequest
+	42, // 43: buffdb.registry.Registry.CollectGarbage:input_type -> buffdb.registry.CollectGarbageRequest
+	44, // 44: buffdb.registry.Registry.Verify:input_type -> buffdb.registry.VerifyRequest
+	47, // 45: buffdb.registry.Registry.Stats:input_type -> buffdb.registry.StatsRequest
+	1,  // 46: buffdb.registry.Registry.Fetch:input_type -> buffdb.registry.FetchRequest
+	15, // 47: buffdb.registry.Registry.Push:output_type -> buffdb.registry.PushResponse
+	21, // 48: buffdb.registry.Registry.Pull:output_type -> buffdb.registry.PullResponse
+	27, // 49: buffdb.registry.Registry.ListModels:output_type -> buffdb.registry.ListModelsResponse
+	29, // 50: buffdb.registry.Registry.ListVersions:output_type -> buffdb.registry.ListVersionsResponse
+	31, // 51: buffdb.registry.Registry.Show:output_type -> buffdb.registry.ShowResponse
+	33, // 52: buffdb.registry.Registry.DeleteVersion:output_type -> buffdb.registry.DeleteVersionResponse
+	35, // 53: buffdb.registry.Registry.SetAlias:output_type -> buffdb.registry.SetAliasResponse
+	37, // 54: buffdb.registry.Registry.RemoveAlias:output_type -> buffdb.registry.RemoveAliasResponse
+	39, // 55: buffdb.registry.Registry.SetPinned:output_type -> buffdb.registry.SetPinnedResponse
+	41, // 56: buffdb.registry.Registry.Watch:output_type -> buffdb.registry.WatchEvent
+	43, // 57: buffdb.registry.Registry.CollectGarbage:output_type -> buffdb.registry.CollectGarbageResponse
+	46, // 58: buffdb.registry.Registry.Verify:output_type -> buffdb.registry.VerifyResponse
+	48, // 59: buffdb.registry.Registry.Stats:output_type -> buffdb.registry.StatsResponse
+	4,  // 60: buffdb.registry.Registry.Fetch:output_type -> buffdb.registry.FetchProgress
+	47, // [47:61] is the sub-list for method output_type
+	33, // [33:47] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_registry_proto_init() }
@@ -3071,7 +3476,7 @@ func file_registry_proto_init() {
 	if File_registry_proto != nil {
 		return
 	}
-	file_registry_proto_msgTypes[3].OneofWrappers = []any{
+	file_registry_proto_msgTypes[7].OneofWrappers = []any{
 		(*PushRequest_Open)(nil),
 		(*PushRequest_FileBegin)(nil),
 		(*PushRequest_Offer)(nil),
@@ -3079,12 +3484,12 @@ func file_registry_proto_init() {
 		(*PushRequest_FileEnd)(nil),
 		(*PushRequest_Commit)(nil),
 	}
-	file_registry_proto_msgTypes[10].OneofWrappers = []any{
+	file_registry_proto_msgTypes[14].OneofWrappers = []any{
 		(*PushResponse_Opened)(nil),
 		(*PushResponse_Answer)(nil),
 		(*PushResponse_Committed)(nil),
 	}
-	file_registry_proto_msgTypes[16].OneofWrappers = []any{
+	file_registry_proto_msgTypes[20].OneofWrappers = []any{
 		(*PullResponse_Manifest)(nil),
 		(*PullResponse_Data)(nil),
 	}
@@ -3094,7 +3499,7 @@ func file_registry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_registry_proto_rawDesc), len(file_registry_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   47,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,6 +36,7 @@ const (
 	Registry_CollectGarbage_FullMethodName = "/buffdb.registry.Registry/CollectGarbage"
 	Registry_Verify_FullMethodName         = "/buffdb.registry.Registry/Verify"
 	Registry_Stats_FullMethodName          = "/buffdb.registry.Registry/Stats"
+	Registry_Fetch_FullMethodName          = "/buffdb.registry.Registry/Fetch"
 )
 
 // RegistryClient is the client API for Registry service.
@@ -81,6 +82,15 @@ type RegistryClient interface {
 	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error)
 	// Stats returns registry-wide gauges.
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
+	// Fetch downloads a Hugging Face Hub repository revision into the registry (what `buffdbd fetch`
+	// does), streaming progress about twice a second; the last message carries the result. The
+	// version is the resolved commit and the revision becomes an alias ('/' mapped to '+'). Errors
+	// carry a google.rpc.ErrorInfo (domain "huggingface.buffdb.dev") whose reason tells them apart:
+	// NOT_FOUND (REPO_NOT_FOUND, REVISION_NOT_FOUND, ENTRY_NOT_FOUND), PERMISSION_DENIED (GATED),
+	// UNAUTHENTICATED (INVALID_TOKEN), RESOURCE_EXHAUSTED (RATE_LIMITED, BUDGET), UNAVAILABLE
+	// (OFFLINE, PROTOCOL), DATA_LOSS (CHECKSUM), FAILED_PRECONDITION (UNSAFE_PATH), INVALID_ARGUMENT
+	// (INVALID_REF).
+	Fetch(ctx context.Context, in *FetchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FetchProgress], error)
 }
 
 type registryClient struct {
@@ -242,6 +252,25 @@ func (c *registryClient) Stats(ctx context.Context, in *StatsRequest, opts ...gr
 	return out, nil
 }
 
+func (c *registryClient) Fetch(ctx context.Context, in *FetchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FetchProgress], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Registry_ServiceDesc.Streams[3], Registry_Fetch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FetchRequest, FetchProgress]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Registry_FetchClient = grpc.ServerStreamingClient[FetchProgress]
+
 // RegistryServer is the server API for Registry service.
 // All implementations must embed UnimplementedRegistryServer
 // for forward compatibility.
@@ -285,6 +314,15 @@ type RegistryServer interface {
 	Verify(context.Context, *VerifyRequest) (*VerifyResponse, error)
 	// Stats returns registry-wide gauges.
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
+	// Fetch downloads a Hugging Face Hub repository revision into the registry (what `buffdbd fetch`
+	// does), streaming progress about twice a second; the last message carries the result. The
+	// version is the resolved commit and the revision becomes an alias ('/' mapped to '+'). Errors
+	// carry a google.rpc.ErrorInfo (domain "huggingface.buffdb.dev") whose reason tells them apart:
+	// NOT_FOUND (REPO_NOT_FOUND, REVISION_NOT_FOUND, ENTRY_NOT_FOUND), PERMISSION_DENIED (GATED),
+	// UNAUTHENTICATED (INVALID_TOKEN), RESOURCE_EXHAUSTED (RATE_LIMITED, BUDGET), UNAVAILABLE
+	// (OFFLINE, PROTOCOL), DATA_LOSS (CHECKSUM), FAILED_PRECONDITION (UNSAFE_PATH), INVALID_ARGUMENT
+	// (INVALID_REF).
+	Fetch(*FetchRequest, grpc.ServerStreamingServer[FetchProgress]) error
 	mustEmbedUnimplementedRegistryServer()
 }
 
@@ -333,6 +371,9 @@ func (UnimplementedRegistryServer) Verify(context.Context, *VerifyRequest) (*Ver
 }
 func (UnimplementedRegistryServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Stats not implemented")
+}
+func (UnimplementedRegistryServer) Fetch(*FetchRequest, grpc.ServerStreamingServer[FetchProgress]) error {
+	return status.Error(codes.Unimplemented, "method Fetch not implemented")
 }
 func (UnimplementedRegistryServer) mustEmbedUnimplementedRegistryServer() {}
 func (UnimplementedRegistryServer) testEmbeddedByValue()                  {}
@@ -564,6 +605,17 @@ func _Registry_Stats_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Registry_Fetch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(FetchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(RegistryServer).Fetch(m, &grpc.GenericServerStream[FetchRequest, FetchProgress]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Registry_FetchServer = grpc.ServerStreamingServer[FetchProgress]
+
 // Registry_ServiceDesc is the grpc.ServiceDesc for Registry service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -627,6 +679,11 @@ var Registry_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Watch",
 			Handler:       _Registry_Watch_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Fetch",
+			Handler:       _Registry_Fetch_Handler,
 			ServerStreams: true,
 		},
 	},

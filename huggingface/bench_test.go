@@ -1,0 +1,172 @@
+package huggingface
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/buffdb/buffdbd/huggingface/hubtest"
+	"github.com/buffdb/buffdbd/registry"
+	"github.com/buffdb/buffdbd/store"
+)
+
+// BenchmarkFetch compares a fetch of one LFS file from the emulator on loopback with curl and
+// aria2c fetching the same URL in the same run, unthrottled and with the CDN throttled per
+// connection (as real CDNs are). The fetch runs in a child process so its peak RSS is its own.
+// Size: $BUFFDBD_BENCH_FETCH_BYTES (default 64 MiB; the figure is 1 GiB). Run with
+//
+//	go test -run '^$' -bench BenchmarkFetch -benchtime 1x ./huggingface/
+//
+// Reported: MB/s of each tool, the ratios, and the fetch's peak RSS. "dl" is download+verify (what
+// curl does); "total" adds publishing into the registry (chunking, hashing, storing).
+func BenchmarkFetch(b *testing.B) {
+	size := int64(64 << 20)
+	if s := os.Getenv("BUFFDBD_BENCH_FETCH_BYTES"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		size = n
+	}
+	const throttle = 50e6 // bytes/s per connection, the throttled setting
+	conc := benchConc()   // aria2c's maximum per server (-x16), for a like-for-like comparison
+	hub := hubtest.New()
+	defer hub.Close()
+	hub.AddRepo("bench/model", hubtest.RepoOptions{})
+	hub.Commit("bench/model", "main", []hubtest.FileSpec{{Path: "model.safetensors", Content: hubtest.Random(42, size), LFS: true}})
+	mb := func(d time.Duration) float64 { return float64(size) / 1e6 / d.Seconds() }
+
+	for i := 0; i < b.N; i++ {
+		for _, limit := range []int64{0, throttle} {
+			hub.Throttle(limit)
+			label := "loopback"
+			if limit > 0 {
+				label = "throttled50MBps"
+			}
+			cf := filepath.Join(b.TempDir(), "f")
+			curl := timeCmd(b, "curl", "-s", "-f", "-o", cf, hub.LFSURL("bench/model", "main", "model.safetensors"))
+			// curl verifies nothing; a fetch always checks sha256. curl followed by sha256sum is
+			// the like-for-like baseline for a verified download.
+			curlSum := curl + timeCmd(b, "sha256sum", cf)
+			aria := timeCmd(b, "aria2c", "-q", "-x16", "-s16", "-k1M", "--file-allocation=none", "--allow-overwrite=true",
+				"-d", b.TempDir(), "-o", "f", hub.LFSURL("bench/model", "main", "model.safetensors"))
+			r := runFetchChild(b, hub.Endpoint(), conc)
+			b.ReportMetric(mb(curl), label+"_curl_MB/s")
+			b.ReportMetric(mb(aria), label+"_aria2c_MB/s")
+			b.ReportMetric(mb(r.Download), label+"_fetch_dl_MB/s")
+			b.ReportMetric(mb(r.Total), label+"_fetch_total_MB/s")
+			b.ReportMetric(curl.Seconds()/r.Download.Seconds(), label+"_dl_x_curl")
+			b.ReportMetric(curlSum.Seconds()/r.Download.Seconds(), label+"_dl_x_curl_sha256sum")
+			b.ReportMetric(aria.Seconds()/r.Download.Seconds(), label+"_dl_x_aria2c")
+			b.ReportMetric(float64(r.MaxRSS)/(1<<20), label+"_fetch_peak_RSS_MiB")
+		}
+	}
+}
+
+func timeCmd(b *testing.B, name string, args ...string) time.Duration {
+	b.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		b.Skipf("%s not installed", name)
+	}
+	start := time.Now()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		b.Fatalf("%s: %v\n%s", name, err, out)
+	}
+	return time.Since(start)
+}
+
+type benchResult struct {
+	Download, Total time.Duration
+	MaxRSS          int64
+}
+
+const benchChildEnv = "BUFFDBD_HF_BENCH_CHILD"
+
+func runFetchChild(b *testing.B, endpoint string, conc int) benchResult {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), benchChildEnv+"="+endpoint+"|"+b.TempDir()+"|"+strconv.Itoa(conc))
+	var out, errw bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errw
+	if err := cmd.Run(); err != nil {
+		b.Fatalf("fetch child: %v\n%s", err, errw.String())
+	}
+	var r benchResult
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		b.Fatalf("fetch child output %q: %v", out.String(), err)
+	}
+	// Maxrss is in KiB on Linux.
+	r.MaxRSS = cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	return r
+}
+
+// benchChild fetches bench/model into a fresh registry and prints its timings as JSON.
+func benchChild(spec string) int {
+	parts := strings.Split(spec, "|")
+	conc, _ := strconv.Atoi(parts[2])
+	ctx := context.Background()
+	db, err := store.Open(ctx, filepath.Join(parts[1], "data"), store.Options{Migrations: registry.Migrations})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer db.Close()
+	reg, err := registry.New(db, registry.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer reg.Close()
+	f, err := New(reg, Options{
+		Client:   ClientOptions{Endpoint: parts[0]},
+		Engine:   EngineOptions{Concurrency: conc},
+		CacheDir: filepath.Join(parts[1], "cache"),
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if p := os.Getenv("BUFFDBD_HF_BENCH_CPUPROFILE"); p != "" {
+		pf, err := os.Create(p)
+		if err == nil {
+			pprof.StartCPUProfile(pf)
+			defer pprof.StopCPUProfile()
+		}
+	}
+	var start, published time.Time
+	_, err = f.Fetch(ctx, Request{Ref: Ref{Repo: "bench/model", Revision: "main"}, OnProgress: func(p Progress) {
+		if p.Phase == "downloading" && start.IsZero() {
+			start = time.Now()
+		}
+		if p.Phase == "publishing" && published.IsZero() {
+			published = time.Now()
+		}
+	}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	json.NewEncoder(os.Stdout).Encode(benchResult{Download: published.Sub(start), Total: time.Since(start)})
+	if os.Getenv("BUFFDBD_HF_BENCH_CPUPROFILE") != "" {
+		pprof.StopCPUProfile()
+	}
+	return 0
+}
+
+func benchConc() int {
+	if n, err := strconv.Atoi(os.Getenv("BUFFDBD_BENCH_FETCH_CONC")); err == nil && n > 0 {
+		return n
+	}
+	return 16
+}
