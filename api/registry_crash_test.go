@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/buffdb/buffdbd/api"
+	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
 	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
 	"github.com/buffdb/buffdbd/registry"
 )
@@ -37,6 +38,9 @@ func TestRegistryHelperProcess(t *testing.T) {
 	}
 	srv := grpc.NewServer()
 	registrypb.RegisterRegistryServer(srv, api.NewRegistry(reg, nil))
+	if os.Getenv("BUFFDBD_TEST_REGISTRY_SINK") != "" {
+		blobpb.RegisterBlobServer(srv, sinkBlob{})
+	}
 	os.Stdout.WriteString("ADDR " + l.Addr().String() + "\n")
 	srv.Serve(l)
 }

@@ -302,8 +302,51 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 	if _, err := out.Seek(offset, io.SeekStart); err != nil {
 		return err
 	}
-	w := io.MultiWriter(out, h)
-	buf := make([]byte, PullPieceSize)
+	// Writing and hashing run on their own goroutines, fed the same read-only pieces in order, so
+	// receiving, writing and hashing use separate cores. Each queue holds at most pullQueue pieces.
+	wq, hq := make(chan []byte, pullQueue), make(chan []byte, pullQueue)
+	werr := make(chan error, 1)
+	go func() {
+		var err error
+		for p := range wq {
+			if err == nil {
+				_, err = out.Write(p)
+			}
+		}
+		werr <- err
+	}()
+	hdone := make(chan struct{})
+	go func() {
+		for p := range hq {
+			h.Write(p)
+		}
+		close(hdone)
+	}()
+	emit := func(p []byte) { wq <- p; hq <- p }
+	err = pullChunks(ctx, f, fileIdx, offset, local, rd, res, progress, emit)
+	close(wq)
+	close(hq)
+	<-hdone
+	if werr := <-werr; err == nil {
+		err = werr
+	}
+	if err != nil {
+		return err
+	}
+	if err := verifySum(h, f); err != nil {
+		_ = os.Remove(partial)
+		return err
+	}
+	return out.Sync()
+}
+
+// pullQueue bounds the pieces (≤1 MiB) waiting for the pull's file writer and hasher.
+const pullQueue = 8
+
+// pullChunks produces f's bytes from offset on, in order: local chunks are read from disk, the
+// others taken from the stream.
+func pullChunks(ctx context.Context, f *File, fileIdx int, offset int64, local map[Digest]localChunk,
+	rd *pieceReader, res *PullResult, progress func(int64), emit func([]byte)) error {
 	var cs int64
 	for _, ch := range f.Chunks {
 		ce := cs + ch.Size
@@ -313,7 +356,7 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 		}
 		from := max(cs, offset)
 		if lc, ok := local[ch.SHA256]; ok {
-			if err := copyLocal(w, lc, from-cs, ce-from, buf); err != nil {
+			if err := copyLocal(lc, from-cs, ce-from, emit); err != nil {
 				return err
 			}
 			res.BytesLocal += ce - from
@@ -333,9 +376,7 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 				return fmt.Errorf("%w: got bytes of file %d at %d, expected file %d at %d", ErrInvalid, d.File, d.Offset, fileIdx, pos)
 			}
 			n := min(int64(len(d.Data)), ce-pos)
-			if _, err := w.Write(d.Data[:n]); err != nil {
-				return err
-			}
+			emit(d.Data[:n]) // a fresh slice per message: safe to share with the writer and hasher
 			d.Data = d.Data[n:]
 			d.Offset += uint64(n)
 			pos += n
@@ -344,11 +385,7 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 		}
 		cs = ce
 	}
-	if err := verifySum(h, f); err != nil {
-		_ = os.Remove(partial)
-		return err
-	}
-	return out.Sync()
+	return nil
 }
 
 func verifySum(h hash.Hash, f *File) error {
@@ -360,15 +397,23 @@ func verifySum(h hash.Hash, f *File) error {
 	return nil
 }
 
-// copyLocal copies n bytes starting skip bytes into a local chunk.
-func copyLocal(w io.Writer, lc localChunk, skip, n int64, buf []byte) error {
+// copyLocal emits n bytes starting skip bytes into a local chunk, in fresh PullPieceSize pieces.
+func copyLocal(lc localChunk, skip, n int64, emit func([]byte)) error {
 	f, err := os.Open(lc.path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	_, err = io.CopyBuffer(w, io.NewSectionReader(f, lc.off+skip, n), buf)
-	return err
+	for done := int64(0); done < n; {
+		k := min(PullPieceSize, n-done)
+		p := make([]byte, k)
+		if _, err := f.ReadAt(p, lc.off+skip+done); err != nil {
+			return fmt.Errorf("read local chunk from %s: %w", lc.path, err)
+		}
+		emit(p)
+		done += k
+	}
+	return nil
 }
 
 func syncDir(dir string) error {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 )
 
 const (
@@ -22,6 +23,8 @@ const (
 	// copyBufSize is the fixed buffer WritePayload streams through: large enough that a multi-GB
 	// payload is written in few syscalls, small enough that many concurrent uploads stay in memory.
 	copyBufSize = 1 << 20
+	// tmpMaxIdle is how long a temp file must sit unmodified before a runtime GC may remove it.
+	tmpMaxIdle = 10 * time.Minute
 )
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
@@ -429,13 +432,19 @@ func (db *DB) collectGarbage(ctx context.Context, atOpen bool) (GCResult, error)
 	}
 	for _, e := range tmps {
 		name := filepath.Join(db.dir, tmpDir, e.Name())
-		db.pend.mu.Lock()
-		busy := db.pend.tmp[name] && !atOpen
-		db.pend.mu.Unlock()
-		if busy {
+		info, err := e.Info()
+		if err != nil {
 			continue
 		}
-		if info, err := e.Info(); err == nil && os.Remove(name) == nil {
+		db.pend.mu.Lock()
+		busy := db.pend.tmp[name]
+		db.pend.mu.Unlock()
+		// At runtime a temp file may have been created a moment ago and not yet registered in
+		// pend.tmp; only files idle for tmpMaxIdle are abandoned for sure. At Open nothing is writing.
+		if !atOpen && (busy || time.Since(info.ModTime()) < tmpMaxIdle) {
+			continue
+		}
+		if os.Remove(name) == nil {
 			res.Files++
 			res.Bytes += info.Size()
 		}
