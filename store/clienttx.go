@@ -259,7 +259,8 @@ func (db *DB) endTx(t *clientTx, commit bool) error {
 			err = fmt.Errorf("commit transaction %q: %w", t.id, mapErr(err))
 			t.conn.ExecContext(ctx, "ROLLBACK")
 		} else {
-			// Still holding writeLock: no other write can re-reference these payloads unseen.
+			// Pins first (see runBatch); removeIfOrphan re-checks pins and rows under the pending lock.
+			t.w.releasePins()
 			db.unlinkUnreferenced(t.w.unrefs)
 		}
 	} else {

@@ -180,3 +180,19 @@ func TestDB_BeginLimits(t *testing.T) {
 		}
 	})
 }
+
+// Close must not wait for an open write transaction's timeout while writes queue behind it.
+func TestDB_CloseWithWriteTxAndQueuedWrites(t *testing.T) {
+	db := openDB(t, store.Options{})
+	tx, _ := db.Begin(ctx, false, time.Hour)
+	db.Set(ctx, tx, "in-tx", "x")
+	done := make(chan error, 1)
+	go func() { done <- db.Set(ctx, "", "queued", "y") }()
+	time.Sleep(20 * time.Millisecond) // let the Set queue behind the transaction
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil && !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("queued Set: %v", err)
+	}
+}

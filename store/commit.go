@@ -166,6 +166,14 @@ func (db *DB) runBatch(batch []*op, results []result) []result {
 		t.releasePins()
 		return fail(fmt.Errorf("commit: %w", mapErr(err)))
 	}
+	// Pins first, so a payload stored and deleted within this batch is not spared by its own pin;
+	// removeIfOrphan re-checks pins and rows, so concurrent writers stay safe.
+	for _, o := range batch {
+		if o.after != nil {
+			o.after()
+			o.after = nil
+		}
+	}
 	t.releasePins()
 	db.unlinkUnreferenced(t.unrefs)
 	return results

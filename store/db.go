@@ -63,7 +63,7 @@ type DB struct {
 	writeLock chan struct{}
 
 	queue   chan *op
-	closeMu sync.RWMutex // guards closed against submits racing Close's close(queue)
+	closeMu sync.RWMutex // submitters hold it shared from their closed check to their send
 	closed  atomic.Bool
 	done    chan struct{} // closed when the committer has exited
 	lock    io.Closer     // the data directory's exclusive process lock
@@ -251,18 +251,17 @@ const readConns = 4
 // Close rolls back open transactions, stops background work and closes the database. Writes already
 // queued are committed first. Methods called after Close fail with ErrClosed.
 func (db *DB) Close() error {
-	db.closeMu.Lock()
-	if db.closed.Load() {
-		db.closeMu.Unlock()
+	if db.closed.Swap(true) {
 		return nil
 	}
-	db.closed.Store(true)
-	db.closeMu.Unlock()
-
 	db.stopJanitor()
 	<-db.janitorDone
+	// Roll back client transactions before waiting for submitters: one of them may hold writeLock,
+	// and a submitter blocked on a full queue waits for the committer, which waits for writeLock.
 	db.rollbackAll()
+	db.closeMu.Lock() // no submitter is between its closed check and its send any more
 	close(db.queue)
+	db.closeMu.Unlock()
 	<-db.done
 	err := db.closeConns()
 	if db.lock != nil {

@@ -170,3 +170,35 @@ func TestDB_Janitor(t *testing.T) {
 		time.Sleep(5 * time.Millisecond) // the janitor removes it; the test times out if it never does
 	}
 }
+
+// A payload stored and deleted within one transaction is unlinked at commit, not left for GC.
+func TestDB_StoreDeleteSameTx(t *testing.T) {
+	db := openDB(t, smallOpts)
+	err := db.Update(ctx, func(tx *store.Tx) error {
+		id, err := tx.StoreBlob(make([]byte, 5000), nil)
+		if err != nil {
+			return err
+		}
+		return tx.DeleteBlob(id)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := payloadFiles(t, db); n != 0 {
+		t.Fatalf("Update: %d payload files left, want 0", n)
+	}
+	tx, _ := db.Begin(ctx, false, 0)
+	id, err := db.StoreBlob(ctx, tx, make([]byte, 6000), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.DeleteBlob(ctx, tx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Commit(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	if n := payloadFiles(t, db); n != 0 {
+		t.Fatalf("client tx: %d payload files left, want 0", n)
+	}
+}

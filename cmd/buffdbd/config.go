@@ -158,11 +158,20 @@ var ErrConfig = errors.New("invalid configuration")
 const exitConfig = 78
 
 // configError is an ErrConfig whose message is only the detail ("registry.max_bytes: must be > 0").
-type configError struct{ err error }
+// key, when set, lets LoadConfig add where the bad value came from.
+type configError struct {
+	key string
+	err error
+}
 
 func (e *configError) Error() string             { return e.err.Error() }
 func (e *configError) Unwrap() []error           { return []error{ErrConfig, e.err} }
-func configErrorf(format string, a ...any) error { return &configError{fmt.Errorf(format, a...)} }
+func configErrorf(format string, a ...any) error { return &configError{err: fmt.Errorf(format, a...)} }
+
+// keyErrorf is a configError about key; the message starts with the key.
+func keyErrorf(key, format string, a ...any) error {
+	return &configError{key: key, err: fmt.Errorf(key+": "+format, a...)}
+}
 
 // Validate reports the first invalid field as an ErrConfig naming its key, e.g.
 // "registry.max_bytes: must be > 0". It expects directories already resolved by LoadConfig but
@@ -172,18 +181,18 @@ func (c Config) Validate() error {
 		func() error {
 			for _, a := range c.GRPC.Listen {
 				if err := checkHostPort(a); err != nil {
-					return configErrorf("grpc.listen: %q: %v", a, err)
+					return keyErrorf("grpc.listen", "%q: %v", a, err)
 				}
 			}
 			if len(c.GRPC.Listen) == 0 && c.GRPC.Socket == socketNone {
-				return configErrorf("grpc.listen: empty and grpc.socket is %q: nothing to serve on", socketNone)
+				return keyErrorf("grpc.listen", "empty and grpc.socket is %q: nothing to serve on", socketNone)
 			}
 			return nil
 		},
 		func() error {
 			// gRPC frames carry a 32-bit length; 4 KiB is below any useful request.
 			if c.GRPC.MaxMessageBytes < 4*KiB || c.GRPC.MaxMessageBytes > 2*GiB-1 {
-				return configErrorf("grpc.max_message_bytes: must be between 4KiB and 2GiB, got %s", c.GRPC.MaxMessageBytes)
+				return keyErrorf("grpc.max_message_bytes", "must be between 4KiB and 2GiB, got %s", c.GRPC.MaxMessageBytes)
 			}
 			return nil
 		},
@@ -192,7 +201,7 @@ func (c Config) Validate() error {
 				return nil
 			}
 			if err := checkHostPort(c.HTTP.Listen); err != nil {
-				return configErrorf("http.listen: %q: %v", c.HTTP.Listen, err)
+				return keyErrorf("http.listen", "%q: %v", c.HTTP.Listen, err)
 			}
 			return nil
 		},
@@ -202,13 +211,13 @@ func (c Config) Validate() error {
 			case "sync", "process":
 				return nil
 			}
-			return configErrorf("store.durability: must be \"sync\" or \"process\", got %q", c.Store.Durability)
+			return keyErrorf("store.durability", "must be \"sync\" or \"process\", got %q", c.Store.Durability)
 		},
 		func() error { return positive("store.max_open_tx", c.Store.MaxOpenTx) },
 		func() error { return positive("store.default_tx_timeout", c.Store.DefaultTxTimeout) },
 		func() error {
 			if c.Store.MaxTxTimeout < c.Store.DefaultTxTimeout {
-				return configErrorf("store.max_tx_timeout: must be >= store.default_tx_timeout (%s), got %s",
+				return keyErrorf("store.max_tx_timeout", "must be >= store.default_tx_timeout (%s), got %s",
 					c.Store.DefaultTxTimeout, c.Store.MaxTxTimeout)
 			}
 			return nil
@@ -220,21 +229,21 @@ func (c Config) Validate() error {
 		func() error {
 			u, err := url.Parse(c.HuggingFace.Endpoint)
 			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return configErrorf("huggingface.endpoint: must be an http(s) URL, got %q", c.HuggingFace.Endpoint)
+				return keyErrorf("huggingface.endpoint", "must be an http(s) URL, got %q", c.HuggingFace.Endpoint)
 			}
 			return nil
 		},
 		func() error {
 			// More parallel files than this only adds connection overhead on one uplink.
 			if c.HuggingFace.Concurrency < 1 || c.HuggingFace.Concurrency > 64 {
-				return configErrorf("huggingface.concurrency: must be between 1 and 64, got %d", c.HuggingFace.Concurrency)
+				return keyErrorf("huggingface.concurrency", "must be between 1 and 64, got %d", c.HuggingFace.Concurrency)
 			}
 			return nil
 		},
 		func() error { return notNegative("huggingface.rate_limit", c.HuggingFace.RateLimit) },
 		func() error {
 			if _, err := parseLevel(c.Log.Level); err != nil {
-				return configErrorf("log.level: %v", err)
+				return keyErrorf("log.level", "%v", err)
 			}
 			return nil
 		},
@@ -243,7 +252,7 @@ func (c Config) Validate() error {
 			case "auto", "text", "json", "journald":
 				return nil
 			}
-			return configErrorf("log.format: must be auto, text, json or journald, got %q", c.Log.Format)
+			return keyErrorf("log.format", "must be auto, text, json or journald, got %q", c.Log.Format)
 		},
 	} {
 		if err := check(); err != nil {
@@ -255,14 +264,14 @@ func (c Config) Validate() error {
 
 func positive[T int | ByteSize | time.Duration](key string, v T) error {
 	if v <= 0 {
-		return configErrorf("%s: must be > 0, got %v", key, v)
+		return keyErrorf(key, "must be > 0, got %v", v)
 	}
 	return nil
 }
 
 func notNegative[T int | ByteSize | time.Duration](key string, v T) error {
 	if v < 0 {
-		return configErrorf("%s: must be >= 0, got %v", key, v)
+		return keyErrorf(key, "must be >= 0, got %v", v)
 	}
 	return nil
 }

@@ -219,6 +219,14 @@ func LoadConfig(fs *pflag.FlagSet) (cfg Config, file string, warnings []string, 
 		}
 	}
 	if err := cfg.Validate(); err != nil {
+		var ce *configError
+		if errors.As(err, &ce) && ce.key != "" {
+			for _, k := range configKeys {
+				if src := source(v, fs, k, file); k.name == ce.key && src != "default" {
+					err = &configError{key: ce.key, err: fmt.Errorf("%w (from %s)", ce.err, src)}
+				}
+			}
+		}
 		return cfg, file, warnings, err
 	}
 	return cfg, file, warnings, nil

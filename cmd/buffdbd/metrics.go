@@ -14,6 +14,7 @@ import (
 	indexpb "github.com/buffdb/buffdbd/api/proto/indexpb"
 	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
 	querypb "github.com/buffdb/buffdbd/api/proto/querypb"
+	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
 	"github.com/buffdb/buffdbd/store"
 )
 
@@ -67,7 +68,7 @@ func (m *metrics) streamInterceptor() grpc.StreamServerInterceptor {
 // series on first use.
 var servedServices = []*grpc.ServiceDesc{
 	&kvpb.Kv_ServiceDesc, &blobpb.Blob_ServiceDesc, &querypb.Query_ServiceDesc, &indexpb.Index_ServiceDesc,
-	&healthpb.Health_ServiceDesc,
+	&registrypb.Registry_ServiceDesc, &healthpb.Health_ServiceDesc,
 }
 
 // serviceInfo turns service descriptors into what grpc.Server.GetServiceInfo reports.

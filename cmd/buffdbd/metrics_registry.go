@@ -7,8 +7,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/buffdb/buffdbd/huggingface"
 	"github.com/buffdb/buffdbd/registry"
 )
+
+var _ huggingface.Observer = (*fetchMetrics)(nil)
 
 // registryResults are the result labels registry.Metrics promises; anything else is counted as
 // "error" so a future label cannot grow cardinality unnoticed.

@@ -221,7 +221,11 @@ func (m *Main) Open(ctx context.Context) (err error) {
 	m.Logger.Info("buffdbd serving", "data_dir", m.Config.DataDir, "addrs", addrStrings(m.addrs),
 		"http", addrString(m.httpAddr))
 	// Every listener is bound and serving: only now may systemd consider the unit started.
-	m.systemd.ready(fmt.Sprintf("serving on %s", strings.Join(addrStrings(m.addrs), ", ")))
+	status := "serving gRPC on " + strings.Join(addrStrings(m.addrs), ", ")
+	if m.httpAddr != nil {
+		status += "; HTTP on " + m.httpAddr.String()
+	}
+	m.systemd.ready(status)
 	m.systemd.startWatchdog(m.readiness)
 	if m.OnReady != nil {
 		m.OnReady()

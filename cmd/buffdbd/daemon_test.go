@@ -1,0 +1,443 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
+)
+
+// testVersion and testCommit are linked into a binary to check `buffdbd version`.
+const (
+	testVersion = "v0.0.0-test"
+	testCommit  = "0123456789abcdef"
+)
+
+// buildVersioned builds cmd/buffdbd with release-style ldflags into dir.
+func buildVersioned(t testing.TB, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "buffdbd")
+	cmd := exec.Command("go", "build", "-ldflags",
+		"-X main.version="+testVersion+" -X main.commit="+testCommit, "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// notifyListener is a real sd_notify socket: it collects the datagrams a daemon sends.
+type notifyListener struct {
+	path string
+	conn *net.UnixConn
+	msgs chan string
+}
+
+func listenNotify(t testing.TB) *notifyListener {
+	t.Helper()
+	// A short directory: sun_path holds 107 bytes and t.TempDir() paths can be long.
+	dir, err := os.MkdirTemp("", "sdn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	n := &notifyListener{path: filepath.Join(dir, "notify"), msgs: make(chan string, 64)}
+	n.conn, err = net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.conn.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := n.conn.Read(buf)
+			if err != nil {
+				close(n.msgs)
+				return
+			}
+			n.msgs <- string(buf[:k])
+		}
+	}()
+	return n
+}
+
+// waitFor returns the first datagram starting with prefix. The timeout only ends a broken test.
+func (n *notifyListener) waitFor(t testing.TB, prefix string, exited <-chan struct{}) string {
+	t.Helper()
+	timeout := time.After(60 * time.Second)
+	for {
+		select {
+		case m, ok := <-n.msgs:
+			if !ok {
+				t.Fatalf("notify socket closed before %q", prefix)
+			}
+			if strings.HasPrefix(m, prefix) {
+				return m
+			}
+		case <-exited:
+			t.Fatalf("daemon exited before sending %q", prefix)
+		case <-timeout:
+			t.Fatalf("no %q from the daemon", prefix)
+		}
+	}
+}
+
+// opsProc is a running `buffdbd run` child process.
+type opsProc struct {
+	cmd      *exec.Cmd
+	notify   *notifyListener
+	stderr   *bytes.Buffer
+	exited   chan struct{}
+	exitErr  error
+	grpcAddr string
+	httpAddr string
+}
+
+// cleanEnv is the test's environment without variables that would configure the daemon.
+func cleanEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		switch {
+		case strings.HasPrefix(name, envPrefix), name == "NOTIFY_SOCKET", name == "WATCHDOG_USEC",
+			name == "WATCHDOG_PID", strings.HasSuffix(name, "_DIRECTORY"), name == "JOURNAL_STREAM":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, extra...)
+}
+
+// startDaemon runs the built binary on loopback ports chosen by the kernel and waits for READY=1,
+// whose STATUS names the bound addresses.
+func startOpsDaemon(t testing.TB, args ...string) *opsProc {
+	t.Helper()
+	bin := buffdbdBin
+	dir := t.TempDir()
+	n := listenNotify(t)
+	d := &opsProc{notify: n, stderr: &bytes.Buffer{}, exited: make(chan struct{})}
+	d.cmd = exec.Command(bin, append([]string{"run", "--config", os.DevNull, "--data-dir", filepath.Join(dir, "data"),
+		"--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--socket", "none", "--log-format", "json"}, args...)...)
+	d.cmd.Env = cleanEnv("NOTIFY_SOCKET="+n.path, "HOME="+dir)
+	d.cmd.Stderr = &lockedWriter{w: d.stderr}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exitErr = d.cmd.Wait(); close(d.exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-d.exited:
+		default:
+			d.cmd.Process.Kill()
+			<-d.exited
+		}
+	})
+	ready := n.waitFor(t, "READY=1", d.exited)
+	// STATUS=serving gRPC on 127.0.0.1:NNN; HTTP on 127.0.0.1:MMM
+	_, status, _ := strings.Cut(ready, "STATUS=")
+	if _, err := fmt.Sscanf(strings.NewReplacer(";", " ", ",", " ").Replace(status),
+		"serving gRPC on %s HTTP on %s", &d.grpcAddr, &d.httpAddr); err != nil {
+		t.Fatalf("READY status %q: %v", status, err)
+	}
+	return d
+}
+
+// wait waits for the daemon to exit and returns its exit code. The bound only ends a broken test.
+func (d *opsProc) wait(t testing.TB) int {
+	t.Helper()
+	select {
+	case <-d.exited:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("daemon did not exit; stderr:\n%s", d.stderr)
+	}
+	var ee *exec.ExitError
+	if errors.As(d.exitErr, &ee) {
+		return ee.ExitCode()
+	}
+	if d.exitErr != nil {
+		t.Fatal(d.exitErr)
+	}
+	return 0
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func dialGRPC(t testing.TB, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// setOnStream sends one Set on an open stream and waits for its answer.
+func setOnStream(t testing.TB, s grpc.BidiStreamingClient[kvpb.SetRequest, kvpb.SetResponse], key string) {
+	t.Helper()
+	if err := s.Send(&kvpb.SetRequest{Key: key, Value: "v"}); err != nil {
+		t.Fatalf("send %s: %v", key, err)
+	}
+	resp, err := s.Recv()
+	if err != nil {
+		t.Fatalf("recv %s: %v", key, err)
+	}
+	if resp.GetKey() != key {
+		t.Fatalf("got key %q, want %q", resp.GetKey(), key)
+	}
+}
+
+func TestRun_GracefulShutdown(t *testing.T) {
+	d := startOpsDaemon(t)
+	conn := dialGRPC(t, d.grpcAddr)
+	kv := kvpb.NewKvClient(conn)
+
+	stream, err := kv.Set(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	setOnStream(t, stream, "before-sigterm")
+
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	d.notify.waitFor(t, "STOPPING=1", d.exited)
+
+	// The in-flight stream keeps working while the server drains, then ends cleanly.
+	setOnStream(t, stream, "during-drain")
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Fatalf("stream end: got %v, want EOF", err)
+	}
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit code %d, want 0; stderr:\n%s", code, d.stderr)
+	}
+	if !strings.Contains(d.stderr.String(), `"msg":"stopped cleanly"`) {
+		t.Fatalf("no clean-stop log line; stderr:\n%s", d.stderr)
+	}
+}
+
+func TestRun_SecondSignalExitsAtOnce(t *testing.T) {
+	// A long shutdown timeout: only the second signal can end the drain early.
+	d := startOpsDaemon(t, "--shutdown-timeout", "1h")
+	stream, err := kvpb.NewKvClient(dialGRPC(t, d.grpcAddr)).Set(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	setOnStream(t, stream, "held-open")
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.notify.waitFor(t, "STOPPING=1", d.exited)
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.wait(t); code == 0 {
+		t.Fatalf("exit code 0 after a forced exit; stderr:\n%s", d.stderr)
+	}
+	if !strings.Contains(d.stderr.String(), "second signal") {
+		t.Fatalf("stderr lacks the second-signal message:\n%s", d.stderr)
+	}
+}
+
+func TestRun_ConfigErrorExit78(t *testing.T) {
+	bin := buffdbdBin
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  []string
+		want string
+	}{
+		{"Env", []string{"run"}, []string{"BUFFDBD_REGISTRY_MAX_BYTES=0"}, "buffdbd: configuration: registry.max_bytes: must be > 0, got 0 (from environment BUFFDBD_REGISTRY_MAX_BYTES)\n"},
+		{"Flag", []string{"run", "--http-listen", "nohost"}, nil, "buffdbd: configuration: http.listen: \"nohost\": must be host:port (from flag --http-listen)\n"},
+		{"ConfigCheck", []string{"config", "check", "--durability", "fast"}, nil,
+			"buffdbd: configuration: store.durability: must be \"sync\" or \"process\", got \"fast\" (from flag --durability)\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(bin, append(tc.args, "--config", os.DevNull)...)
+			cmd.Env = cleanEnv(append(tc.env, "HOME="+t.TempDir())...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != exitConfig {
+				t.Fatalf("got %v, want exit %d; stderr: %s", err, exitConfig, stderr.String())
+			}
+			if stderr.String() != tc.want {
+				t.Fatalf("stderr:\n got %q\nwant %q", stderr.String(), tc.want)
+			}
+		})
+	}
+}
+
+func TestVersionCommand(t *testing.T) {
+	out, err := exec.Command(buildVersioned(t, t.TempDir()), "version").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("buffdbd %s\ncommit  %s\ngo      %s ", testVersion, testCommit, goVersion())
+	if !strings.HasPrefix(string(out), want) {
+		t.Fatalf("got %q, want prefix %q", out, want)
+	}
+}
+
+func goVersion() string { return readBuildInfo().GoVersion }
+
+// newTestMain opens the real daemon wiring in-process on 127.0.0.1:0 with a fresh data directory.
+func newTestMain(t testing.TB, mutate func(*Config)) *Main {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.GRPC.Listen = []string{"127.0.0.1:0"}
+	cfg.GRPC.Socket = socketNone
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	m := NewMain(cfg, discardLogger())
+	if err := m.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(context.Background()) })
+	return m
+}
+
+func tcpAddr(m *Main) string {
+	for _, a := range m.Addrs() {
+		if a.Network() == "tcp" {
+			return a.String()
+		}
+	}
+	return ""
+}
+
+func TestMain_LifecycleHealthMetrics(t *testing.T) {
+	n := listenNotify(t)
+	t.Setenv("NOTIFY_SOCKET", n.path)
+	m := newTestMain(t, nil)
+	n.waitFor(t, "READY=1", nil)
+
+	conn := dialGRPC(t, tcpAddr(m))
+	hc := healthpb.NewHealthClient(conn)
+	resp, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", resp, err)
+	}
+	base := "http://" + m.HTTPAddr().String()
+	if code, _ := get(t, base+"/readyz"); code != 200 {
+		t.Fatalf("/readyz: %d", code)
+	}
+
+	// Traffic, so the per-method series carry values.
+	stream, err := kvpb.NewKvClient(conn).Set(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		setOnStream(t, stream, fmt.Sprintf("k%d", i))
+	}
+	stream.CloseSend()
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Fatal(err)
+	}
+
+	_, body := get(t, base+"/metrics")
+	for _, want := range []string{
+		"buffdbd_store_keys 3\n",
+		"buffdbd_store_database_bytes ",
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="Set",grpc_service="buffdb.kv.Kv",grpc_type="bidi_stream"} 1`,
+		`grpc_server_msg_received_total{grpc_method="Set",grpc_service="buffdb.kv.Kv",grpc_type="bidi_stream"} 3`,
+		`grpc_server_started_total{grpc_method="Get",grpc_service="buffdb.blob.Blob",grpc_type="bidi_stream"} 0`,
+		`buffdbd_build_info{`,
+		"buffdbd_registry_versions 0\n",
+		"buffdbd_registry_max_bytes 2.147483648e+10\n",
+		`buffdbd_registry_pushes_total{result="ok"} 0`,
+		`grpc_server_started_total{grpc_method="Pull",grpc_service="buffdb.registry.Registry"`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	problems, err := testutil.GatherAndLint(m.metrics.registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+
+	// Shutdown: a Watch stream sees NOT_SERVING, systemd gets STOPPING=1, /readyz fails while draining.
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	watch, err := hc.Watch(wctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := watch.Recv(); err != nil || st.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("watch: %v %v", st, err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- m.Close(context.Background()) }()
+	n.waitFor(t, "STOPPING=1", nil)
+	if st, err := watch.Recv(); err != nil || st.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("watch during shutdown: %v %v", st, err)
+	}
+	wcancel() // the watcher goes away; the drain can finish
+	if err := <-closed; err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
+func TestMain_MetricsDisabled(t *testing.T) {
+	m := newTestMain(t, func(c *Config) { c.HTTP.Listen = "" })
+	if m.HTTPAddr() != nil || m.metrics != nil {
+		t.Fatalf("http.listen empty, yet HTTP %v metrics %v", m.HTTPAddr(), m.metrics)
+	}
+	resp, err := healthpb.NewHealthClient(dialGRPC(t, tcpAddr(m))).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", resp, err)
+	}
+}
+
+func TestMain_HTTPPortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := DefaultConfig()
+	cfg.DataDir, cfg.GRPC.Listen, cfg.GRPC.Socket, cfg.HTTP.Listen = t.TempDir(), []string{"127.0.0.1:0"}, socketNone, ln.Addr().String()
+	m := NewMain(cfg, discardLogger())
+	err = m.Open(context.Background())
+	if err == nil {
+		m.Close(context.Background())
+		t.Fatal("want an error for a busy http.listen port")
+	}
+	if !strings.Contains(err.Error(), "http.listen") {
+		t.Fatalf("error does not name the key: %v", err)
+	}
+}
