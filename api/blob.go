@@ -20,7 +20,7 @@ func (s *blobService) Get(stream grpc.BidiStreamingServer[blobpb.GetRequest, blo
 	r := newReader()
 	return serveBidi(s.service, "blob.Get", stream,
 		func(ctx context.Context, req *blobpb.GetRequest) func(context.Context) (*blobpb.GetResponse, error) {
-			return start(r, func() (*blobpb.GetResponse, error) {
+			return readAsync(r, func() (*blobpb.GetResponse, error) {
 				b, err := s.db.GetBlob(ctx, req.GetTransactionId(), req.GetId())
 				if err != nil {
 					return nil, err

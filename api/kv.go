@@ -26,7 +26,7 @@ func (s *kvService) Get(stream grpc.BidiStreamingServer[kvpb.GetRequest, kvpb.Ge
 	r := newReader()
 	return serveBidi(s.service, "kv.Get", stream,
 		func(ctx context.Context, req *kvpb.GetRequest) func(context.Context) (*kvpb.GetResponse, error) {
-			return start(r, func() (*kvpb.GetResponse, error) {
+			return readAsync(r, func() (*kvpb.GetResponse, error) {
 				v, err := s.db.Get(ctx, req.GetTransactionId(), req.GetKey())
 				if err != nil {
 					return nil, err
