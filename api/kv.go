@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"fmt"
 	"io"
 	"time"
 
@@ -162,7 +161,7 @@ func (s *kvService) BeginTransaction(ctx context.Context, req *kvpb.BeginTransac
 // expired transaction) — never success=false, so a client checking either signal is right.
 func (s *kvService) CommitTransaction(ctx context.Context, req *kvpb.CommitTransactionRequest) (*kvpb.CommitTransactionResponse, error) {
 	if err := s.db.Commit(ctx, req.GetTransactionId()); err != nil {
-		return nil, s.status("kv.CommitTransaction", fmt.Errorf("commit transaction %q: %w", req.GetTransactionId(), err))
+		return nil, s.status("kv.CommitTransaction", err) // the store's message names the transaction
 	}
 	return &kvpb.CommitTransactionResponse{Success: true}, nil
 }
@@ -170,7 +169,7 @@ func (s *kvService) CommitTransaction(ctx context.Context, req *kvpb.CommitTrans
 // RollbackTransaction reports success=true, or an error status like CommitTransaction.
 func (s *kvService) RollbackTransaction(ctx context.Context, req *kvpb.RollbackTransactionRequest) (*kvpb.RollbackTransactionResponse, error) {
 	if err := s.db.Rollback(ctx, req.GetTransactionId()); err != nil {
-		return nil, s.status("kv.RollbackTransaction", fmt.Errorf("roll back transaction %q: %w", req.GetTransactionId(), err))
+		return nil, s.status("kv.RollbackTransaction", err)
 	}
 	return &kvpb.RollbackTransactionResponse{Success: true}, nil
 }
