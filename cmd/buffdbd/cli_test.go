@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -272,5 +273,33 @@ func TestResolveDataDir(t *testing.T) {
 				t.Fatalf("resolveDataDir(%q) = %q, %v; want %q", tc.flag, got, err, tc.want)
 			}
 		})
+	}
+}
+
+func TestCLI_BenchStore(t *testing.T) {
+	r := must(t, exitOK, "", "--data-dir", t.TempDir(), "bench", "store", "--keys", "200", "--blobs", "3", "--blob-size", "20000")
+	for _, want := range []string{"KV Set", "KV Get", "raw file write+fsync", "Blob Store", "Blob Get", "x raw"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Fatalf("bench output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+}
+
+// TestCLI_ParallelWithoutDaemon: commands run at once on one data directory take turns on the
+// store's lock instead of failing.
+func TestCLI_ParallelWithoutDaemon(t *testing.T) {
+	dir := t.TempDir()
+	const n = 4
+	codes := make(chan cliResult, n)
+	for i := range n {
+		go func() { codes <- runLine(t, "", "--data-dir", dir, "kv", "set", fmt.Sprint("p", i), "v") }()
+	}
+	for range n {
+		if r := <-codes; r.code != exitOK {
+			t.Fatalf("parallel kv set: exit %d: %s", r.code, r.stderr)
+		}
+	}
+	for i := range n {
+		must(t, exitOK, "", "--data-dir", dir, "kv", "get", fmt.Sprint("p", i))
 	}
 }
