@@ -525,16 +525,27 @@ func TestRegistry_GCAndVerify(t *testing.T) {
 	src := t.TempDir()
 	writeFiles(t, src, map[string][]byte{"m.bin": randBytes(71, 24<<20)})
 	push(t, e, src, "g", "v1")
-	// An abandoned push of different content leaves durable chunks pinned to its session.
-	src2 := t.TempDir()
-	writeFiles(t, src2, map[string][]byte{"m.bin": randBytes(72, 24<<20)})
-	cctx, cancel := context.WithCancel(ctx)
-	e.client.Push(cctx, src2, registry.PushOptions{Info: registry.ModelInfo{Name: "g", Version: "v2"},
-		Progress: func(done, total int64) {
-			if done > total/2 {
-				cancel()
-			}
-		}})
+	// An abandoned push of different content leaves durable chunks pinned to its session. It is
+	// driven through the Go API so that it has fully ended (writers done) before GC runs.
+	up, err := e.reg.OpenUpload(ctx, registry.ModelInfo{Name: "g", Version: "v2"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan := randBytes(72, 3<<20)
+	if err := up.BeginFile("m.bin", 24<<20); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		piece := orphan[i<<20 : (i+1)<<20]
+		need, err := up.Offer(ctx, sha256.Sum256(piece), int64(len(piece)))
+		if err != nil || !need {
+			t.Fatalf("offer: %v, %v", need, err)
+		}
+		if err := up.Write(piece); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up.Close()
 	st, _ := e.reg.Stats(ctx)
 	if st.SessionsOpen != 1 {
 		t.Fatalf("%d sessions open after an abandoned push", st.SessionsOpen)

@@ -38,6 +38,9 @@ type Options struct {
 	CacheDir string
 	Observer Observer
 	Logger   *slog.Logger
+	// Offline makes every fetch resolve from the registry only, as Request.Offline does (a device
+	// configured never to contact the Hub).
+	Offline bool
 	// ProgressInterval is how often Request.OnProgress is called while downloading. Default 500ms:
 	// smooth enough for a progress bar, rare enough to be free.
 	ProgressInterval time.Duration
@@ -146,10 +149,18 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	}
 	report(Progress{Phase: "resolving"})
 
-	if req.Offline {
+	if req.Offline || f.o.Offline {
 		return f.fromCache(ctx, ref, res, alias, hasAlias, nil, report)
 	}
-	info, err := f.client.Revision(ctx, ref.Repo, ref.Revision)
+	// When the registry already has this revision, an unreachable Hub should fall back to it after a
+	// couple of attempts, not after the full retry budget (minutes) meant for downloads.
+	resolver := f.client
+	if cached, _ := f.cachedVersion(ctx, ref, alias, hasAlias); cached != "" {
+		quick := *f.client
+		quick.backoff.Attempts = min(quick.backoff.Attempts, 2)
+		resolver = &quick
+	}
+	info, err := resolver.Revision(ctx, ref.Repo, ref.Revision)
 	if err != nil {
 		if errors.Is(err, ErrOffline) {
 			return f.fromCache(ctx, ref, res, alias, hasAlias, err, report)
@@ -263,21 +274,9 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 
 // fromCache serves a fetch from the registry alone (offline, or the Hub unreachable).
 func (f *Fetcher) fromCache(ctx context.Context, ref Ref, res Result, alias string, hasAlias bool, netErr error, report func(Progress)) (Result, error) {
-	var version string
-	if IsCommit(ref.Revision) {
-		ok, err := f.reg.HasVersion(ctx, ref.Repo, ref.Revision)
-		if err != nil {
-			return res, err
-		}
-		if ok {
-			version = ref.Revision
-		}
-	} else if hasAlias {
-		v, err := f.reg.ResolveAlias(ctx, ref.Repo, alias)
-		if err != nil && !errors.Is(err, registry.ErrNotFound) {
-			return res, err
-		}
-		version = v
+	version, err := f.cachedVersion(ctx, ref, alias, hasAlias)
+	if err != nil {
+		return res, err
 	}
 	if version == "" {
 		if netErr != nil {
@@ -291,6 +290,25 @@ func (f *Fetcher) fromCache(ctx context.Context, ref Ref, res Result, alias stri
 	res.Version, res.AlreadyHad, res.Offline = version, true, true
 	report(Progress{Phase: "done", Commit: version})
 	return res, nil
+}
+
+// cachedVersion returns the registry version ref's revision resolves to without the network, or "".
+func (f *Fetcher) cachedVersion(ctx context.Context, ref Ref, alias string, hasAlias bool) (string, error) {
+	if IsCommit(ref.Revision) {
+		ok, err := f.reg.HasVersion(ctx, ref.Repo, ref.Revision)
+		if err != nil || !ok {
+			return "", err
+		}
+		return ref.Revision, nil
+	}
+	if !hasAlias {
+		return "", nil
+	}
+	v, err := f.reg.ResolveAlias(ctx, ref.Repo, alias)
+	if errors.Is(err, registry.ErrNotFound) {
+		return "", nil
+	}
+	return v, err
 }
 
 // downloadAll runs the engine over tasks, files in parallel, reporting progress periodically.

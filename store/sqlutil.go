@@ -21,6 +21,9 @@ type querier interface {
 	queryRow(ctx context.Context, q string, args ...any) scanner
 }
 
+// maxCachedStmts bounds a stmtCache: the store's own statements number a few dozen.
+const maxCachedStmts = 512
+
 // stmtCache prepares statements on a *sql.DB (statements follow the pool's connections) or a
 // *sql.Conn (statements bound to that connection).
 type stmtCache struct {
@@ -41,6 +44,14 @@ func (c *stmtCache) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
 	defer c.mu.Unlock()
 	if s, ok := c.stmts[q]; ok {
 		return s, nil
+	}
+	if len(c.stmts) >= maxCachedStmts {
+		// Layered packages may build queries dynamically; start over rather than grow without bound.
+		// Closing a statement with open rows is deferred by database/sql until the rows close.
+		for k, s := range c.stmts {
+			s.Close()
+			delete(c.stmts, k)
+		}
 	}
 	s, err := c.prep(ctx, q)
 	if err != nil {

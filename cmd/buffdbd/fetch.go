@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,9 +19,10 @@ import (
 	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
 
+	"github.com/buffdb/buffdbd/api"
+	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
 	"github.com/buffdb/buffdbd/huggingface"
 	"github.com/buffdb/buffdbd/registry"
-	"github.com/buffdb/buffdbd/store"
 )
 
 // Exit codes of `buffdbd fetch`, documented in the README. They start at 10 to stay clear of the
@@ -57,7 +59,6 @@ func (e fetchError) Hint() string { return e.hint }
 type fetchFlags struct {
 	include, exclude []string
 	token, endpoint  string
-	cacheDir         string
 	concurrency      int
 	maxRate          string
 	offline, jsonOut bool
@@ -89,7 +90,6 @@ Exit codes: 10 repository not found, 11 revision not found, 12 file not found (o
 	fl.StringArrayVar(&f.exclude, "exclude", nil, "skip files matching this glob (repeatable)")
 	fl.StringVar(&f.token, "token", "", "Hugging Face token (default $HF_TOKEN, then $HUGGING_FACE_HUB_TOKEN)")
 	fl.StringVar(&f.endpoint, "endpoint", "", "Hub URL (default $HF_ENDPOINT, else "+huggingface.DefaultEndpoint+")")
-	fl.StringVar(&f.cacheDir, "cache-dir", "", "where partial downloads live until published (default <cache_dir>/hf)")
 	fl.IntVar(&f.concurrency, "concurrency", 8, "parallel connections, files and byte ranges of large files (default huggingface.concurrency)")
 	fl.StringVar(&f.maxRate, "max-rate", "", "bandwidth limit in bytes per second, e.g. 5MB, 500KiB (default unlimited)")
 	fl.BoolVar(&f.offline, "offline", false, "never touch the network: succeed only if the revision is already in the registry (also $HF_HUB_OFFLINE=1)")
@@ -105,86 +105,68 @@ func runFetch(cmd *cobra.Command, g *globalFlags, f *fetchFlags, arg string) err
 	if _, err := huggingface.NewFilter(f.include, f.exclude); err != nil {
 		return usagef("--include/--exclude: %v", err)
 	}
-	cfg, _, _, err := LoadConfig(cmd.Flags())
-	if err != nil {
-		return err
+	req := &registrypb.FetchRequest{
+		Repo: ref.Repo, Revision: ref.Revision, Include: f.include, Exclude: f.exclude,
+		// Only what this command line says; the daemon fills the rest from its configuration.
+		// Precedence as huggingface_hub users expect: flag, HF_TOKEN, HUGGING_FACE_HUB_TOKEN.
+		Token:    firstNonEmpty(f.token, os.Getenv("HF_TOKEN"), os.Getenv("HUGGING_FACE_HUB_TOKEN")),
+		Endpoint: firstNonEmpty(f.endpoint, os.Getenv("HF_ENDPOINT")),
+		Offline:  f.offline || isTruthy(os.Getenv("HF_HUB_OFFLINE")),
 	}
-	if g.dataDir != "" {
-		cfg.DataDir = g.dataDir
-	}
-	if err := cfg.resolveDirs(); err != nil {
-		return err
-	}
-	hf := cfg.HuggingFace
-	concurrency := hf.Concurrency
 	if cmd.Flags().Changed("concurrency") {
-		concurrency = f.concurrency
+		if f.concurrency < 1 || f.concurrency > 256 {
+			return usagef("--concurrency: must be between 1 and 256, got %d", f.concurrency)
+		}
+		req.Concurrency = uint32(f.concurrency)
 	}
-	if concurrency < 1 || concurrency > 256 {
-		return usagef("--concurrency: must be between 1 and 256, got %d", concurrency)
-	}
-	rate := int64(hf.RateLimit)
 	if f.maxRate != "" {
-		if rate, err = parseRate(f.maxRate); err != nil {
+		rate, err := parseRate(f.maxRate)
+		if err != nil {
 			return usagef("--max-rate: %v", err)
 		}
+		req.MaxRate = uint64(rate)
 	}
-	cfgToken := hf.Token
-	if cfgToken == "" && hf.TokenFile != "" {
-		b, err := os.ReadFile(hf.TokenFile)
-		if err != nil {
-			return fmt.Errorf("huggingface.token_file: %w", err)
+	if req.Endpoint != "" {
+		if _, err := huggingface.NewClient(huggingface.ClientOptions{Endpoint: req.Endpoint}); err != nil {
+			return usagef("--endpoint: %v", err)
 		}
-		cfgToken = strings.TrimSpace(string(b))
 	}
-	// Precedence as huggingface_hub users expect: flag, HF_TOKEN, HUGGING_FACE_HUB_TOKEN, config.
-	token := firstNonEmpty(f.token, os.Getenv("HF_TOKEN"), os.Getenv("HUGGING_FACE_HUB_TOKEN"), cfgToken)
-	endpoint := firstNonEmpty(f.endpoint, os.Getenv("HF_ENDPOINT"), hf.Endpoint, huggingface.DefaultEndpoint)
-	offline := f.offline || hf.Offline || isTruthy(os.Getenv("HF_HUB_OFFLINE"))
-
-	dir := cfg.DataDir
-	if sock := socketPath(cfg); sock != "" && daemonAnswers(sock) {
-		// TODO(hf): use the Fetch RPC once it is on the registry service.
-		return fmt.Errorf("a buffdbd daemon is serving %s; stop it to fetch, or fetch on another data directory", dir)
-	}
-	ctx := cmd.Context()
-	log := g.logger(cmd)
-	db, err := openFetchStore(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("open store in %s: %w", dir, err)
-	}
-	defer db.Close()
-	reg, err := registry.New(db, registry.Options{MaxBytes: int64(cfg.Registry.MaxBytes), Logger: log})
+	// A running daemon does the fetch (it owns the store); else an in-process server does.
+	cc, err := dial(cmd, g)
 	if err != nil {
 		return err
 	}
-	defer reg.Close()
-	cacheDir := f.cacheDir
-	if cacheDir == "" {
-		cacheDir = filepath.Join(cfg.CacheDir, "hf")
-	}
-	fetcher, err := huggingface.New(reg, huggingface.Options{
-		Client:   huggingface.ClientOptions{Endpoint: endpoint, Token: token, UserAgent: "buffdbd-fetch"},
-		Engine:   huggingface.EngineOptions{Concurrency: concurrency, MaxRate: rate},
-		CacheDir: cacheDir,
-		Logger:   log,
-	})
+	defer cc.Close()
+	stream, err := registrypb.NewRegistryClient(cc).Fetch(cmd.Context(), req)
 	if err != nil {
-		return usagef("--endpoint: %v", err)
+		return classifyFetchError(api.FetchErrorFromStatus(err), ref, req.Token != "")
 	}
 	out := cmd.OutOrStdout()
 	prog := newFetchProgress(cmd.ErrOrStderr(), out, f.jsonOut)
-	res, err := fetcher.Fetch(ctx, huggingface.Request{
-		Ref: ref, Include: f.include, Exclude: f.exclude, Offline: offline, OnProgress: prog.update,
-	})
+	var res *registrypb.FetchResult
+	for {
+		m, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			prog.finish()
+			return classifyFetchError(api.FetchErrorFromStatus(err), ref, req.Token != "")
+		}
+		if m.GetResult() != nil {
+			res = m.GetResult()
+			continue
+		}
+		prog.update(progressFromPB(ref, m))
+	}
 	prog.finish()
-	if err != nil {
-		return classifyFetchError(err, ref, token != "", endpoint)
+	if res == nil {
+		return fmt.Errorf("fetch %s: the server ended the stream without a result", ref)
 	}
 	if f.jsonOut {
 		return json.NewEncoder(out).Encode(map[string]any{"event": "result", "name": res.Name, "version": res.Version,
-			"alias": res.Alias, "files": res.Files, "bytes": res.Bytes, "downloaded_bytes": res.Downloaded,
-			"reused_files": res.Reused, "already_had": res.AlreadyHad, "offline": res.Offline})
+			"alias": res.Alias, "files": res.Files, "bytes": res.Bytes, "downloaded_bytes": res.DownloadedBytes,
+			"reused_files": res.ReusedFiles, "already_had": res.AlreadyHad, "offline": res.Offline})
 	}
 	switch {
 	case res.Offline:
@@ -193,7 +175,7 @@ func runFetch(cmd *cobra.Command, g *globalFlags, f *fetchFlags, arg string) err
 		fmt.Fprintf(out, "%s is up to date: %s:%s\n", ref, res.Name, res.Version)
 	default:
 		fmt.Fprintf(out, "fetched %s → %s:%s: %d files, %s (downloaded %s, %d files reused)\n",
-			ref, res.Name, res.Version, res.Files, humanBytes(res.Bytes), humanBytes(res.Downloaded), res.Reused)
+			ref, res.Name, res.Version, res.Files, humanBytes(int64(res.Bytes)), humanBytes(int64(res.DownloadedBytes)), res.ReusedFiles)
 	}
 	if res.Alias != "" {
 		fmt.Fprintf(out, "alias %s@%s → %s\n", res.Name, res.Alias, res.Version)
@@ -201,28 +183,71 @@ func runFetch(cmd *cobra.Command, g *globalFlags, f *fetchFlags, arg string) err
 	return nil
 }
 
-// openFetchStore opens the store with the registry's schema.
-func openFetchStore(ctx context.Context, cfg Config) (*store.DB, error) {
-	d, err := store.ParseDurability(cfg.Store.Durability)
-	if err != nil {
-		return nil, err
+func progressFromPB(ref huggingface.Ref, m *registrypb.FetchProgress) huggingface.Progress {
+	p := huggingface.Progress{Phase: m.Phase, Repo: ref.Repo, Revision: ref.Revision, Commit: m.Commit,
+		TotalBytes: int64(m.TotalBytes), DoneBytes: int64(m.DoneBytes)}
+	for _, f := range m.Files {
+		p.Files = append(p.Files, huggingface.FileProgress{Path: f.Path, Size: int64(f.Size), Done: int64(f.Done)})
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, err
+	return p
+}
+
+// withFetch adds the Fetch RPC to the registry service rs (see registerRegistry), for the daemon
+// and the CLI's in-process server alike.
+func withFetch(ctx context.Context, rs registrypb.RegistryServer, reg *registry.Service, cfg Config, log *slog.Logger) registrypb.RegistryServer {
+	return api.WithFetch(rs, fetcherFactory(ctx, reg, cfg, log), log)
+}
+
+// fetcherFactory builds the fetcher of one Fetch request: the daemon's configuration
+// (huggingface.*, cache_dir, metrics), overridden by what the request carries.
+func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log *slog.Logger) api.FetcherFactory {
+	var obs huggingface.Observer
+	if m := observersFrom(ctx).Fetch(); m != nil {
+		obs = m
 	}
-	migs := append([]store.Migration(nil), storeMigrations...)
-	has := false
-	for _, m := range migs {
-		has = has || m.Domain == registry.Migrations[0].Domain
+	cacheDir := cfg.CacheDir
+	if cacheDir == "" {
+		cacheDir = filepath.Join(cfg.DataDir, "cache")
 	}
-	if !has {
-		migs = append(migs, registry.Migrations...)
+	ua := "buffdbd/" + firstNonEmpty(readBuildInfo().Version, "devel")
+	return func(req *registrypb.FetchRequest) (*huggingface.Fetcher, error) {
+		hf := cfg.HuggingFace
+		token := firstNonEmpty(req.GetToken(), hf.Token)
+		if token == "" && hf.TokenFile != "" {
+			b, err := os.ReadFile(hf.TokenFile)
+			if err != nil {
+				return nil, fmt.Errorf("huggingface.token_file: %w", err)
+			}
+			token = strings.TrimSpace(string(b))
+		}
+		conc := hf.Concurrency
+		if req.GetConcurrency() > 0 {
+			conc = int(req.GetConcurrency())
+		}
+		rate := int64(hf.RateLimit)
+		if req.GetMaxRate() > 0 {
+			rate = int64(req.GetMaxRate())
+		}
+		f, err := huggingface.New(reg, huggingface.Options{
+			Client: huggingface.ClientOptions{
+				Endpoint: firstNonEmpty(req.GetEndpoint(), hf.Endpoint, huggingface.DefaultEndpoint),
+				Token:    token, UserAgent: ua, Observer: obs,
+			},
+			Engine:   huggingface.EngineOptions{Concurrency: conc, MaxRate: rate},
+			CacheDir: filepath.Join(cacheDir, "hf"),
+			Observer: obs,
+			Logger:   log.With("component", "fetch"),
+			Offline:  hf.Offline,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%w: endpoint: %v", huggingface.ErrInvalidRef, err)
+		}
+		return f, nil
 	}
-	return store.Open(ctx, cfg.DataDir, store.Options{Durability: d, Migrations: migs})
 }
 
 // classifyFetchError turns a fetch error into one sentence, a hint and a distinct exit code.
-func classifyFetchError(err error, ref huggingface.Ref, hasToken bool, endpoint string) error {
+func classifyFetchError(err error, ref huggingface.Ref, hasToken bool) error {
 	fe := fetchError{err: err, code: exitError}
 	switch {
 	case errors.Is(err, context.Canceled):
@@ -241,12 +266,12 @@ func classifyFetchError(err error, ref huggingface.Ref, hasToken bool, endpoint 
 	case errors.Is(err, huggingface.ErrGated):
 		fe.code = exitGated
 		if hasToken {
-			fe.hint = "request access at " + endpoint + "/" + ref.Repo + " with the account of your token"
+			fe.hint = "request access on the Hub page of " + ref.Repo + " with the account of your token"
 		} else {
-			fe.hint = "pass --token (or set HF_TOKEN) for an account that was granted access at " + endpoint + "/" + ref.Repo
+			fe.hint = "pass --token (or set HF_TOKEN) for an account that was granted access to " + ref.Repo
 		}
 	case errors.Is(err, huggingface.ErrUnauthorized):
-		fe.code, fe.hint = exitUnauthorized, "the token is invalid or expired; create one at "+endpoint+"/settings/tokens"
+		fe.code, fe.hint = exitUnauthorized, "the token is invalid or expired; create a new one in your Hub settings (settings/tokens)"
 	case errors.Is(err, huggingface.ErrRateLimited):
 		fe.code, fe.hint = exitRateLimited, "wait a few minutes, or pass a token (authenticated users get higher limits)"
 	case errors.Is(err, huggingface.ErrOffline):

@@ -68,7 +68,7 @@ func registerRegistry(ctx context.Context, db *store.DB, srv *api.Server, cfg Co
 	if err != nil {
 		return nil, err
 	}
-	srv.Register(&registrypb.Registry_ServiceDesc, api.NewRegistry(svc, log))
+	srv.Register(&registrypb.Registry_ServiceDesc, withFetch(ctx, api.NewRegistry(svc, log), svc, cfg, log))
 	return closerFunc(func() error {
 		registriesMu.Lock()
 		delete(registries, db)

@@ -67,6 +67,9 @@ type services struct {
 }
 
 func buildServices(ctx context.Context, db *store.DB, cfg Config, log *slog.Logger, opts api.Options) (*services, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler) // hooks may log unconditionally
+	}
 	opts.MaxMessageBytes = int(cfg.GRPC.MaxMessageBytes)
 	opts.Logger = log
 	s := &services{srv: api.NewServer(db, opts)}
