@@ -21,6 +21,7 @@ var _ = addErrorCodes(
 	ErrorCode{registry.ErrInvalid, codes.InvalidArgument},
 	ErrorCode{registry.ErrBudget, codes.ResourceExhausted},
 	ErrorCode{registry.ErrTooLarge, codes.ResourceExhausted},
+	ErrorCode{registry.ErrDiskFull, codes.ResourceExhausted},
 	ErrorCode{registry.ErrChecksum, codes.DataLoss},
 	// The request is well-formed but the version's state forbids it until something else changes.
 	ErrorCode{registry.ErrAliased, codes.FailedPrecondition},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/buffdb/buffdbd/api"
@@ -162,4 +164,30 @@ func TestServer_Health(t *testing.T) {
 			t.Fatalf("Watch status after Shutdown = %v, want NOT_SERVING", r.GetStatus())
 		}
 	})
+}
+
+// TestServer_Reflection: `grpcurl list` works, i.e. reflection lists every service.
+func TestServer_Reflection(t *testing.T) {
+	ts := newTestServer(t, store.Options{}, api.Options{})
+	s, err := reflectionpb.NewServerReflectionClient(ts.conn).ServerReflectionInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, svc := range r.GetListServicesResponse().GetService() {
+		got = append(got, svc.GetName())
+	}
+	for _, want := range []string{"buffdb.kv.Kv", "buffdb.blob.Blob", "buffdb.query.Query", "buffdb.index.Index", "grpc.health.v1.Health"} {
+		if !slices.Contains(got, want) {
+			t.Fatalf("reflection lists %v, missing %s", got, want)
+		}
+	}
+	s.CloseSend()
 }

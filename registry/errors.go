@@ -3,6 +3,7 @@ package registry
 import (
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 // Sentinel errors. Callers test with errors.Is; messages wrap them with the model, version, alias or
@@ -30,9 +31,21 @@ var (
 	// ErrIncomplete: a commit arrived before every offered chunk's bytes, or with a chunk the
 	// registry no longer has (the client must offer it again).
 	ErrIncomplete = errors.New("upload incomplete")
+	// ErrDiskFull: the data directory's filesystem is out of space (ENOSPC). Nothing partial is
+	// visible; chunks already durable stay pinned to the upload session for a retry.
+	ErrDiskFull = errors.New("disk full")
 	// ErrClosed: the Service has been closed.
 	ErrClosed = errors.New("registry closed")
 )
+
+// classifyIO wraps an out-of-space error from the filesystem with ErrDiskFull so callers (and the
+// gRPC edge) can tell it from a bug.
+func classifyIO(err error) error {
+	if err != nil && errors.Is(err, syscall.ENOSPC) && !errors.Is(err, ErrDiskFull) {
+		return fmt.Errorf("%w: %w", ErrDiskFull, err)
+	}
+	return err
+}
 
 func errorf(sentinel error, format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{sentinel}, args...)...)

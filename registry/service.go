@@ -168,7 +168,7 @@ func resultClass(err error) string {
 		return "invalid"
 	case isAny(err, ErrChecksum):
 		return "checksum"
-	case isAny(err, ErrBudget):
+	case isAny(err, ErrBudget, ErrDiskFull):
 		return "budget"
 	case isAny(err, context.Canceled, context.DeadlineExceeded):
 		return "canceled"

@@ -301,8 +301,8 @@ func (u *Upload) startWriter(cw *chunkWrite) {
 			err = fmt.Errorf("%w: chunk %s: received bytes do not hash to the offered digest", ErrChecksum, Digest(cw.sum))
 		}
 		if err != nil {
-			cw.err = err
-			u.fail(fmt.Errorf("store chunk: %w", err))
+			cw.err = classifyIO(err)
+			u.fail(fmt.Errorf("store chunk: %w", cw.err))
 		}
 	}()
 }
@@ -352,7 +352,7 @@ func (u *Upload) Commit(ctx context.Context) (ModelInfo, error) {
 	}
 	res, err := u.s.publish(ctx, publishRequest{info: u.info, manifest: &Manifest{Files: u.files}, aliases: u.aliases, sessionID: u.session})
 	if err != nil {
-		u.outcome = fmt.Errorf("publish %s:%s: %w", u.info.Name, u.info.Version, err)
+		u.outcome = fmt.Errorf("publish %s:%s: %w", u.info.Name, u.info.Version, classifyIO(err))
 		return ModelInfo{}, u.outcome
 	}
 	u.committed = true

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -281,5 +282,24 @@ func TestCLI_BenchStore(t *testing.T) {
 		if !strings.Contains(r.stdout, want) {
 			t.Fatalf("bench output lacks %q:\n%s", want, r.stdout)
 		}
+	}
+}
+
+// TestCLI_ParallelWithoutDaemon: commands run at once on one data directory take turns on the
+// store's lock instead of failing.
+func TestCLI_ParallelWithoutDaemon(t *testing.T) {
+	dir := t.TempDir()
+	const n = 4
+	codes := make(chan cliResult, n)
+	for i := range n {
+		go func() { codes <- runLine(t, "", "--data-dir", dir, "kv", "set", fmt.Sprint("p", i), "v") }()
+	}
+	for range n {
+		if r := <-codes; r.code != exitOK {
+			t.Fatalf("parallel kv set: exit %d: %s", r.code, r.stderr)
+		}
+	}
+	for i := range n {
+		must(t, exitOK, "", "--data-dir", dir, "kv", "get", fmt.Sprint("p", i))
 	}
 }

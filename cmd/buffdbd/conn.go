@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/buffdb/buffdbd/api"
+	"github.com/buffdb/buffdbd/store"
 )
 
 // clientConn is a connection for one CLI command: to a daemon, or to an in-process server over the
@@ -75,19 +76,38 @@ func remote(addr string, opts []grpc.DialOption) (*clientConn, error) {
 	return &clientConn{ClientConn: cc, closer: cc.Close}, nil
 }
 
+// lockWait bounds how long a CLI command waits for another process to release the store; CLI
+// commands hold it for well under a second, so this only expires behind a long one (a big push).
+const (
+	lockWait  = 10 * time.Second
+	lockRetry = 50 * time.Millisecond
+)
+
 // inProcessBufferBytes sizes the in-memory pipe between the CLI and its in-process server; like a
 // socket buffer, larger only costs memory.
 const inProcessBufferBytes = 1 << 20
 
 func local(ctx context.Context, cfg Config, g *globalFlags, opts []grpc.DialOption) (*clientConn, error) {
-	if _, err := os.Stat(cfg.DataDir); errors.Is(err, os.ErrNotExist) {
-		fmt.Fprintf(os.Stderr, "buffdbd: creating data directory %s\n", cfg.DataDir)
-	}
+
 	log := slog.New(slog.DiscardHandler)
 	if g.logLevel == "debug" {
 		log = slog.Default()
 	}
 	db, err := openStore(ctx, cfg, log)
+	// Another short-lived CLI command (or a daemon starting up) may hold the store's lock. Wait
+	// for it rather than fail a script that runs commands in parallel, and switch to the daemon
+	// if one appears meanwhile.
+	for deadline := time.Now().Add(lockWait); errors.Is(err, store.ErrLocked) && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(lockRetry):
+		}
+		if sock := filepath.Join(cfg.DataDir, "buffdbd.sock"); daemonAnswers(sock) {
+			return remote("unix://"+sock, opts)
+		}
+		db, err = openStore(ctx, cfg, log)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s (no daemon is serving it): %w", cfg.DataDir, err)
 	}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/buffdb/buffdbd/api"
+	"github.com/buffdb/buffdbd/store"
 )
 
 // Exit codes, documented in the README.
@@ -93,6 +94,10 @@ func reportError(w io.Writer, err error) int {
 		code, msg = s.Code(), s.Message()
 	}
 	hint := ""
+	if errors.Is(err, store.ErrLocked) {
+		fmt.Fprintf(w, "buffdbd: %s\nhint: another buffdbd process has this data directory open; use its daemon (--addr) or wait for it to finish\n", msg)
+		return exitError
+	}
 	switch code {
 	case codes.Unavailable:
 		hint = "is the daemon at --addr running and reachable?"

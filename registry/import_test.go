@@ -1,0 +1,112 @@
+package registry_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/buffdb/buffdbd/registry"
+	"github.com/buffdb/buffdbd/store"
+)
+
+func openService(t testing.TB, opts registry.Options) *registry.Service {
+	t.Helper()
+	db, err := store.Open(context.Background(), t.TempDir(), store.Options{Migrations: registry.Migrations})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := registry.New(db, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Close()
+		db.Close()
+	})
+	return s
+}
+
+func file(path string, data []byte) registry.ImportFile {
+	return registry.ImportFile{Path: path, Size: int64(len(data)), SHA256: sha256.Sum256(data),
+		Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }}
+}
+
+func TestService_Import(t *testing.T) {
+	ctx := context.Background()
+	s := openService(t, registry.Options{MaxBytes: 20 << 20})
+	weights := randomBytes(1, 9<<20)
+	info := registry.ModelInfo{Name: "hf/model", Version: "abc123", Framework: "safetensors"}
+	st, err := s.ImportStats(ctx, registry.ImportRequest{Info: info, Aliases: []string{"main"},
+		Files: []registry.ImportFile{file("config.json", []byte(`{}`)), file("model.safetensors", weights)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.BytesReceived != int64(len(weights))+2 {
+		t.Errorf("received %d bytes, want %d", st.BytesReceived, len(weights)+2)
+	}
+	if v, err := s.ResolveAlias(ctx, "hf/model", "main"); err != nil || v != "abc123" {
+		t.Fatalf("main -> %q, %v", v, err)
+	}
+	if ok, err := s.HasContent(ctx, sha256.Sum256(weights)); !ok || err != nil {
+		t.Fatalf("HasContent = %v, %v", ok, err)
+	}
+
+	t.Run("ReuseStored", func(t *testing.T) {
+		f := file("model.safetensors", weights)
+		f.Open = nil // reuse the stored copy
+		st, err := s.ImportStats(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "hf/model", Version: "def456"},
+			Aliases: []string{"main"}, Files: []registry.ImportFile{f}})
+		if err != nil || st.BytesReceived != 0 || st.BytesReused != int64(len(weights)) {
+			t.Fatalf("reuse import: %+v, %v", st, err)
+		}
+		if v, _ := s.ResolveAlias(ctx, "hf/model", "main"); v != "def456" {
+			t.Fatalf("main -> %q after moving it", v)
+		}
+	})
+	t.Run("ErrExists", func(t *testing.T) {
+		err := s.Import(ctx, registry.ImportRequest{Info: info, Files: []registry.ImportFile{file("a", []byte("x"))}})
+		if !errors.Is(err, registry.ErrExists) {
+			t.Fatalf("got %v, want ErrExists", err)
+		}
+	})
+	t.Run("ErrChecksum", func(t *testing.T) {
+		f := file("a.bin", randomBytes(2, 1<<20))
+		f.SHA256[0] ^= 1
+		err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "bad", Version: "v1"}, Files: []registry.ImportFile{f}})
+		if !errors.Is(err, registry.ErrChecksum) {
+			t.Fatalf("got %v, want ErrChecksum", err)
+		}
+		if ok, _ := s.HasVersion(ctx, "bad", "v1"); ok {
+			t.Fatal("a failed import is visible")
+		}
+	})
+	t.Run("ErrNotFoundReuse", func(t *testing.T) {
+		err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "bad", Version: "v2"},
+			Files: []registry.ImportFile{{Path: "x", Size: 5, SHA256: sha256.Sum256([]byte("nope!"))}}})
+		if !errors.Is(err, registry.ErrNotFound) {
+			t.Fatalf("got %v, want ErrNotFound", err)
+		}
+	})
+	t.Run("ErrBudget", func(t *testing.T) {
+		// main and latest moved to def456, so abc123 is evictable, but its weights are shared with
+		// def456: evicting it would free only config.json, not enough for 16 MiB in a 20 MiB budget.
+		err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "big", Version: "v1"},
+			Files: []registry.ImportFile{file("w", randomBytes(3, 16<<20))}})
+		if !errors.Is(err, registry.ErrBudget) {
+			t.Fatalf("got %v, want ErrBudget", err)
+		}
+		if ok, _ := s.HasVersion(ctx, "hf/model", "abc123"); !ok {
+			t.Fatal("a failed import evicted a version")
+		}
+	})
+	t.Run("ErrInvalidPath", func(t *testing.T) {
+		err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "p", Version: "v1"},
+			Files: []registry.ImportFile{file("../escape", []byte("x"))}})
+		if !errors.Is(err, registry.ErrInvalid) {
+			t.Fatalf("got %v, want ErrInvalid", err)
+		}
+	})
+}
