@@ -48,6 +48,10 @@ type blobRow struct {
 	data     []byte
 }
 
+// maxGetBlob caps GetBlob, which holds a whole blob in memory (BuffDB's Get answers in one message);
+// bigger blobs are read with OpenBlob. 1 GiB also keeps make() valid on 32-bit ARM.
+const maxGetBlob = 1 << 30
+
 const sqlBlobRow = "SELECT size, sha256, metadata, data IS NULL, CASE WHEN ? THEN data END FROM blob WHERE id = ?"
 
 // readBlobRow reads blob id; withData also returns inline bytes.
@@ -103,6 +107,10 @@ func (db *DB) GetBlob(ctx context.Context, txID string, id uint64) (Blob, error)
 		return Blob{}, err
 	}
 	b := Blob{ID: id, Data: r.data, Metadata: r.info.Metadata}
+	if r.external && r.info.Size > maxGetBlob {
+		return Blob{}, fmt.Errorf("blob %d is %d bytes, more than %d to hold in memory (stream it): %w",
+			id, r.info.Size, int64(maxGetBlob), ErrTooLarge)
+	}
 	if r.external {
 		if b.Data, err = db.readPayload(r.info); err != nil {
 			return Blob{}, err

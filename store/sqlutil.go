@@ -128,6 +128,9 @@ func mapErr(err error) error {
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
+	if strings.Contains(err.Error(), "sql: database is closed") {
+		return fmt.Errorf("%w: %v", ErrClosed, err) // a call that raced Close
+	}
 	code := sqliteCode(err)
 	switch {
 	case code&0xff == sqlite3.SQLITE_READONLY:

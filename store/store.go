@@ -55,6 +55,7 @@ func ParseDurability(s string) (Durability, error) {
 	return 0, errors.Join(ErrInvalid, errors.New(`durability must be "sync" or "process"`))
 }
 
+// String returns the name ParseDurability accepts.
 func (d Durability) String() string {
 	if d == DurabilityProcess {
 		return "process"
