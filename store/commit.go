@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 )
 
 // Group commit limits.
@@ -151,7 +152,7 @@ func (db *DB) runBatch(batch []*op, results []result) []result {
 		case o.ctx != nil && o.ctx.Err() != nil:
 			r.err = o.ctx.Err()
 		case o.atomic:
-			r.id, r.err = o.fn(t)
+			r.id, r.err = db.call(t, o.fn)
 		default:
 			r.id, r.err = db.savepoint(t, o.fn)
 		}
@@ -185,7 +186,7 @@ func (db *DB) savepoint(t *wtx, fn func(t *wtx) (uint64, error)) (uint64, error)
 		return 0, err
 	}
 	mark, pins := len(t.unrefs), len(t.pins)
-	id, err := fn(t)
+	id, err := db.call(t, fn)
 	if err != nil {
 		_, rerr := t.q.exec(t.ctx, "ROLLBACK TO op")
 		t.unrefs = t.unrefs[:mark]
@@ -201,4 +202,16 @@ func (db *DB) savepoint(t *wtx, fn func(t *wtx) (uint64, error)) (uint64, error)
 		return 0, rerr
 	}
 	return id, err
+}
+
+// call runs fn, turning a panic (a bug in an Update fn of a layered package) into that op's error,
+// so it fails alone instead of killing the committer and with it every later write.
+func (db *DB) call(t *wtx, fn func(t *wtx) (uint64, error)) (id uint64, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			db.log.Error("write panicked", "panic", r, "stack", string(debug.Stack()))
+			id, err = 0, fmt.Errorf("write panicked: %v", r)
+		}
+	}()
+	return fn(t)
 }

@@ -159,3 +159,23 @@ func TestOpen_Migrations(t *testing.T) {
 		}
 	})
 }
+
+// A panicking Update fn fails alone: its writes roll back and the committer keeps working.
+func TestDB_UpdatePanic(t *testing.T) {
+	db := openDB(t, store.Options{})
+	err := db.Update(ctx, func(tx *store.Tx) error {
+		tx.Set("p", "1")
+		var m map[string]int
+		m["boom"]++ // nil map write: panics
+		return nil
+	})
+	if err == nil {
+		t.Fatal("panicking Update returned nil")
+	}
+	if _, err := db.Get(ctx, "", "p"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("write of panicking Update applied: %v", err)
+	}
+	if err := db.Set(ctx, "", "after", "ok"); err != nil {
+		t.Fatalf("committer dead after panic: %v", err)
+	}
+}
