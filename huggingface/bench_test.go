@@ -69,6 +69,7 @@ func BenchmarkFetch(b *testing.B) {
 			b.ReportMetric(curlSum.Seconds()/r.Download.Seconds(), label+"_dl_x_curl_sha256sum")
 			b.ReportMetric(aria.Seconds()/r.Download.Seconds(), label+"_dl_x_aria2c")
 			b.ReportMetric(float64(r.MaxRSS)/(1<<20), label+"_fetch_peak_RSS_MiB")
+			b.ReportMetric(float64(r.DownloadRSS)/(1<<20), label+"_download_peak_RSS_MiB")
 		}
 	}
 }
@@ -88,7 +89,8 @@ func timeCmd(b *testing.B, name string, args ...string) time.Duration {
 
 type benchResult struct {
 	Download, Total time.Duration
-	MaxRSS          int64
+	MaxRSS          int64 // peak RSS of the whole fetch (download, verify, publish)
+	DownloadRSS     int64 // peak RSS when the download and verification ended
 }
 
 const benchChildEnv = "BUFFDBD_HF_BENCH_CHILD"
@@ -145,19 +147,21 @@ func benchChild(spec string) int {
 		}
 	}
 	var start, published time.Time
+	var dlRSS int64
 	_, err = f.Fetch(ctx, Request{Ref: Ref{Repo: "bench/model", Revision: "main"}, OnProgress: func(p Progress) {
 		if p.Phase == "downloading" && start.IsZero() {
 			start = time.Now()
 		}
 		if p.Phase == "publishing" && published.IsZero() {
 			published = time.Now()
+			dlRSS = peakRSS()
 		}
 	}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	json.NewEncoder(os.Stdout).Encode(benchResult{Download: published.Sub(start), Total: time.Since(start)})
+	json.NewEncoder(os.Stdout).Encode(benchResult{Download: published.Sub(start), Total: time.Since(start), DownloadRSS: dlRSS})
 	if os.Getenv("BUFFDBD_HF_BENCH_CPUPROFILE") != "" {
 		pprof.StopCPUProfile()
 	}
@@ -169,4 +173,19 @@ func benchConc() int {
 		return n
 	}
 	return 16
+}
+
+// peakRSS reads the process's peak resident set (VmHWM) from /proc; 0 where unavailable.
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/buffdb/buffdbd/huggingface/hubtest"
+	"github.com/buffdb/buffdbd/registry"
 )
 
 // fastBackoff keeps retry tests quick; the production defaults are exercised by code review, not
@@ -290,4 +292,26 @@ func TestEngine_ResumeAfterSIGKILL(t *testing.T) {
 		t.Fatalf("re-downloaded %d bytes after the kill, want ≤ %d (served %d before the kill of a %d-byte file)", redownloaded, limit, servedBefore, size)
 	}
 	t.Logf("served %d before SIGKILL, re-downloaded %d", servedBefore, redownloaded)
+}
+
+// FuzzStagingPaths: whatever the Hub lists, a path the fetcher accepts (registry.CleanPath) maps
+// to a final and a partial file strictly inside the commit's staging directory.
+func FuzzStagingPaths(f *testing.F) {
+	for _, s := range []string{"a/b.bin", "../x", "/etc/passwd", "a/../../b", `a\b`, "x\x00y", "ok.txt", "a//b", "./a", "é/ü"} {
+		f.Add(s)
+	}
+	e := newEngine(nil, EngineOptions{}, nil, "/stage/org/model/0123", "org/model", "0123")
+	f.Fuzz(func(t *testing.T, p string) {
+		clean, err := registry.CleanPath(p)
+		if err != nil {
+			return
+		}
+		part, jour := e.partialPaths(clean)
+		for _, q := range []string{e.finalPath(clean), part, jour} {
+			rel, err := filepath.Rel(e.dir, q)
+			if err != nil || rel == ".." || strings.HasPrefix(rel, "../") || filepath.IsAbs(rel) || strings.ContainsRune(q, 0) {
+				t.Fatalf("path %q maps to %q outside %s", p, q, e.dir)
+			}
+		}
+	})
 }

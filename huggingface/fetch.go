@@ -268,6 +268,7 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	if err := os.RemoveAll(dir); err != nil {
 		f.log.Warn("remove fetch staging directory", "dir", dir, "err", err)
 	}
+	f.removeStale(filepath.Dir(dir))
 	report(Progress{Phase: "done", Commit: commit, TotalBytes: res.Downloaded, DoneBytes: res.Downloaded})
 	return res, nil
 }
@@ -290,6 +291,30 @@ func (f *Fetcher) fromCache(ctx context.Context, ref Ref, res Result, alias stri
 	res.Version, res.AlreadyHad, res.Offline = version, true, true
 	report(Progress{Phase: "done", Commit: version})
 	return res, nil
+}
+
+// staleAfter is how long an abandoned partial fetch of another commit is kept for a resume. A week
+// covers a device that was offline over a long weekend; after that the revision has usually moved.
+const staleAfter = 7 * 24 * time.Hour
+
+// removeStale deletes staging directories of other commits of the same repository untouched for
+// staleAfter, so fetches that failed and were never retried do not hold disk space forever.
+func (f *Fetcher) removeStale(repoDir string) {
+	entries, err := os.ReadDir(repoDir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() || !IsCommit(e.Name()) {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleAfter {
+			p := filepath.Join(repoDir, e.Name())
+			if err := os.RemoveAll(p); err != nil {
+				f.log.Warn("remove stale fetch staging directory", "dir", p, "err", err)
+			}
+		}
+	}
 }
 
 // cachedVersion returns the registry version ref's revision resolves to without the network, or "".

@@ -100,3 +100,30 @@ func TestParseRate(t *testing.T) {
 		}
 	}
 }
+
+// TestFetchCmd_WithDaemon: with a daemon serving the data directory, fetch goes through its Fetch
+// RPC (the daemon holds the store), and the result is visible to the daemon's other clients.
+func TestFetchCmd_WithDaemon(t *testing.T) {
+	for _, k := range []string{"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "BUFFDBD_CONFIG"} {
+		t.Setenv(k, "")
+	}
+	hub := hubtest.New()
+	t.Cleanup(hub.Close)
+	hub.AddRepo("org/gated", hubtest.RepoOptions{Gated: true})
+	sha := hub.Commit("org/gated", "v1", []hubtest.FileSpec{{Path: "w.bin", Content: hubtest.Random(3, 150<<10), LFS: true}})
+	hub.AddToken("hf_ok", "alice")
+	hub.Grant("org/gated", "alice")
+	dir := t.TempDir()
+	startDaemon(t, dir)
+	base := []string{"--data-dir", dir, "--endpoint", hub.Endpoint()}
+	if code, out, errw := runCLI(t, append([]string{"fetch", "hf:org/gated@v1"}, base...)...); code != exitGated {
+		t.Fatalf("without a token: exit %d, want %d\n%s%s", code, exitGated, out, errw)
+	}
+	t.Setenv("HF_TOKEN", "hf_ok")
+	if code, out, errw := runCLI(t, append([]string{"fetch", "hf:org/gated@v1"}, base...)...); code != exitOK || !strings.Contains(out, sha) {
+		t.Fatalf("with HF_TOKEN: exit %d\n%s%s", code, out, errw)
+	}
+	if code, out, errw := runCLI(t, "--data-dir", dir, "model", "show", "org/gated@v1"); code != exitOK || !strings.Contains(out, sha) {
+		t.Fatalf("model show through the daemon: exit %d\n%s%s", code, out, errw)
+	}
+}
