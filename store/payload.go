@@ -202,19 +202,20 @@ func (db *DB) discardTemp(f *os.File) {
 // pin on sum. If an identical payload already exists the temp file is just dropped.
 func (db *DB) installTemp(f *os.File, sum [32]byte) error {
 	defer db.discardTemp(f) // after a successful rename the Remove is a harmless no-op
-	if err := db.fsync(f); err != nil {
-		return fmt.Errorf("fsync payload: %w", err)
-	}
 	st, err := f.Stat()
 	if err != nil {
 		return err
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close payload: %w", err)
-	}
 	final := db.payloadPath(sum)
 	if db.payloadExists(sum, st.Size()) {
-		return db.syncDir(filepath.Dir(final)) // see prepare: the name must be durable before our row
+		// Deduplicated: no need to make our copy durable, but the existing name must be (see prepare).
+		return db.syncDir(filepath.Dir(final))
+	}
+	if err := db.fsync(f); err != nil {
+		return fmt.Errorf("fsync payload: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close payload: %w", err)
 	}
 	sub := filepath.Dir(final)
 	if err := os.Mkdir(sub, 0o750); err == nil {
