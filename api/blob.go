@@ -20,7 +20,7 @@ func (s *blobService) Get(stream grpc.BidiStreamingServer[blobpb.GetRequest, blo
 	r := newReader()
 	return serveBidi(s.service, "blob.Get", stream,
 		func(ctx context.Context, req *blobpb.GetRequest) func(context.Context) (*blobpb.GetResponse, error) {
-			return start(r, func() (*blobpb.GetResponse, error) {
+			return readAsync(r, func() (*blobpb.GetResponse, error) {
 				b, err := s.db.GetBlob(ctx, req.GetTransactionId(), req.GetId())
 				if err != nil {
 					return nil, err
@@ -111,38 +111,22 @@ func (s *blobService) Delete(stream grpc.BidiStreamingServer[blobpb.DeleteReques
 // EqData is true when every streamed blob has the same bytes (and for zero ids), comparing the
 // stored sha256 digests so no blob is read into memory.
 func (s *blobService) EqData(stream grpc.ClientStreamingServer[blobpb.EqDataRequest, wrapperspb.BoolValue]) error {
-	return s.compareData("blob.EqData", stream, func() (uint64, bool, error) {
+	return compare(s.service, "blob.EqData", stream, func() (uint64, bool, error) {
 		req, err := stream.Recv()
 		return req.GetId(), err == nil, recvErr(err)
-	}, true)
+	}, s.dataDigest, true)
 }
 
 // NotEqData is true when the streamed blobs' bytes are pairwise different (and for zero ids).
 func (s *blobService) NotEqData(stream grpc.ClientStreamingServer[blobpb.NotEqDataRequest, wrapperspb.BoolValue]) error {
-	return s.compareData("blob.NotEqData", stream, func() (uint64, bool, error) {
+	return compare(s.service, "blob.NotEqData", stream, func() (uint64, bool, error) {
 		req, err := stream.Recv()
 		return req.GetId(), err == nil, recvErr(err)
-	}, false)
+	}, s.dataDigest, false)
 }
 
-func (s *blobService) compareData(method string, stream grpc.ServerStream, next func() (uint64, bool, error), eq bool) error {
-	ctx := stream.Context()
-	seen := map[[32]byte]struct{}{}
-	var first *[32]byte
-	result := true
-	for result {
-		id, ok, err := next()
-		if err != nil {
-			return streamError(s.service, method, stream, err)
-		}
-		if !ok {
-			break
-		}
-		info, err := s.db.StatBlob(ctx, "", id)
-		if err != nil {
-			return streamError(s.service, method, stream, err)
-		}
-		result = sameOrDistinct(&first, seen, info.SHA256, eq)
-	}
-	return stream.SendMsg(wrapperspb.Bool(result))
+// dataDigest is blob id's stored sha256: comparing blobs never reads their bytes.
+func (s *blobService) dataDigest(ctx context.Context, id uint64) ([32]byte, error) {
+	info, err := s.db.StatBlob(ctx, "", id)
+	return info.SHA256, err
 }

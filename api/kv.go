@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"fmt"
 	"io"
 	"time"
 
@@ -26,7 +25,7 @@ func (s *kvService) Get(stream grpc.BidiStreamingServer[kvpb.GetRequest, kvpb.Ge
 	r := newReader()
 	return serveBidi(s.service, "kv.Get", stream,
 		func(ctx context.Context, req *kvpb.GetRequest) func(context.Context) (*kvpb.GetResponse, error) {
-			return start(r, func() (*kvpb.GetResponse, error) {
+			return readAsync(r, func() (*kvpb.GetResponse, error) {
 				v, err := s.db.Get(ctx, req.GetTransactionId(), req.GetKey())
 				if err != nil {
 					return nil, err
@@ -73,44 +72,53 @@ func (s *kvService) Delete(stream grpc.BidiStreamingServer[kvpb.DeleteRequest, k
 // Eq is true when every streamed key holds the same value (and for zero keys). It answers false at
 // the first mismatch without reading further; a missing key ends the call with NOT_FOUND.
 func (s *kvService) Eq(stream grpc.ClientStreamingServer[kvpb.EqRequest, wrapperspb.BoolValue]) error {
-	return s.compare("kv.Eq", stream, func() (string, bool, error) {
+	return compare(s.service, "kv.Eq", stream, func() (string, bool, error) {
 		req, err := stream.Recv()
 		return req.GetKey(), err == nil, recvErr(err)
-	}, true)
+	}, s.valueDigest, true)
 }
 
 // NotEq is true when the streamed keys' values are pairwise different (and for zero keys). It answers
 // false at the first value seen before.
 func (s *kvService) NotEq(stream grpc.ClientStreamingServer[kvpb.NotEqRequest, wrapperspb.BoolValue]) error {
-	return s.compare("kv.NotEq", stream, func() (string, bool, error) {
+	return compare(s.service, "kv.NotEq", stream, func() (string, bool, error) {
 		req, err := stream.Recv()
 		return req.GetKey(), err == nil, recvErr(err)
-	}, false)
+	}, s.valueDigest, false)
 }
 
-// compare implements Eq (eq) and NotEq (!eq) over keys from next. Values are compared by sha256 so
-// NotEq's set of seen values stays small however large the values are.
-func (s *kvService) compare(method string, stream grpc.ServerStream, next func() (string, bool, error), eq bool) error {
-	ctx := stream.Context()
+// compare answers Eq (eq) or NotEq (!eq) over the items next yields, comparing digest(item). It
+// answers at the first item that decides the result without reading further; digests keep NotEq's
+// set of seen values small however large the values are.
+func compare[T any](s *service, method string, stream grpc.ServerStream, next func() (T, bool, error),
+	digest func(context.Context, T) ([32]byte, error), eq bool) error {
 	seen := map[[32]byte]struct{}{}
 	var first *[32]byte
 	result := true
 	for result {
-		key, ok, err := next()
+		item, ok, err := next()
 		if err != nil {
-			return streamError(s.service, method, stream, err)
+			return streamError(s, method, stream, err)
 		}
 		if !ok {
 			break
 		}
-		v, err := s.db.Get(ctx, "", key)
+		sum, err := digest(stream.Context(), item)
 		if err != nil {
-			return streamError(s.service, method, stream, err)
+			return streamError(s, method, stream, err)
 		}
-		sum := sha256.Sum256([]byte(v))
 		result = sameOrDistinct(&first, seen, sum, eq)
 	}
 	return stream.SendMsg(wrapperspb.Bool(result))
+}
+
+// valueDigest is the sha256 of key's value.
+func (s *kvService) valueDigest(ctx context.Context, key string) ([32]byte, error) {
+	v, err := s.db.Get(ctx, "", key)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	return sha256.Sum256([]byte(v)), nil
 }
 
 // sameOrDistinct records sum and reports whether the sequence still satisfies the check: all equal
@@ -153,7 +161,7 @@ func (s *kvService) BeginTransaction(ctx context.Context, req *kvpb.BeginTransac
 // expired transaction) — never success=false, so a client checking either signal is right.
 func (s *kvService) CommitTransaction(ctx context.Context, req *kvpb.CommitTransactionRequest) (*kvpb.CommitTransactionResponse, error) {
 	if err := s.db.Commit(ctx, req.GetTransactionId()); err != nil {
-		return nil, s.status("kv.CommitTransaction", fmt.Errorf("commit transaction %q: %w", req.GetTransactionId(), err))
+		return nil, s.status("kv.CommitTransaction", err) // the store's message names the transaction
 	}
 	return &kvpb.CommitTransactionResponse{Success: true}, nil
 }
@@ -161,7 +169,7 @@ func (s *kvService) CommitTransaction(ctx context.Context, req *kvpb.CommitTrans
 // RollbackTransaction reports success=true, or an error status like CommitTransaction.
 func (s *kvService) RollbackTransaction(ctx context.Context, req *kvpb.RollbackTransactionRequest) (*kvpb.RollbackTransactionResponse, error) {
 	if err := s.db.Rollback(ctx, req.GetTransactionId()); err != nil {
-		return nil, s.status("kv.RollbackTransaction", fmt.Errorf("roll back transaction %q: %w", req.GetTransactionId(), err))
+		return nil, s.status("kv.RollbackTransaction", err)
 	}
 	return &kvpb.RollbackTransactionResponse{Success: true}, nil
 }

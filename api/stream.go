@@ -30,9 +30,9 @@ type pending[Resp any] struct {
 }
 
 // serveBidi answers a bidirectional stream one response per request, in request order, as each
-// request arrives. A receiving goroutine reads requests and starts each one with start, which either
-// does the work at once (reads) or submits it to the store's group committer and returns a wait
-// function (writes); the calling goroutine waits for each result in order and sends it. weight
+// request arrives. A receiving goroutine reads requests and starts each one with start, which
+// hands it to a read worker (readAsync) or to the store's group committer (writes) and returns a
+// wait function; the calling goroutine waits for each result in order and sends it. weight
 // reports the payload bytes a request holds while in flight. When the client half-closes, queued
 // requests are answered and the stream ends OK. On the first error the responses already sent stay
 // delivered, headers are sent, and the stream ends with err's status; done (if non-nil) runs when
@@ -134,8 +134,8 @@ func newReader() *reader {
 // close stops the workers once the jobs already submitted have run.
 func (r *reader) close() { close(r.jobs) }
 
-// start runs fn on a worker and returns a wait function for its result.
-func start[Resp any](r *reader, fn func() (*Resp, error)) func(context.Context) (*Resp, error) {
+// readAsync runs fn on one of r's workers and returns a wait function for its result.
+func readAsync[Resp any](r *reader, fn func() (*Resp, error)) func(context.Context) (*Resp, error) {
 	type result struct {
 		resp *Resp
 		err  error

@@ -22,7 +22,18 @@ func openAt(tb testing.TB, dir string, opts store.Options) *store.DB {
 		tb.Fatalf("Open: %v", err)
 	}
 	tb.Cleanup(func() {
-		if err := integrityCheck(db); err != nil && !errors.Is(err, store.ErrClosed) {
+		err := integrityCheck(db)
+		if errors.Is(err, store.ErrClosed) {
+			// The test closed it already: reopen the directory to check what it left on disk.
+			db2, oerr := store.Open(context.Background(), dir, store.Options{})
+			if oerr != nil {
+				tb.Errorf("reopen for integrity check: %v", oerr)
+				return
+			}
+			err = integrityCheck(db2)
+			db2.Close()
+		}
+		if err != nil {
 			tb.Errorf("integrity check: %v", err)
 		}
 		if err := db.Close(); err != nil {

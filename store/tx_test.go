@@ -179,3 +179,64 @@ func TestDB_UpdatePanic(t *testing.T) {
 		t.Fatalf("committer dead after panic: %v", err)
 	}
 }
+
+func TestTx_Find(t *testing.T) {
+	db := openDB(t, store.Options{})
+	db.CreateIndex(ctx, store.IndexDef{Name: "v", Type: store.IndexBTree, Kind: store.KindNumber})
+	for i := 1; i <= 5; i++ {
+		db.Set(ctx, "", fmt.Sprint("k", i), fmt.Sprint(i*10))
+	}
+	err := db.Update(ctx, func(tx *store.Tx) error {
+		tx.Set("k6", "30") // visible to the Find below: same transaction
+		var keys []string
+		if err := tx.Find("v", "30", 0, func(k, _ string) error { keys = append(keys, k); return nil }); err != nil {
+			return err
+		}
+		if fmt.Sprint(keys) != "[k3 k6]" {
+			return fmt.Errorf("Find = %v", keys)
+		}
+		keys = nil
+		r := store.Range{Lower: &store.Bound{Value: "20"}, Limit: 2}
+		if err := tx.FindRange("v", r, func(k, _ string) error { keys = append(keys, k); return nil }); err != nil {
+			return err
+		}
+		if fmt.Sprint(keys) != "[k3 k6]" {
+			return fmt.Errorf("FindRange = %v", keys)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParseDurability(t *testing.T) {
+	for in, want := range map[string]store.Durability{"": store.DurabilitySync, "sync": store.DurabilitySync, "process": store.DurabilityProcess} {
+		got, err := store.ParseDurability(in)
+		if err != nil || got != want || (in != "" && got.String() != in) {
+			t.Fatalf("ParseDurability(%q) = %v, %v", in, got, err)
+		}
+	}
+	if _, err := store.ParseDurability("fast"); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("err = %v, want ErrInvalid", err)
+	}
+}
+
+// DurabilityProcess skips fsyncs but must behave identically otherwise.
+func TestOpen_DurabilityProcess(t *testing.T) {
+	dir := t.TempDir()
+	db := openAt(t, dir, store.Options{Durability: store.DurabilityProcess, InlineMax: 100})
+	id, err := db.StoreBlob(ctx, "", make([]byte, 1000), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Set(ctx, "", "k", "v")
+	db.Close()
+	db = openAt(t, dir, store.Options{})
+	if b, err := db.GetBlob(ctx, "", id); err != nil || len(b.Data) != 1000 {
+		t.Fatalf("blob after reopen: %v", err)
+	}
+	if v, _ := db.Get(ctx, "", "k"); v != "v" {
+		t.Fatal("key lost")
+	}
+}

@@ -130,3 +130,91 @@ func TestDB_GroupCommitConcurrent(t *testing.T) {
 		t.Fatalf("blobs = %d (want %d), payload files = %d (want %d)", st.Blobs, writers*per/50, st.PayloadFiles, writers)
 	}
 }
+
+// Writes carrying a txID run inside the transaction, in order with the Writer's other writes, and an
+// earlier failure aborts them too.
+func TestWriter_InTx(t *testing.T) {
+	db := openDB(t, smallOpts)
+	id0, _ := db.StoreBlob(ctx, "", []byte("x"), nil)
+	tx, err := db.Begin(ctx, false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := db.NewWriter()
+	futs := []*store.Future{
+		w.Set(tx, "a", "1"),
+		w.Delete(tx, "a"),
+		w.StoreBlob(tx, make([]byte, 3000), ptr("m")),
+		w.UpdateBlob(tx, id0, store.BlobUpdate{Data: make([]byte, 2500)}),
+		w.DeleteBlob(tx, id0),
+	}
+	for i, f := range futs {
+		if _, err := f.Wait(ctx); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	newID, _ := futs[2].Wait(ctx)
+	if _, err := db.GetBlob(ctx, "", newID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("tx write visible before commit: %v", err)
+	}
+	if err := db.Commit(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := db.GetBlob(ctx, "", newID); err != nil || len(b.Data) != 3000 {
+		t.Fatalf("after commit: %v", err)
+	}
+	if _, err := db.GetBlob(ctx, "", id0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleted in tx, still there: %v", err)
+	}
+	// Unknown transaction: the write fails and later ones abort.
+	f1 := w.Set("no-such-tx", "k", "v")
+	f2 := w.Set("", "k", "v")
+	if _, err := f1.Wait(ctx); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown tx err = %v", err)
+	}
+	if _, err := f2.Wait(ctx); !errors.Is(err, store.ErrAborted) {
+		t.Fatalf("after failure err = %v, want ErrAborted", err)
+	}
+	w.Close()
+}
+
+// Large blobs are prepared concurrently but still commit in submission order; a failure among them
+// aborts the rest.
+func TestWriter_PipelinedBlobsOrder(t *testing.T) {
+	db := openDB(t, smallOpts)
+	w := db.NewWriter()
+	var futs []*store.Future
+	for i := 0; i < 20; i++ {
+		data := make([]byte, 2000+i*500)
+		data[0] = byte(i)
+		futs = append(futs, w.StoreBlob("", data, nil))
+		futs = append(futs, w.Set("", "after", fmt.Sprint(i))) // small writes interleave
+	}
+	bad := w.UpdateBlob("", 99999, store.BlobUpdate{Data: make([]byte, 5000)})
+	late := w.StoreBlob("", make([]byte, 5000), nil)
+	w.Close()
+	var last uint64
+	for i := 0; i < len(futs); i += 2 {
+		id, err := futs[i].Wait(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id <= last {
+			t.Fatalf("blob %d got id %d after %d: out of order", i/2, id, last)
+		}
+		last = id
+	}
+	if v, _ := db.Get(ctx, "", "after"); v != "19" {
+		t.Fatalf("after = %q, want 19", v)
+	}
+	if _, err := bad.Wait(ctx); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("bad update err = %v", err)
+	}
+	if _, err := late.Wait(ctx); !errors.Is(err, store.ErrAborted) {
+		t.Fatalf("late err = %v, want ErrAborted", err)
+	}
+	db.CollectGarbage(ctx)
+	if st, _ := db.Stats(ctx); st.PayloadFiles != 20 {
+		t.Fatalf("payload files = %d, want 20 (aborted blob's file collected)", st.PayloadFiles)
+	}
+}

@@ -20,7 +20,7 @@ func newBlobCmd(g *globalFlags) *cobra.Command {
 		Long: `Write blob ID's data to stdout. --mode metadata prints its metadata on one line (nothing when
 the blob has none); --mode all prints the metadata line, then the data.`,
 		Args: exactArgs(1),
-		RunE: withBlob(g, func(cmd *cobra.Command, c blobpb.BlobClient, args []string) error {
+		RunE: withClient(g, blobpb.NewBlobClient, func(cmd *cobra.Command, c blobpb.BlobClient, args []string) error {
 			id, err := parseID(args[0])
 			if err != nil {
 				return err
@@ -50,7 +50,7 @@ the blob has none); --mode all prints the metadata line, then the data.`,
 			Use:   "store <FILE|-> [METADATA]",
 			Short: "Store FILE (or stdin for -) as a new blob and print its id",
 			Args:  rangeArgs(1, 2),
-			RunE: withBlob(g, func(cmd *cobra.Command, c blobpb.BlobClient, args []string) error {
+			RunE: withClient(g, blobpb.NewBlobClient, func(cmd *cobra.Command, c blobpb.BlobClient, args []string) error {
 				data, err := readInput(cmd, args[0])
 				if err != nil {
 					return err
@@ -73,7 +73,7 @@ the blob has none); --mode all prints the metadata line, then the data.`,
 			Long: `Replace blob ID's data ("data FILE"), its metadata ("metadata [METADATA]"; without METADATA
 the metadata is removed), or both ("all FILE [METADATA]"). FILE "-" reads stdin.`,
 			Args: rangeArgs(2, 4),
-			RunE: withBlob(g, func(cmd *cobra.Command, c blobpb.BlobClient, args []string) error {
+			RunE: withClient(g, blobpb.NewBlobClient, func(cmd *cobra.Command, c blobpb.BlobClient, args []string) error {
 				id, err := parseID(args[0])
 				if err != nil {
 					return err
@@ -115,7 +115,7 @@ the metadata is removed), or both ("all FILE [METADATA]"). FILE "-" reads stdin.
 		},
 		&cobra.Command{
 			Use: "delete <ID>", Short: "Delete blob ID", Args: exactArgs(1),
-			RunE: withBlob(g, func(cmd *cobra.Command, c blobpb.BlobClient, args []string) error {
+			RunE: withClient(g, blobpb.NewBlobClient, func(cmd *cobra.Command, c blobpb.BlobClient, args []string) error {
 				id, err := parseID(args[0])
 				if err != nil {
 					return err
@@ -126,7 +126,7 @@ the metadata is removed), or both ("all FILE [METADATA]"). FILE "-" reads stdin.
 		},
 		&cobra.Command{
 			Use: "eq-data <ID>...", Short: "Exit 0 if every blob has the same data, 1 if not", Args: minArgs(1),
-			RunE: withBlob(g, func(cmd *cobra.Command, c blobpb.BlobClient, args []string) error {
+			RunE: withClient(g, blobpb.NewBlobClient, func(cmd *cobra.Command, c blobpb.BlobClient, args []string) error {
 				ids, err := parseIDs(args)
 				if err != nil {
 					return err
@@ -138,7 +138,7 @@ the metadata is removed), or both ("all FILE [METADATA]"). FILE "-" reads stdin.
 		},
 		&cobra.Command{
 			Use: "not-eq-data <ID>...", Short: "Exit 0 if the blobs' data are pairwise different, 1 if not", Args: minArgs(1),
-			RunE: withBlob(g, func(cmd *cobra.Command, c blobpb.BlobClient, args []string) error {
+			RunE: withClient(g, blobpb.NewBlobClient, func(cmd *cobra.Command, c blobpb.BlobClient, args []string) error {
 				ids, err := parseIDs(args)
 				if err != nil {
 					return err
@@ -150,17 +150,6 @@ the metadata is removed), or both ("all FILE [METADATA]"). FILE "-" reads stdin.
 		},
 	)
 	return cmd
-}
-
-func withBlob(g *globalFlags, fn func(*cobra.Command, blobpb.BlobClient, []string) error) func(*cobra.Command, []string) error {
-	return func(cmd *cobra.Command, args []string) error {
-		cc, err := dial(cmd, g)
-		if err != nil {
-			return err
-		}
-		defer cc.Close()
-		return fn(cmd, blobpb.NewBlobClient(cc), args)
-	}
 }
 
 // readInput reads a whole file, or stdin for "-". BuffDB's Store sends a blob in one message, so it

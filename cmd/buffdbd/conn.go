@@ -138,3 +138,16 @@ func local(ctx context.Context, cfg Config, g *globalFlags, opts []grpc.DialOpti
 	}
 	return &clientConn{ClientConn: cc, Local: true, closer: closeAll}, nil
 }
+
+// withClient returns a cobra RunE that dials (see dial), builds a client with newClient, and runs
+// fn with it, closing the connection afterwards.
+func withClient[C any](g *globalFlags, newClient func(grpc.ClientConnInterface) C, fn func(*cobra.Command, C, []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		cc, err := dial(cmd, g)
+		if err != nil {
+			return err
+		}
+		defer cc.Close()
+		return fn(cmd, newClient(cc), args)
+	}
+}

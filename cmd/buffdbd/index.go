@@ -20,17 +20,6 @@ func newIndexCmd(g *globalFlags) *cobra.Command {
 	return cmd
 }
 
-func withIndex(g *globalFlags, fn func(*cobra.Command, indexpb.IndexClient, []string) error) func(*cobra.Command, []string) error {
-	return func(cmd *cobra.Command, args []string) error {
-		cc, err := dial(cmd, g)
-		if err != nil {
-			return err
-		}
-		defer cc.Close()
-		return fn(cmd, indexpb.NewIndexClient(cc), args)
-	}
-}
-
 func newIndexCreateCmd(g *globalFlags) *cobra.Command {
 	var typ, kind, jsonPath, prefix string
 	var unique bool
@@ -40,7 +29,7 @@ func newIndexCreateCmd(g *globalFlags) *cobra.Command {
 		Example: `  buffdbd index create by-framework --json-path '$.framework' --prefix 'model:'
   buffdbd index create by-size --type btree --kind number --json-path '$.size'`,
 		Args: exactArgs(1),
-		RunE: withIndex(g, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
+		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
 			def := &indexpb.IndexDefinition{Name: args[0], Unique: unique, JsonPath: jsonPath, KeyPrefix: prefix}
 			switch typ {
 			case "hash":
@@ -78,7 +67,7 @@ func newIndexCreateCmd(g *globalFlags) *cobra.Command {
 func newIndexDropCmd(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
 		Use: "drop <NAME>", Short: "Drop an index", Args: exactArgs(1),
-		RunE: withIndex(g, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
+		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
 			_, err := c.DropIndex(cmd.Context(), &indexpb.DropIndexRequest{Name: args[0]})
 			return err
 		}),
@@ -88,7 +77,7 @@ func newIndexDropCmd(g *globalFlags) *cobra.Command {
 func newIndexLsCmd(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
 		Use: "ls", Short: "List indexes", Args: noArgs,
-		RunE: withIndex(g, func(cmd *cobra.Command, c indexpb.IndexClient, _ []string) error {
+		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, _ []string) error {
 			resp, err := c.ListIndexes(cmd.Context(), &indexpb.ListIndexesRequest{})
 			if err != nil {
 				return err
@@ -116,7 +105,7 @@ func newIndexFindCmd(g *globalFlags) *cobra.Command {
 	var values bool
 	cmd := &cobra.Command{
 		Use: "find <NAME> <VALUE>", Short: "Print the keys whose indexed value equals VALUE", Args: exactArgs(2),
-		RunE: withIndex(g, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
+		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
 			s, err := c.Find(cmd.Context(), &indexpb.FindRequest{Index: args[0], Value: args[1], Limit: limit})
 			if err != nil {
 				return err
@@ -138,7 +127,7 @@ func newIndexRangeCmd(g *globalFlags) *cobra.Command {
 		Short:   "Print keys whose indexed value is within bounds (btree indexes), in value order",
 		Example: `  buffdbd index range by-size --ge 100 --lt 1000 --limit 10`,
 		Args:    exactArgs(1),
-		RunE: withIndex(g, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
+		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
 			fl := cmd.Flags()
 			if fl.Changed("gt") && fl.Changed("ge") || fl.Changed("lt") && fl.Changed("le") {
 				return usagef("give at most one lower bound (--gt/--ge) and one upper bound (--lt/--le)")

@@ -16,7 +16,7 @@ func newKVCmd(g *globalFlags) *cobra.Command {
 	cmd.AddCommand(
 		&cobra.Command{
 			Use: "get <KEY>", Short: "Print the value of KEY", Args: exactArgs(1),
-			RunE: withKV(g, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
+			RunE: withClient(g, kvpb.NewKvClient, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
 				resp, err := roundTrip(cmd.Context(), c.Get, &kvpb.GetRequest{Key: args[0]})
 				if err != nil {
 					return err
@@ -27,21 +27,21 @@ func newKVCmd(g *globalFlags) *cobra.Command {
 		},
 		&cobra.Command{
 			Use: "set <KEY> <VALUE>", Short: "Store VALUE under KEY", Args: exactArgs(2),
-			RunE: withKV(g, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
+			RunE: withClient(g, kvpb.NewKvClient, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
 				_, err := roundTrip(cmd.Context(), c.Set, &kvpb.SetRequest{Key: args[0], Value: args[1]})
 				return err
 			}),
 		},
 		&cobra.Command{
 			Use: "delete <KEY>", Short: "Delete KEY", Args: exactArgs(1),
-			RunE: withKV(g, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
+			RunE: withClient(g, kvpb.NewKvClient, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
 				_, err := roundTrip(cmd.Context(), c.Delete, &kvpb.DeleteRequest{Key: args[0]})
 				return err
 			}),
 		},
 		&cobra.Command{
 			Use: "eq <KEY>...", Short: "Exit 0 if every KEY has the same value, 1 if not", Args: minArgs(1),
-			RunE: withKV(g, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
+			RunE: withClient(g, kvpb.NewKvClient, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
 				return checkResult(cmd)(sendAll(cmd.Context(), c.Eq, args, func(k string) *kvpb.EqRequest {
 					return &kvpb.EqRequest{Key: k}
 				}))
@@ -49,7 +49,7 @@ func newKVCmd(g *globalFlags) *cobra.Command {
 		},
 		&cobra.Command{
 			Use: "not-eq <KEY>...", Short: "Exit 0 if the KEYs' values are pairwise different, 1 if not", Args: minArgs(1),
-			RunE: withKV(g, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
+			RunE: withClient(g, kvpb.NewKvClient, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
 				return checkResult(cmd)(sendAll(cmd.Context(), c.NotEq, args, func(k string) *kvpb.NotEqRequest {
 					return &kvpb.NotEqRequest{Key: k}
 				}))
@@ -57,18 +57,6 @@ func newKVCmd(g *globalFlags) *cobra.Command {
 		},
 	)
 	return cmd
-}
-
-// withKV runs fn with a Kv client on a connection from dial.
-func withKV(g *globalFlags, fn func(*cobra.Command, kvpb.KvClient, []string) error) func(*cobra.Command, []string) error {
-	return func(cmd *cobra.Command, args []string) error {
-		cc, err := dial(cmd, g)
-		if err != nil {
-			return err
-		}
-		defer cc.Close()
-		return fn(cmd, kvpb.NewKvClient(cc), args)
-	}
 }
 
 // roundTrip sends one request on a new bidi stream and returns its one response.

@@ -69,7 +69,18 @@ func registerRegistry(ctx context.Context, db *store.DB, srv *api.Server, cfg Co
 		return nil, err
 	}
 	srv.Register(&registrypb.Registry_ServiceDesc, withFetch(ctx, api.NewRegistry(svc, log), svc, cfg, log))
+	// The daemon cancels ctx at the first signal, before the graceful stop: end Watch streams then,
+	// or the stop waits its whole timeout for watchers that never hang up.
+	closed := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			svc.Drain()
+		case <-closed:
+		}
+	}()
 	return closerFunc(func() error {
+		close(closed)
 		registriesMu.Lock()
 		delete(registries, db)
 		registriesMu.Unlock()
