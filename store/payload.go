@@ -146,6 +146,12 @@ func (db *DB) prepare(data []byte) (content, error) {
 	}
 	c.pin = db.pend.pin(c.sum, nil)
 	if db.payloadExists(c.sum, c.size) {
+		// Deduplicated. The file may have been renamed into place a moment ago by a writer that has
+		// not yet fsynced its directory; fsync it ourselves so our row never outlives the name.
+		if err := db.syncDir(filepath.Dir(db.payloadPath(c.sum))); err != nil {
+			c.pin.release()
+			return c, err
+		}
 		return c, nil
 	}
 	f, err := db.createTemp()
@@ -196,20 +202,21 @@ func (db *DB) discardTemp(f *os.File) {
 // pin on sum. If an identical payload already exists the temp file is just dropped.
 func (db *DB) installTemp(f *os.File, sum [32]byte) error {
 	defer db.discardTemp(f) // after a successful rename the Remove is a harmless no-op
-	if err := db.fsync(f); err != nil {
-		return fmt.Errorf("fsync payload: %w", err)
-	}
 	st, err := f.Stat()
 	if err != nil {
 		return err
 	}
+	final := db.payloadPath(sum)
+	if db.payloadExists(sum, st.Size()) {
+		// Deduplicated: no need to make our copy durable, but the existing name must be (see prepare).
+		return db.syncDir(filepath.Dir(final))
+	}
+	if err := db.fsync(f); err != nil {
+		return fmt.Errorf("fsync payload: %w", err)
+	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("close payload: %w", err)
 	}
-	if db.payloadExists(sum, st.Size()) {
-		return nil
-	}
-	final := db.payloadPath(sum)
 	sub := filepath.Dir(final)
 	if err := os.Mkdir(sub, 0o750); err == nil {
 		if err := db.syncDir(filepath.Dir(sub)); err != nil {

@@ -212,11 +212,12 @@ func (m *Main) Open(ctx context.Context) (err error) {
 		}()
 	}
 	if m.httpLn != nil {
-		m.http = newHTTPServer(newHTTPHandler(m.metrics.registry, m.readiness, m.Logger), m.Logger)
+		srv, ln := newHTTPServer(newHTTPHandler(m.metrics.registry, m.readiness, m.Logger), m.Logger), m.httpLn
+		m.http = srv
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
-			serveHTTP(m.http, m.httpLn, m.Logger)
+			serveHTTP(srv, ln, m.Logger) // not m.http: Close may clear it before this goroutine runs
 		}()
 	}
 	m.Services.srv.SetServing()
