@@ -381,6 +381,10 @@ func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, j *jou
 		}
 		failures++
 		if failures >= bo.Attempts {
+			if !errors.Is(err, ErrOffline) && !errors.Is(err, ErrRateLimited) {
+				// Cuts and stalls that never stop are the network's doing: report them as such.
+				err = fmt.Errorf("%w: giving up after %d attempts without progress: %v", ErrOffline, failures, err)
+			}
 			return err
 		}
 		if e.obs != nil {
@@ -436,8 +440,12 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, j *
 	defer resp.Body.Close()
 	switch {
 	case resp.StatusCode == http.StatusPartialContent:
-		if cr := resp.Header.Get("Content-Range"); !strings.HasPrefix(cr, "bytes "+strconv.FormatInt(from, 10)+"-") {
+		cr := resp.Header.Get("Content-Range")
+		if !strings.HasPrefix(cr, "bytes "+strconv.FormatInt(from, 10)+"-") {
 			return nil, fmt.Errorf("%w: asked bytes %d-%d, got Content-Range %q", ErrProtocol, from, to-1, cr)
+		}
+		if _, total, ok := strings.Cut(cr, "/"); ok && total != "*" && total != strconv.FormatInt(t.file.Size, 10) {
+			return nil, fmt.Errorf("%w: %s: the server has %s bytes, the Hub listed %d", ErrChecksum, t.path, total, t.file.Size)
 		}
 	case resp.StatusCode == http.StatusOK && from == 0:
 		// The server ignored Range (or we asked for everything): read only our range.

@@ -315,3 +315,26 @@ func FuzzStagingPaths(f *testing.F) {
 		}
 	})
 }
+
+func TestEngine_ShortObject(t *testing.T) {
+	small := EngineOptions{RangeSize: 64 << 10, Checkpoint: 16 << 10, Concurrency: 4, BufferSize: 8 << 10}
+	for name, n := range map[string]int64{"ErrChecksumRangeBeyondEnd": 64 << 10, "ErrChecksumShortRange": 100 << 10} {
+		t.Run(name, func(t *testing.T) {
+			fx := newEngineFixture(t, map[string]int{"w.bin": 256 << 10}, map[string]bool{"w.bin": true})
+			fx.hub.Shorten("org/model", "w.bin", n)
+			_, err := fx.run(t, t.TempDir(), "w.bin", small)
+			if !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), "w.bin") {
+				t.Fatalf("err = %v, want ErrChecksum naming w.bin", err)
+			}
+		})
+	}
+	t.Run("ErrOfflineEndlessCuts", func(t *testing.T) {
+		fx := newEngineFixture(t, map[string]int{"w.bin": 64 << 10}, map[string]bool{"w.bin": true})
+		fx.hub.CutNext(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+		o := small
+		o.Concurrency = 1
+		if _, err := fx.run(t, t.TempDir(), "w.bin", o); !errors.Is(err, ErrOffline) {
+			t.Fatalf("err = %v, want ErrOffline after the retry budget", err)
+		}
+	})
+}

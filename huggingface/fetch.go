@@ -170,6 +170,14 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	commit := info.Commit
 	res.Version = commit
 
+	// One fetch per commit at a time: two would write the same partial files. The second waits,
+	// then finds the version published.
+	dir := filepath.Join(f.o.CacheDir, filepath.FromSlash(ref.Repo), commit)
+	unlock, err := lockStaging(ctx, dir)
+	if err != nil {
+		return res, err
+	}
+	defer unlock()
 	have, err := f.reg.HasVersion(ctx, ref.Repo, commit)
 	if err != nil {
 		return res, fmt.Errorf("check registry for %s:%s: %w", ref.Repo, commit, err)
@@ -208,7 +216,6 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
 
-	dir := filepath.Join(f.o.CacheDir, filepath.FromSlash(ref.Repo), commit)
 	eng := newEngine(f.client, f.o.Engine, f.o.Observer, dir, ref.Repo, commit)
 	imports := make([]registry.ImportFile, len(files))
 	var tasks []*task
@@ -291,6 +298,29 @@ func (f *Fetcher) fromCache(ctx context.Context, ref Ref, res Result, alias stri
 	res.Version, res.AlreadyHad, res.Offline = version, true, true
 	report(Progress{Phase: "done", Commit: version})
 	return res, nil
+}
+
+var (
+	stagingMu    sync.Mutex
+	stagingLocks = map[string]chan struct{}{}
+)
+
+// lockStaging serializes fetches using the same staging directory within this process (the store,
+// and so the cache directory beside it, belongs to one process). It waits until ctx is done.
+func lockStaging(ctx context.Context, dir string) (unlock func(), err error) {
+	stagingMu.Lock()
+	ch := stagingLocks[dir]
+	if ch == nil {
+		ch = make(chan struct{}, 1)
+		stagingLocks[dir] = ch
+	}
+	stagingMu.Unlock()
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // staleAfter is how long an abandoned partial fetch of another commit is kept for a resume. A week

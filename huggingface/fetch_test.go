@@ -472,3 +472,45 @@ func TestFetcher_FaultsMidBody(t *testing.T) {
 		t.Fatalf("retries observed = %d, want the cuts and stalls retried", e.obs.retries.Load())
 	}
 }
+
+func TestFetcher_Concurrent(t *testing.T) {
+	e := newFetchEnv(t)
+	e.hub.AddRepo("org/model", hubtest.RepoOptions{})
+	w := randomBytes(20, 600<<10)
+	sha := commitFiles(e.hub, "org/model", "main", map[string][]byte{"model.safetensors": w})
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() {
+			_, err := e.fetch(t, "", "hf:org/model")
+			errs <- err
+		}()
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent fetch of one commit: %v", err)
+		}
+	}
+	if got := pullAll(t, e.reg, "org/model", sha); !bytes.Equal(got["model.safetensors"], w) {
+		t.Fatal("concurrent fetches published different bytes")
+	}
+	if served := e.hub.BytesServed(); served >= 2*int64(len(w)) {
+		t.Fatalf("three concurrent fetches downloaded %d bytes of a %d-byte file", served, len(w))
+	}
+}
+
+func TestFetcher_ErrBudget(t *testing.T) {
+	e := newFetchEnv(t)
+	e.reg = newRegistry(t, 100<<10)
+	e.hub.AddRepo("org/big", hubtest.RepoOptions{})
+	sha := commitFiles(e.hub, "org/big", "main", map[string][]byte{"model.safetensors": randomBytes(21, 400<<10)})
+	_, err := e.fetch(t, "", "hf:org/big")
+	if !errors.Is(err, registry.ErrBudget) {
+		t.Fatalf("err = %v, want registry.ErrBudget", err)
+	}
+	if ok, _ := e.reg.HasVersion(context.Background(), "org/big", sha); ok {
+		t.Fatal("a version over budget was published")
+	}
+	if huggingface.ResultLabel(err) != "budget" {
+		t.Fatalf("result label = %q", huggingface.ResultLabel(err))
+	}
+}

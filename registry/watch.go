@@ -22,6 +22,7 @@ const (
 	EventAliasRemoved
 )
 
+// String names the kind as the CLI prints it.
 func (k EventKind) String() string {
 	switch k {
 	case EventPublished:
@@ -91,6 +92,11 @@ func (h *hub) publish(evs ...Event) {
 		}
 	}
 }
+
+// Drain ends every Watch stream (with ErrClosed, which clients see as UNAVAILABLE and retry
+// elsewhere or later) and refuses new ones, so a graceful server stop is not held up by watchers
+// that never hang up. Pushes and pulls are unaffected.
+func (s *Service) Drain() { s.watch.close() }
 
 func (h *hub) close() {
 	h.mu.Lock()

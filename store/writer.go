@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -25,6 +26,7 @@ type Writer struct {
 	pipe     chan *slot
 	pipeDone chan struct{}
 	inflight *semaphore.Weighted
+	closed   bool // after Close, writes fail with ErrClosed (and start no goroutines)
 }
 
 // slot is one write in the Writer's pipe: o (or err) is valid once ready is closed.
@@ -102,10 +104,11 @@ func (w *Writer) DeleteBlob(txID string, id uint64) *Future {
 	return w.push(w.db.deleteBlobOp(id))
 }
 
-// Close waits for outstanding writes and stops the Writer's pipeline. The Writer must not be used
-// afterwards.
+// Close waits for outstanding writes and stops the Writer's pipeline. Writes submitted afterwards
+// fail with ErrClosed.
 func (w *Writer) Close() {
 	w.mu.Lock()
+	w.closed = true
 	last := w.last
 	if w.pipe != nil {
 		close(w.pipe)
@@ -121,6 +124,12 @@ func (w *Writer) Close() {
 func (w *Writer) push(o *op) *Future {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		if o.after != nil {
+			o.after()
+		}
+		return doneFuture(0, fmt.Errorf("writer closed: %w", ErrClosed))
+	}
 	if w.failed.Load() {
 		if o.after != nil {
 			o.after()
@@ -143,6 +152,9 @@ func (w *Writer) push(o *op) *Future {
 func (w *Writer) pushAsync(size int64, prep func() (*op, error)) *Future {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		return doneFuture(0, fmt.Errorf("writer closed: %w", ErrClosed))
+	}
 	if w.failed.Load() {
 		return w.record(doneFuture(0, ErrAborted))
 	}
@@ -201,6 +213,9 @@ func (w *Writer) failNow(err error) *Future {
 func (w *Writer) inTx(fn func() (uint64, error)) *Future {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		return doneFuture(0, fmt.Errorf("writer closed: %w", ErrClosed))
+	}
 	if w.last != nil {
 		<-w.last.done
 	}

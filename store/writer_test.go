@@ -218,3 +218,16 @@ func TestWriter_PipelinedBlobsOrder(t *testing.T) {
 		t.Fatalf("payload files = %d, want 20 (aborted blob's file collected)", st.PayloadFiles)
 	}
 }
+
+func TestWriter_Close(t *testing.T) {
+	db := openDB(t, smallOpts)
+	w := db.NewWriter()
+	w.StoreBlob("", make([]byte, 5000), nil)
+	w.Close()
+	for _, f := range []*store.Future{w.Set("", "k", "v"), w.StoreBlob("", make([]byte, 5000), nil), w.Set("tx", "k", "v")} {
+		if _, err := f.Wait(ctx); !errors.Is(err, store.ErrClosed) {
+			t.Fatalf("write after Close err = %v, want ErrClosed", err)
+		}
+	}
+	w.Close() // idempotent
+}

@@ -150,13 +150,22 @@ func startOpsDaemon(t testing.TB, args ...string) *opsProc {
 		}
 	})
 	ready := n.waitFor(t, "READY=1", d.exited)
-	// STATUS=serving gRPC on 127.0.0.1:NNN; HTTP on 127.0.0.1:MMM
-	_, status, _ := strings.Cut(ready, "STATUS=")
-	if _, err := fmt.Sscanf(strings.NewReplacer(";", " ", ",", " ").Replace(status),
-		"serving gRPC on %s HTTP on %s", &d.grpcAddr, &d.httpAddr); err != nil {
-		t.Fatalf("READY status %q: %v", status, err)
+	var err error
+	if d.grpcAddr, d.httpAddr, err = parseReady(ready); err != nil {
+		t.Fatal(err)
 	}
 	return d
+}
+
+// parseReady reads the first gRPC and the HTTP address from a READY=1 notification's
+// "STATUS=serving gRPC on 127.0.0.1:NNN; HTTP on 127.0.0.1:MMM".
+func parseReady(ready string) (grpcAddr, httpAddr string, err error) {
+	_, status, _ := strings.Cut(ready, "STATUS=")
+	if _, err := fmt.Sscanf(strings.NewReplacer(";", " ", ",", " ").Replace(status),
+		"serving gRPC on %s HTTP on %s", &grpcAddr, &httpAddr); err != nil {
+		return "", "", fmt.Errorf("READY status %q: %v", status, err)
+	}
+	return grpcAddr, httpAddr, nil
 }
 
 // wait waits for the daemon to exit and returns its exit code. The bound only ends a broken test.
@@ -377,6 +386,8 @@ func TestMain_LifecycleHealthMetrics(t *testing.T) {
 		"buffdbd_registry_max_bytes 2.147483648e+10\n",
 		`buffdbd_registry_pushes_total{result="ok"} 0`,
 		`grpc_server_started_total{grpc_method="Pull",grpc_service="buffdb.registry.Registry"`,
+		`buffdbd_fetch_completed_total{result="ok"} 0`,
+		"buffdbd_fetch_active_downloads 0\n",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
@@ -439,5 +450,49 @@ func TestMain_HTTPPortInUse(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "http.listen") {
 		t.Fatalf("error does not name the key: %v", err)
+	}
+}
+
+func TestMain_OpenCloseAtOnce(t *testing.T) {
+	// Close right after Open, before the serving goroutines have run: it must neither crash nor hang
+	// (a goroutine once read the HTTP server field after Close had cleared it).
+	dir := t.TempDir()
+	for range 5 {
+		cfg := DefaultConfig()
+		cfg.DataDir, cfg.GRPC.Listen, cfg.GRPC.Socket, cfg.HTTP.Listen = dir, []string{"127.0.0.1:0"}, socketNone, "127.0.0.1:0"
+		m := NewMain(cfg, discardLogger())
+		if err := m.Open(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestRun_Watchdog(t *testing.T) {
+	// systemd sets WATCHDOG_USEC (and WATCHDOG_PID, which the library checks when present).
+	n := listenNotify(t)
+	dir := t.TempDir()
+	cmd := exec.Command(buffdbdBin, "run", "--config", os.DevNull, "--data-dir", dir, "--listen", "127.0.0.1:0",
+		"--http-listen", "", "--socket", "none")
+	cmd.Env = cleanEnv("NOTIFY_SOCKET="+n.path, "WATCHDOG_USEC=50000")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	defer func() { cmd.Process.Kill(); <-exited }()
+	n.waitFor(t, "READY=1", exited)
+	for range 2 {
+		if got := n.waitFor(t, "WATCHDOG=1", exited); got != "WATCHDOG=1" {
+			t.Fatalf("got %q", got)
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	n.waitFor(t, "STOPPING=1", exited)
+	<-exited
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit %d", code)
 	}
 }

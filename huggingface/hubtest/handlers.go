@@ -291,6 +291,11 @@ func (s *Server) serveCDN(w http.ResponseWriter, r *http.Request) {
 // serveContent writes f's bytes honouring a single Range, with the configured faults.
 func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, f *file) {
 	size := f.content.Size()
+	s.mu.Lock()
+	if n, ok := s.short[f.blobID]; ok && n < size {
+		size = n
+	}
+	s.mu.Unlock()
 	start, end := int64(0), size // [start, end)
 	status := http.StatusOK
 	w.Header().Set("Accept-Ranges", "bytes")

@@ -69,9 +69,10 @@ type Server struct {
 	rateHeader string // their RateLimit header
 	cuts       []int64
 	stalls     []stall
-	corrupt    map[string]bool // sha256 or blob id -> flip a byte
-	throttle   int64           // CDN bytes/s per connection, 0 = unlimited
-	statusNext []int           // next CDN responses get these statuses
+	corrupt    map[string]bool  // blob id -> flip a byte
+	short      map[string]int64 // blob id -> the CDN has only this many bytes
+	throttle   int64            // CDN bytes/s per connection, 0 = unlimited
+	statusNext []int            // next CDN responses get these statuses
 
 	bytesServed atomic.Int64
 	cdnAuth     atomic.Int64
@@ -106,7 +107,7 @@ type file struct {
 
 // New starts an emulator on two loopback listeners. Close it when done.
 func New() *Server {
-	s := &Server{repos: map[string]*repo{}, renamed: map[string]string{}, tokens: map[string]string{}, corrupt: map[string]bool{}, pageSize: 50}
+	s := &Server{repos: map[string]*repo{}, renamed: map[string]string{}, tokens: map[string]string{}, corrupt: map[string]bool{}, short: map[string]int64{}, pageSize: 50}
 	s.Hub = httptest.NewServer(http.HandlerFunc(s.serveHub))
 	s.CDN = httptest.NewServer(http.HandlerFunc(s.serveCDN))
 	return s
@@ -252,6 +253,20 @@ func (s *Server) Corrupt(repoID, path string) {
 		for _, f := range c.files {
 			if f.path == path {
 				s.corrupt[f.blobID] = true
+			}
+		}
+	}
+}
+
+// Shorten makes the servers hold only the first n bytes of the named file while the Hub's metadata
+// still announces its full size (a truncated object on the CDN).
+func (s *Server) Shorten(repoID, path string, n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.repos[repoID].commits {
+		for _, f := range c.files {
+			if f.path == path {
+				s.short[f.blobID] = n
 			}
 		}
 	}
