@@ -60,18 +60,18 @@ func cutPoint(data []byte) int {
 	if n < normal {
 		normal = n
 	}
+	// Ranging over subslices lets the compiler drop bounds checks in the hot loops.
 	var fp uint64
-	i := MinChunkSize
-	for ; i < normal; i++ {
-		fp = fp<<1 + gear[data[i]]
+	for i, b := range data[MinChunkSize:normal] {
+		fp = fp<<1 + gear[b]
 		if fp&maskS == 0 {
-			return i + 1
+			return MinChunkSize + i + 1
 		}
 	}
-	for ; i < n; i++ {
-		fp = fp<<1 + gear[data[i]]
+	for i, b := range data[normal:n] {
+		fp = fp<<1 + gear[b]
 		if fp&maskL == 0 {
-			return i + 1
+			return normal + i + 1
 		}
 	}
 	return n

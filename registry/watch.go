@@ -22,6 +22,7 @@ const (
 	EventAliasRemoved
 )
 
+// String names the kind as the CLI prints it.
 func (k EventKind) String() string {
 	switch k {
 	case EventPublished:

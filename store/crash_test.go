@@ -156,9 +156,11 @@ func TestDB_CrashSafety(t *testing.T) {
 			}
 			close(lines)
 		}()
-		// Kill at a random moment once the child has acknowledged something.
-		kill := time.After(time.Duration(150+rand.IntN(400)) * time.Millisecond)
+		// Kill at a random moment after the child acknowledged both a Set and a blob (the timer starts
+		// only then, so a slow, loaded machine cannot make a round kill before any write).
+		var kill <-chan time.Time
 		var acked int
+		sawK, sawB := false, false
 	read:
 		for {
 			select {
@@ -168,6 +170,10 @@ func TestDB_CrashSafety(t *testing.T) {
 				}
 				acked++
 				f := strings.Fields(l)
+				sawK, sawB = sawK || f[0] == "K", sawB || f[0] == "B"
+				if sawK && sawB && kill == nil {
+					kill = time.After(time.Duration(rand.IntN(400)) * time.Millisecond)
+				}
 				switch f[0] {
 				case "K":
 					keys[f[1]] = true
@@ -183,7 +189,7 @@ func TestDB_CrashSafety(t *testing.T) {
 				}
 			case <-kill:
 				cmd.Process.Signal(syscall.SIGKILL)
-				kill = nil
+				kill = make(chan time.Time) // never fires again
 			}
 		}
 		cmd.Wait()

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"os"
@@ -200,5 +201,35 @@ func TestDB_StoreDeleteSameTx(t *testing.T) {
 	}
 	if n := payloadFiles(t, db); n != 0 {
 		t.Fatalf("client tx: %d payload files left, want 0", n)
+	}
+}
+
+type failingReader struct{ n int }
+
+func (r *failingReader) Read(p []byte) (int, error) {
+	if r.n <= 0 {
+		return 0, errors.New("connection reset")
+	}
+	k := min(len(p), r.n)
+	r.n -= k
+	return k, nil
+}
+
+// A stream that breaks or is cancelled mid-way keeps nothing and leaves no temp file.
+func TestDB_WritePayloadInterrupted(t *testing.T) {
+	db := openDB(t, smallOpts)
+	if _, err := db.WritePayload(ctx, &failingReader{n: 3 << 20}, nil); err == nil || !strings.Contains(err.Error(), "connection reset") {
+		t.Fatalf("err = %v, want the reader's error", err)
+	}
+	c, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := db.WritePayload(c, bytes.NewReader(make([]byte, 3<<20)), nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled err = %v", err)
+	}
+	if tmp, _ := os.ReadDir(filepath.Join(db.Dir(), "tmp")); len(tmp) != 0 {
+		t.Fatalf("%d temp files left", len(tmp))
+	}
+	if n := payloadFiles(t, db); n != 0 {
+		t.Fatalf("%d payload files kept", n)
 	}
 }

@@ -370,3 +370,22 @@ func TestWriteConfigYAML_MasksSecrets(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseByteSize(f *testing.F) {
+	for _, s := range []string{"20GiB", "1.5 KB", "0", "-1", "9223372036854775807", "18446744073709551615", "1e3", " 4 mib "} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := ParseByteSize(s)
+		if err != nil {
+			return
+		}
+		if n < 0 {
+			t.Fatalf("ParseByteSize(%q) = %d < 0", s, n)
+		}
+		// Whatever parses renders exactly and parses back to the same size.
+		if back, err := ParseByteSize(n.String()); err != nil || back != n {
+			t.Fatalf("ParseByteSize(%q) = %d; String %q parses to %d, %v", s, n, n.String(), back, err)
+		}
+	})
+}

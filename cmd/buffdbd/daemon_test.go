@@ -386,6 +386,8 @@ func TestMain_LifecycleHealthMetrics(t *testing.T) {
 		"buffdbd_registry_max_bytes 2.147483648e+10\n",
 		`buffdbd_registry_pushes_total{result="ok"} 0`,
 		`grpc_server_started_total{grpc_method="Pull",grpc_service="buffdb.registry.Registry"`,
+		`buffdbd_fetch_completed_total{result="ok"} 0`,
+		"buffdbd_fetch_active_downloads 0\n",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
@@ -465,5 +467,32 @@ func TestMain_OpenCloseAtOnce(t *testing.T) {
 		if err := m.Close(context.Background()); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+func TestRun_Watchdog(t *testing.T) {
+	// systemd sets WATCHDOG_USEC (and WATCHDOG_PID, which the library checks when present).
+	n := listenNotify(t)
+	dir := t.TempDir()
+	cmd := exec.Command(buffdbdBin, "run", "--config", os.DevNull, "--data-dir", dir, "--listen", "127.0.0.1:0",
+		"--http-listen", "", "--socket", "none")
+	cmd.Env = cleanEnv("NOTIFY_SOCKET="+n.path, "WATCHDOG_USEC=50000")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	defer func() { cmd.Process.Kill(); <-exited }()
+	n.waitFor(t, "READY=1", exited)
+	for range 2 {
+		if got := n.waitFor(t, "WATCHDOG=1", exited); got != "WATCHDOG=1" {
+			t.Fatalf("got %q", got)
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	n.waitFor(t, "STOPPING=1", exited)
+	<-exited
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit %d", code)
 	}
 }

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -118,6 +121,31 @@ func TestRequestLogInterceptors(t *testing.T) {
 		}
 		if buf.Len() != 0 {
 			t.Fatalf("logged at info: %q", buf.String())
+		}
+	})
+}
+
+func TestDetectLogTarget(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("Journal", func(t *testing.T) {
+		t.Setenv("JOURNAL_STREAM", fmt.Sprintf("%d:%d", st.Dev, st.Ino))
+		if got := detectLogTarget(f); !got.Journal || got.TTY {
+			t.Fatalf("got %+v", got)
+		}
+	})
+	t.Run("InheritedFromParent", func(t *testing.T) {
+		// A child whose stderr was redirected elsewhere must not think it writes to the journal.
+		t.Setenv("JOURNAL_STREAM", fmt.Sprintf("%d:%d", st.Dev, st.Ino+1))
+		if got := detectLogTarget(f); got.Journal {
+			t.Fatalf("got %+v", got)
 		}
 	})
 }

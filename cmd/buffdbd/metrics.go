@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -15,6 +16,7 @@ import (
 	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
 	querypb "github.com/buffdb/buffdbd/api/proto/querypb"
 	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
+	"github.com/buffdb/buffdbd/registry"
 	"github.com/buffdb/buffdbd/store"
 )
 
@@ -30,6 +32,11 @@ var grpcHandlingBuckets = []float64{.001, .005, .01, .05, .1, .5, 1, 5, 30, 120,
 type metrics struct {
 	registry *prometheus.Registry
 	grpc     *grpcprom.ServerMetrics
+
+	// Layered services' metrics are registered once per daemon, however often a hook asks.
+	mu       sync.Mutex
+	regHooks *registry.Metrics
+	fetch    *fetchMetrics
 }
 
 // newMetrics registers the go and process collectors, buffdbd_build_info and the gRPC server

@@ -133,12 +133,19 @@ func (c *registryCollector) Collect(ch chan<- prometheus.Metric) {
 // registerRegistry adds the registry counters and scrape-time gauges and returns the hooks to put
 // in registry.Options.Metrics.
 func (m *metrics) registerRegistry(stats func(context.Context) (registry.Stats, error), maxBytes int64) registry.Metrics {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.regHooks != nil {
+		return *m.regHooks
+	}
 	c := &registryCollector{stats: stats, maxBytes: maxBytes}
 	for _, g := range registryGauges {
 		c.descs = append(c.descs, prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, "registry", g.name), g.help, nil, nil))
 	}
 	m.registry.MustRegister(c)
-	return newRegistryMetrics(m.registry).hooks()
+	hooks := newRegistryMetrics(m.registry).hooks()
+	m.regHooks = &hooks
+	return hooks
 }
 
 // fetchMetrics implements huggingface.Observer with Prometheus metrics. A nil *fetchMetrics is a
@@ -158,6 +165,11 @@ var fetchDurationBuckets = []float64{1, 5, 30, 120, 600, 1800, 3600, 4 * 3600}
 
 // registerFetch adds the fetcher metrics; pass the result as huggingface.Options.Observer.
 func (m *metrics) registerFetch() *fetchMetrics {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fetch != nil {
+		return m.fetch
+	}
 	f := &fetchMetrics{
 		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: "fetch",
 			Name: "completed_total", Help: "Hugging Face fetches finished, by result."}, []string{"result"}),
@@ -176,6 +188,7 @@ func (m *metrics) registerFetch() *fetchMetrics {
 		f.fetches.WithLabelValues(r)
 	}
 	m.registry.MustRegister(f.fetches, f.duration, f.downloaded, f.files, f.retries, f.active)
+	m.fetch = f
 	return f
 }
 

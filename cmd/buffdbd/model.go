@@ -124,7 +124,8 @@ func newModelPushCmd(g *globalFlags) *cobra.Command {
 interrupted push resumes where it stopped (run the same command again). The version becomes
 visible, with the "latest" alias and any --alias, only once every byte is stored and verified.`,
 		Args: exactArgs(1),
-		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+		// Flags are checked before connecting, so a typo does not open (or create) a store.
+		PreRunE: func(cmd *cobra.Command, args []string) error {
 			var err error
 			if info.Parameters, err = parseParams(params); err != nil {
 				return err
@@ -141,6 +142,9 @@ visible, with the "latest" alias and any --alias, only once every byte is stored
 			if err := registry.ValidateVersion(info.Version); err != nil {
 				return usagef("--version: %v", err)
 			}
+			return nil
+		},
+		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
 			p := newProgress(cmd.ErrOrStderr(), "push "+info.Name+":"+info.Version)
 			res, err := c.Push(cmd.Context(), args[0], registry.PushOptions{Info: info, Aliases: aliases, Retries: retries, Progress: p.update})
 			p.finish(err == nil)
@@ -162,8 +166,6 @@ visible, with the "latest" alias and any --alias, only once every byte is stored
 	f.StringVar(&inShape, "input-shape", "", "input shape, comma-separated, -1 for dynamic (e.g. -1,3,224,224)")
 	f.StringVar(&outShape, "output-shape", "", "output shape, comma-separated")
 	f.IntVar(&retries, "retries", 10, "how many times to resume after a lost connection")
-	_ = cmd.MarkFlagRequired("name")
-	_ = cmd.MarkFlagRequired("version")
 	return cmd
 }
 
@@ -178,10 +180,13 @@ func newModelPullCmd(g *globalFlags) *cobra.Command {
 reused chunk by chunk, an interrupted pull resumes (run it again), and files appear in DIR only
 after every file of the version has been verified against its sha256.`,
 		Args: exactArgs(1),
-		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+		PreRunE: func(cmd *cobra.Command, args []string) error {
 			if out == "" {
 				return usagef("-o/--output is required")
 			}
+			return nil
+		},
+		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
 			p := newProgress(cmd.ErrOrStderr(), "pull "+args[0])
 			res, err := c.Pull(cmd.Context(), args[0], out, registry.PullOptions{Retries: retries, NoDelta: noDelta, Progress: p.update})
 			p.finish(err == nil)
@@ -422,7 +427,7 @@ func newModelVerifyCmd(g *globalFlags) *cobra.Command {
 			}
 			fmt.Fprintf(w, "verified %d chunks, %s: %d corrupt\n", resp.Chunks, ibytes(int64(resp.Bytes)), len(resp.Corrupt))
 			if len(resp.Corrupt) > 0 {
-				return fmt.Errorf("%d corrupt chunks; push the affected versions again to heal them", len(resp.Corrupt))
+				return fmt.Errorf("%d corrupt chunks; the versions using them cannot be pulled", len(resp.Corrupt))
 			}
 			return nil
 		}),

@@ -124,6 +124,9 @@ type Main struct {
 	httpAddr net.Addr
 	systemd  *systemd
 	ready    atomic.Bool
+	// readyDB is the store while serving, nil before and once shutdown begins; readiness uses it
+	// without racing Close's m.DB = nil.
+	readyDB atomic.Pointer[store.DB]
 }
 
 // NewMain returns a Main for cfg; nothing runs until Open.
@@ -221,6 +224,7 @@ func (m *Main) Open(ctx context.Context) (err error) {
 		}()
 	}
 	m.Services.srv.SetServing()
+	m.readyDB.Store(m.DB)
 	m.ready.Store(true)
 	m.Logger.Info("buffdbd serving", "data_dir", m.Config.DataDir, "addrs", addrStrings(m.addrs),
 		"http", addrString(m.httpAddr))
@@ -250,14 +254,17 @@ func (m *Main) instrument() {
 	m.ServerOptions.StreamInterceptors = append(m.ServerOptions.StreamInterceptors, stream)
 }
 
-// readiness is nil once the store is open (migrations applied) and the listeners serve, until
-// shutdown begins. /readyz and the systemd watchdog use it.
+// readiness is nil once the store is open (migrations applied) and the listeners serve, as long
+// as the store answers, until shutdown begins. /readyz and the systemd watchdog use it.
 func (m *Main) readiness(ctx context.Context) error {
-	if !m.ready.Load() {
-		if m.DB == nil {
-			return errors.New("store not open")
-		}
+	db := m.readyDB.Load()
+	if !m.ready.Load() || db == nil {
 		return errShuttingDown
+	}
+	// An empty read transaction proves the database still answers (not wedged on a lock or a
+	// dead disk): the watchdog stops pinging and systemd restarts a daemon whose store hangs.
+	if err := db.View(ctx, func(*store.Tx) error { return nil }); err != nil {
+		return fmt.Errorf("store: %w", err)
 	}
 	return nil
 }
@@ -300,6 +307,7 @@ func (m *Main) Err() <-chan error { return m.serveErr }
 // until ctx is done (then cancel them), stop layered services, close the store, remove the socket.
 func (m *Main) Close(ctx context.Context) error {
 	var errs []error
+	m.readyDB.Store(nil)
 	if m.ready.Swap(false) {
 		m.systemd.stopping()
 	}

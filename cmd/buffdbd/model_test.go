@@ -1,0 +1,85 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// modelSuite drives the model commands the way a user does; base selects the store or daemon.
+func modelSuite(t *testing.T, base ...string) {
+	a := func(args ...string) []string { return append(append([]string{}, base...), args...) }
+	src := t.TempDir()
+	weights := make([]byte, 5<<20+3)
+	rand.Read(weights)
+	os.MkdirAll(filepath.Join(src, "onnx"), 0o755)
+	os.WriteFile(filepath.Join(src, "onnx", "model.onnx"), weights, 0o644)
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(`{"layers": 12}`), 0o644)
+
+	r := must(t, exitOK, "", a("model", "push", src, "--name", "org/bert", "--version", "v1", "--framework", "onnx",
+		"--param", "task=nlp", "--alias", "production", "--input-shape", "-1,128")...)
+	if !strings.Contains(r.stdout, "pushed org/bert:v1: 2 files") {
+		t.Fatalf("push stdout %q", r.stdout)
+	}
+	if !strings.Contains(r.stderr, "(100%)") {
+		t.Fatalf("no plain progress lines without a terminal: %q", r.stderr)
+	}
+	// The same content as another version: nothing is sent again.
+	r = must(t, exitOK, "", a("model", "push", src, "--name", "org/bert", "--version", "v2")...)
+	if !strings.Contains(r.stdout, "sent 0 B") {
+		t.Fatalf("identical push re-sent bytes: %q", r.stdout)
+	}
+
+	r = must(t, exitOK, "", a("model", "ls")...)
+	if !strings.Contains(r.stdout, "org/bert") || !strings.Contains(r.stdout, "production") {
+		t.Fatalf("ls = %q", r.stdout)
+	}
+	if r := must(t, exitOK, "", a("model", "ls", "--framework", "pytorch")...); strings.Contains(r.stdout, "org/bert") {
+		t.Fatalf("ls --framework pytorch = %q", r.stdout)
+	}
+	r = must(t, exitOK, "", a("model", "show", "org/bert@production")...)
+	for _, want := range []string{"version: v1", "onnx/model.onnx", "param task: nlp", "input shape: [-1 128]", "aliases: production"} {
+		if !strings.Contains(strings.Join(strings.Fields(r.stdout), " "), want) {
+			t.Fatalf("show lacks %q:\n%s", want, r.stdout)
+		}
+	}
+
+	out := t.TempDir()
+	must(t, exitOK, "", a("model", "pull", "org/bert@production", "-o", out)...)
+	got, err := os.ReadFile(filepath.Join(out, "onnx", "model.onnx"))
+	if err != nil || !bytes.Equal(got, weights) {
+		t.Fatalf("pulled file differs: %v", err)
+	}
+
+	must(t, exitOK, "", a("model", "tag", "org/bert:v2", "canary")...)
+	must(t, exitOK, "", a("model", "pin", "org/bert:v2")...)
+	r = must(t, exitError, "", a("model", "rm", "org/bert:v1")...)
+	if !strings.Contains(r.stderr, "alias production") {
+		t.Fatalf("rm of an aliased version: %q", r.stderr)
+	}
+	must(t, exitOK, "", a("model", "untag", "org/bert@production")...)
+	must(t, exitOK, "", a("model", "rm", "org/bert:v1")...)
+	must(t, exitNotFound, "", a("model", "show", "org/bert:v1")...)
+	must(t, exitError, "", a("model", "rm", "org/bert:v2")...) // pinned (and latest, canary)
+	must(t, exitOK, "", a("model", "unpin", "org/bert:v2")...)
+	must(t, exitOK, "", a("model", "verify")...)
+	must(t, exitOK, "", a("gc")...)
+
+	must(t, exitUsage, "", a("model", "push", src, "--name", "bad:name", "--version", "v1")...)
+	must(t, exitUsage, "", a("model", "push", src, "--version", "v1")...)
+	must(t, exitUsage, "", a("model", "pull", "org/bert")...)
+	must(t, exitError, "", a("model", "show", "../etc")...)
+}
+
+func TestCLI_ModelWithoutDaemon(t *testing.T) {
+	modelSuite(t, "--data-dir", t.TempDir())
+}
+
+func TestCLI_ModelWithDaemon(t *testing.T) {
+	dir := t.TempDir()
+	startDaemon(t, dir)
+	modelSuite(t, "--data-dir", dir)
+}
