@@ -79,7 +79,7 @@ func (s *Service) chunkBlob(ctx context.Context, sum [32]byte) (uint64, error) {
 	case !found:
 		return 0, fmt.Errorf("%w: chunk %s", ErrNotFound, Digest(sum))
 	case corrupt != 0:
-		return 0, fmt.Errorf("%w: chunk %s is marked corrupt; push the version again to heal it", ErrChecksum, Digest(sum))
+		return 0, fmt.Errorf("%w: chunk %s is marked corrupt by verify; the version cannot be pulled", ErrChecksum, Digest(sum))
 	}
 	return uint64(blobID), nil
 }

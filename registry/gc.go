@@ -113,7 +113,7 @@ type VerifyResult struct {
 
 // Verify re-hashes the chunks of ref's version (every chunk if ref is nil), marks the ones whose
 // bytes are missing or wrong as corrupt (pulls of versions using them fail with ErrChecksum until a
-// push of the same bytes heals them) and reports them. Memory stays flat: one chunk buffer.
+// push re-sends their bytes; see DESIGN.md on healing) and reports them. Memory stays flat: one chunk buffer.
 func (s *Service) Verify(ctx context.Context, ref *Ref, progress func(chunks, bytes int64)) (VerifyResult, error) {
 	var res VerifyResult
 	type chunk struct {

@@ -427,7 +427,7 @@ func newModelVerifyCmd(g *globalFlags) *cobra.Command {
 			}
 			fmt.Fprintf(w, "verified %d chunks, %s: %d corrupt\n", resp.Chunks, ibytes(int64(resp.Bytes)), len(resp.Corrupt))
 			if len(resp.Corrupt) > 0 {
-				return fmt.Errorf("%d corrupt chunks; push the affected versions again to heal them", len(resp.Corrupt))
+				return fmt.Errorf("%d corrupt chunks; the versions using them cannot be pulled", len(resp.Corrupt))
 			}
 			return nil
 		}),
