@@ -33,9 +33,13 @@ type EngineOptions struct {
 	// a range costs one request and one journal record, and a 1 GiB file still splits into 32
 	// pieces for parallelism.
 	RangeSize int64
-	// Checkpoint is how many bytes of a range are written between fsync+journal records, which
-	// bounds what a kill -9 can lose per connection. Default 8 MiB.
+	// Checkpoint is how many bytes of a file may be written beyond the last fsync+journal record
+	// before the background syncer is woken, which bounds what a kill -9 or power loss can cost.
+	// Default 8 MiB. Downloads never wait for the sync.
 	Checkpoint int64
+	// SyncInterval is the longest time between syncs while bytes arrive. Default 2s: a slow link
+	// loses at most two seconds of progress, and a fast one is bounded by Checkpoint.
+	SyncInterval time.Duration
 	// StallTimeout cancels and retries a range that received no bytes for this long. Default
 	// 30s: long enough for a congested cellular link, short enough that a dead TCP connection
 	// (which may otherwise hang for the kernel's ~15 minute retransmission limit) is noticed.
@@ -56,6 +60,9 @@ func (o EngineOptions) withDefaults() EngineOptions {
 	}
 	if o.Checkpoint <= 0 {
 		o.Checkpoint = 8 << 20
+	}
+	if o.SyncInterval <= 0 {
+		o.SyncInterval = 2 * time.Second
 	}
 	if o.StallTimeout <= 0 {
 		o.StallTimeout = 30 * time.Second
@@ -156,9 +163,10 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	for i := range ranges {
 		start := int64(i) * rs
 		r := &byteRange{idx: uint32(i), start: start, end: min(start+rs, t.file.Size), complete: make(chan struct{})}
-		r.done = min(j.done[uint32(i)], r.end-r.start)
-		already += r.done
-		if r.done == r.end-r.start {
+		r.durable = min(j.done[uint32(i)], r.end-r.start)
+		r.written.Store(r.durable)
+		already += r.durable
+		if r.durable == r.end-r.start {
 			close(r.complete)
 		}
 		ranges[i] = r
@@ -173,10 +181,11 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	go func() { hashc <- e.hashRanges(ctx, f, ranges, t) }()
 
 	src := &source{e: e, t: t}
-	var jmu sync.Mutex // serializes journal appends
+	sy := newSyncer(f, j, ranges, e.o)
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return sy.run(gctx) })
 	for _, r := range ranges {
-		if r.done == r.end-r.start {
+		if r.written.Load() == r.end-r.start {
 			continue
 		}
 		if err := e.sem.Acquire(gctx, 1); err != nil {
@@ -184,9 +193,20 @@ func (e *engine) download(ctx context.Context, t *task) error {
 		}
 		g.Go(func() error {
 			defer e.sem.Release(1)
-			return e.fetchRange(gctx, src, f, j, &jmu, r, t)
+			return e.fetchRange(gctx, src, f, sy, r, t)
 		})
 	}
+	go func() {
+		// Once every range is complete the syncer has nothing left to protect; stop it.
+		for _, r := range ranges {
+			select {
+			case <-r.complete:
+			case <-gctx.Done():
+				return
+			}
+		}
+		sy.stop()
+	}()
 	if err := g.Wait(); err != nil {
 		cancel()
 		<-hashc
@@ -240,8 +260,87 @@ func (e *engine) rangeSizeFor(size int64) int64 {
 type byteRange struct {
 	idx        uint32
 	start, end int64
-	done       int64 // durable bytes from start (only the range's own goroutine writes it)
+	written    atomic.Int64 // bytes from start written to the file (in the page cache at least)
+	durable    int64        // bytes from start fsynced and journaled; only the syncer touches it
 	complete   chan struct{}
+}
+
+// syncer makes written bytes durable in the background: it fsyncs the partial file and then
+// journals each range's progress, when Checkpoint bytes are pending or every SyncInterval, and a
+// last time when stopped (also on failure or cancellation, so an interrupted fetch resumes from
+// everything that arrived). Connections never wait for a disk flush.
+type syncer struct {
+	f       *os.File
+	j       *journal
+	ranges  []*byteRange
+	o       EngineOptions
+	pending atomic.Int64
+	kick    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+}
+
+func newSyncer(f *os.File, j *journal, ranges []*byteRange, o EngineOptions) *syncer {
+	return &syncer{f: f, j: j, ranges: ranges, o: o, kick: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// wrote accounts n new bytes and wakes the syncer when a checkpoint's worth is pending.
+func (s *syncer) wrote(n int) {
+	if s.pending.Add(int64(n)) >= s.o.Checkpoint {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (s *syncer) stop() { s.once.Do(func() { close(s.done) }) }
+
+func (s *syncer) run(ctx context.Context) error {
+	tick := time.NewTicker(s.o.SyncInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.kick:
+		case <-tick.C:
+		case <-s.done:
+			return s.flush()
+		case <-ctx.Done():
+			// Save what arrived before the failure or cancellation, then report the cause.
+			s.flush()
+			return ctx.Err()
+		}
+		if err := s.flush(); err != nil {
+			return err
+		}
+	}
+}
+
+// flush fsyncs, then journals every range that grew since the last flush.
+func (s *syncer) flush() error {
+	snap := make([]int64, len(s.ranges))
+	grew := false
+	for i, r := range s.ranges {
+		snap[i] = r.written.Load()
+		grew = grew || snap[i] > r.durable
+	}
+	if !grew {
+		return nil
+	}
+	s.pending.Store(0)
+	// Data first, then the records that vouch for it.
+	if err := datasync(s.f); err != nil {
+		return fmt.Errorf("sync partial file: %w", err)
+	}
+	for i, r := range s.ranges {
+		if snap[i] > r.durable {
+			if err := s.j.record(r.idx, snap[i]); err != nil {
+				return err
+			}
+			r.durable = snap[i]
+		}
+	}
+	return nil
 }
 
 type hashResult struct {
@@ -346,7 +445,7 @@ var errStalled = errors.New("download stalled")
 var errExpired = errors.New("signed URL rejected")
 
 // fetchRange downloads the rest of r with retries, checkpointing durable progress.
-func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, j *journal, jmu *sync.Mutex, r *byteRange, t *task) error {
+func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, sy *syncer, r *byteRange, t *task) error {
 	if e.obs != nil {
 		e.obs.DownloadsActive(1)
 		defer e.obs.DownloadsActive(-1)
@@ -360,8 +459,8 @@ func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, j *jou
 		if err != nil {
 			return err
 		}
-		before := r.done
-		hdr, err := e.rangeAttempt(ctx, loc, f, j, jmu, r, t, buf)
+		before := r.written.Load()
+		hdr, err := e.rangeAttempt(ctx, loc, f, sy, r, t, buf)
 		if err == nil {
 			close(r.complete)
 			return nil
@@ -376,7 +475,7 @@ func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, j *jou
 		if !retryable(err) {
 			return err
 		}
-		if r.done > before {
+		if r.written.Load() > before {
 			failures = 0 // progress was made: this is a flaky link, not a dead one
 		}
 		failures++
@@ -409,9 +508,9 @@ func retryable(err error) bool {
 }
 
 // rangeAttempt makes one request for the rest of r and copies it to f. On failure it returns the
-// response headers (for Retry-After) and an error; r.done reflects the durable bytes.
-func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, j *journal, jmu *sync.Mutex, r *byteRange, t *task, buf []byte) (http.Header, error) {
-	from, to := r.start+r.done, r.end // [from, to)
+// response headers (for Retry-After) and an error; r.written reflects the bytes kept.
+func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy *syncer, r *byteRange, t *task, buf []byte) (http.Header, error) {
+	from, to := r.start+r.written.Load(), r.end // [from, to)
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var stalled atomic.Bool
@@ -470,25 +569,6 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, j *
 
 	body := io.LimitReader(resp.Body, to-from)
 	off := from
-	sinceSync := int64(0)
-	checkpoint := func() error {
-		if sinceSync == 0 {
-			return nil
-		}
-		// Data first, then the journal record that vouches for it.
-		if err := datasync(f); err != nil {
-			return fmt.Errorf("sync partial file: %w", err)
-		}
-		jmu.Lock()
-		err := j.record(r.idx, off-r.start)
-		jmu.Unlock()
-		if err != nil {
-			return err
-		}
-		r.done = off - r.start
-		sinceSync = 0
-		return nil
-	}
 	for off < to {
 		n, rerr := readFull(body, buf[:min(int64(len(buf)), to-off)], timer, e.o.StallTimeout)
 		if n > 0 {
@@ -501,25 +581,18 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, j *
 				return nil, fmt.Errorf("write %s: %w", t.path, err)
 			}
 			off += int64(n)
-			sinceSync += int64(n)
+			r.written.Store(off - r.start)
 			t.done.Add(int64(n))
+			sy.wrote(n)
 			if e.obs != nil {
 				e.obs.BytesDownloaded(int64(n))
-			}
-			if sinceSync >= e.o.Checkpoint {
-				if err := checkpoint(); err != nil {
-					return nil, err
-				}
 			}
 		}
 		if rerr != nil {
 			if off >= to {
 				break
 			}
-			// Keep what arrived: the retry continues from here.
-			if err := checkpoint(); err != nil {
-				return nil, err
-			}
+			// What arrived stays written: the retry continues from here.
 			switch {
 			case stalled.Load():
 				return nil, fmt.Errorf("%w: no bytes for %v at offset %d of %s", errStalled, e.o.StallTimeout, off, t.path)
@@ -531,9 +604,6 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, j *
 				return nil, networkError(req.URL, rerr)
 			}
 		}
-	}
-	if err := checkpoint(); err != nil {
-		return nil, err
 	}
 	return nil, nil
 }

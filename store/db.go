@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/semaphore"
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver; only this package imports it
 )
 
@@ -62,11 +63,12 @@ type DB struct {
 	// Begin to Commit/Rollback.
 	writeLock chan struct{}
 
-	queue   chan *op
-	closeMu sync.RWMutex // submitters hold it shared from their closed check to their send
-	closed  atomic.Bool
-	done    chan struct{} // closed when the committer has exited
-	lock    io.Closer     // the data directory's exclusive process lock
+	queue       chan *op
+	queuedBytes *semaphore.Weighted // see maxQueuedBytes
+	closeMu     sync.RWMutex        // submitters hold it shared from their closed check to their send
+	closed      atomic.Bool
+	done        chan struct{} // closed when the committer has exited
+	lock        io.Closer     // the data directory's exclusive process lock
 
 	pend pendingSet
 
@@ -104,16 +106,17 @@ func Open(ctx context.Context, dir string, opts Options) (*DB, error) {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	db := &DB{
-		dir:       dir,
-		path:      filepath.Join(dir, dbFileName),
-		opts:      opts,
-		log:       opts.Logger,
-		writeLock: make(chan struct{}, 1),
-		queue:     make(chan *op, queueLen),
-		done:      make(chan struct{}),
-		lock:      lock,
-		txs:       make(map[string]*clientTx),
-		expired:   make(map[string]bool),
+		dir:         dir,
+		path:        filepath.Join(dir, dbFileName),
+		opts:        opts,
+		log:         opts.Logger,
+		writeLock:   make(chan struct{}, 1),
+		queue:       make(chan *op, queueLen),
+		queuedBytes: semaphore.NewWeighted(maxQueuedBytes),
+		done:        make(chan struct{}),
+		lock:        lock,
+		txs:         make(map[string]*clientTx),
+		expired:     make(map[string]bool),
 	}
 	db.pend.init()
 	if err := db.open(ctx); err != nil {

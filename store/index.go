@@ -42,6 +42,9 @@ type IndexDef struct {
 	Kind      ValueKind
 }
 
+// uniqueMarker starts the RAISE message of a unique-index trigger, so mapErr can recognize it.
+const uniqueMarker = "buffdb unique index violated: "
+
 // maxIndexName bounds index names; they are identifiers, not data.
 const maxIndexName = 256
 
@@ -115,9 +118,21 @@ func (d IndexDef) triggerSQL(id int64) []string {
 		SELECT %d, v, NEW.key, %d FROM (SELECT %s AS v) WHERE v IS NOT NULL AND %s;`,
 		id, boolInt(d.Unique), d.valueExpr("NEW.value"), d.keyCond("NEW.key"))
 	del := fmt.Sprintf("DELETE FROM kv_index_entry WHERE index_id = %d AND key = OLD.key;", id)
+	// The insert trigger clears NEW.key's entry first: INSERT OR REPLACE (raw SQL) deletes the old row
+	// without firing delete triggers (unless recursive_triggers is on), which would leave it stale.
+	delNew := fmt.Sprintf("DELETE FROM kv_index_entry WHERE index_id = %d AND key = NEW.key;", id)
+	// Uniqueness is checked with RAISE(ABORT) before inserting, not only left to the partial unique
+	// index: an outer INSERT OR REPLACE / OR IGNORE (raw SQL) imposes its conflict policy on trigger
+	// statements, which would silently steal another key's entry or skip this one. RAISE always aborts.
+	check := ""
+	if d.Unique {
+		check = fmt.Sprintf(`SELECT RAISE(ABORT, '%s%s') FROM (SELECT %s AS v) WHERE v IS NOT NULL AND %s
+			AND EXISTS (SELECT 1 FROM kv_index_entry WHERE index_id = %d AND value = v AND key <> NEW.key);`,
+			uniqueMarker, strings.ReplaceAll(d.Name, "'", "''"), d.valueExpr("NEW.value"), d.keyCond("NEW.key"), id)
+	}
 	return []string{
-		fmt.Sprintf("CREATE TRIGGER kv_index_%d_ins AFTER INSERT ON kv BEGIN %s END", id, ins),
-		fmt.Sprintf("CREATE TRIGGER kv_index_%d_upd AFTER UPDATE ON kv BEGIN %s %s END", id, del, ins),
+		fmt.Sprintf("CREATE TRIGGER kv_index_%d_ins AFTER INSERT ON kv BEGIN %s %s %s END", id, check, delNew, ins),
+		fmt.Sprintf("CREATE TRIGGER kv_index_%d_upd AFTER UPDATE ON kv BEGIN %s %s %s END", id, check, del, ins),
 		fmt.Sprintf("CREATE TRIGGER kv_index_%d_del AFTER DELETE ON kv BEGIN %s END", id, del),
 	}
 }

@@ -3,6 +3,7 @@ package store_test
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/buffdb/buffdbd/store"
@@ -108,6 +109,14 @@ func TestDB_IndexMaintenance(t *testing.T) {
 			}
 			return db.Commit(ctx, tx)
 		},
+		"ExecuteReplace": func(k, v string) error {
+			_, err := db.Execute(ctx, fmt.Sprintf("INSERT OR REPLACE INTO kv VALUES ('%s', '%s')", k, v))
+			return err
+		},
+		"ExecuteIgnore": func(k, v string) error {
+			_, err := db.Execute(ctx, fmt.Sprintf("INSERT OR IGNORE INTO kv VALUES ('%s', '%s') ON CONFLICT(key) DO UPDATE SET value = excluded.value", k, v))
+			return err
+		},
 		"Execute": func(k, v string) error {
 			_, err := db.Execute(ctx, fmt.Sprintf("INSERT INTO kv VALUES ('%s', '%s') ON CONFLICT(key) DO UPDATE SET value = excluded.value", k, v))
 			return err
@@ -134,6 +143,9 @@ func TestDB_IndexMaintenance(t *testing.T) {
 			err := set(k2, fmt.Sprintf(`{"owner":"%s"}`, o2))
 			if !errors.Is(err, store.ErrExists) {
 				t.Fatalf("err = %v, want ErrExists", err)
+			}
+			if name != "Execute" && name != "ExecuteReplace" && name != "ExecuteIgnore" && !strings.Contains(err.Error(), `unique index "owner"`) {
+				t.Fatalf("err %q does not name the index", err)
 			}
 			if _, err := db.Get(ctx, "", k2); !errors.Is(err, store.ErrNotFound) {
 				t.Fatalf("violating write was applied: %v", err)

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 )
 
 const (
@@ -67,7 +69,7 @@ func (t *wtx) set(key, value string) error {
 	if _, err := t.q.exec(t.ctx, sqlKVSet, key, value); err != nil {
 		err = mapErr(err)
 		if errors.Is(err, ErrExists) {
-			return fmt.Errorf("key %q: unique index violated: %w", key, ErrExists)
+			return fmt.Errorf("key %q: unique index %s: value taken by another key: %w", key, violatedIndex(err), ErrExists)
 		}
 		return fmt.Errorf("set key %q: %w", key, err)
 	}
@@ -142,4 +144,18 @@ func prefixEnd(p string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// violatedIndex extracts the index name from a unique-index trigger's RAISE message.
+func violatedIndex(err error) string {
+	msg := err.Error()
+	i := strings.Index(msg, uniqueMarker)
+	if i < 0 {
+		return "(unknown)"
+	}
+	name := msg[i+len(uniqueMarker):]
+	if j := strings.LastIndex(name, " ("); j >= 0 { // SQLite appends " (<code>)"
+		name = name[:j]
+	}
+	return strconv.Quote(name)
 }

@@ -135,7 +135,8 @@ func mapErr(err error) error {
 	switch {
 	case code&0xff == sqlite3.SQLITE_READONLY:
 		return fmt.Errorf("%w: %v", ErrReadOnly, err)
-	case code == sqlite3.SQLITE_CONSTRAINT_UNIQUE || code == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+	case code == sqlite3.SQLITE_CONSTRAINT_UNIQUE || code == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY,
+		code == sqlite3.SQLITE_CONSTRAINT_TRIGGER && strings.Contains(err.Error(), uniqueMarker):
 		return fmt.Errorf("%w: %v", ErrExists, err)
 	case code&0xff == sqlite3.SQLITE_INTERRUPT:
 		return fmt.Errorf("interrupted: %w", context.Canceled)

@@ -71,7 +71,7 @@ type configKey struct {
 
 // configKeys lists every key, in the order of configs/buffdbd.yaml.
 var configKeys = []configKey{
-	{name: "data_dir", usage: "data directory (SQLite database and payload files); empty: $STATE_DIRECTORY, else $XDG_DATA_HOME/buffdbd, else ~/.local/share/buffdbd",
+	{name: "data_dir", usage: "data directory (SQLite database and payload files); empty: $STATE_DIRECTORY, else /var/lib/buffdbd if usable, else $XDG_DATA_HOME/buffdbd, else ~/.local/share/buffdbd",
 		field: func(c *Config) any { return &c.DataDir }},
 	{name: "cache_dir", usage: "directory for partial downloads; empty: $CACHE_DIRECTORY or <data_dir>/cache",
 		field: func(c *Config) any { return &c.CacheDir }},

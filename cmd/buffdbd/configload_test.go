@@ -340,6 +340,28 @@ func TestConfig_resolveDirs(t *testing.T) {
 			t.Fatalf("got %q %q %q", c.DataDir, c.CacheDir, socketPath(c))
 		}
 	})
+	t.Run("SystemDataDir", func(t *testing.T) {
+		// A device running the service: the CLI finds the service's directory without --data-dir.
+		t.Setenv("STATE_DIRECTORY", "")
+		sys := t.TempDir()
+		defer func(old string) { systemDataDir = old }(systemDataDir)
+		systemDataDir = sys
+		c := DefaultConfig()
+		if err := c.resolveDirs(); err != nil {
+			t.Fatal(err)
+		}
+		if c.DataDir != sys {
+			t.Fatalf("got %q, want %q", c.DataDir, sys)
+		}
+		systemDataDir = filepath.Join(sys, "missing")
+		c = DefaultConfig()
+		if err := c.resolveDirs(); err != nil {
+			t.Fatal(err)
+		}
+		if c.DataDir == systemDataDir {
+			t.Fatalf("used a missing system data directory")
+		}
+	})
 	t.Run("ExplicitWins", func(t *testing.T) {
 		t.Setenv("STATE_DIRECTORY", "/var/lib/buffdbd")
 		t.Setenv("RUNTIME_DIRECTORY", "/run/buffdbd")

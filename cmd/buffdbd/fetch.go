@@ -359,6 +359,11 @@ type fetchProgress struct {
 	phase    string
 }
 
+// ewmaAge is mpb's default smoothing (a simple EWMA over ~30 updates, ~15 s at two updates a
+// second): steady enough to read on a jittery link. Smaller ages switch mpb to an EWMA that shows
+// nothing until warmed up.
+const ewmaAge = 30
+
 // plainInterval spaces progress lines when stderr is not a terminal: often enough to show life in
 // a journal, rarely enough not to flood it.
 const plainInterval = 5 * time.Second
@@ -390,9 +395,8 @@ func (fp *fetchProgress) update(p huggingface.Progress) {
 		if fp.total == nil {
 			fp.total = fp.p.AddBar(p.TotalBytes,
 				mpb.PrependDecorators(decor.Name(p.Repo+" ", decor.WCSyncSpaceR), decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")),
-				mpb.AppendDecorators(decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30), decor.Name(" ETA "), decor.EwmaETA(decor.ET_STYLE_GO, 30)))
+				mpb.AppendDecorators(decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", ewmaAge), decor.Name(" ETA "), decor.EwmaETA(decor.ET_STYLE_GO, ewmaAge)))
 		}
-		fp.total.SetCurrent(p.DoneBytes)
 		fp.total.EwmaSetCurrent(p.DoneBytes, 500*time.Millisecond)
 		for _, f := range p.Files {
 			b := fp.bars[f.Path]
@@ -402,7 +406,7 @@ func (fp *fetchProgress) update(p huggingface.Progress) {
 				}
 				b = fp.p.AddBar(f.Size, mpb.BarRemoveOnComplete(),
 					mpb.PrependDecorators(decor.Name("  "+f.Path+" ", decor.WCSyncSpaceR), decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")),
-					mpb.AppendDecorators(decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30), decor.Name(" ETA "), decor.EwmaETA(decor.ET_STYLE_GO, 30)))
+					mpb.AppendDecorators(decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", ewmaAge), decor.Name(" ETA "), decor.EwmaETA(decor.ET_STYLE_GO, ewmaAge)))
 				fp.bars[f.Path] = b
 			}
 			b.EwmaSetCurrent(f.Done, 500*time.Millisecond)

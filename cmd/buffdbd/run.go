@@ -389,14 +389,21 @@ func isIPv6Unavailable(addr string, err error) bool {
 		(errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EPROTONOSUPPORT))
 }
 
+// systemDataDir is where the systemd unit keeps the data (StateDirectory=buffdbd).
+var systemDataDir = "/var/lib/buffdbd"
+
 // resolveDataDir returns dir, or when empty the embedded default: $STATE_DIRECTORY (set by systemd's
-// StateDirectory=; the first entry if it lists several), else $XDG_DATA_HOME/buffdbd, else
-// ~/.local/share/buffdbd. The result is absolute so the socket path does not depend on the cwd.
+// StateDirectory=; the first entry if it lists several), else /var/lib/buffdbd when it exists and
+// this user may use it (so CLI calls on a device running the service reach the service's data and
+// socket without --data-dir), else $XDG_DATA_HOME/buffdbd, else ~/.local/share/buffdbd. The result
+// is absolute so the socket path does not depend on the cwd.
 func resolveDataDir(dir string) (string, error) {
 	if dir == "" {
 		switch {
 		case os.Getenv("STATE_DIRECTORY") != "":
 			dir, _, _ = strings.Cut(os.Getenv("STATE_DIRECTORY"), ":")
+		case usableDir(systemDataDir):
+			dir = systemDataDir
 		case os.Getenv("XDG_DATA_HOME") != "":
 			dir = filepath.Join(os.Getenv("XDG_DATA_HOME"), "buffdbd")
 		default:
@@ -408,6 +415,16 @@ func resolveDataDir(dir string) (string, error) {
 		}
 	}
 	return filepath.Abs(dir)
+}
+
+// usableDir reports whether dir is a directory this process may list, read and write.
+func usableDir(dir string) bool {
+	fi, err := os.Stat(dir)
+	if err != nil || !fi.IsDir() {
+		return false
+	}
+	// R_OK|W_OK|X_OK (7): access(2) answers for the real uid, as the CLI user runs it.
+	return syscall.Access(dir, 7) == nil
 }
 
 // socketPath is cfg's unix socket, "" when disabled.

@@ -326,6 +326,10 @@ func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, f *file) {
 	}
 	w.Header().Set("Content-Length", strconv.FormatInt(end-start, 10))
 	w.Header().Set("Content-Type", "application/octet-stream")
+	if r.Method == http.MethodHead {
+		w.WriteHeader(status)
+		return // faults apply to bodies only
+	}
 	s.mu.Lock()
 	cut, st := int64(-1), stall{after: -1}
 	if len(s.cuts) > 0 {
@@ -342,9 +346,6 @@ func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, f *file) {
 	}
 	s.mu.Unlock()
 	w.WriteHeader(status)
-	if r.Method == http.MethodHead {
-		return
-	}
 	buf := make([]byte, 64<<10)
 	sent := int64(0)
 	for off := start; off < end; {
