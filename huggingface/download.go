@@ -97,12 +97,14 @@ func newEngine(c *Client, o EngineOptions, obs Observer, dir, repo, commit strin
 
 // task is one file to download, with its live progress.
 type task struct {
-	file   File
-	path   string // validated relative path
-	final  string // where the verified file ends up
-	done   atomic.Int64
-	sha256 [32]byte // filled after verification
-	state  atomic.Value
+	file  File
+	path  string // validated relative path
+	final string // where the verified file ends up
+	done  atomic.Int64
+	// resumed is what an earlier run left durable (set before downloading starts).
+	resumed int64
+	sha256  [32]byte // filled after verification
+	state   atomic.Value
 }
 
 func (e *engine) partialPaths(relPath string) (part, jour string) {
@@ -126,6 +128,7 @@ func (e *engine) download(ctx context.Context, t *task) error {
 		if err == nil {
 			t.sha256 = sum
 			t.done.Store(t.file.Size)
+			t.resumed = t.file.Size
 			return nil
 		}
 		os.Remove(t.final)
@@ -172,6 +175,7 @@ func (e *engine) download(ctx context.Context, t *task) error {
 		ranges[i] = r
 	}
 	t.done.Store(already)
+	t.resumed = already
 
 	// The hash follows the download: it reads each range back (from the page cache) as soon as
 	// every range before it is complete, so verification costs almost no extra wall time.
