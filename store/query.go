@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 	"time"
 
 	sqlite "modernc.org/sqlite"
@@ -100,9 +101,11 @@ func (db *DB) queryConn(ctx context.Context) (*sql.Conn, func(), error) {
 	return conn, func() { conn.Close(); unlock() }, nil
 }
 
-// Execute runs sql and returns rows changed; ErrReadOnly unless Options.QueryWrites. It runs through
-// group commit like every other write. Raw writes to kv keep indexes current (they are triggers) but
-// raw writes to blob/payload bypass payload reference counting: that is the operator's responsibility.
+// Execute runs sql and returns rows changed; ErrReadOnly unless Options.QueryWrites. It runs in its own
+// autocommit transaction on a writable connection under the write lock (so it serializes with group
+// commit and client transactions, and statements that cannot run inside a transaction, like VACUUM,
+// work). Raw writes to kv keep indexes current (they are triggers) but raw writes to blob/payload
+// bypass payload reference counting: that is the operator's responsibility.
 func (db *DB) Execute(ctx context.Context, sql string) (int64, error) {
 	if err := db.checkOpen(); err != nil {
 		return 0, err
@@ -110,14 +113,29 @@ func (db *DB) Execute(ctx context.Context, sql string) (int64, error) {
 	if !db.opts.QueryWrites {
 		return 0, fmt.Errorf("execute is disabled (query writes are off): %w", ErrReadOnly)
 	}
-	var n int64
-	_, err := db.do(ctx, &op{fn: func(t *wtx) (uint64, error) {
-		res, err := db.wconn.ExecContext(t.ctx, sql)
-		if err != nil {
-			return 0, mapErr(err)
-		}
-		n, err = res.RowsAffected()
+	conn, release, err := db.queryConn(ctx)
+	if err != nil {
 		return 0, err
-	}})
-	return n, err
+	}
+	defer release()
+	if isVacuum(sql) {
+		// VACUUM attaches a temporary database internally; allow exactly one attachment for it.
+		if _, err := sqlite.Limit(conn, sqlite3.SQLITE_LIMIT_ATTACHED, 1); err != nil {
+			return 0, err
+		}
+		defer sqlite.Limit(conn, sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+	}
+	res, err := conn.ExecContext(ctx, sql)
+	if err != nil {
+		return 0, mapErr(err)
+	}
+	return res.RowsAffected()
+}
+
+// isVacuum reports whether sql is exactly a plain VACUUM (nothing else may ride along, since it
+// lifts the ATTACH limit).
+func isVacuum(sql string) bool {
+	s := strings.TrimSpace(sql)
+	s = strings.TrimSpace(strings.TrimSuffix(s, ";"))
+	return strings.EqualFold(s, "VACUUM") || strings.EqualFold(s, "VACUUM main")
 }

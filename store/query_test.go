@@ -113,6 +113,17 @@ func TestDB_QueryWrites(t *testing.T) {
 	if v, _ := db.Get(ctx, "", "a"); v != "z" {
 		t.Fatalf("a = %q", v)
 	}
+	// Writes are allowed, ATTACH still is not (it could create files anywhere), not even behind VACUUM.
+	evil := "ATTACH '" + filepath.Join(t.TempDir(), "evil.db") + "' AS evil"
+	if _, err := db.Execute(ctx, evil); !errors.Is(err, store.ErrReadOnly) {
+		t.Fatalf("Execute(ATTACH) err = %v, want ErrReadOnly", err)
+	}
+	if _, err := db.Execute(ctx, "VACUUM; "+evil); err == nil {
+		t.Fatal("ATTACH riding on VACUUM succeeded")
+	}
+	if _, err := db.Execute(ctx, " vacuum ; "); err != nil {
+		t.Fatalf("VACUUM: %v", err)
+	}
 }
 
 func TestDB_Stats(t *testing.T) {

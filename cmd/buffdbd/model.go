@@ -178,7 +178,8 @@ func newModelPullCmd(g *globalFlags) *cobra.Command {
 		Short: "Pull a model version (name, name:version or name@alias) into a directory",
 		Long: `Pull downloads a model version into DIR. Files already in DIR (e.g. the previous version) are
 reused chunk by chunk, an interrupted pull resumes (run it again), and files appear in DIR only
-after every file of the version has been verified against its sha256.`,
+after every file of the version has been verified against its sha256. Files in DIR that the version
+does not contain are left alone.`,
 		Args: exactArgs(1),
 		PreRunE: func(cmd *cobra.Command, args []string) error {
 			if out == "" {
