@@ -204,6 +204,13 @@ func (w *Writer) failNow(err error) *Future {
 	if w.failed.Load() {
 		return w.record(doneFuture(0, ErrAborted))
 	}
+	if w.pipe != nil {
+		// Earlier writes are still in the pipe: fail in order, after them.
+		s := &slot{fut: newFuture(), ready: make(chan struct{}), err: err}
+		close(s.ready)
+		w.pipe <- s
+		return w.record(s.fut)
+	}
 	w.failed.Store(true)
 	return w.record(doneFuture(0, err))
 }
