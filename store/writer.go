@@ -201,6 +201,9 @@ func (w *Writer) runPipe() {
 func (w *Writer) failNow(err error) *Future {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		return doneFuture(0, fmt.Errorf("writer closed: %w", ErrClosed))
+	}
 	if w.failed.Load() {
 		return w.record(doneFuture(0, ErrAborted))
 	}
