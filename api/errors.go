@@ -35,10 +35,12 @@ var errorCodes = []ErrorCode{
 	{store.ErrClosed, codes.Unavailable},
 }
 
-// addErrorCodes appends entries to the table. It exists so that other files of this package can
-// extend the table from a package-level var declaration, which Go initialises before any RPC runs.
+// addErrorCodes puts entries in the table ahead of the store's. It exists so that other files of
+// this package can extend the table from a package-level var declaration, which Go initialises
+// before any RPC runs. Ahead, because a layered package's sentinel is the more specific
+// classification of an error that may also wrap a store sentinel.
 func addErrorCodes(entries ...ErrorCode) struct{} {
-	errorCodes = append(errorCodes, entries...)
+	errorCodes = append(append([]ErrorCode{}, entries...), errorCodes...)
 	return struct{}{}
 }
 

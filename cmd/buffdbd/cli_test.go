@@ -191,6 +191,16 @@ func TestCLI_WithDaemon(t *testing.T) {
 	})
 }
 
+func TestCLI_MessageTooLarge(t *testing.T) {
+	t.Setenv("BUFFDBD_GRPC_MAX_MESSAGE_BYTES", "64KiB")
+	f := filepath.Join(t.TempDir(), "big")
+	os.WriteFile(f, make([]byte, 100<<10), 0o600)
+	r := must(t, exitError, "", "--data-dir", t.TempDir(), "blob", "store", f)
+	if !strings.Contains(r.stderr, "larger than max") || !strings.Contains(r.stderr, "hint: ") || !strings.Contains(r.stderr, "max_message_bytes") {
+		t.Fatalf("stderr = %q", r.stderr)
+	}
+}
+
 func TestCLI_Usage(t *testing.T) {
 	dir := t.TempDir()
 	for _, args := range [][]string{

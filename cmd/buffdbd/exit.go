@@ -94,23 +94,21 @@ func reportError(w io.Writer, err error) int {
 		code, msg = s.Code(), s.Message()
 	}
 	hint := ""
-	if errors.Is(err, store.ErrLocked) {
-		fmt.Fprintf(w, "buffdbd: %s\nhint: another buffdbd process has this data directory open; use its daemon (--addr) or wait for it to finish\n", msg)
-		return exitError
-	}
-	switch code {
-	case codes.Unavailable:
-		hint = "is the daemon at --addr running and reachable?"
-	case codes.DeadlineExceeded, codes.Canceled:
-		if errors.Is(err, context.Canceled) || code == codes.Canceled {
-			msg = "interrupted"
-		}
-	case codes.ResourceExhausted:
-		hint = "the request is larger than the server accepts; see grpc.max_message_bytes"
-	case codes.Internal:
+	switch {
+	case errors.Is(err, store.ErrLocked):
+		hint = "another buffdbd process has this data directory open; use its daemon (--addr) or wait for it to finish"
+	case code == codes.Unavailable:
+		hint = "is the daemon running and reachable (check --addr)?"
+	case code == codes.Canceled || errors.Is(err, context.Canceled):
+		msg = "interrupted"
+	case code == codes.ResourceExhausted && strings.Contains(msg, "larger than max"):
+		hint = "the message is larger than the server accepts; see grpc.max_message_bytes"
+	case code == codes.Internal:
 		hint = "the daemon's log has the details"
 	}
-	fmt.Fprintf(w, "buffdbd: %s\n", strings.TrimSpace(msg))
+	// One line, whatever the message holds (SQLite and remote errors may span several).
+	msg = strings.TrimSpace(strings.NewReplacer("\r\n", "; ", "\n", "; ").Replace(msg))
+	fmt.Fprintf(w, "buffdbd: %s\n", msg)
 	if hint != "" {
 		fmt.Fprintf(w, "hint: %s\n", hint)
 	}
