@@ -141,6 +141,10 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	if t.file.LFS != nil {
 		identity = t.file.LFS.SHA256
 	}
+	if _, err := os.Stat(part); errors.Is(err, os.ErrNotExist) {
+		// A journal without its partial file vouches for bytes that are gone.
+		os.Remove(jpath)
+	}
 	j, fresh, err := openJournal(jpath, t.file.Size, e.rangeSizeFor(t.file.Size), identity)
 	if err != nil {
 		return fmt.Errorf("download %s: %w", t.path, err)

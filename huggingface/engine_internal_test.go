@@ -338,3 +338,33 @@ func TestEngine_ShortObject(t *testing.T) {
 		}
 	})
 }
+
+func TestEngine_JournalWithoutPartial(t *testing.T) {
+	o := EngineOptions{RangeSize: 64 << 10, Concurrency: 2, BufferSize: 8 << 10}
+	fx := newEngineFixture(t, map[string]int{"w.bin": 200 << 10}, map[string]bool{"w.bin": true})
+	dir := t.TempDir()
+	e := newEngine(fx.client, o, nil, dir, fx.repo, fx.commit)
+	part, _ := e.partialPaths("w.bin")
+	// A complete run leaves nothing; simulate an interrupted one by cancelling after some bytes.
+	ctx, cancel := context.WithCancel(context.Background())
+	fx.hub.Throttle(256 << 10)
+	go func() {
+		for fx.hub.BytesServed() < 100<<10 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	tk := &task{file: fx.file(t, "w.bin"), path: "w.bin", final: e.finalPath("w.bin")}
+	if err := e.download(ctx, tk); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	fx.hub.Throttle(0)
+	if err := os.Remove(part); err != nil {
+		t.Fatal(err)
+	}
+	tk, err := fx.run(t, dir, "w.bin", o)
+	if err != nil {
+		t.Fatalf("after the partial file vanished: %v", err)
+	}
+	fx.assertFile(t, tk, "w.bin")
+}

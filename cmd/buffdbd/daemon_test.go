@@ -254,6 +254,24 @@ func TestRun_GracefulShutdown(t *testing.T) {
 	}
 }
 
+func TestRun_ShutdownDeadlineCancels(t *testing.T) {
+	// A client that never finishes its stream cannot hold the daemon: after shutdown_timeout the
+	// RPC is cancelled, the store closes cleanly and the exit is still 0.
+	d := startOpsDaemon(t, "--shutdown-timeout", "300ms")
+	stream, err := kvpb.NewKvClient(dialGRPC(t, d.grpcAddr)).Set(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	setOnStream(t, stream, "held-open")
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit code %d, want 0; stderr:\n%s", code, d.stderr)
+	}
+	if _, err := stream.Recv(); err == nil || err == io.EOF {
+		t.Fatalf("held-open stream: got %v, want it cancelled", err)
+	}
+}
+
 func TestRun_SecondSignalExitsAtOnce(t *testing.T) {
 	// A long shutdown timeout: only the second signal can end the drain early.
 	d := startOpsDaemon(t, "--shutdown-timeout", "1h")

@@ -29,7 +29,8 @@ func newHTTPHandler(reg *prometheus.Registry, ready readinessCheck, log *slog.Lo
 		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		// Adds promhttp_metric_handler_errors_total to the registry.
 		Registry: reg,
-		// One scrape at a time is plenty on an edge device; more wait rather than pile up.
+		// A scraper and an operator's curl at once; beyond that, requests get 503 rather than
+		// piling up work on a small device.
 		MaxRequestsInFlight: 2,
 		Timeout:             10 * time.Second,
 	}))
