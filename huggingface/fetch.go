@@ -302,23 +302,38 @@ func (f *Fetcher) fromCache(ctx context.Context, ref Ref, res Result, alias stri
 
 var (
 	stagingMu    sync.Mutex
-	stagingLocks = map[string]chan struct{}{}
+	stagingLocks = map[string]*stagingLock{}
 )
+
+// stagingLock is a context-aware mutex; refs counts holders and waiters so the map entry can go.
+type stagingLock struct {
+	ch   chan struct{}
+	refs int
+}
 
 // lockStaging serializes fetches using the same staging directory within this process (the store,
 // and so the cache directory beside it, belongs to one process). It waits until ctx is done.
 func lockStaging(ctx context.Context, dir string) (unlock func(), err error) {
 	stagingMu.Lock()
-	ch := stagingLocks[dir]
-	if ch == nil {
-		ch = make(chan struct{}, 1)
-		stagingLocks[dir] = ch
+	l := stagingLocks[dir]
+	if l == nil {
+		l = &stagingLock{ch: make(chan struct{}, 1)}
+		stagingLocks[dir] = l
 	}
+	l.refs++
 	stagingMu.Unlock()
+	release := func() {
+		stagingMu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(stagingLocks, dir)
+		}
+		stagingMu.Unlock()
+	}
 	select {
-	case ch <- struct{}{}:
-		return func() { <-ch }, nil
+	case l.ch <- struct{}{}:
+		return func() { <-l.ch; release() }, nil
 	case <-ctx.Done():
+		release()
 		return nil, ctx.Err()
 	}
 }

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -118,6 +119,29 @@ func crashChild(dir, round string) {
 				if err := db.DeleteBlob(ctx, "", victim); err == nil {
 					say("D %d", victim)
 				}
+			}
+		}
+	}()
+	// The registry's path: stream a payload durably, then reference it in an Update.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; time.Now().Before(deadline); i++ {
+			data := crashBlob(round+"p", i)
+			p, err := db.WritePayload(ctx, bytes.NewReader(data), nil)
+			if err != nil {
+				continue
+			}
+			var id uint64
+			err = db.Update(ctx, func(tx *store.Tx) error {
+				var err error
+				id, err = tx.StorePayloadBlob(p.Payload(), nil)
+				return err
+			})
+			p.Release()
+			if err == nil {
+				sum := sha256.Sum256(data)
+				say("B %d %s", id, hex.EncodeToString(sum[:]))
 			}
 		}
 	}()
