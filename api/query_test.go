@@ -122,3 +122,25 @@ func TestQuery_Execute(t *testing.T) {
 		t.Fatalf("count = %v, %v", n.GetValue(), err)
 	}
 }
+
+// TestQuery_ZeroRows: a query without rows still names its columns in the response header.
+func TestQuery_ZeroRows(t *testing.T) {
+	ts := newTestServer(t, store.Options{}, api.Options{})
+	c := querypb.NewQueryClient(ts.conn)
+	s, err := c.Query(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Send(&querypb.RawQuery{Query: "SELECT key AS k, value AS v FROM kv WHERE key = 'absent';"})
+	s.CloseSend()
+	if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("Recv = %v, want the end of an empty result", err)
+	}
+	md, err := s.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := md.Get(api.ColumnsHeader); !slices.Equal(got, []string{"k", "v"}) {
+		t.Fatalf("header %s = %v, want [k v]", api.ColumnsHeader, got)
+	}
+}

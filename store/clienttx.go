@@ -129,7 +129,15 @@ func (db *DB) withTx(_ context.Context, id string, write bool, fn func(t *client
 	if write && t.readOnly {
 		return fmt.Errorf("transaction %q is read-only: %w", id, ErrReadOnly)
 	}
-	return fn(t)
+	err := fn(t)
+	if txLost(err) {
+		// SQLite may have rolled the transaction back itself; continuing would autocommit later
+		// statements one by one. End it: its id now gives ErrNotFound.
+		db.log.Warn("transaction lost after error; rolled back", "tx", id, "err", err)
+		db.endTx(t, false)
+		return fmt.Errorf("transaction %q rolled back: %v: %w", id, err, ErrAborted)
+	}
+	return err
 }
 
 func (db *DB) txNotFound(id string, expired bool) error {

@@ -173,6 +173,13 @@ func (db *DB) runBatch(batch []*op, results []result) []result {
 			// Set before the Future completes, so a submit racing the completion also sees it.
 			o.w.failed.Store(true)
 		}
+		if txLost(r.err) {
+			// SQLite rolled the whole transaction back (disk full, I/O error): later statements
+			// would run in autocommit mode, so nothing more may run in this batch.
+			t.q.exec(ctx, "ROLLBACK")
+			t.releasePins()
+			return fail(fmt.Errorf("batch rolled back: %w", r.err))
+		}
 		results = append(results, r)
 	}
 	if _, err := t.q.exec(ctx, "COMMIT"); err != nil {

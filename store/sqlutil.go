@@ -146,3 +146,18 @@ func mapErr(err error) error {
 	}
 	return err
 }
+
+// txLost reports whether err is one after which SQLite may have rolled back the whole transaction on
+// its own (https://sqlite.org/lang_transaction.html, "Response To Errors Within A Transaction"): then
+// the transaction must be treated as gone rather than continued.
+func txLost(err error) bool {
+	if err == nil {
+		return false
+	}
+	switch sqliteCode(err) & 0xff {
+	case sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_BUSY,
+		sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_INTERRUPT:
+		return true
+	}
+	return false
+}

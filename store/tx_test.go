@@ -3,6 +3,7 @@ package store_test
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/buffdb/buffdbd/store"
@@ -238,5 +239,44 @@ func TestOpen_DurabilityProcess(t *testing.T) {
 	}
 	if v, _ := db.Get(ctx, "", "k"); v != "v" {
 		t.Fatal("key lost")
+	}
+}
+
+// Disk full (simulated with max_page_count on the committer's connection) fails the write cleanly,
+// and the store keeps working once space is back.
+func TestDB_DiskFull(t *testing.T) {
+	db := openDB(t, store.Options{})
+	db.Set(ctx, "", "before", "1")
+	big := strings.Repeat("x", 1<<20)
+	err := db.Update(ctx, func(tx *store.Tx) error {
+		var pages int64
+		if err := tx.Query("PRAGMA page_count", nil, func(scan func(...any) error) error { return scan(&pages) }); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(fmt.Sprintf("PRAGMA max_page_count = %d", pages+2)); err != nil {
+			return err
+		}
+		return tx.Set("big", big)
+	})
+	if err == nil {
+		t.Fatal("write beyond max_page_count succeeded")
+	}
+	if _, err := db.Get(ctx, "", "big"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("failed write visible: %v", err)
+	}
+	if err := db.Set(ctx, "", "big", big); err == nil {
+		t.Fatal("second write beyond max_page_count succeeded")
+	}
+	if err := db.Update(ctx, func(tx *store.Tx) error {
+		_, err := tx.Exec("PRAGMA max_page_count = 1073741823")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Set(ctx, "", "after", big); err != nil {
+		t.Fatalf("store broken after disk full: %v", err)
+	}
+	if v, _ := db.Get(ctx, "", "before"); v != "1" {
+		t.Fatal("earlier data lost")
 	}
 }

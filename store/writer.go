@@ -201,8 +201,18 @@ func (w *Writer) runPipe() {
 func (w *Writer) failNow(err error) *Future {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		return doneFuture(0, fmt.Errorf("writer closed: %w", ErrClosed))
+	}
 	if w.failed.Load() {
 		return w.record(doneFuture(0, ErrAborted))
+	}
+	if w.pipe != nil {
+		// Earlier writes are still in the pipe: fail in order, after them.
+		s := &slot{fut: newFuture(), ready: make(chan struct{}), err: err}
+		close(s.ready)
+		w.pipe <- s
+		return w.record(s.fut)
 	}
 	w.failed.Store(true)
 	return w.record(doneFuture(0, err))

@@ -122,6 +122,9 @@ func cliSuite(t *testing.T, base ...string) {
 		if r.stdout != "one,two,three\n1,two,\n10,twenty,3.5\n" {
 			t.Fatalf("--csv = %q", r.stdout)
 		}
+		if r := must(t, exitOK, "", a("query", "--csv", "SELECT key, value FROM kv WHERE 0")...); r.stdout != "key,value\n" {
+			t.Fatalf("--csv of an empty result = %q, want its header", r.stdout)
+		}
 		must(t, exitError, "", a("query", "--execute", "CREATE TABLE x(y)")...)
 		must(t, exitError, "", a("query", "SELEC nonsense")...)
 		must(t, exitUsage, "", a("query", "--json", "--csv", "SELECT 1")...)
