@@ -322,23 +322,31 @@ func produceOffers(ctx context.Context, files []*localFile, send func(*registryp
 	}
 }
 
-// chunkFile chunks f, calling offer for each chunk, and fills f.chunks and f.sum.
+// chunkFile chunks f, calling offer for each chunk, and fills f.chunks and f.sum. The file's sha256
+// is computed on a second goroutine over the same chunk bytes while this one hashes the chunk, so
+// the file is read once and the two hashes use two cores.
 func chunkFile(ctx context.Context, f *localFile, offer func(sum Digest, off, size int64) error) error {
-	type sumResult struct {
-		sum Digest
-		err error
-	}
-	fileSum := make(chan sumResult, 1)
-	go func() {
-		var r sumResult
-		r.sum, r.err = hashFile(f.abs)
-		fileSum <- r
-	}()
 	fh, err := os.Open(f.abs)
 	if err != nil {
 		return err
 	}
 	defer fh.Close()
+	fileHash := sha256.New()
+	feed, fed := make(chan []byte), make(chan struct{})
+	go func() {
+		for p := range feed {
+			fileHash.Write(p)
+			fed <- struct{}{}
+		}
+		close(fed)
+	}()
+	defer func() {
+		if feed != nil {
+			close(feed)
+			for range fed {
+			}
+		}
+	}()
 	ch := NewChunker(fh)
 	var chunks []ChunkRef
 	var total int64
@@ -353,40 +361,28 @@ func chunkFile(ctx context.Context, f *localFile, offer func(sum Digest, off, si
 		if err != nil {
 			return fmt.Errorf("read %s: %w", f.abs, err)
 		}
+		feed <- data
 		sum := Digest(sha256.Sum256(data))
+		<-fed // the chunker reuses data's buffer on the next call
 		chunks = append(chunks, ChunkRef{SHA256: sum, Size: int64(len(data))})
 		total += int64(len(data))
 		if err := offer(sum, off, int64(len(data))); err != nil {
 			return err
 		}
 	}
-	r := <-fileSum
-	if r.err != nil {
-		return r.err
+	close(feed)
+	for range fed {
 	}
+	feed = nil
 	if total != f.size {
 		return fmt.Errorf("%s changed during the push (%d bytes, was %d)", f.abs, total, f.size)
 	}
-	f.chunks, f.sum = chunks, r.sum
+	f.chunks = chunks
+	fileHash.Sum(f.sum[:0])
 	if f.chunks == nil {
 		f.chunks = []ChunkRef{}
 	}
 	return nil
-}
-
-func hashFile(path string) (Digest, error) {
-	var d Digest
-	f, err := os.Open(path)
-	if err != nil {
-		return d, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
-		return d, err
-	}
-	h.Sum(d[:0])
-	return d, nil
 }
 
 // streamErr returns the server's status when a Send failed because the server ended the stream
