@@ -17,7 +17,7 @@ type blobService struct {
 }
 
 func (s *blobService) Get(stream grpc.BidiStreamingServer[blobpb.GetRequest, blobpb.GetResponse]) error {
-	r := newReader()
+	r := newReader(s.service, "blob.Get")
 	return serveBidi(s.service, "blob.Get", stream,
 		func(ctx context.Context, req *blobpb.GetRequest) func(context.Context) (*blobpb.GetResponse, error) {
 			return readAsync(r, func() (*blobpb.GetResponse, error) {

@@ -22,7 +22,7 @@ type kvService struct {
 }
 
 func (s *kvService) Get(stream grpc.BidiStreamingServer[kvpb.GetRequest, kvpb.GetResponse]) error {
-	r := newReader()
+	r := newReader(s.service, "kv.Get")
 	return serveBidi(s.service, "kv.Get", stream,
 		func(ctx context.Context, req *kvpb.GetRequest) func(context.Context) (*kvpb.GetResponse, error) {
 			return readAsync(r, func() (*kvpb.GetResponse, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
@@ -49,6 +50,16 @@ func serveBidi[Req, Resp any](s *service, method string, stream grpc.BidiStreami
 		if done != nil {
 			defer done()
 		}
+		// A panic here is outside the handler's goroutine, where the recovery interceptor cannot
+		// see it; it ends this stream with INTERNAL instead of the daemon.
+		defer func() {
+			if r := recover(); r != nil {
+				select {
+				case queue <- pending[Resp]{err: panicStatus(s.log, method, r)}:
+				case <-ctx.Done():
+				}
+			}
+		}()
 		for {
 			req, err := stream.Recv()
 			if errors.Is(err, io.EOF) {
@@ -116,11 +127,13 @@ const readParallelism = 4
 // driver runs deep call stacks, and a fresh goroutine per read spent a fifth of the CPU growing
 // its stack.
 type reader struct {
-	jobs chan func()
+	jobs   chan func()
+	log    *slog.Logger
+	method string
 }
 
-func newReader() *reader {
-	r := &reader{jobs: make(chan func())}
+func newReader(s *service, method string) *reader {
+	r := &reader{jobs: make(chan func()), log: s.log, method: method}
 	for range readParallelism {
 		go func() {
 			for job := range r.jobs {
@@ -142,6 +155,11 @@ func readAsync[Resp any](r *reader, fn func() (*Resp, error)) func(context.Conte
 	}
 	ch := make(chan result, 1)
 	r.jobs <- func() {
+		defer func() {
+			if p := recover(); p != nil { // as in serveBidi: fail the request, not the daemon
+				ch <- result{nil, panicStatus(r.log, r.method, p)}
+			}
+		}()
 		resp, err := fn()
 		ch <- result{resp, err}
 	}
