@@ -291,7 +291,7 @@ func TestResolveDataDir(t *testing.T) {
 
 func TestCLI_BenchStore(t *testing.T) {
 	r := must(t, exitOK, "", "--data-dir", t.TempDir(), "bench", "store", "--keys", "200", "--blobs", "3", "--blob-size", "20000")
-	for _, want := range []string{"KV Set", "KV Get", "raw file write+fsync", "Blob Store", "Blob Get", "x raw"} {
+	for _, want := range []string{"KV Set", "KV Get", "raw file write+fsync", "raw files, one per blob", "Blob Store", "Blob Get", "x raw"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Fatalf("bench output lacks %q:\n%s", want, r.stdout)
 		}
