@@ -9,6 +9,8 @@ import (
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/buffdb/buffdbd/store"
 )
 
 // Pipelining limits for one bidirectional stream. The receiving goroutine runs ahead of the sending
@@ -111,6 +113,18 @@ func serveBidi[Req, Resp any](s *service, method string, stream grpc.BidiStreami
 func streamError(s *service, method string, stream grpc.ServerStream, err error) error {
 	_ = stream.SendHeader(metadata.MD{}) // fails harmlessly when headers already went out
 	return s.status(method, err)
+}
+
+// committed returns a wait function that waits for the pipelined write f and answers mk(id), id
+// being what the write reports (a blob id; 0 for KV writes).
+func committed[Resp any](f *store.Future, mk func(id uint64) *Resp) func(context.Context) (*Resp, error) {
+	return func(ctx context.Context) (*Resp, error) {
+		id, err := f.Wait(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return mk(id), nil
+	}
 }
 
 // ready returns a wait function for a result computed already.
