@@ -17,7 +17,7 @@ type blobService struct {
 }
 
 func (s *blobService) Get(stream grpc.BidiStreamingServer[blobpb.GetRequest, blobpb.GetResponse]) error {
-	r := newReader()
+	r := newReader(s.service, "blob.Get")
 	return serveBidi(s.service, "blob.Get", stream,
 		func(ctx context.Context, req *blobpb.GetRequest) func(context.Context) (*blobpb.GetResponse, error) {
 			return readAsync(r, func() (*blobpb.GetResponse, error) {
@@ -48,14 +48,8 @@ func (s *blobService) Store(stream grpc.BidiStreamingServer[blobpb.StoreRequest,
 			if data == nil {
 				data = []byte{} // an empty blob, not "no data"
 			}
-			f := w.StoreBlob(req.GetTransactionId(), data, req.Metadata)
-			return func(ctx context.Context) (*blobpb.StoreResponse, error) {
-				id, err := f.Wait(ctx)
-				if err != nil {
-					return nil, err
-				}
-				return &blobpb.StoreResponse{Id: id}, nil
-			}
+			return committed(w.StoreBlob(req.GetTransactionId(), data, req.Metadata),
+				func(id uint64) *blobpb.StoreResponse { return &blobpb.StoreResponse{Id: id} })
 		},
 		func(req *blobpb.StoreRequest) int64 { return int64(len(req.GetBytes())) },
 		w.Close)
@@ -72,7 +66,6 @@ func (s *blobService) Update(stream grpc.BidiStreamingServer[blobpb.UpdateReques
 			if req.Bytes != nil {
 				u.Data = req.Bytes
 			}
-			var f *store.Future
 			if u.Data == nil && !u.SetMetadata {
 				// Nothing to change; BuffDB still answers NOT_FOUND for a missing id.
 				if _, err := s.db.StatBlob(ctx, req.GetTransactionId(), id); err != nil {
@@ -80,13 +73,8 @@ func (s *blobService) Update(stream grpc.BidiStreamingServer[blobpb.UpdateReques
 				}
 				return ready(&blobpb.UpdateResponse{Id: id}, nil)
 			}
-			f = w.UpdateBlob(req.GetTransactionId(), id, u)
-			return func(ctx context.Context) (*blobpb.UpdateResponse, error) {
-				if _, err := f.Wait(ctx); err != nil {
-					return nil, err
-				}
-				return &blobpb.UpdateResponse{Id: id}, nil
-			}
+			return committed(w.UpdateBlob(req.GetTransactionId(), id, u),
+				func(uint64) *blobpb.UpdateResponse { return &blobpb.UpdateResponse{Id: id} })
 		},
 		func(req *blobpb.UpdateRequest) int64 { return int64(len(req.GetBytes())) },
 		w.Close)
@@ -97,13 +85,8 @@ func (s *blobService) Delete(stream grpc.BidiStreamingServer[blobpb.DeleteReques
 	return serveBidi(s.service, "blob.Delete", stream,
 		func(_ context.Context, req *blobpb.DeleteRequest) func(context.Context) (*blobpb.DeleteResponse, error) {
 			id := req.GetId()
-			f := w.DeleteBlob(req.GetTransactionId(), id)
-			return func(ctx context.Context) (*blobpb.DeleteResponse, error) {
-				if _, err := f.Wait(ctx); err != nil {
-					return nil, err
-				}
-				return &blobpb.DeleteResponse{Id: id}, nil
-			}
+			return committed(w.DeleteBlob(req.GetTransactionId(), id),
+				func(uint64) *blobpb.DeleteResponse { return &blobpb.DeleteResponse{Id: id} })
 		},
 		nil, w.Close)
 }

@@ -22,7 +22,7 @@ type kvService struct {
 }
 
 func (s *kvService) Get(stream grpc.BidiStreamingServer[kvpb.GetRequest, kvpb.GetResponse]) error {
-	r := newReader()
+	r := newReader(s.service, "kv.Get")
 	return serveBidi(s.service, "kv.Get", stream,
 		func(ctx context.Context, req *kvpb.GetRequest) func(context.Context) (*kvpb.GetResponse, error) {
 			return readAsync(r, func() (*kvpb.GetResponse, error) {
@@ -40,14 +40,9 @@ func (s *kvService) Set(stream grpc.BidiStreamingServer[kvpb.SetRequest, kvpb.Se
 	w := s.db.NewWriter()
 	return serveBidi(s.service, "kv.Set", stream,
 		func(_ context.Context, req *kvpb.SetRequest) func(context.Context) (*kvpb.SetResponse, error) {
-			f := w.Set(req.GetTransactionId(), req.GetKey(), req.GetValue())
 			key := req.GetKey()
-			return func(ctx context.Context) (*kvpb.SetResponse, error) {
-				if _, err := f.Wait(ctx); err != nil {
-					return nil, err
-				}
-				return &kvpb.SetResponse{Key: key}, nil
-			}
+			return committed(w.Set(req.GetTransactionId(), key, req.GetValue()),
+				func(uint64) *kvpb.SetResponse { return &kvpb.SetResponse{Key: key} })
 		},
 		func(req *kvpb.SetRequest) int64 { return int64(len(req.GetKey()) + len(req.GetValue())) },
 		w.Close)
@@ -57,14 +52,9 @@ func (s *kvService) Delete(stream grpc.BidiStreamingServer[kvpb.DeleteRequest, k
 	w := s.db.NewWriter()
 	return serveBidi(s.service, "kv.Delete", stream,
 		func(_ context.Context, req *kvpb.DeleteRequest) func(context.Context) (*kvpb.DeleteResponse, error) {
-			f := w.Delete(req.GetTransactionId(), req.GetKey())
 			key := req.GetKey()
-			return func(ctx context.Context) (*kvpb.DeleteResponse, error) {
-				if _, err := f.Wait(ctx); err != nil {
-					return nil, err
-				}
-				return &kvpb.DeleteResponse{Key: key}, nil
-			}
+			return committed(w.Delete(req.GetTransactionId(), key),
+				func(uint64) *kvpb.DeleteResponse { return &kvpb.DeleteResponse{Key: key} })
 		},
 		nil, w.Close)
 }

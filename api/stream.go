@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/buffdb/buffdbd/store"
 )
 
 // Pipelining limits for one bidirectional stream. The receiving goroutine runs ahead of the sending
@@ -49,6 +52,16 @@ func serveBidi[Req, Resp any](s *service, method string, stream grpc.BidiStreami
 		if done != nil {
 			defer done()
 		}
+		// A panic here is outside the handler's goroutine, where the recovery interceptor cannot
+		// see it; it ends this stream with INTERNAL instead of the daemon.
+		defer func() {
+			if r := recover(); r != nil {
+				select {
+				case queue <- pending[Resp]{err: panicStatus(s.log, method, r)}:
+				case <-ctx.Done():
+				}
+			}
+		}()
 		for {
 			req, err := stream.Recv()
 			if errors.Is(err, io.EOF) {
@@ -102,6 +115,18 @@ func streamError(s *service, method string, stream grpc.ServerStream, err error)
 	return s.status(method, err)
 }
 
+// committed returns a wait function that waits for the pipelined write f and answers mk(id), id
+// being what the write reports (a blob id; 0 for KV writes).
+func committed[Resp any](f *store.Future, mk func(id uint64) *Resp) func(context.Context) (*Resp, error) {
+	return func(ctx context.Context) (*Resp, error) {
+		id, err := f.Wait(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return mk(id), nil
+	}
+}
+
 // ready returns a wait function for a result computed already.
 func ready[Resp any](resp *Resp, err error) func(context.Context) (*Resp, error) {
 	return func(context.Context) (*Resp, error) { return resp, err }
@@ -116,11 +141,13 @@ const readParallelism = 4
 // driver runs deep call stacks, and a fresh goroutine per read spent a fifth of the CPU growing
 // its stack.
 type reader struct {
-	jobs chan func()
+	jobs   chan func()
+	log    *slog.Logger
+	method string
 }
 
-func newReader() *reader {
-	r := &reader{jobs: make(chan func())}
+func newReader(s *service, method string) *reader {
+	r := &reader{jobs: make(chan func()), log: s.log, method: method}
 	for range readParallelism {
 		go func() {
 			for job := range r.jobs {
@@ -142,6 +169,11 @@ func readAsync[Resp any](r *reader, fn func() (*Resp, error)) func(context.Conte
 	}
 	ch := make(chan result, 1)
 	r.jobs <- func() {
+		defer func() {
+			if p := recover(); p != nil { // as in serveBidi: fail the request, not the daemon
+				ch <- result{nil, panicStatus(r.log, r.method, p)}
+			}
+		}()
 		resp, err := fn()
 		ch <- result{resp, err}
 	}

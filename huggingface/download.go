@@ -145,7 +145,7 @@ func (e *engine) download(ctx context.Context, t *task) error {
 		// A journal without its partial file vouches for bytes that are gone.
 		os.Remove(jpath)
 	}
-	j, fresh, err := openJournal(jpath, t.file.Size, e.rangeSizeFor(t.file.Size), identity)
+	j, fresh, err := openJournal(jpath, t.file.Size, e.rangeSizeFor(t.file.Size), int64(e.o.Concurrency), identity)
 	if err != nil {
 		return fmt.Errorf("download %s: %w", t.path, err)
 	}
@@ -163,13 +163,11 @@ func (e *engine) download(ctx context.Context, t *task) error {
 		return fmt.Errorf("download %s: preallocate %d bytes: %w", t.path, t.file.Size, err)
 	}
 
-	rs := j.rangeSize
-	n := int((t.file.Size + rs - 1) / rs)
-	ranges := make([]*byteRange, n)
+	bounds := rangeLayout(t.file.Size, j.rangeSize, j.ramp)
+	ranges := make([]*byteRange, len(bounds))
 	var already int64
-	for i := range ranges {
-		start := int64(i) * rs
-		r := &byteRange{idx: uint32(i), start: start, end: min(start+rs, t.file.Size), complete: make(chan struct{})}
+	for i, b := range bounds {
+		r := &byteRange{idx: uint32(i), start: b[0], end: b[1], complete: make(chan struct{})}
 		r.durable = min(j.done[uint32(i)], r.end-r.start)
 		r.written.Store(r.durable)
 		already += r.durable
@@ -263,6 +261,26 @@ func (e *engine) rangeSizeFor(size int64) int64 {
 	const minRange = 1 << 20
 	rs := (size + 2*int64(e.o.Concurrency) - 1) / (2 * int64(e.o.Concurrency))
 	return max(min(rs, e.o.RangeSize), min(minRange, e.o.RangeSize))
+}
+
+// rangeLayout splits a file of size bytes into ranges [start, end). The first ramp ranges grow from
+// rangeSize/ramp to rangeSize, the rest are rangeSize. Why: connections run at about the same speed,
+// so equal first ranges would all finish together and the hash (which must read the file in order)
+// could start only then, leaving it a long tail after the last byte arrives. Staggered first ranges
+// complete one after another, the following ranges inherit the stagger, and the hash keeps pace
+// with the download.
+func rangeLayout(size, rangeSize, ramp int64) [][2]int64 {
+	var out [][2]int64
+	for start, i := int64(0), int64(0); start < size; i++ {
+		n := rangeSize
+		if i < ramp {
+			n = max(rangeSize*(i+1)/ramp, 1)
+		}
+		end := min(start+n, size)
+		out = append(out, [2]int64{start, end})
+		start = end
+	}
+	return out
 }
 
 type byteRange struct {

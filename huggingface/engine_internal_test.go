@@ -105,7 +105,7 @@ func TestEngine_Download(t *testing.T) {
 				ranged++
 			}
 		}
-		if want := 17; ranged != want { // ceil((1 MiB + 123) / 64 KiB)
+		if want := len(rangeLayout(1<<20+123, 64<<10, 4)); ranged != want {
 			t.Fatalf("CDN range requests = %d, want %d", ranged, want)
 		}
 	})
@@ -367,4 +367,23 @@ func TestEngine_JournalWithoutPartial(t *testing.T) {
 		t.Fatalf("after the partial file vanished: %v", err)
 	}
 	fx.assertFile(t, tk, "w.bin")
+}
+
+func TestRangeLayout(t *testing.T) {
+	for _, tc := range []struct{ size, rs, ramp int64 }{{0, 10, 4}, {1, 10, 4}, {100, 10, 4}, {1<<20 + 123, 64 << 10, 4}, {5, 100, 16}, {1 << 30, 32 << 20, 16}} {
+		l := rangeLayout(tc.size, tc.rs, tc.ramp)
+		var next int64
+		for i, r := range l {
+			if r[0] != next || r[1] <= r[0] || r[1]-r[0] > tc.rs {
+				t.Fatalf("%+v: range %d = %v after %d", tc, i, r, next)
+			}
+			if i > 0 && int64(i) < tc.ramp && r[1] < tc.size && r[1]-r[0] < l[i-1][1]-l[i-1][0] {
+				t.Fatalf("%+v: ramp range %d shrinks", tc, i)
+			}
+			next = r[1]
+		}
+		if next != tc.size {
+			t.Fatalf("%+v: ranges cover %d bytes", tc, next)
+		}
+	}
 }

@@ -15,19 +15,21 @@ import (
 // kill -9 (or power loss) every byte the journal claims is on disk; a lost journal write only costs
 // re-downloading. Records carry a CRC so a torn tail is recognized and ignored.
 //
-// Layout: a 32-byte header (magic, file size, range size, first 8 bytes of sha256(identity)), then
-// 16-byte records (range index u32, durable bytes in the range u64, crc32 of the first 12 bytes).
+// Layout: a 40-byte header (magic, file size, range size, first 8 bytes of sha256(identity), ramp
+// length — see rangeLayout), then 16-byte records (range index u32, durable bytes in the range u64,
+// crc32 of the first 12 bytes).
 type journal struct {
 	f         *os.File
 	size      int64
 	rangeSize int64
+	ramp      int64
 	done      map[uint32]int64
 }
 
-var journalMagic = [8]byte{'B', 'H', 'F', 'J', 'R', 'N', 'L', '1'}
+var journalMagic = [8]byte{'B', 'H', 'F', 'J', 'R', 'N', 'L', '2'}
 
 const (
-	journalHeader = 32
+	journalHeader = 40
 	journalRecord = 16
 )
 
@@ -40,14 +42,14 @@ func identityTag(identity string) [8]byte {
 
 // openJournal opens or creates the journal at path for a file of the given size and identity
 // (its expected hash). A journal written for other content or size is discarded (fresh=true): the
-// partial file's bytes cannot be trusted then. An existing journal keeps its own range size so
-// changing options between runs does not invalidate progress.
-func openJournal(path string, size, rangeSize int64, identity string) (j *journal, fresh bool, err error) {
+// partial file's bytes cannot be trusted then. An existing journal keeps its own range layout (range
+// size and ramp) so changing options between runs does not invalidate progress.
+func openJournal(path string, size, rangeSize, ramp int64, identity string) (j *journal, fresh bool, err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, false, fmt.Errorf("open journal: %w", err)
 	}
-	j = &journal{f: f, size: size, rangeSize: rangeSize, done: map[uint32]int64{}}
+	j = &journal{f: f, size: size, rangeSize: rangeSize, ramp: ramp, done: map[uint32]int64{}}
 	data, err := io.ReadAll(f)
 	if err != nil {
 		f.Close()
@@ -57,8 +59,9 @@ func openJournal(path string, size, rangeSize int64, identity string) (j *journa
 	if len(data) >= journalHeader && bytes.Equal(data[:8], journalMagic[:]) &&
 		int64(binary.LittleEndian.Uint64(data[8:])) == size && bytes.Equal(data[24:32], tag[:]) {
 		rs := int64(binary.LittleEndian.Uint64(data[16:]))
-		if rs > 0 {
-			j.rangeSize = rs
+		rp := int64(binary.LittleEndian.Uint64(data[32:]))
+		if rs > 0 && rp >= 0 && rp <= 1<<16 {
+			j.rangeSize, j.ramp = rs, rp
 			good := journalHeader
 			for off := journalHeader; off+journalRecord <= len(data); off += journalRecord {
 				rec := data[off : off+journalRecord]
@@ -90,6 +93,7 @@ func openJournal(path string, size, rangeSize int64, identity string) (j *journa
 	binary.LittleEndian.PutUint64(hdr[8:], uint64(size))
 	binary.LittleEndian.PutUint64(hdr[16:], uint64(rangeSize))
 	copy(hdr[24:], tag[:])
+	binary.LittleEndian.PutUint64(hdr[32:], uint64(ramp))
 	if err := f.Truncate(0); err != nil {
 		f.Close()
 		return nil, false, fmt.Errorf("reset journal: %w", err)
