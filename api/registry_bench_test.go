@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
@@ -64,6 +65,10 @@ func mbps(n int64, d time.Duration) float64 { return float64(n) / 1e6 / d.Second
 
 func benchTransfer(b *testing.B, size int64) {
 	ctx := context.Background()
+	// The client side runs with the soft memory limit `buffdbd model push|pull` sets (model.go).
+	if os.Getenv("GOMEMLIMIT") == "" {
+		defer debug.SetMemoryLimit(debug.SetMemoryLimit(64 << 20))
+	}
 	work := b.TempDir()
 	src := filepath.Join(work, "v1")
 	os.MkdirAll(src, 0o755)

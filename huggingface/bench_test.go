@@ -132,7 +132,7 @@ func benchChild(spec string) int {
 	defer reg.Close()
 	f, err := New(reg, Options{
 		Client:   ClientOptions{Endpoint: parts[0]},
-		Engine:   EngineOptions{Concurrency: conc},
+		Engine:   benchEngine(conc),
 		CacheDir: filepath.Join(parts[1], "cache"),
 	})
 	if err != nil {
@@ -188,4 +188,14 @@ func peakRSS() int64 {
 		}
 	}
 	return 0
+}
+
+// benchEngine is the engine configuration of the benchmark; BUFFDBD_BENCH_FETCH_LAZYSYNC=1 journals
+// only when a file stops, to measure what durability checkpoints cost on this disk.
+func benchEngine(conc int) EngineOptions {
+	o := EngineOptions{Concurrency: conc}
+	if os.Getenv("BUFFDBD_BENCH_FETCH_LAZYSYNC") != "" {
+		o.Checkpoint, o.SyncInterval = 1<<62, time.Hour
+	}
+	return o
 }

@@ -156,21 +156,15 @@ type offerItem struct {
 	commit bool
 }
 
-func (c *Client) pushOnce(ctx context.Context, files []*localFile, opts PushOptions, res *PushResult) error {
-	ctx, cancel := context.WithCancel(ctx)
+func (c *Client) pushOnce(parent context.Context, files []*localFile, opts PushOptions, res *PushResult) error {
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	stream, err := c.rpc.Push(ctx)
 	if err != nil {
 		return err
 	}
-	var sendMu sync.Mutex
-	send := func(m *registrypb.PushRequest) error {
-		sendMu.Lock()
-		defer sendMu.Unlock()
-		return stream.Send(m)
-	}
 	info := opts.Info
-	if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Open{Open: &registrypb.PushOpen{
+	if err := stream.Send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Open{Open: &registrypb.PushOpen{
 		Info: InfoToProto(info), Aliases: opts.Aliases}}}); err != nil {
 		return streamErr(stream, err)
 	}
@@ -182,26 +176,64 @@ func (c *Client) pushOnce(ctx context.Context, files []*localFile, opts PushOpti
 		return fmt.Errorf("%w: server answered push open with %T", ErrInvalid, first.Msg)
 	}
 	res.BytesReused = 0
+	var pmu sync.Mutex
 	var done int64
-	progress := func(n int64) {
+	progress := func(n int64, sent bool) {
+		pmu.Lock()
+		defer pmu.Unlock()
 		done += n
+		if sent {
+			res.BytesSent += n
+		} else {
+			res.BytesReused += n
+		}
 		if opts.Progress != nil {
 			opts.Progress(done, res.Bytes)
 		}
 	}
+
+	// Three goroutines share the stream. The producer chunks files and queues control messages
+	// (FileBegin, offers, FileEnd) on ctrl; the receiver (this one) matches answers to offers and
+	// queues the needed chunks on jobs; the sender alone calls Send, control messages first, so a
+	// data Send waiting for flow control never stalls chunking.
+	ctrl := make(chan *registrypb.PushRequest, 2*pushWindow)
+	jobs := make(chan offerItem, pushWindow)
 	inflight := make(chan offerItem, pushWindow)
+	senderDone := make(chan error, 1)
+	go func() {
+		err := sendLoop(ctx, stream, ctrl, jobs, func(n int64) { progress(n, true) })
+		if err != nil {
+			cancel() // unblocks the receiver's Recv; the send error is reported below
+		}
+		senderDone <- err
+	}()
 	prodErr := make(chan error, 1)
 	go func() {
 		defer close(inflight)
-		prodErr <- produceOffers(ctx, files, send, inflight)
+		prodErr <- produceOffers(ctx, files, func(m *registrypb.PushRequest) error {
+			select {
+			case ctrl <- m:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}, inflight)
 	}()
 
-	buf := make([]byte, PullPieceSize)
 	var recvErr error
+	committed := false
+	queue := func(it offerItem) bool {
+		select {
+		case jobs <- it:
+			return true
+		case <-ctx.Done():
+			recvErr = ctx.Err()
+			return false
+		}
+	}
 	for it := range inflight {
 		if it.commit {
-			if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Commit{Commit: &registrypb.Commit{}}}); err != nil {
-				recvErr = streamErr(stream, err)
+			if !queue(it) {
 				break
 			}
 			resp, err := stream.Recv()
@@ -215,7 +247,7 @@ func (c *Client) pushOnce(ctx context.Context, files []*localFile, opts PushOpti
 				break
 			}
 			res.Info = InfoFromProto(cm.Info)
-			_ = stream.CloseSend()
+			committed = true
 			break
 		}
 		resp, err := stream.Recv()
@@ -229,22 +261,85 @@ func (c *Client) pushOnce(ctx context.Context, files []*localFile, opts PushOpti
 			break
 		}
 		if !ans.Need {
-			res.BytesReused += it.size
-			progress(it.size)
+			progress(it.size, false)
 			continue
 		}
-		if err := sendChunkData(it, buf, send, func(n int64) { res.BytesSent += n; progress(n) }); err != nil {
-			recvErr = streamErr(stream, err)
+		if !queue(it) {
 			break
 		}
 	}
 	cancel()
 	for range inflight {
 	}
-	if pe := <-prodErr; recvErr == nil && pe != nil && !errors.Is(pe, context.Canceled) {
-		return pe
+	serr := <-senderDone
+	pe := <-prodErr
+	switch {
+	case committed:
+		return nil
+	case pe != nil && !errors.Is(pe, context.Canceled):
+		return pe // e.g. a file changed or vanished during the push
+	case serr != nil && !errors.Is(serr, context.Canceled) && !errors.Is(serr, io.EOF):
+		return serr // e.g. a chunk could not be re-read; io.EOF means the server ended the stream (see recvErr)
+	case recvErr != nil && !errors.Is(recvErr, context.Canceled):
+		return recvErr
+	case parent.Err() != nil:
+		return status.FromContextError(parent.Err()).Err()
+	case recvErr != nil:
+		return recvErr
 	}
-	return recvErr
+	return fmt.Errorf("%w: push ended before the server confirmed the commit", ErrIncomplete)
+}
+
+// sendLoop is the only caller of stream.Send during a push: it sends control messages as soon as
+// they are queued (also between the pieces of a chunk), then the data of needed chunks in answer
+// order, and Commit after the last of them. It returns when jobs yields the commit, or on error.
+func sendLoop(ctx context.Context, stream registrypb.Registry_PushClient, ctrl <-chan *registrypb.PushRequest,
+	jobs <-chan offerItem, sent func(int64)) error {
+	drain := func() error {
+		for {
+			select {
+			case m := <-ctrl:
+				if err := stream.Send(m); err != nil {
+					return err
+				}
+			default:
+				return nil
+			}
+		}
+	}
+	buf := make([]byte, PullPieceSize)
+	for {
+		if err := drain(); err != nil {
+			return err
+		}
+		select {
+		case m := <-ctrl:
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		case it := <-jobs:
+			if it.commit {
+				// Everything the producer queued happened before the commit marker reached us.
+				if err := drain(); err != nil {
+					return err
+				}
+				if err := stream.Send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Commit{Commit: &registrypb.Commit{}}}); err != nil {
+					return err
+				}
+				return stream.CloseSend()
+			}
+			if err := sendChunkData(it, buf, func(m *registrypb.PushRequest) error {
+				if err := drain(); err != nil {
+					return err
+				}
+				return stream.Send(m)
+			}, sent); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // sendChunkData re-reads a needed chunk from its file and sends it in PullPieceSize pieces.

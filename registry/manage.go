@@ -217,9 +217,24 @@ func (s *Service) ListModels(ctx context.Context, f ListFilter) ([]ModelSummary,
 			q += ` AND substr(name, 1, ?) = ?`
 			args = append(args, len(f.Prefix), f.Prefix)
 		}
+		// Versions with the framework, found through the store's secondary index over the metadata
+		// JSON; if that index is missing (dropped by a user), the version table's own column.
+		var withFramework map[Ref]bool
 		if f.Framework != "" {
-			q += ` AND framework = ?` // served by reg_versions_framework
-			args = append(args, f.Framework)
+			withFramework = map[Ref]bool{}
+			err := tx.Find(FrameworkIndex, f.Framework, 0, func(key, _ string) error {
+				if r, ok := parseMetadataKey(key); ok {
+					withFramework[r] = true
+				}
+				return nil
+			})
+			if errors.Is(err, store.ErrNotFound) {
+				withFramework = nil
+				q += ` AND framework = ?`
+				args = append(args, f.Framework)
+			} else if err != nil {
+				return err
+			}
 		}
 		q += ` ORDER BY name, seq`
 		byName := map[string]int{}
@@ -229,6 +244,9 @@ func (s *Service) ListModels(ctx context.Context, f ListFilter) ([]ModelSummary,
 			var created, pinned, pulled int64
 			if err := scan(&name, &vs.Version, &vs.Framework, &params, &vs.Size, &created, &pinned, &pulled); err != nil {
 				return err
+			}
+			if withFramework != nil && !withFramework[Ref{Name: name, Version: vs.Version}] {
+				return nil
 			}
 			if len(f.Parameters) > 0 {
 				var p map[string]string
@@ -279,6 +297,23 @@ func (s *Service) ListModels(ctx context.Context, f ListFilter) ([]ModelSummary,
 		return nil
 	})
 	return out, err
+}
+
+// parseMetadataKey splits model:{name}:{version}:metadata (names and versions never contain ':').
+func parseMetadataKey(key string) (Ref, bool) {
+	rest, ok := strings.CutPrefix(key, "model:")
+	if !ok {
+		return Ref{}, false
+	}
+	rest, ok = strings.CutSuffix(rest, ":metadata")
+	if !ok {
+		return Ref{}, false
+	}
+	name, version, ok := strings.Cut(rest, ":")
+	if !ok || strings.Contains(version, ":") {
+		return Ref{}, false
+	}
+	return Ref{Name: name, Version: version}, true
 }
 
 // ListVersions returns every version of name, oldest first; ErrNotFound if it has none.

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -43,6 +44,10 @@ type Metrics struct {
 	GC            func(res GCResult)
 	VerifyFailure func(chunks int)
 }
+
+// FrameworkIndex is the store secondary index (hash, $.framework of keys under "model:") that the
+// registry creates and uses to filter models by framework.
+const FrameworkIndex = "registry_framework"
 
 // Service is the model registry over one store. All methods are safe for concurrent use.
 type Service struct {
@@ -86,6 +91,13 @@ func New(db *store.DB, opts Options) (*Service, error) {
 		pins:   map[[32]byte]int{},
 		watch:  newHub(),
 		closed: make(chan struct{}),
+	}
+	// The framework filter of ListModels uses a store secondary index over the ModelInfo JSON, which
+	// BuffDB clients can query too (buffdb.index.Index Find "registry_framework" "onnx").
+	_, err := db.CreateIndex(context.Background(), store.IndexDef{Name: FrameworkIndex, Type: store.IndexHash,
+		JSONPath: "$.framework", KeyPrefix: "model:"})
+	if err != nil && !errors.Is(err, store.ErrExists) {
+		s.log.Warn("create the registry's framework index; framework filters scan the version table instead", "err", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel

@@ -411,3 +411,31 @@ func FuzzParseByteSize(f *testing.F) {
 		}
 	})
 }
+
+func TestLoadConfig_ConfigurationDirectory(t *testing.T) {
+	// The unit runs `buffdbd run` without --config; systemd exports CONFIGURATION_DIRECTORY.
+	isolateEnv(t)
+	dir := t.TempDir()
+	t.Setenv("CONFIGURATION_DIRECTORY", dir)
+	t.Run("Missing", func(t *testing.T) {
+		cfg, _, err := loadWith(t)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(cfg, DefaultConfig()) {
+			t.Fatalf("without a file, want defaults; got %+v", cfg)
+		}
+	})
+	t.Run("Present", func(t *testing.T) {
+		if err := os.WriteFile(filepath.Join(dir, "buffdbd.yaml"), []byte("data_dir: /srv/models\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, _, err := loadWith(t)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.DataDir != "/srv/models" {
+			t.Fatalf("data_dir = %q", cfg.DataDir)
+		}
+	})
+}

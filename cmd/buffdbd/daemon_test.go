@@ -22,6 +22,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
+	"github.com/buffdb/buffdbd/registry"
 )
 
 // testVersion and testCommit are linked into a binary to check `buffdbd version`.
@@ -392,17 +393,32 @@ func TestMain_LifecycleHealthMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	if _, body := get(t, base+"/metrics"); !strings.Contains(body, "buffdbd_store_keys 3\n") {
+		t.Errorf("/metrics lacks buffdbd_store_keys 3 after three Sets")
+	}
+
+	// A model push, so the registry hooks and gauges carry values.
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "model.bin"), bytes.Repeat([]byte("weights"), 1000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := registry.NewClient(conn).Push(context.Background(), src, registry.PushOptions{
+		Info: registry.ModelInfo{Name: "tiny", Version: "v1"}}); err != nil {
+		t.Fatal(err)
+	}
+
 	_, body := get(t, base+"/metrics")
 	for _, want := range []string{
-		"buffdbd_store_keys 3\n",
+		`buffdbd_registry_pushes_total{result="ok"} 1`,
+		"buffdbd_registry_versions 1\n",
+		"buffdbd_registry_models 1\n",
+		"buffdbd_registry_logical_bytes 7000\n",
 		"buffdbd_store_database_bytes ",
 		`grpc_server_handled_total{grpc_code="OK",grpc_method="Set",grpc_service="buffdb.kv.Kv",grpc_type="bidi_stream"} 1`,
 		`grpc_server_msg_received_total{grpc_method="Set",grpc_service="buffdb.kv.Kv",grpc_type="bidi_stream"} 3`,
 		`grpc_server_started_total{grpc_method="Get",grpc_service="buffdb.blob.Blob",grpc_type="bidi_stream"} 0`,
 		`buffdbd_build_info{`,
-		"buffdbd_registry_versions 0\n",
 		"buffdbd_registry_max_bytes 2.147483648e+10\n",
-		`buffdbd_registry_pushes_total{result="ok"} 0`,
 		`grpc_server_started_total{grpc_method="Pull",grpc_service="buffdb.registry.Registry"`,
 		`buffdbd_fetch_completed_total{result="ok"} 0`,
 		"buffdbd_fetch_active_downloads 0\n",

@@ -5,7 +5,6 @@ import (
 	"sync"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
@@ -31,7 +30,7 @@ var grpcHandlingBuckets = []float64{.001, .005, .01, .05, .1, .5, 1, 5, 30, 120,
 // libraries, and tests can build many daemons in one process).
 type metrics struct {
 	registry *prometheus.Registry
-	grpc     *grpcprom.ServerMetrics
+	grpc     *grpcServerMetrics
 
 	// Layered services' metrics are registered once per daemon, however often a hook asks.
 	mu       sync.Mutex
@@ -40,12 +39,12 @@ type metrics struct {
 }
 
 // newMetrics registers the go and process collectors, buffdbd_build_info and the gRPC server
-// metrics (go-grpc-middleware's standard grpc_server_* names, with handling-time histograms).
+// metrics (go-grpc-middleware's standard grpc_server_* names, with handling-time histograms; see
+// grpcServerMetrics).
 func newMetrics(bi buildInfo) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
-		grpc: grpcprom.NewServerMetrics(
-			grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(grpcHandlingBuckets))),
+		grpc:     newGRPCServerMetrics(grpcHandlingBuckets),
 	}
 	buildInfoGauge := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: metricsNamespace,
@@ -64,10 +63,10 @@ func newMetrics(bi buildInfo) *metrics {
 
 // unaryInterceptor and streamInterceptor feed grpc_server_*.
 func (m *metrics) unaryInterceptor() grpc.UnaryServerInterceptor {
-	return m.grpc.UnaryServerInterceptor()
+	return m.grpc.unaryInterceptor()
 }
 func (m *metrics) streamInterceptor() grpc.StreamServerInterceptor {
-	return m.grpc.StreamServerInterceptor()
+	return m.grpc.streamInterceptor()
 }
 
 // servedServices are the services whose grpc_server_* series are created at zero before their
@@ -78,26 +77,8 @@ var servedServices = []*grpc.ServiceDesc{
 	&registrypb.Registry_ServiceDesc, &healthpb.Health_ServiceDesc,
 }
 
-// serviceInfo turns service descriptors into what grpc.Server.GetServiceInfo reports.
-type serviceInfo []*grpc.ServiceDesc
-
-func (s serviceInfo) GetServiceInfo() map[string]grpc.ServiceInfo {
-	out := make(map[string]grpc.ServiceInfo, len(s))
-	for _, d := range s {
-		var ms []grpc.MethodInfo
-		for _, u := range d.Methods {
-			ms = append(ms, grpc.MethodInfo{Name: u.MethodName})
-		}
-		for _, st := range d.Streams {
-			ms = append(ms, grpc.MethodInfo{Name: st.StreamName, IsClientStream: st.ClientStreams, IsServerStream: st.ServerStreams})
-		}
-		out[d.ServiceName] = grpc.ServiceInfo{Methods: ms}
-	}
-	return out
-}
-
 // initialize pre-creates the grpc_server_* series of servedServices.
-func (m *metrics) initialize() { m.grpc.InitializeMetrics(serviceInfo(servedServices)) }
+func (m *metrics) initialize() { m.grpc.initialize(servedServices) }
 
 // storeStats is store.Stats; the alias keeps collector signatures short.
 type storeStats = store.Stats
