@@ -132,9 +132,9 @@ func ready[Resp any](resp *Resp, err error) func(context.Context) (*Resp, error)
 	return func(context.Context) (*Resp, error) { return resp, err }
 }
 
-// readParallelism is how many reads of one stream run at once. SQLite serves reads from several
-// connections concurrently (WAL), so overlapping a stream's lookups keeps both cores busy while
-// responses still leave in request order; more than a few only adds scheduling overhead.
+// readParallelism is how many blob reads of one stream run at once: reading payload files
+// overlaps with sending earlier blobs while responses still leave in request order; more than a
+// few only adds scheduling overhead.
 const readParallelism = 4
 
 // reader runs a stream's reads on a few long-lived goroutines. Long-lived matters: the SQLite
