@@ -33,9 +33,10 @@ type pending[Resp any] struct {
 }
 
 // serveBidi answers a bidirectional stream one response per request, in request order, as each
-// request arrives. A receiving goroutine reads requests and starts each one with start, which
-// hands it to a read worker (readAsync) or to the store's group committer (writes) and returns a
-// wait function; the calling goroutine waits for each result in order and sends it. weight
+// request arrives. A receiving goroutine reads requests and starts each one with start, which does
+// it at once (KV reads), hands it to a read worker (blob reads, readAsync) or submits it to the
+// store's group committer (writes), and returns a wait function; the calling goroutine waits for
+// each result in order and sends it. weight
 // reports the payload bytes a request holds while in flight. When the client half-closes, queued
 // requests are answered and the stream ends OK. On the first error the responses already sent stay
 // delivered, headers are sent, and the stream ends with err's status; done (if non-nil) runs when
