@@ -60,7 +60,7 @@ func dial(cmd *cobra.Command, g *globalFlags) (*clientConn, error) {
 			return remote("unix://"+sock, dialOpts)
 		}
 	}
-	return local(cmd.Context(), cfg, g, dialOpts)
+	return local(cmd.Context(), cfg, dialOpts)
 }
 
 func remote(addr string, opts []grpc.DialOption) (*clientConn, error) {
@@ -87,10 +87,9 @@ const (
 // socket buffer, larger only costs memory.
 const inProcessBufferBytes = 1 << 20
 
-func local(ctx context.Context, cfg Config, g *globalFlags, opts []grpc.DialOption) (*clientConn, error) {
-
+func local(ctx context.Context, cfg Config, opts []grpc.DialOption) (*clientConn, error) {
 	log := slog.New(slog.DiscardHandler)
-	if g.logLevel == "debug" {
+	if cfg.Log.Level == "debug" {
 		log = slog.Default()
 	}
 	db, err := openStore(ctx, cfg, log)
