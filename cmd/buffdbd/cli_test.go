@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/buffdb/buffdbd/store"
 )
 
 // cliResult is one in-process run of the command line.
@@ -374,4 +376,29 @@ func TestCLI_SameConfigAsRun(t *testing.T) {
 			t.Fatalf("bench ignored BUFFDBD_STORE_DURABILITY:\n%s", r.stdout)
 		}
 	})
+}
+
+// TestCLI_ErrLocked: when another process holds the store and no daemon answers on the socket, the
+// CLI says so in one sentence, hints at the socket (a daemon under another user), and exits 4.
+func TestCLI_ErrLocked(t *testing.T) {
+	saved := lockWait
+	lockWait = 0 // the wait for the lock has its own test (TestCLI_ParallelWithoutDaemon)
+	t.Cleanup(func() { lockWait = saved })
+	dir := t.TempDir()
+	// This process holding the store with no socket is what a CLI user sees when a daemon run
+	// by another user holds it behind a socket they may not open.
+	db, err := store.Open(context.Background(), dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	r := must(t, exitError, "", "--data-dir", dir, "kv", "get", "k")
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	if want := "buffdbd: another buffdbd process is using the data directory " + dir; lines[0] != want {
+		t.Fatalf("message = %q, want %q", lines[0], want)
+	}
+	if len(lines) != 2 || !strings.HasPrefix(lines[1], "hint: ") || !strings.Contains(lines[1], "different user") ||
+		!strings.Contains(lines[1], filepath.Join(dir, "buffdbd.sock")) || !strings.Contains(lines[1], "--addr") {
+		t.Fatalf("hint = %q", r.stderr)
+	}
 }

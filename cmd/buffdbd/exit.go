@@ -96,7 +96,8 @@ func reportError(w io.Writer, err error) int {
 	hint := ""
 	switch {
 	case errors.Is(err, store.ErrLocked):
-		hint = "another buffdbd process has this data directory open; use its daemon (--addr) or wait for it to finish"
+		// The CLI's own lockedError (conn.go) carries a fuller hint; this covers any other path.
+		hint = "another buffdbd process has this data directory open; connect to its daemon (--socket or --addr) or wait for it to finish"
 	case code == codes.Unavailable:
 		hint = "is the daemon running and reachable (check --addr)?"
 	case code == codes.Canceled || errors.Is(err, context.Canceled):
