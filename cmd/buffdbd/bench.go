@@ -33,7 +33,6 @@ type benchStoreFlags struct {
 	keys       int
 	blobs      int
 	blobSize   int
-	durability string
 	cpuProfile string
 }
 
@@ -43,7 +42,9 @@ func newBenchStoreCmd(g *globalFlags) *cobra.Command {
 		Use:   "store",
 		Short: "KV Set/Get ops/s and blob Store/Get MB/s on one gRPC stream over loopback, next to a raw file write",
 		Long: `Starts the store and gRPC server in-process on a scratch data directory (--data-dir, default a
-temporary directory that is removed) and a loopback TCP port, then measures on ONE bidirectional
+temporary directory that is removed; data_dir from the config file or environment is deliberately
+not used, so a benchmark never writes into a live store) with the configuration run would use
+(store.durability, grpc.max_message_bytes, …) and a loopback TCP port, then measures on ONE bidirectional
 stream each: KV Set and Get ops/s, blob Store and Get MB/s. In the same run it writes the same blob
 bytes to a plain file and fsyncs it, and prints each blob rate as a ratio to that.`,
 		Args: noArgs,
@@ -53,7 +54,6 @@ bytes to a plain file and fsyncs it, and prints each blob rate as a ratio to tha
 	fl.IntVar(&f.keys, "keys", 100_000, "KV pairs to Set and then Get")
 	fl.IntVar(&f.blobs, "blobs", 256, "blobs to Store and then Get")
 	fl.IntVar(&f.blobSize, "blob-size", 1<<20, "bytes per blob")
-	fl.StringVar(&f.durability, "durability", "sync", "store durability: sync or process")
 	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
 	return cmd
 }
@@ -63,7 +63,16 @@ func benchStore(cmd *cobra.Command, g *globalFlags, f *benchStoreFlags) error {
 	if f.keys < 1 || f.blobs < 1 || f.blobSize < 8 {
 		return usagef("--keys and --blobs must be >= 1 and --blob-size >= 8")
 	}
-	dir := g.dataDir
+	// The same configuration as run (file, BUFFDBD_*, flags such as --durability), except where
+	// the data goes: only an explicit --data-dir, never the configured (possibly live) one.
+	cfg, _, _, err := LoadConfig(cmd.Flags())
+	if err != nil {
+		return err
+	}
+	dir := ""
+	if f := cmd.Flags().Lookup("data-dir"); f != nil && f.Changed {
+		dir = f.Value.String()
+	}
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "buffdbd-bench")
 		if err != nil {
@@ -72,9 +81,7 @@ func benchStore(cmd *cobra.Command, g *globalFlags, f *benchStoreFlags) error {
 		defer os.RemoveAll(tmp)
 		dir = tmp
 	}
-	cfg := DefaultConfig()
 	cfg.DataDir = dir
-	cfg.Store.Durability = f.durability
 	if cfg.GRPC.MaxMessageBytes < ByteSize(f.blobSize)+MiB {
 		cfg.GRPC.MaxMessageBytes = ByteSize(f.blobSize) + MiB
 	}
@@ -170,7 +177,7 @@ func benchStore(cmd *cobra.Command, g *globalFlags, f *benchStoreFlags) error {
 	mbps := func(d time.Duration) float64 { return total / d.Seconds() / 1e6 }
 	rawMBps := mbps(rawDur)
 	w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
-	fmt.Fprintf(w, "buffdbd bench store: one stream over loopback, durability=%s, data dir %s\n", f.durability, dir)
+	fmt.Fprintf(w, "buffdbd bench store: one stream over loopback, durability=%s, data dir %s\n", cfg.Store.Durability, dir)
 	fmt.Fprintf(w, "KV Set\t%d values\t%.0f ops/s\t\n", f.keys, float64(f.keys)/setDur.Seconds())
 	fmt.Fprintf(w, "KV Get\t%d values\t%.0f ops/s\t%.2fx store.Get without gRPC (%.0f ops/s, one caller)\n", f.keys,
 		float64(f.keys)/getDur.Seconds(), directGetDur.Seconds()/getDur.Seconds(), float64(f.keys)/directGetDur.Seconds())

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/buffdb/buffdbd/store"
 )
 
 // cliResult is one in-process run of the command line.
@@ -314,5 +316,89 @@ func TestCLI_ParallelWithoutDaemon(t *testing.T) {
 	}
 	for i := range n {
 		must(t, exitOK, "", "--data-dir", dir, "kv", "get", fmt.Sprint("p", i))
+	}
+}
+
+// TestCLI_SameConfigAsRun: CLI commands take the configuration run takes — config file, BUFFDBD_*
+// variables and every configuration flag — both to find the daemon and to open the store without one.
+func TestCLI_SameConfigAsRun(t *testing.T) {
+	t.Run("ConfigFile", func(t *testing.T) {
+		dir := t.TempDir()
+		file := filepath.Join(t.TempDir(), "buffdbd.yaml")
+		yaml := fmt.Sprintf("data_dir: %s\nstore:\n  durability: process\n", dir)
+		if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		must(t, exitOK, "", "--config", file, "kv", "set", "k", "from-config")
+		if r := must(t, exitOK, "", "--data-dir", dir, "kv", "get", "k"); r.stdout != "from-config\n" {
+			t.Fatalf("kv get in the config file's data_dir = %q", r.stdout)
+		}
+	})
+	t.Run("SocketFlag", func(t *testing.T) {
+		// A socket outside the data directory, found only through --socket (unix paths are short).
+		sockDir, err := os.MkdirTemp("", "bd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(sockDir) })
+		cfg := DefaultConfig()
+		cfg.DataDir = t.TempDir()
+		cfg.GRPC.Socket = filepath.Join(sockDir, "d.sock")
+		cfg.HTTP.Listen = ""
+		m := NewMain(cfg, nil)
+		if err := m.Open(context.Background()); err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		t.Cleanup(func() { m.Close(context.Background()) })
+		must(t, exitOK, "", "--data-dir", t.TempDir(), "--socket", cfg.GRPC.Socket, "kv", "set", "k", "via-socket")
+		if v, err := m.DB.Get(context.Background(), "", "k"); err != nil || v != "via-socket" {
+			t.Fatalf("daemon store k = %q, %v; the CLI did not reach the daemon through --socket", v, err)
+		}
+	})
+	t.Run("MessageSizeFlag", func(t *testing.T) {
+		f := filepath.Join(t.TempDir(), "big")
+		os.WriteFile(f, make([]byte, 100<<10), 0o600)
+		r := must(t, exitError, "", "--data-dir", t.TempDir(), "blob", "store", "--grpc-max-message-bytes", "64KiB", f)
+		if !strings.Contains(r.stderr, "larger than max") {
+			t.Fatalf("stderr = %q", r.stderr)
+		}
+	})
+	t.Run("BadFlagValueIsConfigError", func(t *testing.T) {
+		r := must(t, exitConfig, "", "--data-dir", t.TempDir(), "kv", "get", "--durability", "fast", "k")
+		if !strings.Contains(r.stderr, "store.durability") {
+			t.Fatalf("stderr = %q", r.stderr)
+		}
+	})
+	t.Run("BenchDurabilityFromEnv", func(t *testing.T) {
+		t.Setenv("BUFFDBD_STORE_DURABILITY", "process")
+		r := must(t, exitOK, "", "bench", "store", "--keys", "10", "--blobs", "1", "--blob-size", "1000")
+		if !strings.Contains(r.stdout, "durability=process") {
+			t.Fatalf("bench ignored BUFFDBD_STORE_DURABILITY:\n%s", r.stdout)
+		}
+	})
+}
+
+// TestCLI_ErrLocked: when another process holds the store and no daemon answers on the socket, the
+// CLI says so in one sentence, hints at the socket (a daemon under another user), and exits 4.
+func TestCLI_ErrLocked(t *testing.T) {
+	saved := lockWait
+	lockWait = 0 // the wait for the lock has its own test (TestCLI_ParallelWithoutDaemon)
+	t.Cleanup(func() { lockWait = saved })
+	dir := t.TempDir()
+	// This process holding the store with no socket is what a CLI user sees when a daemon run
+	// by another user holds it behind a socket they may not open.
+	db, err := store.Open(context.Background(), dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	r := must(t, exitError, "", "--data-dir", dir, "kv", "get", "k")
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	if want := "buffdbd: another buffdbd process is using the data directory " + dir; lines[0] != want {
+		t.Fatalf("message = %q, want %q", lines[0], want)
+	}
+	if len(lines) != 2 || !strings.HasPrefix(lines[1], "hint: ") || !strings.Contains(lines[1], "different user") ||
+		!strings.Contains(lines[1], filepath.Join(dir, "buffdbd.sock")) || !strings.Contains(lines[1], "--addr") {
+		t.Fatalf("hint = %q", r.stderr)
 	}
 }

@@ -120,8 +120,6 @@ func newConfigCommand() *cobra.Command {
 			return nil
 		},
 	}
-	addConfigFlags(print.Flags())
-	addConfigFlags(check.Flags())
 	cmd.AddCommand(print, check)
 	return cmd
 }

@@ -60,7 +60,7 @@ func dial(cmd *cobra.Command, g *globalFlags) (*clientConn, error) {
 			return remote("unix://"+sock, dialOpts)
 		}
 	}
-	return local(cmd.Context(), cfg, g, dialOpts)
+	return local(cmd.Context(), cfg, dialOpts)
 }
 
 func remote(addr string, opts []grpc.DialOption) (*clientConn, error) {
@@ -77,20 +77,49 @@ func remote(addr string, opts []grpc.DialOption) (*clientConn, error) {
 }
 
 // lockWait bounds how long a CLI command waits for another process to release the store; CLI
-// commands hold it for well under a second, so this only expires behind a long one (a big push).
-const (
-	lockWait  = 10 * time.Second
-	lockRetry = 50 * time.Millisecond
-)
+// commands hold it for well under a second, so this only expires behind a long one (a big push) or
+// a daemon whose socket this user cannot reach. A variable so tests need not wait it out.
+var lockWait = 10 * time.Second
+
+// lockRetry is how often the wait tries the lock (and the daemon's socket) again: short next to a
+// CLI command's lifetime, long next to the cost of a failed flock.
+const lockRetry = 50 * time.Millisecond
+
+// lockedError reports a data directory held by another process whose daemon socket did not answer.
+// It carries its own sentence and hint (see reportError) and wraps store.ErrLocked.
+type lockedError struct {
+	dir, socket string
+	err         error
+}
+
+func (e *lockedError) Error() string {
+	return "another buffdbd process is using the data directory " + e.dir
+}
+
+func (e *lockedError) Unwrap() error { return e.err }
+
+// ExitCode is exitError: nothing was found missing, the store was just unavailable to us.
+func (e *lockedError) ExitCode() int { return exitError }
+
+// Hint names the likeliest cause: a daemon (often the systemd service, running as its own user)
+// holds the store but this user cannot connect to its socket.
+func (e *lockedError) Hint() string {
+	sock := "its socket"
+	if e.socket != "" {
+		sock = "its socket (" + e.socket + " did not answer)"
+	}
+	return "if a daemon serves it, possibly under a different user, connect through " + sock +
+		": check you may use the socket (e.g. the service's group), or pass --socket PATH or --addr host:port;" +
+		" otherwise wait for the other command to finish"
+}
 
 // inProcessBufferBytes sizes the in-memory pipe between the CLI and its in-process server; like a
 // socket buffer, larger only costs memory.
 const inProcessBufferBytes = 1 << 20
 
-func local(ctx context.Context, cfg Config, g *globalFlags, opts []grpc.DialOption) (*clientConn, error) {
-
+func local(ctx context.Context, cfg Config, opts []grpc.DialOption) (*clientConn, error) {
 	log := slog.New(slog.DiscardHandler)
-	if g.logLevel == "debug" {
+	if cfg.Log.Level == "debug" {
 		log = slog.Default()
 	}
 	db, err := openStore(ctx, cfg, log)
@@ -107,6 +136,9 @@ func local(ctx context.Context, cfg Config, g *globalFlags, opts []grpc.DialOpti
 			return remote("unix://"+sock, opts)
 		}
 		db, err = openStore(ctx, cfg, log)
+	}
+	if errors.Is(err, store.ErrLocked) {
+		return nil, &lockedError{dir: cfg.DataDir, socket: socketPath(cfg), err: err}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s (no daemon is serving it): %w", cfg.DataDir, err)

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/buffdb/buffdbd/api"
+	"github.com/buffdb/buffdbd/huggingface"
+	"github.com/buffdb/buffdbd/registry"
 	"github.com/buffdb/buffdbd/store"
 )
 
@@ -96,13 +99,14 @@ func reportError(w io.Writer, err error) int {
 	hint := ""
 	switch {
 	case errors.Is(err, store.ErrLocked):
-		hint = "another buffdbd process has this data directory open; use its daemon (--addr) or wait for it to finish"
+		// The CLI's own lockedError (conn.go) carries a fuller hint; this covers any other path.
+		hint = "another buffdbd process has this data directory open; connect to its daemon (--socket or --addr) or wait for it to finish"
 	case code == codes.Unavailable:
 		hint = "is the daemon running and reachable (check --addr)?"
 	case code == codes.Canceled || errors.Is(err, context.Canceled):
 		msg = "interrupted"
-	case code == codes.ResourceExhausted && strings.Contains(msg, "larger than max"):
-		hint = "the message is larger than the server accepts; see grpc.max_message_bytes"
+	case code == codes.ResourceExhausted:
+		hint = resourceExhaustedHint(err, msg)
 	case code == codes.Internal:
 		hint = "the daemon's log has the details"
 	}
@@ -116,4 +120,24 @@ func reportError(w io.Writer, err error) int {
 		return exitNotFound
 	}
 	return exitError
+}
+
+// resourceExhaustedHint names the fix for the resource that ran out. RESOURCE_EXHAUSTED covers
+// several causes (api's error table maps budget, disk-full and size limits to it, and grpc-go uses
+// it for oversized messages); from a daemon only the status message tells them apart, so both the
+// wrapped error and the message text are checked.
+func resourceExhaustedHint(err error, msg string) string {
+	has := func(target error) bool { return errors.Is(err, target) || strings.Contains(msg, target.Error()) }
+	switch {
+	case has(registry.ErrBudget):
+		return "the registry's disk budget is full: raise registry.max_bytes or remove/unpin versions (buffdbd model rm, unpin, untag)"
+	case has(registry.ErrDiskFull) || errors.Is(err, syscall.ENOSPC) || strings.Contains(msg, syscall.ENOSPC.Error()):
+		return "the filesystem holding the data directory is full: free space there or move data_dir"
+	case strings.Contains(msg, "larger than max"):
+		// grpc-go's "received/trying to send message larger than max (N vs. M)".
+		return "the message is larger than the server accepts; see grpc.max_message_bytes"
+	case has(huggingface.ErrRateLimited):
+		return "the Hugging Face Hub is rate limiting this client: retry later, or set a token (huggingface.token_file)"
+	}
+	return ""
 }

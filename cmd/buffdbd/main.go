@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -43,20 +42,12 @@ func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	return reportError(stderr, err)
 }
 
-// globalFlags are flags every command accepts.
+// globalFlags are the flags every command accepts that are not configuration keys. The
+// configuration flags (--config, --data-dir, --socket, --durability, --log-level, …) are persistent
+// flags of the root command too, read through LoadConfig, so `run` and every CLI command see one
+// configuration.
 type globalFlags struct {
-	dataDir  string
-	addr     string
-	config   string
-	logLevel string
-}
-
-func (g *globalFlags) logger(cmd *cobra.Command) *slog.Logger {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
-		level = slog.LevelInfo
-	}
-	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+	addr string
 }
 
 // newRootCmd builds the whole command tree. Each command group is added here explicitly.
@@ -72,10 +63,10 @@ a running daemon (its unix socket in the data directory, or --addr) or open the 
 		SilenceErrors: true,
 	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.dataDir, "data-dir", "", "data directory (default $STATE_DIRECTORY, else $XDG_DATA_HOME/buffdbd, else ~/.local/share/buffdbd)")
-	pf.StringVar(&g.addr, "addr", "", "gRPC address of a buffdbd daemon (host:port or unix:///path); default: the data directory's socket, else the store directly")
-	pf.StringVar(&g.config, "config", "", "configuration file (read by run and config; default "+defaultConfigFile+" when present)")
-	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	pf.StringVar(&g.addr, "addr", "", "gRPC address of a buffdbd daemon (host:port or unix:///path); default: the configured socket, else the store directly")
+	// Every configuration key is a flag of every command: the CLI opens the store, or finds the
+	// daemon's socket, with exactly the configuration `run` would use.
+	addConfigFlags(pf)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 
 	root.AddCommand(

@@ -488,7 +488,6 @@ Configuration comes from flags, then BUFFDBD_* environment variables, then the c
 			return runDaemon(cmd.Context(), cfg, log)
 		},
 	}
-	addConfigFlags(cmd.Flags())
 	return cmd
 }
 

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/buffdb/buffdbd/registry"
+)
+
+// TestReportError_ResourceExhaustedHint: each cause of RESOURCE_EXHAUSTED, as a daemon reports it
+// (only the status message), gets the hint for its own fix — never another cause's.
+func TestReportError_ResourceExhaustedHint(t *testing.T) {
+	for _, tc := range []struct {
+		name, msg, want, notWant string
+	}{
+		{"Budget", "publish org/m:v1: " + registry.ErrBudget.Error() + ": 300000 bytes referenced, budget 102400",
+			"registry.max_bytes", "max_message_bytes"},
+		{"DiskFull", "push org/m:v1: " + registry.ErrDiskFull.Error(), "filesystem", "max_message_bytes"},
+		{"ENOSPC", "write chunk: no space left on device", "filesystem", "max_bytes"},
+		{"MessageSize", "grpc: received message larger than max (100000 vs. 65536)", "grpc.max_message_bytes", "registry.max_bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var w bytes.Buffer
+			if got := reportError(&w, status.Error(codes.ResourceExhausted, tc.msg)); got != exitError {
+				t.Fatalf("exit %d, want %d", got, exitError)
+			}
+			if !strings.Contains(w.String(), "hint: ") || !strings.Contains(w.String(), tc.want) || strings.Contains(w.String(), tc.notWant) {
+				t.Fatalf("output %q: want a hint naming %q, not %q", w.String(), tc.want, tc.notWant)
+			}
+		})
+	}
+}
+
+// TestCLI_BudgetHint: a push over registry.max_bytes (here from the environment) hints at the
+// budget, not at the message size.
+func TestCLI_BudgetHint(t *testing.T) {
+	t.Setenv("BUFFDBD_REGISTRY_MAX_BYTES", "100KiB")
+	src := filepath.Join(t.TempDir(), "w.bin")
+	if err := os.WriteFile(src, bytes.Repeat([]byte("0123456789abcdef"), 20000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// runLine, not must: push's progress line precedes the error on stderr.
+	r := runLine(t, "", "--data-dir", t.TempDir(), "model", "push", src, "--name", "org/m", "--version", "v1")
+	if r.code != exitError {
+		t.Fatalf("exit %d, want %d: %s", r.code, exitError, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "hint: ") || !strings.Contains(r.stderr, "registry.max_bytes") ||
+		strings.Contains(r.stderr, "max_message_bytes") {
+		t.Fatalf("stderr = %q", r.stderr)
+	}
+}
