@@ -308,9 +308,15 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 	werr := make(chan error, 1)
 	go func() {
 		var err error
+		flushed, pos := offset, offset
 		for p := range wq {
 			if err == nil {
 				_, err = out.Write(p)
+				pos += int64(len(p))
+				if pos-flushed >= writebackStep {
+					startWriteback(out, flushed, pos-flushed)
+					flushed = pos
+				}
 			}
 		}
 		werr <- err
@@ -339,6 +345,11 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 	}
 	return out.Sync()
 }
+
+// writebackStep is how many written bytes the pull's file writer lets accumulate before it starts
+// their writeback: 8 MiB keeps the disk busy during the transfer (the final fsync otherwise flushed
+// the whole file, ~20% of a 256 MiB pull here) without a syscall per piece.
+const writebackStep = 8 << 20
 
 // pullQueue bounds the pieces (≤1 MiB) waiting for the pull's file writer and hasher.
 const pullQueue = 8
