@@ -385,5 +385,15 @@ func TestRangeLayout(t *testing.T) {
 		if next != tc.size {
 			t.Fatalf("%+v: ranges cover %d bytes", tc, next)
 		}
+		// The tail tapers so connections run out of work together: past the ramp no range is
+		// bigger than the one before it, except a final sliver merged into the last range.
+		for i := int(tc.ramp); i+2 < len(l); i++ {
+			if got, prev := l[i+1][1]-l[i+1][0], l[i][1]-l[i][0]; got > prev {
+				t.Fatalf("%+v: tail range %d is %d bytes after %d", tc, i+1, got, prev)
+			}
+		}
+		if n := len(l); tc.size >= 1<<30 && l[n-1][1]-l[n-1][0] > 2<<20 {
+			t.Fatalf("%+v: last range is %d bytes, want the tail tapered to at most 2 MiB", tc, l[n-1][1]-l[n-1][0])
+		}
 	}
 }
