@@ -26,7 +26,10 @@ type journal struct {
 	done      map[uint32]int64
 }
 
-var journalMagic = [8]byte{'B', 'H', 'F', 'J', 'R', 'N', 'L', '2'}
+// journalMagic names the format and the rangeLayout it was written with: version 3 tapers the last
+// ranges. A journal of another version is discarded (its ranges would not line up), which costs
+// re-downloading one interrupted file after an upgrade, never wrong bytes.
+var journalMagic = [8]byte{'B', 'H', 'F', 'J', 'R', 'N', 'L', '3'}
 
 const (
 	journalHeader = 40

@@ -73,7 +73,13 @@ func benchStore(cmd *cobra.Command, g *globalFlags, f *benchStoreFlags) error {
 	if f := cmd.Flags().Lookup("data-dir"); f != nil && f.Changed {
 		dir = f.Value.String()
 	}
-	if dir == "" {
+	if dir != "" {
+		// The raw-write probes go into dir before the store (which would create it) opens; 0700 as
+		// for any data directory.
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create data directory: %w", err)
+		}
+	} else {
 		tmp, err := os.MkdirTemp("", "buffdbd-bench")
 		if err != nil {
 			return err

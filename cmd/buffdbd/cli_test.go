@@ -292,11 +292,16 @@ func TestResolveDataDir(t *testing.T) {
 }
 
 func TestCLI_BenchStore(t *testing.T) {
-	r := must(t, exitOK, "", "--data-dir", t.TempDir(), "bench", "store", "--keys", "200", "--blobs", "3", "--blob-size", "20000")
+	// A --data-dir that does not exist yet is created, like any data directory.
+	dir := filepath.Join(t.TempDir(), "new", "bench")
+	r := must(t, exitOK, "", "--data-dir", dir, "bench", "store", "--keys", "200", "--blobs", "3", "--blob-size", "20000")
 	for _, want := range []string{"KV Set", "KV Get", "raw file write+fsync", "raw files, one per blob", "Blob Store", "Blob Get", "x raw"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Fatalf("bench output lacks %q:\n%s", want, r.stdout)
 		}
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("data dir: %v, %v; want mode 0700", fi, err)
 	}
 }
 

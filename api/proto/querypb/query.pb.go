@@ -124,7 +124,7 @@ func (x *RawQuery) GetTarget() TargetStore {
 }
 
 // QueryResult is one row. Each column is an Any wrapping google.protobuf.Int64Value, DoubleValue,
-// StringValue or BytesValue; SQL NULL is an Any wrapping an empty google.protobuf.Value.
+// StringValue or BytesValue; SQL NULL is an Any wrapping google.protobuf.Value{null_value: NULL_VALUE}.
 type QueryResult struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Fields []*anypb.Any           `protobuf:"bytes,1,rep,name=fields,proto3" json:"fields,omitempty"`
