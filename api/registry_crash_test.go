@@ -93,6 +93,32 @@ func (d *daemon) kill() {
 	d.cmd.Wait()
 }
 
+// chunks is how many chunks the daemon has durably recorded, counting those of open sessions.
+func (d *daemon) chunks(t testing.TB) uint64 {
+	t.Helper()
+	st, err := d.rpc.Stats(context.Background(), &registrypb.StatsRequest{})
+	if err != nil {
+		t.Fatalf("stats: %v", err)
+	}
+	return st.Chunks
+}
+
+// killOnceDurable SIGKILLs the daemon as soon as it has durably recorded more than before chunks.
+// Killing at a byte count the client has sent is not enough: those bytes may still be in flight,
+// and the test is about what a restart finds durable (a resumable session with chunks), so it
+// waits for at least one — bounded, the push keeps streaming meanwhile.
+func (d *daemon) killOnceDurable(t testing.TB, before uint64) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); d.chunks(t) <= before; {
+		if time.Now().After(deadline) {
+			t.Errorf("no chunk of the push became durable within 30s")
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	d.kill()
+}
+
 // TestRegistry_KillDaemonMidPush kills the serving process with SIGKILL in the middle of a push:
 // after a restart no version is visible, the push resumes without resending what was durable, and
 // garbage collection reclaims what an abandoned push left.
@@ -112,7 +138,7 @@ func TestRegistry_KillDaemonMidPush(t *testing.T) {
 		Progress: func(done, total int64) {
 			if killedAt == 0 && done > total/2 {
 				killedAt = done
-				d.kill()
+				d.killOnceDurable(t, 0)
 			}
 		}})
 	if err == nil {
@@ -144,11 +170,12 @@ func TestRegistry_KillDaemonMidPush(t *testing.T) {
 	src2 := t.TempDir()
 	writeFiles(t, src2, map[string][]byte{"m.bin": randBytes(82, 32<<20)})
 	killedAt = 0
+	chunksBefore := d.chunks(t)
 	d.client.Push(ctx, src2, registry.PushOptions{Info: registry.ModelInfo{Name: "k", Version: "v2"},
 		Progress: func(done, total int64) {
 			if killedAt == 0 && done > total/2 {
 				killedAt = done
-				d.kill()
+				d.killOnceDurable(t, chunksBefore)
 			}
 		}})
 	d = startDaemon(t, dir, 2*time.Hour)
