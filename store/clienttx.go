@@ -109,27 +109,38 @@ func (db *DB) begin(ctx context.Context, readOnly bool) (*clientTx, error) {
 	return t, nil
 }
 
-// withTx runs fn on open transaction id, serialized with its other statements.
-func (db *DB) withTx(_ context.Context, id string, write bool, fn func(t *clientTx) error) error {
+// lockTx returns open transaction id with its mutex held (the caller unlocks t.mu), or ErrNotFound
+// (saying so when it was rolled back by its timeout) if it is unknown or already ended.
+func (db *DB) lockTx(id string) (*clientTx, error) {
 	if err := db.checkOpen(); err != nil {
-		return err
+		return nil, err
 	}
 	db.txMu.Lock()
 	t := db.txs[id]
 	expired := db.expired[id]
 	db.txMu.Unlock()
 	if t == nil {
-		return db.txNotFound(id, expired)
+		return nil, db.txNotFound(id, expired)
 	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.ended {
-		return db.txNotFound(id, false)
+		t.mu.Unlock()
+		return nil, db.txNotFound(id, false)
 	}
+	return t, nil
+}
+
+// withTx runs fn on open transaction id, serialized with its other statements.
+func (db *DB) withTx(_ context.Context, id string, write bool, fn func(t *clientTx) error) error {
+	t, err := db.lockTx(id)
+	if err != nil {
+		return err
+	}
+	defer t.mu.Unlock()
 	if write && t.readOnly {
 		return fmt.Errorf("transaction %q is read-only: %w", id, ErrReadOnly)
 	}
-	err := fn(t)
+	err = fn(t)
 	if txLost(err) {
 		// SQLite may have rolled the transaction back itself; continuing would autocommit later
 		// statements one by one. End it: its id now gives ErrNotFound.
@@ -212,21 +223,11 @@ func (db *DB) Rollback(ctx context.Context, id string) error {
 }
 
 func (db *DB) finish(id string, commit bool) error {
-	if err := db.checkOpen(); err != nil {
+	t, err := db.lockTx(id)
+	if err != nil {
 		return err
 	}
-	db.txMu.Lock()
-	t := db.txs[id]
-	expired := db.expired[id]
-	db.txMu.Unlock()
-	if t == nil {
-		return db.txNotFound(id, expired)
-	}
-	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.ended {
-		return db.txNotFound(id, false)
-	}
 	return db.endTx(t, commit)
 }
 
