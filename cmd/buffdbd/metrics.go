@@ -87,18 +87,51 @@ type storeStats = store.Stats
 // slow SD card should not make the whole scrape fail.
 const statsTimeout = 5 * time.Second
 
-// storeCollector computes store gauges at scrape time from store.DB.Stats, so they are always
-// current and cost nothing between scrapes.
-type storeCollector struct {
-	stats func(context.Context) (storeStats, error)
-	descs []*prometheus.Desc
+// gauge is one scrape-time gauge read from a stats snapshot of type S.
+type gauge[S any] struct {
+	name, help string
+	value      func(S) float64
+}
+
+// statsCollector computes a subsystem's gauges at scrape time from one stats call, so they are
+// always current and cost nothing between scrapes. The store and the registry each have one.
+type statsCollector[S any] struct {
+	stats  func(context.Context) (S, error)
+	gauges []gauge[S]
+	descs  []*prometheus.Desc
+}
+
+func newStatsCollector[S any](subsystem string, stats func(context.Context) (S, error), gauges []gauge[S]) *statsCollector[S] {
+	c := &statsCollector[S]{stats: stats, gauges: gauges}
+	for _, g := range gauges {
+		c.descs = append(c.descs, prometheus.NewDesc(
+			prometheus.BuildFQName(metricsNamespace, subsystem, g.name), g.help, nil, nil))
+	}
+	return c
+}
+
+func (c *statsCollector[S]) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+
+func (c *statsCollector[S]) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), statsTimeout)
+	defer cancel()
+	s, err := c.stats(ctx)
+	for i, g := range c.gauges {
+		if err != nil {
+			// Served as a scrape error (HTTP handler ContinueOnError) rather than stale zeros.
+			ch <- prometheus.NewInvalidMetric(c.descs[i], err)
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.GaugeValue, g.value(s))
+	}
 }
 
 // storeGauges lists the store gauges and how each is read from store.Stats.
-var storeGauges = []struct {
-	name, help string
-	value      func(storeStats) float64
-}{
+var storeGauges = []gauge[storeStats]{
 	{"database_bytes", "Size of the SQLite database file.", func(s storeStats) float64 { return float64(s.DatabaseBytes) }},
 	{"wal_bytes", "Size of the SQLite write-ahead log.", func(s storeStats) float64 { return float64(s.WALBytes) }},
 	{"payload_bytes", "Bytes of blob payload files on disk (outside SQLite).", func(s storeStats) float64 { return float64(s.PayloadBytes) }},
@@ -108,33 +141,8 @@ var storeGauges = []struct {
 	{"open_transactions", "Client transactions currently open.", func(s storeStats) float64 { return float64(s.OpenTx) }},
 }
 
-func newStoreCollector(stats func(context.Context) (storeStats, error)) *storeCollector {
-	c := &storeCollector{stats: stats}
-	for _, g := range storeGauges {
-		c.descs = append(c.descs, prometheus.NewDesc(
-			prometheus.BuildFQName(metricsNamespace, "store", g.name), g.help, nil, nil))
-	}
-	return c
-}
-
-func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range c.descs {
-		ch <- d
-	}
-}
-
-func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), statsTimeout)
-	defer cancel()
-	s, err := c.stats(ctx)
-	for i, g := range storeGauges {
-		if err != nil {
-			// Served as a scrape error (HTTP handler ContinueOnError) rather than stale zeros.
-			ch <- prometheus.NewInvalidMetric(c.descs[i], err)
-			continue
-		}
-		ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.GaugeValue, g.value(s))
-	}
+func newStoreCollector(stats func(context.Context) (storeStats, error)) *statsCollector[storeStats] {
+	return newStatsCollector("store", stats, storeGauges)
 }
 
 // registerStore adds the scrape-time store gauges.

@@ -87,46 +87,20 @@ func (m *registryMetrics) hooks() registry.Metrics {
 	}
 }
 
-// registryCollector computes registry gauges at scrape time.
-type registryCollector struct {
-	stats    func(context.Context) (registry.Stats, error)
-	maxBytes int64
-	descs    []*prometheus.Desc
-}
-
-var registryGauges = []struct {
-	name, help string
-	value      func(s registry.Stats, maxBytes int64) float64
-}{
-	{"models", "Models with at least one version.", func(s registry.Stats, _ int64) float64 { return float64(s.Models) }},
-	{"versions", "Model versions stored.", func(s registry.Stats, _ int64) float64 { return float64(s.Versions) }},
-	{"chunks", "Distinct chunks stored.", func(s registry.Stats, _ int64) float64 { return float64(s.Chunks) }},
-	{"stored_bytes", "Distinct chunk bytes stored (what counts against registry.max_bytes).", func(s registry.Stats, _ int64) float64 { return float64(s.StoredBytes) }},
-	{"logical_bytes", "Sum of all version sizes, as if nothing were deduplicated.", func(s registry.Stats, _ int64) float64 { return float64(s.LogicalBytes) }},
-	{"dedupe_saved_bytes", "Bytes deduplication saves: logical minus stored.", func(s registry.Stats, _ int64) float64 {
-		return float64(max(0, s.LogicalBytes-s.StoredBytes))
-	}},
-	{"upload_sessions", "Resumable upload sessions open.", func(s registry.Stats, _ int64) float64 { return float64(s.SessionsOpen) }},
-	{"corrupt_chunks", "Chunks marked corrupt by verify or scrub.", func(s registry.Stats, _ int64) float64 { return float64(s.CorruptChunks) }},
-	{"max_bytes", "The configured disk budget (registry.max_bytes).", func(_ registry.Stats, mb int64) float64 { return float64(mb) }},
-}
-
-func (c *registryCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range c.descs {
-		ch <- d
-	}
-}
-
-func (c *registryCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), statsTimeout)
-	defer cancel()
-	s, err := c.stats(ctx)
-	for i, g := range registryGauges {
-		if err != nil {
-			ch <- prometheus.NewInvalidMetric(c.descs[i], err)
-			continue
-		}
-		ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.GaugeValue, g.value(s, c.maxBytes))
+// registryGauges lists the registry gauges; maxBytes is the configured budget, served beside them.
+func registryGauges(maxBytes int64) []gauge[registry.Stats] {
+	return []gauge[registry.Stats]{
+		{"models", "Models with at least one version.", func(s registry.Stats) float64 { return float64(s.Models) }},
+		{"versions", "Model versions stored.", func(s registry.Stats) float64 { return float64(s.Versions) }},
+		{"chunks", "Distinct chunks stored.", func(s registry.Stats) float64 { return float64(s.Chunks) }},
+		{"stored_bytes", "Distinct chunk bytes stored (what counts against registry.max_bytes).", func(s registry.Stats) float64 { return float64(s.StoredBytes) }},
+		{"logical_bytes", "Sum of all version sizes, as if nothing were deduplicated.", func(s registry.Stats) float64 { return float64(s.LogicalBytes) }},
+		{"dedupe_saved_bytes", "Bytes deduplication saves: logical minus stored.", func(s registry.Stats) float64 {
+			return float64(max(0, s.LogicalBytes-s.StoredBytes))
+		}},
+		{"upload_sessions", "Resumable upload sessions open.", func(s registry.Stats) float64 { return float64(s.SessionsOpen) }},
+		{"corrupt_chunks", "Chunks marked corrupt by verify or scrub.", func(s registry.Stats) float64 { return float64(s.CorruptChunks) }},
+		{"max_bytes", "The configured disk budget (registry.max_bytes).", func(registry.Stats) float64 { return float64(maxBytes) }},
 	}
 }
 
@@ -138,11 +112,7 @@ func (m *metrics) registerRegistry(stats func(context.Context) (registry.Stats, 
 	if m.regHooks != nil {
 		return *m.regHooks
 	}
-	c := &registryCollector{stats: stats, maxBytes: maxBytes}
-	for _, g := range registryGauges {
-		c.descs = append(c.descs, prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, "registry", g.name), g.help, nil, nil))
-	}
-	m.registry.MustRegister(c)
+	m.registry.MustRegister(newStatsCollector("registry", stats, registryGauges(maxBytes)))
 	hooks := newRegistryMetrics(m.registry).hooks()
 	m.regHooks = &hooks
 	return hooks
