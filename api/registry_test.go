@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
 	"io"
 	"os"
 	"path/filepath"
@@ -86,10 +87,13 @@ func TestRegistry_PushPull(t *testing.T) {
 }
 
 // TestRegistry_BuffDBKeys checks BuffDB's conventions: ModelInfo JSON with exactly its fields, the
-// indexes, and blob_ids that concatenate to a single-file model.
+// indexes, and blob_ids that concatenate to a single-file model when fetched the way BuffDB clients
+// do, one Blob.Get per id over a connection with gRPC's default 4 MiB receive limit.
 func TestRegistry_BuffDBKeys(t *testing.T) {
 	e := startRegistry(t, registry.Options{})
-	data := randBytes(7, 9<<20+3)
+	// Zeros never hit a cut point, so the file holds chunks of exactly MaxChunkSize: the largest
+	// message a BuffDB client can be sent for a model.
+	data := append(randBytes(7, 9<<20+3), make([]byte, 9<<20)...)
 	src := filepath.Join(t.TempDir(), "weights.bin")
 	writeFiles(t, filepath.Dir(src), map[string][]byte{"weights.bin": data})
 	push(t, e, src, "resnet", "1.0")
@@ -116,14 +120,22 @@ func TestRegistry_BuffDBKeys(t *testing.T) {
 	if err := json.Unmarshal([]byte(meta), &info); err != nil {
 		t.Fatal(err)
 	}
+	get, err := blobpb.NewBlobClient(e.conn).Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var joined []byte
 	for _, id := range info.BlobIDs {
-		b, err := e.db.GetBlob(ctx, "", id)
-		if err != nil {
+		if err := get.Send(&blobpb.GetRequest{Id: id}); err != nil {
 			t.Fatal(err)
 		}
-		joined = append(joined, b.Data...)
+		r, err := get.Recv()
+		if err != nil {
+			t.Fatalf("Blob.Get(%d) with default client limits: %v", id, err)
+		}
+		joined = append(joined, r.GetBytes()...)
 	}
+	get.CloseSend()
 	if string(joined) != string(data) {
 		t.Fatalf("blob_ids %v concatenate to %d bytes, not the pushed file", info.BlobIDs, len(joined))
 	}

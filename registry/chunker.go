@@ -14,15 +14,21 @@ import (
 // average one 2 MiB chunk (plus the two neighbours whose boundaries it may shift), which for a 1 GiB
 // model is <1% re-sent. The 512 KiB minimum skips hashing the first quarter of each chunk (FastCDC's
 // "cut-point skipping", which is where its speed comes from) and bounds row count for small files;
-// the 8 MiB maximum bounds server memory per in-flight chunk and caps the damage of a
-// low-entropy region (zeros) that never hits a cut point.
+// the maximum bounds server memory per in-flight chunk and caps the damage of a low-entropy region
+// (zeros) that never hits a cut point.
+//
+// The maximum is just under 4 MiB because BuffDB clients load a model by fetching each blob in
+// blob_ids with one Blob.Get, whose response carries the whole chunk in one message, and gRPC
+// clients (grpc-js, grpcio, grpc-go) refuse to receive messages above 4 MiB by default. MaxChunkSize
+// leaves 4 KiB for the protobuf framing of GetResponse. With the normalized masks below, about 2% of
+// random-data chunks reach the maximum; the cut after such a chunk is again content-defined.
 //
 // These values and the gear table are part of the on-disk and wire identity of chunks: changing them
 // changes every chunk digest, and dedupe against existing versions stops working. Never change them.
 const (
 	MinChunkSize = 512 << 10
 	AvgChunkSize = 2 << 20
-	MaxChunkSize = 8 << 20
+	MaxChunkSize = 4<<20 - 4<<10
 
 	// Normalized chunking (FastCDC level 2): a stricter mask (2 more bits) before the average size
 	// and a looser one (2 fewer bits) after it pulls chunk sizes towards the average.

@@ -41,9 +41,11 @@ start_daemon() {
 }
 start_daemon
 
-# 1. Push. 12 MiB of random bytes make several chunks, so blob_ids has several ids to concatenate.
+# 1. Push. 12 MiB of random bytes make several chunks, so blob_ids has several ids to concatenate;
+# 9 MiB of zeros never hit a cut point, so some chunks have the maximum size, the largest message the
+# clients in step 2 receive with their default 4 MiB limit.
 mkdir -p "$work/single" "$work/multi/onnx"
-head -c $((12 << 20)) /dev/urandom >"$work/single/weights.bin"
+{ head -c $((12 << 20)) /dev/urandom; head -c $((9 << 20)) /dev/zero; } >"$work/single/weights.bin"
 head -c $((5 << 20)) /dev/urandom >"$work/multi/onnx/model.onnx"
 echo '{"hidden_size": 768}' >"$work/multi/config.json"
 bd model push "$work/single/weights.bin" --name resnet --version 1.0 --framework onnx --param task=vision \
