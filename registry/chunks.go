@@ -96,7 +96,7 @@ func (s *Service) hashStoredChunk(sum [32]byte, h hash.Hash, buf []byte) error {
 		return fmt.Errorf("open chunk %s: %w", Digest(sum), err)
 	}
 	defer r.Close()
-	if _, err := io.CopyBuffer(h, r, buf); err != nil {
+	if _, err := io.CopyBuffer(h, io.NewSectionReader(r, 0, r.Info().Size), buf); err != nil {
 		return fmt.Errorf("read chunk %s: %w", Digest(sum), err)
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/buffdb/buffdbd/internal/directio"
 	"github.com/buffdb/buffdbd/store"
 )
 
@@ -144,7 +145,7 @@ func (s *Service) Verify(ctx context.Context, ref *Ref, progress func(chunks, by
 	if err != nil {
 		return res, err
 	}
-	buf := make([]byte, 1<<20)
+	buf := directio.AlignedBuffer(1 << 20)
 	for _, c := range chunks {
 		if err := ctx.Err(); err != nil {
 			return res, err
@@ -199,7 +200,7 @@ func (s *Service) hashBlob(ctx context.Context, id uint64, want Digest, buf []by
 	}
 	defer r.Close()
 	h := sha256.New()
-	n, err := io.CopyBuffer(h, r, buf)
+	n, err := io.CopyBuffer(h, io.NewSectionReader(r, 0, r.Info().Size), buf)
 	if err != nil {
 		return n, fmt.Errorf("%w: read blob %d: %v", ErrChecksum, id, err)
 	}

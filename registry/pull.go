@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/buffdb/buffdbd/internal/directio"
 	"github.com/buffdb/buffdbd/store"
 )
 
@@ -125,7 +126,7 @@ func (s *Service) Pull(ctx context.Context, req PullRequest, sink PullSink) (st 
 	if err := sink.Manifest(vi.Info, m); err != nil {
 		return st, err
 	}
-	buf := make([]byte, PullPieceSize)
+	buf := directio.AlignedBuffer(PullPieceSize)
 	for _, sp := range spans {
 		f := m.Files[sp.file]
 		var cs int64

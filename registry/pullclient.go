@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
+	"github.com/buffdb/buffdbd/internal/directio"
 )
 
 // PartialSuffix marks a file being pulled. It holds a verified-order prefix of the file, so a pull
@@ -308,16 +309,19 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 	werr := make(chan error, 1)
 	go func() {
 		var err error
-		flushed, pos := offset, offset
+		dw := directio.NewWriter(out, offset)
+		flushed := offset
 		for p := range wq {
 			if err == nil {
-				_, err = out.Write(p)
-				pos += int64(len(p))
-				if pos-flushed >= writebackStep {
+				_, err = dw.Write(p)
+				if pos := dw.Offset(); !dw.Direct() && pos-flushed >= writebackStep {
 					startWriteback(out, flushed, pos-flushed)
 					flushed = pos
 				}
 			}
+		}
+		if cerr := dw.Close(); err == nil {
+			err = cerr
 		}
 		werr <- err
 	}()
@@ -346,8 +350,8 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 	return out.Sync()
 }
 
-// writebackStep is how many written bytes the pull's file writer lets accumulate before it starts
-// their writeback: 8 MiB keeps the disk busy during the transfer (the final fsync otherwise flushed
+// writebackStep is, where the filesystem refuses direct I/O, how many bytes the pull's file writer
+// lets accumulate in the page cache before it starts their writeback: 8 MiB keeps the disk busy during the transfer (the final fsync otherwise flushed
 // the whole file, ~20% of a 256 MiB pull here) without a syscall per piece.
 const writebackStep = 8 << 20
 

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/buffdb/buffdbd/internal/directio"
 	"github.com/buffdb/buffdbd/store"
 )
 
@@ -432,7 +433,7 @@ func (u *Upload) failure() error {
 func (u *Upload) hashFiles() {
 	defer close(u.hashDone)
 	var h hash.Hash
-	buf := make([]byte, 1<<20)
+	buf := directio.AlignedBuffer(1 << 20) // for direct reads of stored chunks
 	for it := range u.hashQ {
 		switch {
 		case it.begin != nil:

@@ -9,6 +9,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
+
+	"github.com/buffdb/buffdbd/internal/directio"
 )
 
 // Blob is a blob's content. Metadata nil means absent (NULL), distinct from "".
@@ -125,9 +127,10 @@ func (db *DB) readPayload(info BlobInfo) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	data := make([]byte, info.Size)
-	if _, err := io.ReadFull(f, data); err != nil {
+	r := newFileReader(f, info)
+	defer r.Close()
+	data := directio.AlignedBuffer(int(info.Size))
+	if _, err := r.ReadAt(data, 0); err != nil {
 		return nil, fmt.Errorf("blob %d: read payload: %v: %w", info.ID, err, ErrCorrupt)
 	}
 	return data, nil
@@ -366,7 +369,7 @@ func (db *DB) OpenBlob(ctx context.Context, id uint64) (BlobReader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &fileReader{File: f, info: r.info}, nil
+	return newFileReader(f, r.info), nil
 }
 
 type inlineReader struct {
@@ -377,9 +380,28 @@ type inlineReader struct {
 func (r *inlineReader) Close() error   { return nil }
 func (r *inlineReader) Info() BlobInfo { return r.info }
 
+// fileReader reads a payload file; ReadAt takes aligned reads from the device with direct I/O
+// (payloads are written that way too, so they are rarely in the page cache, and filling it
+// costs more than the read: see internal/directio).
 type fileReader struct {
 	*os.File
-	info BlobInfo
+	direct *os.File // nil where the filesystem refuses O_DIRECT
+	info   BlobInfo
+}
+
+func newFileReader(f *os.File, info BlobInfo) *fileReader {
+	return &fileReader{File: f, direct: directio.OpenReader(f.Name()), info: info}
 }
 
 func (r *fileReader) Info() BlobInfo { return r.info }
+
+func (r *fileReader) ReadAt(p []byte, off int64) (int, error) {
+	return directio.ReadAt(r.direct, r.File, p, off)
+}
+
+func (r *fileReader) Close() error {
+	if r.direct != nil {
+		r.direct.Close()
+	}
+	return r.File.Close()
+}

@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/buffdb/buffdbd/internal/directio"
 )
 
 const (
@@ -168,7 +170,12 @@ func (db *DB) prepare(data []byte) (content, error) {
 		c.pin.release()
 		return c, err
 	}
-	if _, err := f.Write(data); err != nil {
+	w := directio.NewWriter(f, 0)
+	_, err = w.Write(data)
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		db.discardTemp(f)
 		c.pin.release()
 		return c, fmt.Errorf("write payload: %w", err)
@@ -330,8 +337,14 @@ func (db *DB) WritePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byt
 // goroutine: sha256 (~0.6 GB/s per core on the target machines) is slower than writing to the page
 // cache, so overlapping the two makes hashing, not their sum, the limit. Memory is fixed:
 // hashBufs buffers of hashBufSize.
-func copyHashed(f *os.File, h hash.Hash, head []byte, r io.Reader) (int64, error) {
-	if _, err := f.Write(head); err != nil {
+func copyHashed(f *os.File, h hash.Hash, head []byte, r io.Reader) (n int64, err error) {
+	w := directio.NewWriter(f, 0)
+	defer func() {
+		if cerr := w.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	if _, err := w.Write(head); err != nil {
 		return 0, err
 	}
 	// head is already in h (WritePayload hashed it to decide on inlining).
@@ -349,13 +362,12 @@ func copyHashed(f *os.File, h hash.Hash, head []byte, r io.Reader) (int64, error
 			free <- &bp
 		}
 	}()
-	n := int64(len(head))
-	var err error
+	n = int64(len(head))
 	for {
 		bp := <-free
 		k, rerr := io.ReadFull(r, *bp)
 		if k > 0 {
-			if _, werr := f.Write((*bp)[:k]); werr != nil {
+			if _, werr := w.Write((*bp)[:k]); werr != nil {
 				free <- bp
 				err = werr
 				break

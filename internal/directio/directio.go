@@ -1,0 +1,240 @@
+// Package directio writes large, write-once files (blob payloads, model files, downloads) with
+// O_DIRECT where the filesystem supports it, and reads them back the same way.
+//
+// Why: buffdbd writes gigabytes that are read rarely and never rewritten. Through the page cache
+// every byte is copied into a freshly allocated cache page first; measured on the 2-core VMs we
+// benchmark on, that cost 0.3–3.2 s of kernel CPU per GiB (page allocation dominates, and varies with
+// the host), against 35 ms with O_DIRECT, which moves the bytes from our buffer to the device. It
+// also keeps a pull or fetch from evicting the page cache of the model being served, which is what
+// an edge device is for.
+//
+// Direct I/O needs aligned offsets, lengths and memory. A Writer stages unaligned input in an
+// aligned buffer, writes whole aligned blocks with O_DIRECT and the final partial block through the
+// page cache. Where O_DIRECT is refused (tmpfs, some network and FUSE filesystems, other systems),
+// it silently writes through the page cache, so callers never need a second code path. Durability
+// is unchanged: callers still fsync, which also commits the file's size and block allocation.
+package directio
+
+import (
+	"errors"
+	"io"
+	"os"
+	"sync"
+	"unsafe"
+)
+
+// Align is the offset, length and memory alignment used for direct I/O: 4096 satisfies every
+// logical block size in use (512-byte and 4Kn devices).
+const Align = 4096
+
+// BufSize is the size of a Writer's staging buffer: large enough that each O_DIRECT write keeps the
+// device busy (measured: 1 MiB writes reach the device's sequential rate), small enough for many
+// concurrent writers.
+const BufSize = 1 << 20
+
+var bufPool = sync.Pool{New: func() any { b := AlignedBuffer(BufSize); return &b }}
+
+// AlignedBuffer returns a zeroed n-byte slice whose first byte is Align-aligned.
+func AlignedBuffer(n int) []byte {
+	b := make([]byte, n+Align)
+	off := 0
+	if r := int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) % Align); r != 0 {
+		off = Align - r
+	}
+	return b[off : off+n : off+n]
+}
+
+func aligned(p []byte) bool {
+	return len(p) > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(p)))%Align == 0
+}
+
+// Writer writes a file sequentially from a starting offset, using O_DIRECT for aligned blocks.
+// It is not safe for concurrent use, and the file must not be written through other descriptors
+// sharing its open file description (O_DIRECT is a property of the description) while it is in use.
+type Writer struct {
+	f      *os.File
+	direct bool
+	pos    int64   // file offset of buf[0]
+	buf    []byte  // staged bytes not yet written; aligned, capacity BufSize
+	bp     *[]byte // buf's pool entry
+	err    error
+}
+
+// NewWriter returns a Writer that writes f from offset off on. It switches f to O_DIRECT when the
+// filesystem allows; Close switches it back.
+func NewWriter(f *os.File, off int64) *Writer {
+	w := &Writer{f: f, pos: off}
+	w.direct = setDirect(f, true) == nil
+	if w.direct {
+		w.bp = bufPool.Get().(*[]byte)
+		w.buf = (*w.bp)[:0]
+		// The bytes up to the next aligned offset (a resumed file's tail) go through the page cache
+		// when the Writer flushes; stage them like any others.
+	}
+	return w
+}
+
+// Direct reports whether the Writer is using O_DIRECT.
+func (w *Writer) Direct() bool { return w.direct }
+
+// Write writes p at the Writer's position. With O_DIRECT, whole aligned blocks are written before
+// Write returns and the rest is staged until the next Write, Flush or Close.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if !w.direct {
+		n, err := w.f.WriteAt(p, w.pos)
+		w.pos += int64(n)
+		w.err = err
+		return n, err
+	}
+	n := len(p)
+	for len(p) > 0 {
+		// Zero copy: nothing staged, an aligned position and aligned memory (a large Go
+		// allocation, e.g. a received message) go straight to the device.
+		if len(w.buf) == 0 && w.pos%Align == 0 && aligned(p) && len(p) >= Align {
+			k := len(p) &^ (Align - 1)
+			if err := w.writeDirect(p[:k]); err != nil {
+				return n - len(p), err
+			}
+			p = p[k:]
+			continue
+		}
+		k := copy(w.buf[len(w.buf):cap(w.buf)], p)
+		w.buf = w.buf[:len(w.buf)+k]
+		p = p[k:]
+		if len(w.buf) == cap(w.buf) {
+			if err := w.flushBlocks(); err != nil {
+				return n - len(p), err
+			}
+		}
+	}
+	return n, nil
+}
+
+// flushBlocks writes the staged bytes up to the last aligned file offset and keeps the rest staged.
+func (w *Writer) flushBlocks() error {
+	// A staged run that starts unaligned (a resumed file) first completes its block through the page
+	// cache, which also aligns the position for everything after it.
+	if r := w.pos % Align; r != 0 {
+		k := min(int(Align-r), len(w.buf))
+		if err := w.writeBuffered(w.buf[:k]); err != nil {
+			return err
+		}
+		w.shift(k)
+	}
+	k := len(w.buf) &^ (Align - 1)
+	if k == 0 {
+		return nil
+	}
+	if err := w.writeDirect(w.buf[:k]); err != nil {
+		return err
+	}
+	w.shift(k)
+	return nil
+}
+
+// shift drops the first k staged bytes, moving the rest to the (aligned) start of the buffer.
+func (w *Writer) shift(k int) {
+	rest := copy(w.buf[:cap(w.buf)], w.buf[k:])
+	w.buf = w.buf[:rest]
+}
+
+func (w *Writer) writeDirect(p []byte) error {
+	_, err := w.f.WriteAt(p, w.pos)
+	if err != nil && w.direct && errors.Is(err, errInvalid) {
+		// The filesystem accepted O_DIRECT at open but not this request (an alignment it needs
+		// that we cannot know): continue through the page cache.
+		w.direct = false
+		if serr := setDirect(w.f, false); serr != nil {
+			w.err = serr
+			return serr
+		}
+		_, err = w.f.WriteAt(p, w.pos)
+	}
+	if err != nil {
+		w.err = err
+		return err
+	}
+	w.pos += int64(len(p))
+	return nil
+}
+
+func (w *Writer) writeBuffered(p []byte) error {
+	if err := setDirect(w.f, false); err != nil {
+		w.err = err
+		return err
+	}
+	_, err := w.f.WriteAt(p, w.pos)
+	if err == nil {
+		err = setDirect(w.f, true)
+	}
+	if err != nil {
+		w.err = err
+		return err
+	}
+	w.pos += int64(len(p))
+	return nil
+}
+
+// Offset is the file offset the next Write writes at (staged bytes included).
+func (w *Writer) Offset() int64 { return w.pos + int64(len(w.buf)) }
+
+// Close writes what is staged (the unaligned tail through the page cache) and returns the file to
+// buffered mode. It does not close or fsync the file. The Writer must not be used afterwards.
+func (w *Writer) Close() error {
+	err := w.err
+	if err == nil && w.direct {
+		err = w.flushBlocks()
+	}
+	if w.direct {
+		w.direct = false
+		if serr := setDirect(w.f, false); err == nil {
+			err = serr
+		}
+	}
+	if err == nil && len(w.buf) > 0 {
+		var n int
+		n, err = w.f.WriteAt(w.buf, w.pos)
+		w.pos += int64(n)
+	}
+	if w.bp != nil {
+		bufPool.Put(w.bp)
+		w.bp, w.buf = nil, nil
+	}
+	w.err = errClosed
+	return err
+}
+
+var errClosed = errors.New("directio: writer closed")
+
+// OpenReader opens path a second time with O_DIRECT for ReadAt; it returns nil where the
+// filesystem refuses direct I/O (callers then read through their ordinary descriptor).
+func OpenReader(path string) *os.File {
+	f, err := openDirect(path)
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// ReadAt reads len(p) bytes at off like f.ReadAt, taking the aligned part from the device through
+// direct (from OpenReader; may be nil) when off and p's memory are aligned, and any unaligned rest
+// through f.
+func ReadAt(direct, f *os.File, p []byte, off int64) (int, error) {
+	done := 0
+	if k := len(p) &^ (Align - 1); direct != nil && k > 0 && off%Align == 0 && aligned(p) {
+		n, err := direct.ReadAt(p[:k], off)
+		done = n
+		if n < k || err != nil {
+			// End of file (a short read) or an error: report it as f.ReadAt would.
+			if err == nil {
+				err = io.EOF
+			}
+			return n, err
+		}
+	}
+	n, err := f.ReadAt(p[done:], off+int64(done))
+	return done + n, err
+}
