@@ -101,3 +101,52 @@ func TestWriter_UsesDirectIO(t *testing.T) {
 		t.Fatal("Write after Close succeeded")
 	}
 }
+
+// TestReadAt reads a file through OpenReader in aligned and unaligned shapes, including reads that
+// run into the end of the file, and checks bytes and errors match os.File.ReadAt.
+func TestReadAt(t *testing.T) {
+	const size = 3*directio.BufSize + 777
+	src := make([]byte, size)
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range src {
+		src[i] = byte(r.Uint32())
+	}
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	direct := directio.OpenReader(path)
+	if direct != nil {
+		defer direct.Close()
+	}
+	for _, c := range []struct {
+		off int64
+		n   int
+		mem string
+	}{
+		{0, directio.BufSize, "aligned"},
+		{directio.Align, 3 * directio.Align, "aligned"},
+		{0, directio.Align + 5, "aligned"},
+		{10, directio.BufSize, "aligned"},
+		{0, directio.BufSize, "unaligned"},
+		{size - 777, directio.BufSize, "aligned"},               // past the end: short read, io.EOF
+		{2 * directio.BufSize, 2 * directio.BufSize, "aligned"}, // into the end
+		{size - 777, 777, "aligned"},                            // exactly to the end
+	} {
+		p := directio.AlignedBuffer(c.n + 1)[:c.n]
+		if c.mem == "unaligned" {
+			p = directio.AlignedBuffer(c.n + 1)[1:]
+		}
+		n, err := directio.ReadAt(direct, f, p, c.off)
+		want := make([]byte, c.n)
+		wn, werr := f.ReadAt(want, c.off)
+		if n != wn || (err == nil) != (werr == nil) || !bytes.Equal(p[:n], want[:wn]) {
+			t.Errorf("ReadAt(%d bytes at %d, %s) = %d, %v; os.File.ReadAt = %d, %v", c.n, c.off, c.mem, n, err, wn, werr)
+		}
+	}
+}
