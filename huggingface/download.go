@@ -21,6 +21,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
+
+	"github.com/buffdb/buffdbd/internal/directio"
 )
 
 // EngineOptions tune the download engine. Zero fields take the documented defaults.
@@ -70,6 +72,8 @@ func (o EngineOptions) withDefaults() EngineOptions {
 	if o.BufferSize <= 0 {
 		o.BufferSize = 1 << 20
 	}
+	// Whole blocks, and room for a piece that starts mid-block (fetchRange).
+	o.BufferSize = max(o.BufferSize+directio.Align-1, 2*directio.Align) &^ (directio.Align - 1)
 	return o
 }
 
@@ -401,25 +405,28 @@ func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange
 		fmt.Fprintf(h1, "blob %d\x00", t.file.Size)
 		hw = io.MultiWriter(h256, h1)
 	}
-	buf := make([]byte, 1<<20)
-	for _, r := range ranges {
-		for h, n := int64(0), r.end-r.start; h < n; {
-			// Bytes below written were written with WriteAt before written was stored, so a
-			// read of the same file sees them.
-			if w := r.written.Load(); w > h {
-				if _, err := io.CopyBuffer(hw, io.NewSectionReader(f, r.start+h, w-h), buf); err != nil {
-					return hashResult{err: fmt.Errorf("read back: %w", err)}
-				}
-				h = w
-				continue
-			}
-			select {
-			case <-t.wrote:
-			case <-r.complete:
-			case <-ctx.Done():
-				return hashResult{err: ctx.Err()}
-			}
-		}
+	// One goroutine reads the written prefix back while this one hashes what it read before, so
+	// the device's read latency and the hash overlap instead of adding up. The read-back goes to
+	// the device with direct I/O (the writers bypass the page cache too, see rangeWriter), in
+	// aligned blocks: a read stops at a block boundary unless it reaches the end.
+	const readAhead = 2
+	free, full := make(chan []byte, readAhead), make(chan []byte, readAhead)
+	for range readAhead {
+		free <- directio.AlignedBuffer(1 << 20)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rerr := make(chan error, 1)
+	go func() {
+		defer close(full)
+		rerr <- readBack(rctx, f, ranges, t, free, full)
+	}()
+	for p := range full {
+		hw.Write(p)
+		free <- p[:cap(p)]
+	}
+	if err := <-rerr; err != nil {
+		return hashResult{err: err}
 	}
 	var res hashResult
 	h256.Sum(res.sha256[:0])
@@ -427,6 +434,56 @@ func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange
 		h1.Sum(res.sha1[:0])
 	}
 	return res
+}
+
+// readBack reads the file in order into buffers from free and hands them to full, following the
+// contiguous prefix the range writers have written as it grows.
+func readBack(ctx context.Context, f *os.File, ranges []*byteRange, t *task, free <-chan []byte, full chan<- []byte) error {
+	direct := directio.OpenReader(f.Name())
+	if direct != nil {
+		defer direct.Close()
+	}
+	size := t.file.Size
+	i := 0 // ranges before i are completely written
+	var buf []byte
+	for pos := int64(0); pos < size; {
+		for i < len(ranges) && ranges[i].written.Load() == ranges[i].end-ranges[i].start {
+			i++
+		}
+		avail := size // the end of the contiguous written prefix
+		if i < len(ranges) {
+			// Bytes below written were written before written was stored, so a read sees them.
+			avail = ranges[i].start + ranges[i].written.Load()
+		}
+		if buf == nil {
+			select {
+			case buf = <-free:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		end := min(avail, pos+int64(len(buf)))
+		if end < size {
+			end &^= directio.Align - 1
+		}
+		if end > pos {
+			n, err := directio.ReadAt(direct, f, buf[:end-pos], pos)
+			if int64(n) < end-pos {
+				return fmt.Errorf("read back at offset %d: %w", pos, err)
+			}
+			full <- buf[:n]
+			buf = nil
+			pos = end
+			continue
+		}
+		select {
+		case <-t.wrote:
+		case <-ranges[i].complete:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // verifyFile hashes an already complete file and checks it like a fresh download.
@@ -502,7 +559,7 @@ func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, sy *sy
 		e.obs.DownloadsActive(1)
 		defer e.obs.DownloadsActive(-1)
 	}
-	buf := make([]byte, e.o.BufferSize)
+	buf := directio.AlignedBuffer(e.o.BufferSize)
 	bo := e.c.backoff
 	stale := -1 // a generation no resolution has, so the first get resolves
 	failures := 0
@@ -620,16 +677,22 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 	}
 
 	body := io.LimitReader(resp.Body, to-from)
+	rw := newRangeWriter(f)
+	defer rw.close()
 	off := from
 	for off < to {
-		n, rerr := readFull(body, buf[:min(int64(len(buf)), to-off)], timer, e.o.StallTimeout)
+		// Read so that a byte's place in buf is congruent to its file offset modulo the block size:
+		// then every whole block of the piece is aligned in memory and on disk, and goes to the
+		// device directly without a copy.
+		s := int(off % directio.Align)
+		n, rerr := readFull(body, buf[s:s+int(min(int64(len(buf)-s), to-off))], timer, e.o.StallTimeout)
 		if n > 0 {
 			if e.limiter != nil {
 				if err := e.limiter.WaitN(ctx, n); err != nil {
 					return nil, err
 				}
 			}
-			if _, err := f.WriteAt(buf[:n], off); err != nil {
+			if err := rw.writeAt(buf[s:s+n], off); err != nil {
 				return nil, fmt.Errorf("write %s: %w", t.path, err)
 			}
 			off += int64(n)
@@ -662,6 +725,61 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 		}
 	}
 	return nil, nil
+}
+
+// rangeWriter writes one range's bytes into the partial file: whole aligned blocks through a
+// descriptor of its own opened with O_DIRECT, the partial blocks at either end of a piece through
+// the shared buffered descriptor. Why direct: parallel buffered writers into one file spent 3.8 s
+// of CPU per GiB here in the kernel (page-cache allocation and the inode lock they contend on),
+// four times what curl's single writer pays. A block is only ever written one way (a direct write
+// covers whole blocks of one piece; a partial block is written through the page cache, also by the
+// neighbouring range), so the two paths never race on the same block. Where the filesystem refuses
+// O_DIRECT everything goes through the shared descriptor.
+type rangeWriter struct {
+	f, direct *os.File
+}
+
+func newRangeWriter(f *os.File) *rangeWriter {
+	rw := &rangeWriter{f: f}
+	if d, err := os.OpenFile(f.Name(), os.O_WRONLY, 0); err == nil {
+		if directio.Enable(d) == nil {
+			rw.direct = d
+		} else {
+			d.Close()
+		}
+	}
+	return rw
+}
+
+// writeAt writes p at off. p's memory must be congruent to off modulo directio.Align for the
+// direct path to apply (fetchRange's buffer is arranged so).
+func (rw *rangeWriter) writeAt(p []byte, off int64) error {
+	if rw.direct != nil && directio.Congruent(p, off) {
+		head := min(len(p), int((directio.Align-off%directio.Align)%directio.Align))
+		mid := (len(p) - head) &^ (directio.Align - 1)
+		if head > 0 {
+			if _, err := rw.f.WriteAt(p[:head], off); err != nil {
+				return err
+			}
+		}
+		if mid > 0 {
+			if _, err := rw.direct.WriteAt(p[head:head+mid], off+int64(head)); err != nil {
+				return err
+			}
+		}
+		p, off = p[head+mid:], off+int64(head+mid)
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	_, err := rw.f.WriteAt(p, off)
+	return err
+}
+
+func (rw *rangeWriter) close() {
+	if rw.direct != nil {
+		rw.direct.Close()
+	}
 }
 
 // readFull fills p like io.ReadFull, resetting the stall timer whenever bytes arrive.

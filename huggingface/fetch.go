@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/buffdb/buffdbd/internal/directio"
 	"github.com/buffdb/buffdbd/registry"
 )
 
@@ -237,7 +238,7 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 		t := &task{file: fl, path: fl.Path, final: eng.finalPath(fl.Path)}
 		tasks = append(tasks, t)
 		final := t.final
-		imports[i].Open = func() (io.ReadCloser, error) { return os.Open(final) }
+		imports[i].Open = func() (io.ReadCloser, error) { return directio.Open(final) }
 	}
 	res.Files = len(files)
 

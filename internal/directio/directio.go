@@ -238,3 +238,117 @@ func ReadAt(direct, f *os.File, p []byte, off int64) (int, error) {
 	n, err := f.ReadAt(p[done:], off+int64(done))
 	return done + n, err
 }
+
+// Reader reads a file sequentially, taking whole aligned blocks from the device with direct I/O
+// where the filesystem allows. A goroutine reads one BufSize block ahead of the caller, so the
+// device's latency overlaps the caller's work (hashing, chunking) instead of adding to it.
+type Reader struct {
+	f, direct *os.File
+	free      chan *[]byte
+	full      chan filled
+	stop      chan struct{}
+	done      chan struct{}
+	cur       []byte
+	curBuf    *[]byte
+	err       error
+}
+
+type filled struct {
+	bp  *[]byte
+	n   int
+	err error
+}
+
+// readAhead is how many BufSize buffers a Reader holds: one with the caller, one being filled.
+const readAhead = 2
+
+// Open opens path for sequential reading with direct I/O where possible.
+func Open(path string) (*Reader, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	r := &Reader{f: f, direct: OpenReader(path), free: make(chan *[]byte, readAhead),
+		full: make(chan filled, readAhead), stop: make(chan struct{}), done: make(chan struct{})}
+	for range readAhead {
+		r.free <- bufPool.Get().(*[]byte)
+	}
+	go r.fill()
+	return r, nil
+}
+
+func (r *Reader) fill() {
+	defer close(r.done)
+	var off int64
+	for {
+		var bp *[]byte
+		select {
+		case bp = <-r.free:
+		case <-r.stop:
+			return
+		}
+		n, err := ReadAt(r.direct, r.f, *bp, off)
+		off += int64(n)
+		select {
+		case r.full <- filled{bp, n, err}:
+		case <-r.stop:
+			r.free <- bp
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (r *Reader) Read(p []byte) (int, error) {
+	for len(r.cur) == 0 {
+		if r.curBuf != nil {
+			r.free <- r.curBuf
+			r.curBuf = nil
+		}
+		if r.err != nil {
+			return 0, r.err
+		}
+		c := <-r.full
+		r.curBuf, r.cur, r.err = c.bp, (*c.bp)[:c.n], c.err
+	}
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	return n, nil
+}
+
+// Close stops the read-ahead and closes the file.
+func (r *Reader) Close() error {
+	close(r.stop)
+	<-r.done
+	if r.curBuf != nil {
+		bufPool.Put(r.curBuf)
+	}
+	for {
+		select {
+		case bp := <-r.free:
+			bufPool.Put(bp)
+			continue
+		case c := <-r.full:
+			bufPool.Put(c.bp)
+			continue
+		default:
+		}
+		break
+	}
+	if r.direct != nil {
+		r.direct.Close()
+	}
+	return r.f.Close()
+}
+
+// Enable turns O_DIRECT on for f's open file description; it fails where the filesystem refuses
+// direct I/O. Writes through f must then be aligned (see Congruent).
+func Enable(f *os.File) error { return setDirect(f, true) }
+
+// Congruent reports whether p's memory address is congruent to the file offset off modulo Align,
+// so that p's whole blocks at aligned offsets are also aligned in memory.
+func Congruent(p []byte, off int64) bool {
+	return len(p) > 0 && int64(uintptr(unsafe.Pointer(unsafe.SliceData(p)))%Align) == off%Align
+}

@@ -2,6 +2,7 @@ package directio_test
 
 import (
 	"bytes"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -148,5 +149,55 @@ func TestReadAt(t *testing.T) {
 		if n != wn || (err == nil) != (werr == nil) || !bytes.Equal(p[:n], want[:wn]) {
 			t.Errorf("ReadAt(%d bytes at %d, %s) = %d, %v; os.File.ReadAt = %d, %v", c.n, c.off, c.mem, n, err, wn, werr)
 		}
+	}
+}
+
+// TestReader reads files of several sizes through Open with odd-sized reads and compares them.
+func TestReader(t *testing.T) {
+	for _, size := range []int{0, 1, directio.Align, directio.BufSize, 2*directio.BufSize + 4097} {
+		src := make([]byte, size)
+		r := rand.New(rand.NewPCG(uint64(size), 5))
+		for i := range src {
+			src[i] = byte(r.Uint32())
+		}
+		path := filepath.Join(t.TempDir(), "f")
+		if err := os.WriteFile(path, src, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rd, err := directio.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		p := make([]byte, 100003)
+		for {
+			n, err := rd.Read(p)
+			got = append(got, p[:n]...)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("size %d: Read: %v", size, err)
+			}
+		}
+		if err := rd.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, src) {
+			t.Fatalf("size %d: read %d bytes that differ from the file", size, len(got))
+		}
+	}
+	// Closing before the end stops the read-ahead.
+	path := filepath.Join(t.TempDir(), "g")
+	os.WriteFile(path, make([]byte, 4*directio.BufSize), 0o644)
+	rd, err := directio.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rd.Read(make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := rd.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
