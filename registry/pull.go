@@ -126,61 +126,107 @@ func (s *Service) Pull(ctx context.Context, req PullRequest, sink PullSink) (st 
 	if err := sink.Manifest(vi.Info, m); err != nil {
 		return st, err
 	}
-	buf := directio.AlignedBuffer(PullPieceSize)
-	for _, sp := range spans {
-		f := m.Files[sp.file]
-		var cs int64
-		for _, c := range f.Chunks {
-			ce := cs + c.Size
-			from, to := max(cs, sp.from), min(ce, sp.to)
-			if from >= to {
-				cs = ce
-				continue
-			}
-			if req.Have[c.SHA256] {
-				st.BytesSkipped += to - from
-				cs = ce
-				continue
-			}
-			n, err := s.sendChunk(ctx, c, from-cs, to-cs, buf, func(p []byte, off int64) error {
-				return sink.Data(sp.file, cs+off, p)
-			})
-			st.BytesSent += n
-			if err != nil {
-				return st, fmt.Errorf("pull %s %s: %w", ref, f.Path, err)
-			}
-			cs = ce
-		}
+	// One goroutine reads the chunks from disk ahead of the one sending them, so the device's read
+	// latency (direct reads, see store) overlaps the send instead of adding to it.
+	type piece struct {
+		file int
+		off  int64
+		p    []byte
 	}
-	return st, nil
+	free := make(chan []byte, pullReadAhead)
+	for range pullReadAhead {
+		free <- directio.AlignedBuffer(PullPieceSize)
+	}
+	pieces := make(chan piece, pullReadAhead)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rerr := make(chan error, 1)
+	var skipped int64
+	go func() {
+		defer close(pieces)
+		rerr <- func() error {
+			for _, sp := range spans {
+				f := m.Files[sp.file]
+				var cs int64
+				for _, c := range f.Chunks {
+					ce := cs + c.Size
+					from, to := max(cs, sp.from), min(ce, sp.to)
+					if from >= to {
+						cs = ce
+						continue
+					}
+					if req.Have[c.SHA256] {
+						skipped += to - from
+						cs = ce
+						continue
+					}
+					base := cs
+					err := s.readChunk(rctx, c, from-cs, to-cs, free, func(p []byte, off int64) error {
+						select {
+						case pieces <- piece{sp.file, base + off, p}:
+							return nil
+						case <-rctx.Done():
+							return rctx.Err()
+						}
+					})
+					if err != nil {
+						return fmt.Errorf("pull %s %s: %w", ref, f.Path, err)
+					}
+					cs = ce
+				}
+			}
+			return nil
+		}()
+	}()
+	for pc := range pieces {
+		if err := sink.Data(pc.file, pc.off, pc.p); err != nil {
+			cancel()
+			for range pieces {
+			}
+			<-rerr
+			return st, err
+		}
+		st.BytesSent += int64(len(pc.p))
+		free <- pc.p[:cap(pc.p)]
+	}
+	st.BytesSkipped = skipped
+	return st, <-rerr
 }
 
-// sendChunk reads bytes [from, to) of a chunk and hands them to emit in PullPieceSize pieces.
-func (s *Service) sendChunk(ctx context.Context, c ChunkRef, from, to int64, buf []byte, emit func(p []byte, off int64) error) (int64, error) {
+// pullReadAhead is how many PullPieceSize buffers a pull reads ahead of its sender.
+const pullReadAhead = 4
+
+// readChunk reads bytes [from, to) of a chunk in PullPieceSize pieces, each into a buffer taken
+// from free, and hands them to emit, which owns the buffer from then on.
+func (s *Service) readChunk(ctx context.Context, c ChunkRef, from, to int64, free <-chan []byte, emit func(p []byte, off int64) error) error {
 	id, err := s.chunkBlob(ctx, c.SHA256)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	r, err := s.db.OpenBlob(ctx, id)
 	if err != nil {
-		return 0, fmt.Errorf("open chunk %s: %w", c.SHA256, err)
+		return fmt.Errorf("open chunk %s: %w", c.SHA256, err)
 	}
 	defer r.Close()
-	var sent int64
 	for off := from; off < to; {
+		var buf []byte
+		select {
+		case buf = <-free:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		n := min(int64(len(buf)), to-off)
 		k, err := r.ReadAt(buf[:n], off)
 		if int64(k) < n {
 			if err == nil || err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return sent, fmt.Errorf("%w: chunk %s is shorter than recorded: %v", ErrChecksum, c.SHA256, err)
+			return fmt.Errorf("%w: chunk %s is shorter than recorded: %v", ErrChecksum, c.SHA256, err)
 		}
 		if err := emit(buf[:n], off); err != nil {
-			return sent, err
+			return err
 		}
-		sent += n
 		off += n
 	}
-	return sent, nil
+	return nil
 }
