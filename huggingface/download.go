@@ -394,8 +394,7 @@ type hashResult struct {
 	err    error
 }
 
-// hashRanges hashes the file in range order, following each range's written offset as it grows
-// and waiting on t.wrote when it has caught up with the contiguous written prefix.
+// hashRanges hashes the file in order as readBack reads the contiguous written prefix back.
 func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange, t *task) hashResult {
 	h256 := sha256.New()
 	var h1 hash.Hash
