@@ -71,6 +71,7 @@ func NewServer(db *store.DB, opts Options) *Server {
 		grpc.MaxSendMsgSize(opts.MaxMessageBytes),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(streams...),
+		grpc.ForceServerCodecV2(Codec{}),
 	}, opts.ServerOptions...)
 
 	s := &Server{grpc: grpc.NewServer(sopts...), health: health.NewServer(), log: log}

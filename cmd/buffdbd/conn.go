@@ -46,7 +46,8 @@ func dial(cmd *cobra.Command, g *globalFlags) (*clientConn, error) {
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(int(cfg.GRPC.MaxMessageBytes)),
-			grpc.MaxCallSendMsgSize(int(cfg.GRPC.MaxMessageBytes))),
+			grpc.MaxCallSendMsgSize(int(cfg.GRPC.MaxMessageBytes)),
+			grpc.ForceCodecV2(api.Codec{})),
 	}
 	if g.addr != "" {
 		return remote(g.addr, dialOpts)
