@@ -119,7 +119,9 @@ func TestCodec_UnmarshalEdgeCases(t *testing.T) {
 	field := func(b []byte, num protowire.Number, v []byte) []byte {
 		return protowire.AppendBytes(protowire.AppendTag(b, num, protowire.BytesType), v)
 	}
-	pullData := func(v []byte) []byte { return field(protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 9), 3, v) }
+	pullData := func(v []byte) []byte {
+		return field(protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 9), 3, v)
+	}
 	cases := map[string]struct {
 		wire []byte
 		msg  proto.Message
