@@ -72,8 +72,9 @@ func TestCodec_MarshalIsProtobufAndSharesBulkBytes(t *testing.T) {
 				d := b.ReadOnlyData()
 				shared = shared || (len(d) > 0 && len(bulk) > 0 && unsafe.SliceData(d) == unsafe.SliceData(bulk))
 			}
-			if shared != (len(bulk) >= aliasMin) {
-				t.Fatalf("bulk bytes (%d B) shared = %v", len(bulk), shared)
+			want := len(bulk) >= aliasMin && sentByReference[msg.ProtoReflect().Descriptor().FullName()]
+			if shared != want {
+				t.Fatalf("bulk bytes (%d B) shared = %v, want %v", len(bulk), shared, want)
 			}
 		})
 	}

@@ -307,6 +307,7 @@ func sendLoop(ctx context.Context, stream registrypb.Registry_PushClient, ctrl <
 			}
 		}
 	}
+	buf := make([]byte, PullPieceSize)
 	for {
 		if err := drain(); err != nil {
 			return err
@@ -327,7 +328,7 @@ func sendLoop(ctx context.Context, stream registrypb.Registry_PushClient, ctrl <
 				}
 				return stream.CloseSend()
 			}
-			if err := sendChunkData(it, func(m *registrypb.PushRequest) error {
+			if err := sendChunkData(it, buf, func(m *registrypb.PushRequest) error {
 				if err := drain(); err != nil {
 					return err
 				}
@@ -341,22 +342,19 @@ func sendLoop(ctx context.Context, stream registrypb.Registry_PushClient, ctrl <
 	}
 }
 
-// sendChunkData re-reads a needed chunk from its file and sends it in PullPieceSize pieces, each in
-// a new buffer: gRPC may still be writing a piece out after Send returns (api.Codec passes it by
-// reference), so a buffer is never reused.
-func sendChunkData(it offerItem, send func(*registrypb.PushRequest) error, sent func(int64)) error {
+// sendChunkData re-reads a needed chunk from its file and sends it in PullPieceSize pieces.
+func sendChunkData(it offerItem, buf []byte, send func(*registrypb.PushRequest) error, sent func(int64)) error {
 	f, err := os.Open(it.f.abs)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	for off := int64(0); off < it.size; {
-		n := min(PullPieceSize, it.size-off)
-		buf := make([]byte, n)
-		if _, err := f.ReadAt(buf, it.off+off); err != nil {
+		n := min(int64(len(buf)), it.size-off)
+		if _, err := f.ReadAt(buf[:n], it.off+off); err != nil {
 			return fmt.Errorf("read %s: %w (did it change during the push?)", it.f.abs, err)
 		}
-		if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Data{Data: &registrypb.ChunkData{Data: buf}}}); err != nil {
+		if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Data{Data: &registrypb.ChunkData{Data: buf[:n]}}}); err != nil {
 			return err
 		}
 		sent(n)

@@ -35,7 +35,7 @@ type FileRange struct {
 // file, ascending offsets), skipping chunks in PullRequest.Have.
 type PullSink struct {
 	Manifest func(info ModelInfo, m *Manifest) error
-	// Data receives bytes [offset, offset+len(p)) of file number file. It owns p: p is not reused.
+	// Data receives bytes [offset, offset+len(p)) of file number file. p is reused after it returns.
 	Data func(file int, offset int64, p []byte) error
 }
 
@@ -133,6 +133,10 @@ func (s *Service) Pull(ctx context.Context, req PullRequest, sink PullSink) (st 
 		off  int64
 		p    []byte
 	}
+	free := make(chan []byte, pullReadAhead)
+	for range pullReadAhead {
+		free <- directio.AlignedBuffer(PullPieceSize)
+	}
 	pieces := make(chan piece, pullReadAhead)
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -157,7 +161,7 @@ func (s *Service) Pull(ctx context.Context, req PullRequest, sink PullSink) (st 
 						continue
 					}
 					base := cs
-					err := s.readChunk(rctx, c, from-cs, to-cs, func(p []byte, off int64) error {
+					err := s.readChunk(rctx, c, from-cs, to-cs, free, func(p []byte, off int64) error {
 						select {
 						case pieces <- piece{sp.file, base + off, p}:
 							return nil
@@ -183,6 +187,7 @@ func (s *Service) Pull(ctx context.Context, req PullRequest, sink PullSink) (st 
 			return st, err
 		}
 		st.BytesSent += int64(len(pc.p))
+		free <- pc.p[:cap(pc.p)]
 	}
 	st.BytesSkipped = skipped
 	return st, <-rerr
@@ -191,10 +196,9 @@ func (s *Service) Pull(ctx context.Context, req PullRequest, sink PullSink) (st 
 // pullReadAhead is how many PullPieceSize buffers a pull reads ahead of its sender.
 const pullReadAhead = 4
 
-// readChunk reads bytes [from, to) of a chunk in PullPieceSize pieces, each into a new buffer, and
-// hands them to emit, which owns the buffer from then on. New, not recycled: a sink may pass the
-// buffer to gRPC by reference (api.Codec), and the transport writes it out after Send returns.
-func (s *Service) readChunk(ctx context.Context, c ChunkRef, from, to int64, emit func(p []byte, off int64) error) error {
+// readChunk reads bytes [from, to) of a chunk in PullPieceSize pieces, each into a buffer taken
+// from free, and hands them to emit, which owns the buffer from then on.
+func (s *Service) readChunk(ctx context.Context, c ChunkRef, from, to int64, free <-chan []byte, emit func(p []byte, off int64) error) error {
 	id, err := s.chunkBlob(ctx, c.SHA256)
 	if err != nil {
 		return err
@@ -205,11 +209,13 @@ func (s *Service) readChunk(ctx context.Context, c ChunkRef, from, to int64, emi
 	}
 	defer r.Close()
 	for off := from; off < to; {
-		if err := ctx.Err(); err != nil {
-			return err
+		var buf []byte
+		select {
+		case buf = <-free:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		n := min(PullPieceSize, to-off)
-		buf := directio.AlignedBuffer(int(n))
+		n := min(int64(len(buf)), to-off)
 		k, err := r.ReadAt(buf[:n], off)
 		if int64(k) < n {
 			if err == nil || err == io.EOF {
