@@ -290,21 +290,44 @@ func (c ctxReader) Read(p []byte) (int, error) {
 // inline when small), deduplicating identical content, without holding it in memory.
 // If wantSHA256 is non-nil and the content differs, it returns ErrCorrupt and keeps nothing.
 func (db *DB) WritePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byte) (*PendingPayload, error) {
+	return db.writePayload(ctx, r, wantSHA256, false)
+}
+
+// WriteKnownPayload is WritePayload for content whose sha256 this process computed itself, from
+// the bytes r yields: they are stored under sum without being hashed a second time. Content that
+// arrives from elsewhere (a client, a download) must go through WritePayload, which verifies it; a
+// wrong sum here would file bytes under another content's address.
+func (db *DB) WriteKnownPayload(ctx context.Context, r io.Reader, sum [32]byte) (*PendingPayload, error) {
+	return db.writePayload(ctx, r, &sum, true)
+}
+
+func (db *DB) writePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byte, known bool) (*PendingPayload, error) {
 	if err := db.checkOpen(); err != nil {
 		return nil, err
 	}
 	r = ctxReader{ctx, r}
-	h := sha256.New()
+	var h hash.Hash
+	if !known {
+		h = sha256.New()
+	}
+	sumOf := func() (sum [32]byte) {
+		if known {
+			return *wantSHA256
+		}
+		h.Sum(sum[:0])
+		return sum
+	}
 	// Read up to InlineMax+1 bytes first: if the content ends within InlineMax it stays in memory and
 	// becomes inline blob bytes; otherwise those bytes start the temp file.
 	head, err := io.ReadAll(io.LimitReader(r, db.opts.InlineMax+1))
 	if err != nil {
 		return nil, fmt.Errorf("read payload: %w", err)
 	}
-	h.Write(head)
+	if h != nil {
+		h.Write(head)
+	}
 	if int64(len(head)) <= db.opts.InlineMax {
-		p := Payload{Size: int64(len(head))}
-		h.Sum(p.SHA256[:0])
+		p := Payload{Size: int64(len(head)), SHA256: sumOf()}
 		if err := checkSum(p.SHA256, wantSHA256); err != nil {
 			return nil, err
 		}
@@ -319,8 +342,7 @@ func (db *DB) WritePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byt
 		db.discardTemp(f)
 		return nil, fmt.Errorf("write payload: %w", err)
 	}
-	p := Payload{Size: n}
-	h.Sum(p.SHA256[:0])
+	p := Payload{Size: n, SHA256: sumOf()}
 	if err := checkSum(p.SHA256, wantSHA256); err != nil {
 		db.discardTemp(f)
 		return nil, err
@@ -336,7 +358,7 @@ func (db *DB) WritePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byt
 // copyHashed writes head and then the rest of r to f, feeding the rest to h on another
 // goroutine: sha256 (~0.6 GB/s per core on the target machines) is slower than writing to the page
 // cache, so overlapping the two makes hashing, not their sum, the limit. Memory is fixed:
-// hashBufs buffers of hashBufSize.
+// hashBufs buffers of hashBufSize. A nil h hashes nothing.
 func copyHashed(f *os.File, h hash.Hash, head []byte, r io.Reader) (n int64, err error) {
 	w := directio.NewWriter(f, 0)
 	defer func() {
@@ -357,7 +379,9 @@ func copyHashed(f *os.File, h hash.Hash, head []byte, r io.Reader) (n int64, err
 	go func() {
 		defer close(hashed)
 		for b := range full {
-			h.Write(b)
+			if h != nil {
+				h.Write(b)
+			}
 			bp := b[:cap(b)]
 			free <- &bp
 		}

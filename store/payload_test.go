@@ -76,6 +76,37 @@ func TestDB_WritePayload(t *testing.T) {
 		}
 		p.Release()
 	})
+	t.Run("Known", func(t *testing.T) {
+		// The sum is the caller's word: stored as given, never recomputed (which is what makes a
+		// known payload cheaper), so a wrong sum is not caught here.
+		for _, size := range []int{7, 4 << 20} {
+			data := bytes.Repeat([]byte("k"), size)
+			claimed := sha256.Sum256([]byte("not these bytes"))
+			if size > 7 {
+				claimed = sha256.Sum256(data)
+			}
+			p, err := db.WriteKnownPayload(ctx, bytes.NewReader(data), claimed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Payload() != (store.Payload{SHA256: claimed, Size: int64(size)}) {
+				t.Fatalf("size %d: payload %+v", size, p.Payload())
+			}
+			var id uint64
+			err = db.Update(ctx, func(tx *store.Tx) error {
+				var err error
+				id, err = tx.StorePayloadBlob(p.Payload(), nil)
+				return err
+			})
+			p.Release()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b, err := db.GetBlob(ctx, "", id); err != nil || !bytes.Equal(b.Data, data) {
+				t.Fatalf("size %d: GetBlob: %v", size, err)
+			}
+		}
+	})
 	t.Run("UnknownPayload", func(t *testing.T) {
 		err := db.Update(ctx, func(tx *store.Tx) error {
 			_, err := tx.StorePayloadBlob(store.Payload{SHA256: sha256.Sum256([]byte("nope")), Size: 4}, nil)
