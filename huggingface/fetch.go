@@ -248,7 +248,9 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	for i, fl := range files {
 		for _, t := range tasks {
 			if t.path == fl.Path {
-				imports[i].SHA256 = t.sha256
+				// download hashed exactly the bytes at t.final (verifying them against the Hub's
+				// sha256 or git blob id), so the registry need not hash the file again.
+				imports[i].SHA256, imports[i].Verified = t.sha256, true
 			}
 		}
 	}

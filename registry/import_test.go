@@ -66,6 +66,33 @@ func TestService_Import(t *testing.T) {
 			t.Fatalf("main -> %q after moving it", v)
 		}
 	})
+	t.Run("Verified", func(t *testing.T) {
+		// The file hash is taken on the caller's word; every chunk is still stored under the hash
+		// of its own bytes (Verify re-hashes them), and the version pulls back byte for byte.
+		data := append(randomBytes(4, 7<<20), weights[:2<<20]...) // partly shared with abc123
+		f := file("model.safetensors", data)
+		f.Verified = true
+		if err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "hf/verified", Version: "v1"},
+			Files: []registry.ImportFile{f}}); err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		var m *registry.Manifest
+		_, err := s.Pull(ctx, registry.PullRequest{Ref: registry.Ref{Name: "hf/verified", Version: "v1"}}, registry.PullSink{
+			Manifest: func(_ registry.ModelInfo, mm *registry.Manifest) error { m = mm; return nil },
+			Data:     func(_ int, _ int64, p []byte) error { got.Write(p); return nil },
+		})
+		if err != nil || !bytes.Equal(got.Bytes(), data) {
+			t.Fatalf("pulled %d bytes (want %d identical): %v", got.Len(), len(data), err)
+		}
+		if len(m.Files) != 1 || m.Files[0].SHA256 != sha256.Sum256(data) || len(m.Files[0].Chunks) < 2 {
+			t.Fatalf("manifest %+v", m.Files)
+		}
+		res, err := s.Verify(ctx, &registry.Ref{Name: "hf/verified", Version: "v1"}, nil)
+		if err != nil || len(res.Corrupt) != 0 || res.Bytes != int64(len(data)) {
+			t.Fatalf("verify: %+v, %v", res, err)
+		}
+	})
 	t.Run("ErrExists", func(t *testing.T) {
 		err := s.Import(ctx, registry.ImportRequest{Info: info, Files: []registry.ImportFile{file("a", []byte("x"))}})
 		if !errors.Is(err, registry.ErrExists) {

@@ -28,31 +28,32 @@ import (
 // sha256 is computed by a second goroutine over the ordered chunks (received bytes, or stored bytes
 // of chunks the registry already had), so verification costs no extra pass at Commit.
 type Upload struct {
-	s         *Service
-	info      ModelInfo
-	aliases   []string
-	session   string
-	resumed   bool
-	files     []File
-	paths     map[string]bool
-	cur       *File // between BeginFile and EndFile
-	curOff    int64
-	offered   map[[32]byte]*chunkWrite // chunks written by this upload, by digest
-	pinned    [][32]byte               // in-process pins to drop at Close
-	needs     []*chunkWrite            // offered chunks whose bytes are still expected, in order
-	hashQ     chan hashItem
-	hashDone  chan struct{}
-	writers   sync.WaitGroup
-	sem       chan struct{}
-	abort     chan struct{}
-	failMu    sync.Mutex
-	failErr   error
-	done      bool
-	stats     UploadStats
-	imported  bool  // metrics are reported by ImportStats
-	outcome   error // of Commit; nil and !committed means abandoned
-	committed bool
-	closed    bool
+	s           *Service
+	info        ModelInfo
+	aliases     []string
+	session     string
+	resumed     bool
+	files       []File
+	paths       map[string]bool
+	cur         *File // between BeginFile and EndFile
+	curOff      int64
+	curVerified bool                     // the current file's sha256 is vouched for by Import's caller: not re-hashed
+	offered     map[[32]byte]*chunkWrite // chunks written by this upload, by digest
+	pinned      [][32]byte               // in-process pins to drop at Close
+	needs       []*chunkWrite            // offered chunks whose bytes are still expected, in order
+	hashQ       chan hashItem
+	hashDone    chan struct{}
+	writers     sync.WaitGroup
+	sem         chan struct{}
+	abort       chan struct{}
+	failMu      sync.Mutex
+	failErr     error
+	done        bool
+	stats       UploadStats
+	imported    bool  // metrics are reported by ImportStats
+	outcome     error // of Commit; nil and !committed means abandoned
+	committed   bool
+	closed      bool
 }
 
 // UploadStats counts what an Upload moved.
@@ -80,6 +81,7 @@ const hashQueueLen = 4096
 
 type chunkWrite struct {
 	sum     [32]byte
+	known   bool // sum was computed in this process from these bytes (Import): not re-hashed
 	size    int64
 	got     int64
 	data    chan []byte // to the payload writer
@@ -159,6 +161,12 @@ func (u *Upload) Stats() UploadStats { return u.stats }
 
 // BeginFile starts the next file. ErrInvalid for a bad or duplicate path, or if a file is open.
 func (u *Upload) BeginFile(path string, size int64) error {
+	return u.beginFile(path, size, false)
+}
+
+// beginFile starts the next file. verified: the caller has checked the file's bytes against the
+// sha256 it will pass to EndFile (Import's ImportFile.Verified), so the file hasher skips it.
+func (u *Upload) beginFile(path string, size int64, verified bool) error {
 	if err := u.check(); err != nil {
 		return err
 	}
@@ -182,6 +190,10 @@ func (u *Upload) BeginFile(path string, size int64) error {
 	u.files = append(u.files, File{Path: p, Size: size})
 	u.cur = &u.files[len(u.files)-1]
 	u.curOff = 0
+	u.curVerified = verified
+	if verified {
+		return nil
+	}
 	return u.enqueue(hashItem{begin: u.cur})
 }
 
@@ -212,10 +224,14 @@ func (u *Upload) Offer(ctx context.Context, sum [32]byte, size int64) (need bool
 			return false, err
 		}
 		if !have {
-			cw = &chunkWrite{sum: sum, size: size, written: make(chan struct{}),
-				data: make(chan []byte, chunkQueue), hdata: make(chan []byte, chunkQueue)}
+			cw = &chunkWrite{sum: sum, size: size, known: u.imported, written: make(chan struct{}),
+				data: make(chan []byte, chunkQueue)}
 			u.offered[sum] = cw
 			u.needs = append(u.needs, cw)
+			if u.curVerified {
+				return true, nil
+			}
+			cw.hdata = make(chan []byte, chunkQueue)
 			return true, u.enqueue(hashItem{chunk: cw})
 		}
 		u.pinned = append(u.pinned, sum)
@@ -226,6 +242,9 @@ func (u *Upload) Offer(ctx context.Context, sum [32]byte, size int64) (need bool
 	// back from the store once it is written.
 	u.stats.ChunksReused++
 	u.stats.BytesReused += size
+	if u.curVerified {
+		return false, nil
+	}
 	return false, u.enqueue(hashItem{chunk: &chunkWrite{sum: sum, size: size, written: cw.written}})
 }
 
@@ -253,12 +272,16 @@ func (u *Upload) Write(p []byte) error {
 		if err := u.send(cw.data, piece); err != nil {
 			return err
 		}
-		if err := u.send(cw.hdata, piece); err != nil {
-			return err
+		if cw.hdata != nil {
+			if err := u.send(cw.hdata, piece); err != nil {
+				return err
+			}
 		}
 		if cw.got == cw.size {
 			close(cw.data)
-			close(cw.hdata)
+			if cw.hdata != nil {
+				close(cw.hdata)
+			}
 			u.needs = u.needs[1:]
 			u.stats.ChunksReceived++
 		}
@@ -293,7 +316,13 @@ func (u *Upload) startWriter(cw *chunkWrite) {
 		// arrived, making them durable and recording them is what lets a later push resume.
 		ctx := context.WithoutCancel(context.Background())
 		sum := cw.sum
-		pending, err := u.s.db.WritePayload(ctx, r, &sum)
+		write := u.s.db.WritePayload
+		if cw.known {
+			write = func(ctx context.Context, r io.Reader, sum *[32]byte) (*store.PendingPayload, error) {
+				return u.s.db.WriteKnownPayload(ctx, r, *sum)
+			}
+		}
+		pending, err := write(ctx, r, &sum)
 		if err == nil {
 			err = u.s.recordChunk(ctx, u.session, pending)
 			pending.Release()
@@ -322,6 +351,9 @@ func (u *Upload) EndFile(sum [32]byte) error {
 	u.cur.SHA256 = sum
 	f := u.cur
 	u.cur = nil
+	if u.curVerified {
+		return nil
+	}
 	return u.enqueue(hashItem{end: f})
 }
 

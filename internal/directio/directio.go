@@ -260,7 +260,7 @@ type filled struct {
 }
 
 // readAhead is how many BufSize buffers a Reader holds: one with the caller, one being filled.
-const readAhead = 2
+const readAhead = 4
 
 // Open opens path for sequential reading with direct I/O where possible.
 func Open(path string) (*Reader, error) {
