@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -117,6 +118,10 @@ func runFetchChild(b *testing.B, endpoint string, conc int) benchResult {
 func benchChild(spec string) int {
 	parts := strings.Split(spec, "|")
 	conc, _ := strconv.Atoi(parts[2])
+	// The soft memory limit `buffdbd fetch` runs with (memory_limit's default, cmd/buffdbd).
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(64 << 20)
+	}
 	ctx := context.Background()
 	db, err := store.Open(ctx, filepath.Join(parts[1], "data"), store.Options{Migrations: registry.Migrations})
 	if err != nil {

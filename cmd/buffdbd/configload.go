@@ -77,6 +77,8 @@ var configKeys = []configKey{
 		field: func(c *Config) any { return &c.CacheDir }},
 	{name: "shutdown_timeout", usage: "how long in-flight RPCs may finish after SIGTERM before they are cancelled",
 		field: func(c *Config) any { return &c.ShutdownTimeout }},
+	{name: "memory_limit", usage: "soft limit of the Go runtime's memory (GOMEMLIMIT wins when set); 0 disables",
+		field: func(c *Config) any { return &c.MemoryLimit }},
 	{name: "grpc.listen", flag: "listen", usage: "gRPC TCP listen addresses (host:port, comma-separated)",
 		field: func(c *Config) any { return &c.GRPC.Listen }},
 	{name: "grpc.socket", flag: "socket", usage: "unix socket for local CLI calls; empty: $RUNTIME_DIRECTORY/buffdbd.sock or <data_dir>/buffdbd.sock; \"none\" disables",

@@ -93,16 +93,23 @@ type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
 
-// transferMemoryLimit is the Go heap's soft limit for `model push|pull` unless GOMEMLIMIT is set.
-// A transfer allocates a fresh 1 MiB buffer per gRPC message, so at hundreds of MB/s the default
-// GC pacing (collect when the heap doubles) lets garbage push RSS past 100 MiB; with a soft limit
-// the GC collects it earlier, keeping edge devices' memory flat at a small CPU cost.
-const transferMemoryLimit = 64 << 20
-
-func limitTransferMemory() {
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(transferMemoryLimit)
+// limitMemory applies memory_limit (Config.MemoryLimit) to this process unless GOMEMLIMIT is set,
+// which the Go runtime has then applied already.
+func limitMemory(limit ByteSize) {
+	if limit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(int64(limit))
 	}
+}
+
+// limitTransferMemory applies memory_limit to a CLI transfer (push, pull, fetch), which allocates
+// as the daemon does; an unreadable configuration was reported by the command already, so the
+// default applies then.
+func limitTransferMemory(cmd *cobra.Command) {
+	cfg, _, _, err := LoadConfig(cmd.Flags())
+	if err != nil {
+		cfg = DefaultConfig()
+	}
+	limitMemory(cfg.MemoryLimit)
 }
 
 // withRegistry runs fn with a registry client over a daemon or the in-process server.
@@ -158,7 +165,7 @@ visible, with the "latest" alias and any --alias, only once every byte is stored
 			return nil
 		},
 		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
-			limitTransferMemory()
+			limitTransferMemory(cmd)
 			p := newProgress(cmd.ErrOrStderr(), "push "+info.Name+":"+info.Version)
 			res, err := c.Push(cmd.Context(), args[0], registry.PushOptions{Info: info, Aliases: aliases, Retries: retries, Progress: p.update})
 			p.finish(err == nil)
@@ -202,7 +209,7 @@ does not contain are left alone.`,
 			return nil
 		},
 		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
-			limitTransferMemory()
+			limitTransferMemory(cmd)
 			p := newProgress(cmd.ErrOrStderr(), "pull "+args[0])
 			res, err := c.Pull(cmd.Context(), args[0], out, registry.PullOptions{Retries: retries, NoDelta: noDelta, Progress: p.update})
 			p.finish(err == nil)

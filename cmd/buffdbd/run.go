@@ -485,6 +485,7 @@ Configuration comes from flags, then BUFFDBD_* environment variables, then the c
 			for _, w := range warnings {
 				log.Warn(w)
 			}
+			limitMemory(cfg.MemoryLimit)
 			return runDaemon(cmd.Context(), cfg, log)
 		},
 	}
