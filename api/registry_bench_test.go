@@ -25,6 +25,7 @@ import (
 
 	"github.com/buffdb/buffdbd/api"
 	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
+	"github.com/buffdb/buffdbd/internal/cpustat"
 	"github.com/buffdb/buffdbd/internal/directio"
 	"github.com/buffdb/buffdbd/registry"
 )
@@ -99,29 +100,29 @@ func benchTransfer(b *testing.B, size int64) {
 	var grpcRate, grpcCores float64
 	for _, byRef := range []bool{false, true} {
 		t0 = time.Now()
-		c0 := readCPU()
+		c0 := cpustat.Read()
 		bareStream(b, d.conn, model, byRef)
 		if r := mbps(size, time.Since(t0)); r > grpcRate {
-			grpcRate, grpcCores = r, c0.coresSince()
+			grpcRate, grpcCores = r, c0.CoresSince()
 		}
 	}
 	limit := min(rawWrite, shaRate, grpcRate)
 
 	t0 = time.Now()
-	c0 := readCPU()
+	c0 := cpustat.Read()
 	res, err := d.client.Push(ctx, src, registry.PushOptions{Info: registry.ModelInfo{Name: "bench", Version: "v1"}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	pushRate, pushCores := mbps(res.Bytes, time.Since(t0)), c0.coresSince()
+	pushRate, pushCores := mbps(res.Bytes, time.Since(t0)), c0.CoresSince()
 
 	dev := filepath.Join(work, "device")
 	t0 = time.Now()
-	c0 = readCPU()
+	c0 = cpustat.Read()
 	if _, err := d.client.Pull(ctx, "bench:v1", dev, registry.PullOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	pullRate, pullCores := mbps(size, time.Since(t0)), c0.coresSince()
+	pullRate, pullCores := mbps(size, time.Since(t0)), c0.CoresSince()
 
 	// v2 shares 90% of v1: four contiguous regions of 2.5% each rewritten (a fine-tuned layer each).
 	src2 := filepath.Join(work, "v2")
@@ -267,35 +268,6 @@ func writeRandomAt(b testing.TB, f *os.File, off, n int64, seed uint64) {
 		}
 		done += k
 	}
-}
-
-// cpuSample is the machine-wide CPU time from /proc/stat (zero where unavailable).
-type cpuSample struct{ busy, total float64 }
-
-func readCPU() cpuSample {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return cpuSample{}
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	var s cpuSample
-	for i, f := range strings.Fields(line)[1:] {
-		v, _ := strconv.ParseFloat(f, 64)
-		s.total += v
-		if i != 3 && i != 4 { // idle, iowait
-			s.busy += v
-		}
-	}
-	return s
-}
-
-// coresSince is how many of the machine's cores were busy on average since s.
-func (s cpuSample) coresSince() float64 {
-	now := readCPU()
-	if now.total <= s.total {
-		return 0
-	}
-	return (now.busy - s.busy) / (now.total - s.total) * float64(runtime.NumCPU())
 }
 
 // copyFsync copies from to a new file to and fsyncs it, through the page cache or with O_DIRECT.
