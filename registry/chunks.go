@@ -11,22 +11,25 @@ import (
 )
 
 // haveChunk reports whether a sound copy of the chunk is stored and, if so, pins it in-process so
-// no deletion can remove it before the caller releases the pin (Service.unpin).
-func (s *Service) haveChunk(ctx context.Context, sum [32]byte) (bool, error) {
+// GC cannot remove it before the caller's upload pins it durably. corrupt: a copy is stored that
+// Verify found damaged (its bytes must be sent again, and replace the damaged file).
+func (s *Service) haveChunk(ctx context.Context, sum [32]byte) (have, corrupt bool, err error) {
 	s.pinMu.Lock()
 	defer s.pinMu.Unlock()
 	found := false
-	err := s.db.View(ctx, func(tx *store.Tx) error {
-		return tx.Query(`SELECT 1 FROM reg_chunks WHERE sha256 = ? AND corrupt = 0`, []any{sum[:]},
-			func(scan func(...any) error) error { found = true; return nil })
+	var bad int64
+	err = s.db.View(ctx, func(tx *store.Tx) error {
+		return tx.Query(`SELECT corrupt FROM reg_chunks WHERE sha256 = ?`, []any{sum[:]},
+			func(scan func(...any) error) error { found = true; return scan(&bad) })
 	})
 	if err != nil {
-		return false, fmt.Errorf("look up chunk: %w", err)
+		return false, false, fmt.Errorf("look up chunk: %w", err)
 	}
-	if found {
+	if found && bad == 0 {
 		s.pinLocked(sum)
+		return true, false, nil
 	}
-	return found, nil
+	return false, found, nil
 }
 
 // recordChunk makes a durable payload a registry chunk (or heals a chunk Verify marked corrupt) and

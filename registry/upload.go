@@ -82,6 +82,7 @@ const hashQueueLen = 4096
 type chunkWrite struct {
 	sum     [32]byte
 	known   bool // sum was computed in this process from these bytes (Import): not re-hashed
+	heal    bool // the stored copy is marked corrupt: these bytes replace its payload file
 	size    int64
 	got     int64
 	data    chan []byte // to the payload writer
@@ -219,12 +220,12 @@ func (u *Upload) Offer(ctx context.Context, sum [32]byte, size int64) (need bool
 	u.cur.Chunks = append(u.cur.Chunks, ChunkRef{SHA256: sum, Size: size})
 	u.curOff += size
 	if cw == nil {
-		have, err := u.s.haveChunk(ctx, sum)
+		have, corrupt, err := u.s.haveChunk(ctx, sum)
 		if err != nil {
 			return false, err
 		}
 		if !have {
-			cw = &chunkWrite{sum: sum, size: size, known: u.imported, written: make(chan struct{}),
+			cw = &chunkWrite{sum: sum, size: size, known: u.imported, heal: corrupt, written: make(chan struct{}),
 				data: make(chan []byte, chunkQueue)}
 			u.offered[sum] = cw
 			u.needs = append(u.needs, cw)
@@ -317,7 +318,14 @@ func (u *Upload) startWriter(cw *chunkWrite) {
 		ctx := context.WithoutCancel(context.Background())
 		sum := cw.sum
 		write := u.s.db.WritePayload
-		if cw.known {
+		switch {
+		case cw.heal:
+			// Verified like any received chunk, then renamed over the damaged file (which the store
+			// would otherwise keep as identical content).
+			write = func(ctx context.Context, r io.Reader, sum *[32]byte) (*store.PendingPayload, error) {
+				return u.s.db.RewritePayload(ctx, r, *sum)
+			}
+		case cw.known:
 			write = func(ctx context.Context, r io.Reader, sum *[32]byte) (*store.PendingPayload, error) {
 				return u.s.db.WriteKnownPayload(ctx, r, *sum)
 			}

@@ -180,7 +180,7 @@ func (db *DB) prepare(data []byte) (content, error) {
 		c.pin.release()
 		return c, fmt.Errorf("write payload: %w", err)
 	}
-	if err := db.installTemp(f, c.sum); err != nil {
+	if err := db.installTemp(f, c.sum, false); err != nil {
 		c.pin.release()
 		return c, err
 	}
@@ -215,15 +215,16 @@ func (db *DB) discardTemp(f *os.File) {
 
 // installTemp makes the fully written temp file f the durable payload file for sum: fsync the file,
 // rename it into place, fsync the directory (so the name survives power loss). The caller holds a
-// pin on sum. If an identical payload already exists the temp file is just dropped.
-func (db *DB) installTemp(f *os.File, sum [32]byte) error {
+// pin on sum. If an identical payload already exists the temp file is just dropped, unless replace
+// (the existing one is corrupt).
+func (db *DB) installTemp(f *os.File, sum [32]byte, replace bool) error {
 	defer db.discardTemp(f) // after a successful rename the Remove is a harmless no-op
 	st, err := f.Stat()
 	if err != nil {
 		return err
 	}
 	final := db.payloadPath(sum)
-	if db.payloadExists(sum, st.Size()) {
+	if !replace && db.payloadExists(sum, st.Size()) {
 		// Deduplicated: no need to make our copy durable, but the existing name must be (see prepare).
 		return db.syncDir(filepath.Dir(final))
 	}
@@ -290,7 +291,15 @@ func (c ctxReader) Read(p []byte) (int, error) {
 // inline when small), deduplicating identical content, without holding it in memory.
 // If wantSHA256 is non-nil and the content differs, it returns ErrCorrupt and keeps nothing.
 func (db *DB) WritePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byte) (*PendingPayload, error) {
-	return db.writePayload(ctx, r, wantSHA256, false)
+	return db.writePayload(ctx, r, wantSHA256, payloadOpts{})
+}
+
+// RewritePayload is WritePayload for content that must replace the payload file stored under
+// want: one found corrupt (the registry's verify marks such chunks). WritePayload would keep the
+// existing file, as identical content; here the verified new bytes are renamed over it, atomically,
+// so readers see the old file or the new one.
+func (db *DB) RewritePayload(ctx context.Context, r io.Reader, want [32]byte) (*PendingPayload, error) {
+	return db.writePayload(ctx, r, &want, payloadOpts{replace: true})
 }
 
 // WriteKnownPayload is WritePayload for content whose sha256 this process computed itself, from
@@ -298,10 +307,16 @@ func (db *DB) WritePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byt
 // arrives from elsewhere (a client, a download) must go through WritePayload, which verifies it; a
 // wrong sum here would file bytes under another content's address.
 func (db *DB) WriteKnownPayload(ctx context.Context, r io.Reader, sum [32]byte) (*PendingPayload, error) {
-	return db.writePayload(ctx, r, &sum, true)
+	return db.writePayload(ctx, r, &sum, payloadOpts{known: true})
 }
 
-func (db *DB) writePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byte, known bool) (*PendingPayload, error) {
+type payloadOpts struct {
+	known   bool // the caller computed the sum from these bytes: do not hash them again
+	replace bool // replace an existing payload file of this sum (it is corrupt)
+}
+
+func (db *DB) writePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byte, o payloadOpts) (*PendingPayload, error) {
+	known := o.known
 	if err := db.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -348,7 +363,7 @@ func (db *DB) writePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byt
 		return nil, err
 	}
 	pn := db.pend.pin(p.SHA256, nil)
-	if err := db.installTemp(f, p.SHA256); err != nil {
+	if err := db.installTemp(f, p.SHA256, o.replace); err != nil {
 		pn.release()
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -105,6 +106,46 @@ func TestDB_WritePayload(t *testing.T) {
 			if b, err := db.GetBlob(ctx, "", id); err != nil || !bytes.Equal(b.Data, data) {
 				t.Fatalf("size %d: GetBlob: %v", size, err)
 			}
+		}
+	})
+	t.Run("Rewrite", func(t *testing.T) {
+		data := bytes.Repeat([]byte("r"), 9000)
+		sum := sha256.Sum256(data)
+		p, err := db.WritePayload(ctx, bytes.NewReader(data), &sum)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Release()
+		var path string
+		filepath.WalkDir(filepath.Join(db.Dir(), "payloads"), func(pth string, d os.DirEntry, err error) error {
+			if err == nil && d.Name() == fmt.Sprintf("%x", sum) {
+				path = pth
+			}
+			return nil
+		})
+		damaged := bytes.Repeat([]byte("x"), len(data)) // same size: WritePayload keeps it
+		if err := os.WriteFile(path, damaged, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if p, err := db.WritePayload(ctx, bytes.NewReader(data), &sum); err != nil {
+			t.Fatal(err)
+		} else {
+			p.Release()
+		}
+		if b, _ := os.ReadFile(path); !bytes.Equal(b, damaged) {
+			t.Fatal("WritePayload replaced an existing payload file")
+		}
+		// Wrong bytes are refused and leave the file alone; the right ones replace it.
+		if _, err := db.RewritePayload(ctx, bytes.NewReader(damaged), sum); !errors.Is(err, store.ErrCorrupt) {
+			t.Fatalf("rewrite with other bytes: %v, want ErrCorrupt", err)
+		}
+		p, err = db.RewritePayload(ctx, bytes.NewReader(data), sum)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Release()
+		if b, _ := os.ReadFile(path); !bytes.Equal(b, data) {
+			t.Fatal("RewritePayload left the damaged file")
 		}
 	})
 	t.Run("UnknownPayload", func(t *testing.T) {
