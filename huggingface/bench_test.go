@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/buffdb/buffdbd/huggingface/hubtest"
+	"github.com/buffdb/buffdbd/internal/cpustat"
 	"github.com/buffdb/buffdbd/registry"
 	"github.com/buffdb/buffdbd/store"
 )
@@ -55,7 +56,9 @@ func BenchmarkFetch(b *testing.B) {
 				label = "throttled50MBps"
 			}
 			cf := filepath.Join(b.TempDir(), "f")
+			c0 := cpustat.Read()
 			curl := timeCmd(b, "curl", "-s", "-f", "-o", cf, hub.LFSURL("bench/model", "main", "model.safetensors"))
+			curlCores := c0.CoresSince()
 			// curl verifies nothing; a fetch always checks sha256. curl followed by sha256sum is
 			// the like-for-like baseline for a verified download.
 			curlSum := curl + timeCmd(b, "sha256sum", cf)
@@ -70,6 +73,8 @@ func BenchmarkFetch(b *testing.B) {
 			b.ReportMetric(curlSum.Seconds()/r.Download.Seconds(), label+"_dl_x_curl_sha256sum")
 			b.ReportMetric(aria.Seconds()/r.Download.Seconds(), label+"_dl_x_aria2c")
 			b.ReportMetric(float64(r.MaxRSS)/(1<<20), label+"_fetch_peak_RSS_MiB")
+			b.ReportMetric(r.DownloadCores, label+"_fetch_dl_cores")
+			b.ReportMetric(curlCores, label+"_curl_cores")
 			b.ReportMetric(float64(r.DownloadRSS)/(1<<20), label+"_download_peak_RSS_MiB")
 		}
 	}
@@ -90,8 +95,9 @@ func timeCmd(b *testing.B, name string, args ...string) time.Duration {
 
 type benchResult struct {
 	Download, Total time.Duration
-	MaxRSS          int64 // peak RSS of the whole fetch (download, verify, publish)
-	DownloadRSS     int64 // peak RSS when the download and verification ended
+	MaxRSS          int64   // peak RSS of the whole fetch (download, verify, publish)
+	DownloadRSS     int64   // peak RSS when the download and verification ended
+	DownloadCores   float64 // cores busy machine-wide (emulator included) while downloading
 }
 
 const benchChildEnv = "BUFFDBD_HF_BENCH_CHILD"
@@ -153,12 +159,14 @@ func benchChild(spec string) int {
 	}
 	var start, published time.Time
 	var dlRSS int64
+	var c0 cpustat.Sample
+	var dlCores float64
 	_, err = f.Fetch(ctx, Request{Ref: Ref{Repo: "bench/model", Revision: "main"}, OnProgress: func(p Progress) {
 		if p.Phase == "downloading" && start.IsZero() {
-			start = time.Now()
+			start, c0 = time.Now(), cpustat.Read()
 		}
 		if p.Phase == "publishing" && published.IsZero() {
-			published = time.Now()
+			published, dlCores = time.Now(), c0.CoresSince()
 			dlRSS = peakRSS()
 		}
 	}})
@@ -166,7 +174,7 @@ func benchChild(spec string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	json.NewEncoder(os.Stdout).Encode(benchResult{Download: published.Sub(start), Total: time.Since(start), DownloadRSS: dlRSS})
+	json.NewEncoder(os.Stdout).Encode(benchResult{Download: published.Sub(start), Total: time.Since(start), DownloadRSS: dlRSS, DownloadCores: dlCores})
 	if os.Getenv("BUFFDBD_HF_BENCH_CPUPROFILE") != "" {
 		pprof.StopCPUProfile()
 	}
