@@ -166,7 +166,7 @@ func (e *engine) download(ctx context.Context, t *task) error {
 		return fmt.Errorf("download %s: %w", t.path, err)
 	}
 	defer f.Close()
-	if err := f.Truncate(t.file.Size); err != nil {
+	if err := preallocate(f, t.file.Size); err != nil {
 		return fmt.Errorf("download %s: preallocate %d bytes: %w", t.path, t.file.Size, err)
 	}
 
