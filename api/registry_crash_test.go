@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -36,7 +37,11 @@ func TestRegistryHelperProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
+	// As `buffdbd run` serves: api.Codec, and memory_limit's default soft memory limit.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(64 << 20)
+	}
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(api.Codec{}))
 	registrypb.RegisterRegistryServer(srv, api.NewRegistry(reg, nil))
 	if os.Getenv("BUFFDBD_TEST_REGISTRY_SINK") != "" {
 		blobpb.RegisterBlobServer(srv, sinkBlob{})
