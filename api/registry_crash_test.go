@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -37,9 +38,13 @@ func TestRegistryHelperProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// As `buffdbd run` serves: api.Codec, and memory_limit's default soft memory limit.
+	// As `buffdbd run` serves: api.Codec, memory_limit's default soft memory limit, and twice as
+	// many Ps as CPUs (cmd/buffdbd raiseProcs).
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(64 << 20)
+	}
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(2 * runtime.GOMAXPROCS(0))
 	}
 	srv := grpc.NewServer(grpc.ForceServerCodecV2(api.Codec{}))
 	registrypb.RegisterRegistryServer(srv, api.NewRegistry(reg, nil))

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
@@ -124,9 +125,13 @@ func runFetchChild(b *testing.B, endpoint string, conc int) benchResult {
 func benchChild(spec string) int {
 	parts := strings.Split(spec, "|")
 	conc, _ := strconv.Atoi(parts[2])
-	// The soft memory limit `buffdbd fetch` runs with (memory_limit's default, cmd/buffdbd).
+	// As `buffdbd fetch` runs (cmd/buffdbd): memory_limit's default soft memory limit, twice as
+	// many Ps as CPUs.
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(64 << 20)
+	}
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(2 * runtime.GOMAXPROCS(0))
 	}
 	ctx := context.Background()
 	db, err := store.Open(ctx, filepath.Join(parts[1], "data"), store.Options{Migrations: registry.Migrations})
