@@ -1,6 +1,7 @@
 package api
 
 import (
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -55,6 +56,17 @@ func defaultCodec() encoding.CodecV2 { return encoding.GetCodecV2("proto") }
 
 // Marshal encodes v, referencing its largest bytes field instead of copying it when that is large.
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
+	if lm, ok := v.(*lentMessage); ok {
+		head, data, tail, err := marshalSplit(lm.ProtoReflect())
+		if err != nil {
+			return nil, err
+		}
+		if data != nil {
+			lm.taken = true
+			return mem.BufferSlice{mem.SliceBuffer(head), mem.NewBuffer(&data, releaser(lm.release)), mem.SliceBuffer(tail)}, nil
+		}
+		v = lm.Message
+	}
 	m, ok := v.(proto.Message)
 	if !ok {
 		return defaultCodec().Marshal(v)
@@ -271,3 +283,31 @@ func bulkRange(b []byte, md protoreflect.MessageDescriptor) (start, end int, fd 
 	}
 	return start, end, fd, value, true
 }
+
+// lentMessage is a message whose bulk bytes (see bulkField) its sender lends to the transport
+// instead of letting the codec copy them: Codec passes them on by reference and the transport calls
+// release once it has written them, so the sender can reuse the buffer without allocating another.
+// Any other codec marshals the embedded message (a copy), and sendLent releases the buffer itself.
+type lentMessage struct {
+	proto.Message
+	release func()
+	taken   bool // Codec took the buffer: the transport releases it
+}
+
+// sendLent sends msg on stream, lending it the buffer holding msg's bulk bytes: release is called
+// exactly once, when the buffer may be reused — after the transport wrote it, or at once if it
+// was copied or never sent.
+func sendLent(stream grpc.ServerStream, msg proto.Message, release func()) error {
+	lm := &lentMessage{Message: msg, release: release}
+	err := stream.SendMsg(lm)
+	if !lm.taken {
+		release()
+	}
+	return err
+}
+
+// releaser is the mem.BufferPool of one lent buffer: the transport "returns" it by calling Put.
+type releaser func()
+
+func (releaser) Get(int) *[]byte { panic("api: a lent buffer's pool gives nothing out") }
+func (r releaser) Put(*[]byte)   { r() }

@@ -181,3 +181,39 @@ func FuzzCodec_Unmarshal(f *testing.F) {
 		}
 	})
 }
+
+// A lent message is encoded by reference and its buffer released when the transport frees what
+// Marshal returned; one too small to lend is copied and left to the sender.
+func TestCodec_LentMessage(t *testing.T) {
+	data := randBytes(9, 1<<20)
+	released := 0
+	lm := &lentMessage{Message: &registrypb.PullResponse{Msg: &registrypb.PullResponse_Data{Data: &registrypb.PullData{
+		File: 2, Offset: 77, Data: data}}}, release: func() { released++ }}
+	out, err := Codec{}.Marshal(lm)
+	if err != nil || !lm.taken {
+		t.Fatalf("marshal: taken %v, %v", lm.taken, err)
+	}
+	got := &registrypb.PullResponse{}
+	if err := proto.Unmarshal(out.Materialize(), got); err != nil || !proto.Equal(got, lm.Message) {
+		t.Fatalf("lent encoding decodes to a different message: %v", err)
+	}
+	shared := false
+	for _, b := range out {
+		shared = shared || unsafe.SliceData(b.ReadOnlyData()) == unsafe.SliceData(data)
+	}
+	if !shared || released != 0 {
+		t.Fatalf("shared %v, released %d before the transport freed it", shared, released)
+	}
+	out.Free()
+	if released != 1 {
+		t.Fatalf("released %d times after Free", released)
+	}
+
+	small := &lentMessage{Message: &registrypb.PullResponse{Msg: &registrypb.PullResponse_Data{Data: &registrypb.PullData{
+		Data: []byte("tail")}}}, release: func() { t.Fatal("the codec released a buffer it copied") }}
+	out, err = Codec{}.Marshal(small)
+	if err != nil || small.taken {
+		t.Fatalf("small: taken %v, %v", small.taken, err)
+	}
+	out.Free()
+}

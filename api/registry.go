@@ -154,10 +154,11 @@ func (s *registryService) pull(req *registrypb.PullRequest, stream registrypb.Re
 			return stream.Send(&registrypb.PullResponse{Msg: &registrypb.PullResponse_Manifest{Manifest: &registrypb.PullManifest{
 				Info: registry.InfoToProto(info), Files: registry.FilesToProto(m.Files)}}})
 		},
-		Data: func(file int, offset int64, p []byte) error {
-			// Send marshals synchronously, so the sink's buffer may be reused once it returns.
-			return stream.Send(&registrypb.PullResponse{Msg: &registrypb.PullResponse_Data{Data: &registrypb.PullData{
-				File: uint32(file), Offset: uint64(offset), Data: p}}})
+		// The piece's buffer goes to the transport without a copy (Codec) and back to the pull
+		// once written.
+		Owned: func(file int, offset int64, p []byte, release func()) error {
+			return sendLent(stream, &registrypb.PullResponse{Msg: &registrypb.PullResponse_Data{Data: &registrypb.PullData{
+				File: uint32(file), Offset: uint64(offset), Data: p}}}, release)
 		},
 	})
 	return err

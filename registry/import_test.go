@@ -93,6 +93,42 @@ func TestService_Import(t *testing.T) {
 			t.Fatalf("verify: %+v, %v", res, err)
 		}
 	})
+	t.Run("PullOwned", func(t *testing.T) {
+		// An Owned sink keeps pieces after returning and releases them late, out of order: the
+		// pull must not reuse a buffer before its release, and must release-wait, not deadlock.
+		type held struct {
+			p, copy []byte
+			release func()
+		}
+		var hold []held
+		var got bytes.Buffer
+		check := func(h held) {
+			if !bytes.Equal(h.p, h.copy) {
+				t.Fatal("a piece's buffer was overwritten while the sink still held it")
+			}
+			h.release()
+		}
+		_, err := s.Pull(ctx, registry.PullRequest{Ref: registry.Ref{Name: "hf/model", Version: "abc123"}}, registry.PullSink{
+			Manifest: func(registry.ModelInfo, *registry.Manifest) error { return nil },
+			Owned: func(_ int, _ int64, p []byte, release func()) error {
+				got.Write(p)
+				hold = append(hold, held{p, bytes.Clone(p), release})
+				if len(hold) > 6 { // nearly every buffer held; release the second-oldest, then the oldest
+					check(hold[1])
+					check(hold[0])
+					hold = hold[2:]
+				}
+				return nil
+			},
+		})
+		for _, h := range hold {
+			check(h)
+		}
+		want := append([]byte(`{}`), weights...)
+		if err != nil || !bytes.Equal(got.Bytes(), want) {
+			t.Fatalf("pulled %d bytes (want %d identical): %v", got.Len(), len(want), err)
+		}
+	})
 	t.Run("ErrExists", func(t *testing.T) {
 		err := s.Import(ctx, registry.ImportRequest{Info: info, Files: []registry.ImportFile{file("a", []byte("x"))}})
 		if !errors.Is(err, registry.ErrExists) {

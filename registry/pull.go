@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"github.com/buffdb/buffdbd/internal/directio"
 	"github.com/buffdb/buffdbd/store"
@@ -37,6 +38,11 @@ type PullSink struct {
 	Manifest func(info ModelInfo, m *Manifest) error
 	// Data receives bytes [offset, offset+len(p)) of file number file. p is reused after it returns.
 	Data func(file int, offset int64, p []byte) error
+	// Owned, if set, is called instead of Data and takes p over: the pull reuses p only after the
+	// sink calls release, exactly once, possibly after returning and from another goroutine. A gRPC
+	// sink hands p to the transport this way, which writes it out without copying and releases it
+	// once written.
+	Owned func(file int, offset int64, p []byte, release func()) error
 }
 
 // PullStats counts what a pull moved.
@@ -133,8 +139,8 @@ func (s *Service) Pull(ctx context.Context, req PullRequest, sink PullSink) (st 
 		off  int64
 		p    []byte
 	}
-	free := make(chan []byte, pullReadAhead)
-	for range pullReadAhead {
+	free := make(chan []byte, pullBuffers)
+	for range pullBuffers {
 		free <- directio.AlignedBuffer(PullPieceSize)
 	}
 	pieces := make(chan piece, pullReadAhead)
@@ -179,7 +185,20 @@ func (s *Service) Pull(ctx context.Context, req PullRequest, sink PullSink) (st 
 		}()
 	}()
 	for pc := range pieces {
-		if err := sink.Data(pc.file, pc.off, pc.p); err != nil {
+		var err error
+		if sink.Owned != nil {
+			var released atomic.Bool
+			buf := pc.p[:cap(pc.p)]
+			err = sink.Owned(pc.file, pc.off, pc.p, func() {
+				if !released.Swap(true) {
+					free <- buf // never blocks: free holds every buffer
+				}
+			})
+		} else {
+			err = sink.Data(pc.file, pc.off, pc.p)
+			free <- pc.p[:cap(pc.p)]
+		}
+		if err != nil {
 			cancel()
 			for range pieces {
 			}
@@ -187,14 +206,18 @@ func (s *Service) Pull(ctx context.Context, req PullRequest, sink PullSink) (st 
 			return st, err
 		}
 		st.BytesSent += int64(len(pc.p))
-		free <- pc.p[:cap(pc.p)]
 	}
 	st.BytesSkipped = skipped
 	return st, <-rerr
 }
 
-// pullReadAhead is how many PullPieceSize buffers a pull reads ahead of its sender.
+// pullReadAhead is how many PullPieceSize pieces a pull reads ahead of its sender.
 const pullReadAhead = 4
+
+// pullBuffers is how many PullPieceSize buffers one pull owns: the read-ahead, the piece being
+// sent, and the pieces an Owned sink still holds (gRPC's transport holds about one message beyond
+// what it has written).
+const pullBuffers = pullReadAhead + 4
 
 // readChunk reads bytes [from, to) of a chunk in PullPieceSize pieces, each into a buffer taken
 // from free, and hands them to emit, which owns the buffer from then on.
