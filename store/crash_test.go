@@ -132,13 +132,7 @@ func crashChild(dir, round string) {
 			if err != nil {
 				continue
 			}
-			var id uint64
-			err = db.Update(ctx, func(tx *store.Tx) error {
-				var err error
-				id, err = tx.StorePayloadBlob(p.Payload(), nil)
-				return err
-			})
-			p.Release()
+			id, err := payloadBlob(db, p, nil)
 			if err == nil {
 				sum := sha256.Sum256(data)
 				say("B %d %s", id, hex.EncodeToString(sum[:]))

@@ -72,3 +72,15 @@ func fmtList(s []string) string {
 func ptr(s string) *string { return &s }
 
 var ctx = context.Background()
+
+// payloadBlob commits a blob row for the written payload p and releases p's pin.
+func payloadBlob(db *store.DB, p *store.PendingPayload, metadata *string) (uint64, error) {
+	defer p.Release()
+	var id uint64
+	err := db.Update(context.Background(), func(tx *store.Tx) error {
+		var err error
+		id, err = tx.StorePayloadBlob(p.Payload(), metadata)
+		return err
+	})
+	return id, err
+}

@@ -27,13 +27,7 @@ func TestDB_WritePayload(t *testing.T) {
 		if p.Payload() != want {
 			t.Fatalf("size %d: payload %+v, want %+v", size, p.Payload(), want)
 		}
-		var id uint64
-		err = db.Update(ctx, func(tx *store.Tx) error {
-			var err error
-			id, err = tx.StorePayloadBlob(p.Payload(), ptr("m"))
-			return err
-		})
-		p.Release()
+		id, err := payloadBlob(db, p, ptr("m"))
 		if err != nil {
 			t.Fatalf("size %d: StorePayloadBlob: %v", size, err)
 		}
@@ -93,13 +87,7 @@ func TestDB_WritePayload(t *testing.T) {
 			if p.Payload() != (store.Payload{SHA256: claimed, Size: int64(size)}) {
 				t.Fatalf("size %d: payload %+v", size, p.Payload())
 			}
-			var id uint64
-			err = db.Update(ctx, func(tx *store.Tx) error {
-				var err error
-				id, err = tx.StorePayloadBlob(p.Payload(), nil)
-				return err
-			})
-			p.Release()
+			id, err := payloadBlob(db, p, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
