@@ -71,6 +71,9 @@ type DB struct {
 	lock        io.Closer     // the data directory's exclusive process lock
 
 	pend pendingSet
+	// unnamedTemps: payload temp files are unnamed (tmpfile_linux.go) rather than named files in
+	// tmp/ that are renamed into place.
+	unnamedTemps bool
 
 	stopJanitor context.CancelFunc
 	janitorDone chan struct{}
@@ -119,6 +122,7 @@ func Open(ctx context.Context, dir string, opts Options) (*DB, error) {
 		expired:     make(map[string]bool),
 	}
 	db.pend.init()
+	db.unnamedTemps = unnamedWorks(filepath.Join(dir, tmpDir))
 	if err := db.open(ctx); err != nil {
 		db.closeConns()
 		lock.Close()

@@ -194,7 +194,17 @@ func (db *DB) payloadExists(sum [32]byte, size int64) bool {
 	return err == nil && st.Mode().IsRegular() && st.Size() == size
 }
 
+// createTemp creates the temp file a payload is written to before installTemp names it: unnamed
+// where possible (see tmpfile_linux.go), else a named file in tmp/ that the orphan sweep collects
+// if the process dies first.
 func (db *DB) createTemp() (*os.File, error) {
+	if db.unnamedTemps {
+		f, err := openUnnamed(filepath.Join(db.dir, tmpDir))
+		if err != nil {
+			return nil, fmt.Errorf("create payload temp file: %w", err)
+		}
+		return f, nil
+	}
 	f, err := os.CreateTemp(filepath.Join(db.dir, tmpDir), "payload-*")
 	if err != nil {
 		return nil, fmt.Errorf("create payload temp file: %w", err)
@@ -207,6 +217,9 @@ func (db *DB) createTemp() (*os.File, error) {
 
 func (db *DB) discardTemp(f *os.File) {
 	f.Close()
+	if f.Name() == "" { // unnamed: closing it freed it
+		return
+	}
 	os.Remove(f.Name())
 	db.pend.mu.Lock()
 	delete(db.pend.tmp, f.Name())
@@ -218,7 +231,7 @@ func (db *DB) discardTemp(f *os.File) {
 // pin on sum. If an identical payload already exists the temp file is just dropped, unless replace
 // (the existing one is corrupt).
 func (db *DB) installTemp(f *os.File, sum [32]byte, replace bool) error {
-	defer db.discardTemp(f) // after a successful rename the Remove is a harmless no-op
+	defer db.discardTemp(f) // after a successful rename (or link) this only closes
 	st, err := f.Stat()
 	if err != nil {
 		return err
@@ -231,8 +244,10 @@ func (db *DB) installTemp(f *os.File, sum [32]byte, replace bool) error {
 	if err := db.fsync(f); err != nil {
 		return fmt.Errorf("fsync payload: %w", err)
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close payload: %w", err)
+	if f.Name() != "" { // an unnamed file must stay open until it is linked
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("close payload: %w", err)
+		}
 	}
 	sub := filepath.Dir(final)
 	if err := os.Mkdir(sub, 0o750); err == nil {
@@ -242,10 +257,38 @@ func (db *DB) installTemp(f *os.File, sum [32]byte, replace bool) error {
 	} else if !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("create payload directory: %w", err)
 	}
+	if f.Name() == "" {
+		if err := db.linkTemp(f, final, replace); err != nil {
+			return fmt.Errorf("install payload: %w", err)
+		}
+		return db.syncDir(sub)
+	}
 	if err := os.Rename(f.Name(), final); err != nil {
 		return fmt.Errorf("install payload: %w", err)
 	}
 	return db.syncDir(sub)
+}
+
+// linkTemp names the unnamed, durable temp file f final. An existing final is kept (the same
+// content, installed meanwhile by another writer) unless replace, in which case f is linked under
+// a scratch name beside it and renamed over it, atomically.
+func (db *DB) linkTemp(f *os.File, final string, replace bool) error {
+	if !replace {
+		if err := linkUnnamed(f, final); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		return nil
+	}
+	scratch := final + ".replace"
+	os.Remove(scratch) // left by a crash between link and rename
+	if err := linkUnnamed(f, scratch); err != nil {
+		return err
+	}
+	if err := os.Rename(scratch, final); err != nil {
+		os.Remove(scratch)
+		return err
+	}
+	return nil
 }
 
 // fsync makes f's bytes durable under DurabilitySync. Under DurabilityProcess it does nothing: the
