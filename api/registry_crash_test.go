@@ -38,10 +38,13 @@ func TestRegistryHelperProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// As `buffdbd run` serves: api.Codec, memory_limit's default soft memory limit, and twice as
-	// many Ps as CPUs (cmd/buffdbd raiseProcs).
+	// As `buffdbd run` serves: api.Codec, memory_limit's default soft memory limit with GOGC 400,
+	// and twice as many Ps as CPUs (cmd/buffdbd limitMemory, raiseProcs).
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(64 << 20)
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
 	}
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(2 * runtime.GOMAXPROCS(0))

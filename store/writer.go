@@ -40,8 +40,8 @@ type slot struct {
 const (
 	// maxInflightBytes bounds the blob bytes one Writer prepares concurrently (its memory is the
 	// callers' buffers, held until the payload file is written). One blob larger than this still
-	// proceeds alone.
-	maxInflightBytes = 64 << 20
+	// proceeds alone. Preparing a 1 MiB payload takes ~3.5 ms here, so 32 in flight allow ~9 GB/s.
+	maxInflightBytes = 32 << 20
 	// pipeLen is how many writes may wait in a Writer's pipe before the stream blocks.
 	pipeLen = 1024
 )

@@ -73,6 +73,12 @@ func benchStore(cmd *cobra.Command, g *globalFlags, f *benchStoreFlags) error {
 	if err != nil {
 		return err
 	}
+	// The server runs in this process with `run`'s memory settings; the limit grows by what the
+	// in-process client holds (its blob ring and transport buffers), which a real client keeps in
+	// its own process.
+	if cfg.MemoryLimit > 0 {
+		limitMemory(cfg.MemoryLimit + storeRingBytes + 16*MiB)
+	}
 	dir := ""
 	if f := cmd.Flags().Lookup("data-dir"); f != nil && f.Changed {
 		dir = f.Value.String()
@@ -275,7 +281,7 @@ func rawWriteFiles(dir string, n int, base []byte) (time.Duration, error) {
 
 // storeRingBytes is how many blob bytes timeStore keeps in flight: more than the server pipelines
 // (store.Writer prepares up to 64 MiB at once), so the client never holds the server back.
-const storeRingBytes = 128 << 20
+const storeRingBytes = 48 << 20
 
 // timeStore stores n blobs (base, stamped with a counter) on one Store stream and returns the time
 // until the last id arrived, and the ids. A blob's buffer is reused once its id has arrived — the

@@ -444,13 +444,21 @@ func TestLoadConfig_ConfigurationDirectory(t *testing.T) {
 
 func TestLimitMemory(t *testing.T) {
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
 	t.Setenv("GOMEMLIMIT", "")
+	t.Setenv("GOGC", "")
 	debug.SetMemoryLimit(math.MaxInt64)
 	limitMemory(DefaultConfig().MemoryLimit)
 	if got := debug.SetMemoryLimit(-1); got != 64<<20 {
 		t.Fatalf("soft memory limit %d, want the default 64 MiB", got)
 	}
-	limitMemory(0) // disabled: leaves the limit alone
+	if got := debug.SetGCPercent(100); got != gcPercentUnderLimit {
+		t.Fatalf("GOGC %d under a memory limit, want %d", got, gcPercentUnderLimit)
+	}
+	limitMemory(0) // disabled: leaves the limit (and GOGC) alone
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Fatalf("memory_limit 0 changed GOGC to %d", got)
+	}
 	if got := debug.SetMemoryLimit(-1); got != 64<<20 {
 		t.Fatalf("memory_limit 0 changed the limit to %d", got)
 	}

@@ -95,11 +95,25 @@ func (f closerFunc) Close() error { return f() }
 
 // limitMemory applies memory_limit (Config.MemoryLimit) to this process unless GOMEMLIMIT is set,
 // which the Go runtime has then applied already.
+//
+// With a limit in place the garbage collector also runs less often (GOGC 400 instead of 100,
+// unless GOGC is set): the limit already bounds the heap, and collecting at every doubling of a
+// small live heap cost small-request workloads a sixth of their throughput on the 2-core VM (KV Get
+// 95-99k -> 110-115k ops/s, Set 162-188k -> 196k with 400).
 func limitMemory(limit ByteSize) {
-	if limit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+	if limit <= 0 {
+		return
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(int64(limit))
 	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercentUnderLimit)
+	}
 }
+
+// gcPercentUnderLimit is GOGC while a memory limit bounds the heap (see limitMemory).
+const gcPercentUnderLimit = 400
 
 // limitTransferMemory applies memory_limit to a CLI transfer (push, pull, fetch), which allocates
 // as the daemon does; an unreadable configuration was reported by the command already, so the
