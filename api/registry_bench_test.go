@@ -71,12 +71,9 @@ func mbps(n int64, d time.Duration) float64 { return float64(n) / 1e6 / d.Second
 func benchTransfer(b *testing.B, size int64) {
 	ctx := context.Background()
 	// The client side runs as `buffdbd model push|pull` does: memory_limit's default soft memory
-	// limit with GOGC 400, twice as many Ps as CPUs (cmd/buffdbd).
+	// limit, twice as many Ps as CPUs (cmd/buffdbd).
 	if os.Getenv("GOMEMLIMIT") == "" {
 		defer debug.SetMemoryLimit(debug.SetMemoryLimit(64 << 20))
-	}
-	if os.Getenv("GOGC") == "" {
-		defer debug.SetGCPercent(debug.SetGCPercent(400))
 	}
 	if os.Getenv("GOMAXPROCS") == "" {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2 * runtime.GOMAXPROCS(0)))

@@ -125,13 +125,10 @@ func runFetchChild(b *testing.B, endpoint string, conc int) benchResult {
 func benchChild(spec string) int {
 	parts := strings.Split(spec, "|")
 	conc, _ := strconv.Atoi(parts[2])
-	// As `buffdbd fetch` runs (cmd/buffdbd): memory_limit's default soft memory limit with GOGC
-	// 400, twice as many Ps as CPUs.
+	// As `buffdbd fetch` runs (cmd/buffdbd): memory_limit's default soft memory limit, twice as
+	// many Ps as CPUs.
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(64 << 20)
-	}
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(400)
 	}
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(2 * runtime.GOMAXPROCS(0))

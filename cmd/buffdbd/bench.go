@@ -78,6 +78,7 @@ func benchStore(cmd *cobra.Command, g *globalFlags, f *benchStoreFlags) error {
 	// its own process.
 	if cfg.MemoryLimit > 0 {
 		limitMemory(cfg.MemoryLimit + storeRingBytes + 16*MiB)
+		relaxGC(cfg.MemoryLimit)
 	}
 	dir := ""
 	if f := cmd.Flags().Lookup("data-dir"); f != nil && f.Changed {

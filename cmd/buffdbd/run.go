@@ -486,6 +486,7 @@ Configuration comes from flags, then BUFFDBD_* environment variables, then the c
 				log.Warn(w)
 			}
 			limitMemory(cfg.MemoryLimit)
+			relaxGC(cfg.MemoryLimit)
 			return runDaemon(cmd.Context(), cfg, log)
 		},
 	}
