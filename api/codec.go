@@ -30,15 +30,16 @@ import (
 //
 // Marshalling by reference relies on grpc-go's rule that a message must not be modified after
 // SendMsg (the transport may write it out later): a sender must not reuse a large bytes slice it
-// has passed to Send. Only the messages in sentByReference are sent so.
+// has passed to Send. Only the messages in sentByReference are sent so, and lent messages
+// (sendLent), whose buffer the transport hands back once written.
 type Codec struct{}
 
 var _ encoding.CodecV2 = Codec{}
 
 // sentByReference lists the messages marshalled by reference: those whose senders in buffdbd
-// never reuse the bulk bytes after Send. The pull server is not among them: it recycles its read
-// buffers, which costs one copy here but no allocation; a new 1 MiB buffer per piece instead (and
-// the garbage collection it brings) made pulls 25% slower on the benchmark VM.
+// never reuse the bulk bytes after Send. Senders that recycle buffers lend them instead (the pull
+// server, sendLent); the push client still copies. Allocating a new 1 MiB buffer per piece to send
+// it by reference made pulls 25% slower on the benchmark VM than copying into a recycled one.
 var sentByReference = map[protoreflect.FullName]bool{
 	"buffdb.blob.StoreRequest":  true, // clients: bench, CLI
 	"buffdb.blob.UpdateRequest": true,
