@@ -168,12 +168,28 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 		return defaultCodec().Unmarshal(data, v)
 	}
 	pad := 0
-	if off := bulkOffset(data[0].ReadOnlyData(), m.ProtoReflect().Descriptor()); off >= 0 {
+	if off := bulkOffset(prefix(data, 1<<10), m.ProtoReflect().Descriptor()); off >= 0 {
 		pad = (directio.Align - off%directio.Align) % directio.Align
 	}
 	buf := directio.AlignedBuffer(pad + data.Len())[pad:]
 	data.CopyTo(buf)
 	return unmarshalAliased(buf, m.ProtoReflect())
+}
+
+// prefix is data's first n bytes (fewer if data is shorter): the first buffer itself when it is
+// long enough, as an HTTP/2 frame (16 KiB) always is.
+func prefix(data mem.BufferSlice, n int) []byte {
+	if first := data[0].ReadOnlyData(); len(first) >= n {
+		return first
+	}
+	var b []byte
+	for _, buf := range data {
+		b = append(b, buf.ReadOnlyData()[:min(buf.Len(), n-len(b))]...)
+		if len(b) == n {
+			break
+		}
+	}
+	return b
 }
 
 // bulkOffset guesses, from a message's first bytes b, where its bulk field's bytes start: the first
