@@ -359,17 +359,16 @@ type payloadOpts struct {
 }
 
 func (db *DB) writePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byte, o payloadOpts) (*PendingPayload, error) {
-	known := o.known
 	if err := db.checkOpen(); err != nil {
 		return nil, err
 	}
 	r = ctxReader{ctx, r}
 	var h hash.Hash
-	if !known {
+	if !o.known {
 		h = sha256.New()
 	}
 	sumOf := func() (sum [32]byte) {
-		if known {
+		if o.known {
 			return *wantSHA256
 		}
 		h.Sum(sum[:0])
