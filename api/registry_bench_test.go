@@ -27,6 +27,7 @@ import (
 	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
 	"github.com/buffdb/buffdbd/internal/cpustat"
 	"github.com/buffdb/buffdbd/internal/directio"
+	"github.com/buffdb/buffdbd/internal/gotune"
 	"github.com/buffdb/buffdbd/registry"
 )
 
@@ -70,14 +71,11 @@ func mbps(n int64, d time.Duration) float64 { return float64(n) / 1e6 / d.Second
 
 func benchTransfer(b *testing.B, size int64) {
 	ctx := context.Background()
-	// The client side runs as `buffdbd model push|pull` does: memory_limit's default soft memory
-	// limit, twice as many Ps as CPUs (cmd/buffdbd).
-	if os.Getenv("GOMEMLIMIT") == "" {
-		defer debug.SetMemoryLimit(debug.SetMemoryLimit(64 << 20))
-	}
-	if os.Getenv("GOMAXPROCS") == "" {
-		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2 * runtime.GOMAXPROCS(0)))
-	}
+	// The client side runs with the Go runtime settings of `buffdbd model push|pull`.
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	gotune.RaiseProcs()
+	gotune.LimitMemory(gotune.DefaultMemoryLimit)
 	work := b.TempDir()
 	src := filepath.Join(work, "v1")
 	os.MkdirAll(src, 0o755)

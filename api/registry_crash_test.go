@@ -6,8 +6,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
-	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +18,7 @@ import (
 	"github.com/buffdb/buffdbd/api"
 	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
 	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
+	"github.com/buffdb/buffdbd/internal/gotune"
 	"github.com/buffdb/buffdbd/registry"
 )
 
@@ -38,17 +37,10 @@ func TestRegistryHelperProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// As `buffdbd run` serves: api.Codec, memory_limit's default soft memory limit with GOGC 400,
-	// and twice as many Ps as CPUs (cmd/buffdbd limitMemory, raiseProcs).
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(64 << 20)
-	}
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(400)
-	}
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(2 * runtime.GOMAXPROCS(0))
-	}
+	// As `buffdbd run` serves: api.Codec and its Go runtime settings.
+	gotune.RaiseProcs()
+	gotune.LimitMemory(gotune.DefaultMemoryLimit)
+	gotune.RelaxGC(gotune.DefaultMemoryLimit)
 	srv := grpc.NewServer(grpc.ForceServerCodecV2(api.Codec{}))
 	registrypb.RegisterRegistryServer(srv, api.NewRegistry(reg, nil))
 	if os.Getenv("BUFFDBD_TEST_REGISTRY_SINK") != "" {

@@ -8,8 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/buffdb/buffdbd/huggingface/hubtest"
 	"github.com/buffdb/buffdbd/internal/cpustat"
+	"github.com/buffdb/buffdbd/internal/gotune"
 	"github.com/buffdb/buffdbd/registry"
 	"github.com/buffdb/buffdbd/store"
 )
@@ -125,14 +124,9 @@ func runFetchChild(b *testing.B, endpoint string, conc int) benchResult {
 func benchChild(spec string) int {
 	parts := strings.Split(spec, "|")
 	conc, _ := strconv.Atoi(parts[2])
-	// As `buffdbd fetch` runs (cmd/buffdbd): memory_limit's default soft memory limit, twice as
-	// many Ps as CPUs.
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(64 << 20)
-	}
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(2 * runtime.GOMAXPROCS(0))
-	}
+	// With the Go runtime settings of `buffdbd fetch`.
+	gotune.RaiseProcs()
+	gotune.LimitMemory(gotune.DefaultMemoryLimit)
 	ctx := context.Background()
 	db, err := store.Open(ctx, filepath.Join(parts[1], "data"), store.Options{Migrations: registry.Migrations})
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
 	"github.com/buffdb/buffdbd/internal/cpustat"
 	"github.com/buffdb/buffdbd/internal/directio"
+	"github.com/buffdb/buffdbd/internal/gotune"
 )
 
 func newBenchCmd(g *globalFlags) *cobra.Command {
@@ -77,8 +78,8 @@ func benchStore(cmd *cobra.Command, g *globalFlags, f *benchStoreFlags) error {
 	// in-process client holds (its blob ring and transport buffers), which a real client keeps in
 	// its own process.
 	if cfg.MemoryLimit > 0 {
-		limitMemory(cfg.MemoryLimit + storeRingBytes + 16*MiB)
-		relaxGC(cfg.MemoryLimit)
+		gotune.LimitMemory(int64(cfg.MemoryLimit + storeRingBytes + 16*MiB))
+		gotune.RelaxGC(int64(cfg.MemoryLimit))
 	}
 	dir := ""
 	if f := cmd.Flags().Lookup("data-dir"); f != nil && f.Changed {

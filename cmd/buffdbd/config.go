@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/buffdb/buffdbd/internal/gotune"
 )
 
 // Config is buffdbd's one typed configuration. DefaultConfig gives every field its default;
@@ -121,11 +123,7 @@ func DefaultConfig() Config {
 		// 10s lets a typical chunk of a streaming pull finish on a slow link without stalling a
 		// systemd stop (TimeoutStopSec=30s) for long.
 		ShutdownTimeout: 10 * time.Second,
-		// Transfers allocate a buffer per gRPC message and per chunk; at hundreds of MB/s the
-		// default GC pacing (collect when the heap doubles) lets that garbage push RSS past 100 MiB
-		// on a device with little RAM. A soft limit makes the GC collect earlier, at a small CPU cost;
-		// the live heap of a busy daemon stays well under it.
-		MemoryLimit: 64 * MiB,
+		MemoryLimit:     gotune.DefaultMemoryLimit, // why: see there
 		GRPC: GRPCConfig{
 			Listen: []string{"127.0.0.1:" + defaultGRPCPort, "[::1]:" + defaultGRPCPort},
 			Socket: "",

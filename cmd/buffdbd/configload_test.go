@@ -3,11 +3,9 @@ package main
 import (
 	"bytes"
 	"errors"
-	"math"
 	"os"
 	"path/filepath"
 	"reflect"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
@@ -440,34 +438,4 @@ func TestLoadConfig_ConfigurationDirectory(t *testing.T) {
 			t.Fatalf("data_dir = %q", cfg.DataDir)
 		}
 	})
-}
-
-func TestLimitMemory(t *testing.T) {
-	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
-	defer debug.SetGCPercent(debug.SetGCPercent(100))
-	t.Setenv("GOMEMLIMIT", "")
-	t.Setenv("GOGC", "")
-	debug.SetMemoryLimit(math.MaxInt64)
-	limitMemory(DefaultConfig().MemoryLimit)
-	if got := debug.SetMemoryLimit(-1); got != 64<<20 {
-		t.Fatalf("soft memory limit %d, want the default 64 MiB", got)
-	}
-	relaxGC(DefaultConfig().MemoryLimit)
-	if got := debug.SetGCPercent(100); got != gcPercentUnderLimit {
-		t.Fatalf("GOGC %d under a memory limit, want %d", got, gcPercentUnderLimit)
-	}
-	limitMemory(0) // disabled: leaves the limit (and GOGC) alone
-	relaxGC(0)
-	if got := debug.SetGCPercent(100); got != 100 {
-		t.Fatalf("memory_limit 0 changed GOGC to %d", got)
-	}
-	if got := debug.SetMemoryLimit(-1); got != 64<<20 {
-		t.Fatalf("memory_limit 0 changed the limit to %d", got)
-	}
-	t.Setenv("GOMEMLIMIT", "1GiB") // the runtime applied it at start; the config must not override it
-	debug.SetMemoryLimit(1 << 30)
-	limitMemory(32 << 20)
-	if got := debug.SetMemoryLimit(-1); got != 1<<30 {
-		t.Fatalf("memory_limit overrode GOMEMLIMIT: %d", got)
-	}
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/buffdb/buffdbd/api"
+	"github.com/buffdb/buffdbd/internal/gotune"
 	"github.com/buffdb/buffdbd/store"
 )
 
@@ -42,6 +43,8 @@ func dial(cmd *cobra.Command, g *globalFlags) (*clientConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	// CLI commands run under memory_limit too: a push, pull or fetch allocates as the daemon does.
+	gotune.LimitMemory(int64(cfg.MemoryLimit))
 	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(

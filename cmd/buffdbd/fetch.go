@@ -105,7 +105,6 @@ func runFetch(cmd *cobra.Command, g *globalFlags, f *fetchFlags, arg string) err
 	if _, err := huggingface.NewFilter(f.include, f.exclude); err != nil {
 		return usagef("--include/--exclude: %v", err)
 	}
-	limitTransferMemory(cmd)
 	req := &registrypb.FetchRequest{
 		Repo: ref.Repo, Revision: ref.Revision, Include: f.include, Exclude: f.exclude,
 		// Only what this command line says; the daemon fills the rest from its configuration.

@@ -9,14 +9,15 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime"
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/buffdb/buffdbd/internal/gotune"
 )
 
 func main() {
-	raiseProcs()
+	gotune.RaiseProcs() // see there: the Ps that fsync-heavy writes need
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
@@ -30,21 +31,6 @@ func main() {
 	code := execute(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	cancel()
 	os.Exit(code)
-}
-
-// raiseProcs runs Go code on twice as many Ps as the runtime chose (GOMAXPROCS, which follows
-// the CPU count or cgroup quota), unless the GOMAXPROCS environment variable sets it.
-//
-// Why: buffdbd's writes block in fsync and O_DIRECT syscalls for milliseconds, many at a time
-// (payload files, chunks, downloads). A goroutine in a blocking syscall keeps its P until the
-// runtime's monitor takes it back, up to 10 ms later, and meanwhile runnable goroutines (the gRPC
-// transport, hashing) wait although cores are idle. Measured on the 2-core benchmark VM: a blob
-// Store stream kept 1.1-1.4 cores busy at 450-570 MB/s with 2 Ps, and 1.8-1.9 cores at 650-720 MB/s
-// with 4. The extra Ps cost nothing when nothing blocks: there is no more work to run on them.
-func raiseProcs() {
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(2 * runtime.GOMAXPROCS(0))
-	}
 }
 
 // execute runs the command line args with the given standard streams and returns the exit code.

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,39 +92,6 @@ type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
 
-// limitMemory applies memory_limit (Config.MemoryLimit) to this process unless GOMEMLIMIT is set,
-// which the Go runtime has then applied already.
-func limitMemory(limit ByteSize) {
-	if limit > 0 && os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(int64(limit))
-	}
-}
-
-// relaxGC makes the daemon's garbage collector run less often (GOGC 400 instead of 100, unless
-// GOGC is set) when memory_limit bounds the heap anyway: collecting at every doubling of its small
-// live heap cost small-request workloads a sixth of their throughput on the 2-core VM (KV Get
-// 95-99k -> 107-115k ops/s, Set 162-188k -> 188-203k). CLI transfers keep the default: they gain
-// nothing from it, and their RSS would grow to the limit.
-func relaxGC(limit ByteSize) {
-	if limit > 0 && os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(gcPercentUnderLimit)
-	}
-}
-
-// gcPercentUnderLimit is the daemon's GOGC under a memory limit (see relaxGC).
-const gcPercentUnderLimit = 400
-
-// limitTransferMemory applies memory_limit to a CLI transfer (push, pull, fetch), which allocates
-// as the daemon does; an unreadable configuration was reported by the command already, so the
-// default applies then.
-func limitTransferMemory(cmd *cobra.Command) {
-	cfg, _, _, err := LoadConfig(cmd.Flags())
-	if err != nil {
-		cfg = DefaultConfig()
-	}
-	limitMemory(cfg.MemoryLimit)
-}
-
 // withRegistry runs fn with a registry client over a daemon or the in-process server.
 func withRegistry(g *globalFlags, fn func(cmd *cobra.Command, c *registry.Client, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
@@ -179,7 +145,6 @@ visible, with the "latest" alias and any --alias, only once every byte is stored
 			return nil
 		},
 		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
-			limitTransferMemory(cmd)
 			p := newProgress(cmd.ErrOrStderr(), "push "+info.Name+":"+info.Version)
 			res, err := c.Push(cmd.Context(), args[0], registry.PushOptions{Info: info, Aliases: aliases, Retries: retries, Progress: p.update})
 			p.finish(err == nil)
@@ -223,7 +188,6 @@ does not contain are left alone.`,
 			return nil
 		},
 		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
-			limitTransferMemory(cmd)
 			p := newProgress(cmd.ErrOrStderr(), "pull "+args[0])
 			res, err := c.Pull(cmd.Context(), args[0], out, registry.PullOptions{Retries: retries, NoDelta: noDelta, Progress: p.update})
 			p.finish(err == nil)

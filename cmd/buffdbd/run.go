@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/buffdb/buffdbd/api"
+	"github.com/buffdb/buffdbd/internal/gotune"
 	"github.com/buffdb/buffdbd/store"
 )
 
@@ -485,8 +486,8 @@ Configuration comes from flags, then BUFFDBD_* environment variables, then the c
 			for _, w := range warnings {
 				log.Warn(w)
 			}
-			limitMemory(cfg.MemoryLimit)
-			relaxGC(cfg.MemoryLimit)
+			gotune.LimitMemory(int64(cfg.MemoryLimit))
+			gotune.RelaxGC(int64(cfg.MemoryLimit))
 			return runDaemon(cmd.Context(), cfg, log)
 		},
 	}
