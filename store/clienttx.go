@@ -64,8 +64,12 @@ func (db *DB) Begin(ctx context.Context, readOnly bool, timeout time.Duration) (
 		return "", ErrClosed
 	}
 	db.txs[t.id] = t
-	t.timer = time.AfterFunc(timeout, func() { db.expire(t) })
 	db.txMu.Unlock()
+	// Under t.mu, which expire takes first, so the timer's callback sees t.timer set (txMu must
+	// not be held here: expire takes t.mu, then txMu).
+	t.mu.Lock()
+	t.timer = time.AfterFunc(timeout, func() { db.expire(t) })
+	t.mu.Unlock()
 	return t.id, nil
 }
 
