@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -64,7 +65,7 @@ func dial(cmd *cobra.Command, g *globalFlags) (*clientConn, error) {
 			return remote("unix://"+sock, dialOpts)
 		}
 	}
-	return local(cmd.Context(), cfg, dialOpts)
+	return local(cmd.Context(), cfg, dialOpts, cmd.ErrOrStderr())
 }
 
 func remote(addr string, opts []grpc.DialOption) (*clientConn, error) {
@@ -117,15 +118,30 @@ func (e *lockedError) Hint() string {
 		" otherwise wait for the other command to finish"
 }
 
+// localLogger is the log of a CLI command's in-process server. Its errors go to the command's
+// stderr: an internal error reaches the command as a generic status (the server keeps internals
+// from clients) and there is no daemon log to look in, so the detail is printed where the user
+// sees it, before the command's own one-line error. log.level debug shows everything.
+func localLogger(cfg Config, stderr io.Writer) *slog.Logger {
+	level := slog.LevelError
+	if cfg.Log.Level == "debug" {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{} // a command's output, not a log file
+			}
+			return a
+		}}))
+}
+
 // inProcessBufferBytes sizes the in-memory pipe between the CLI and its in-process server; like a
 // socket buffer, larger only costs memory.
 const inProcessBufferBytes = 1 << 20
 
-func local(ctx context.Context, cfg Config, opts []grpc.DialOption) (*clientConn, error) {
-	log := slog.New(slog.DiscardHandler)
-	if cfg.Log.Level == "debug" {
-		log = slog.Default()
-	}
+func local(ctx context.Context, cfg Config, opts []grpc.DialOption, stderr io.Writer) (*clientConn, error) {
+	log := localLogger(cfg, stderr)
 	db, err := openStore(ctx, cfg, log)
 	// Another short-lived CLI command (or a daemon starting up) may hold the store's lock. Wait
 	// for it rather than fail a script that runs commands in parallel, and switch to the daemon

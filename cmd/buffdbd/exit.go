@@ -108,7 +108,8 @@ func reportError(w io.Writer, err error) int {
 	case code == codes.ResourceExhausted:
 		hint = resourceExhaustedHint(err, msg)
 	case code == codes.Internal:
-		hint = "the daemon's log has the details"
+		// A daemon logs the details; a command without a daemon printed them above (localLogger).
+		hint = "the details are in the daemon's log or, if no daemon was running, printed above"
 	}
 	// One line, whatever the message holds (SQLite and remote errors may span several).
 	msg = strings.TrimSpace(strings.NewReplacer("\r\n", "; ", "\n", "; ").Replace(msg))

@@ -55,3 +55,31 @@ func TestCLI_BudgetHint(t *testing.T) {
 		t.Fatalf("stderr = %q", r.stderr)
 	}
 }
+
+// TestLocalLogger: a command without a daemon prints its in-process server's errors (the details
+// an INTERNAL status withholds) on its own stderr, and nothing quieter unless log.level is debug.
+func TestLocalLogger(t *testing.T) {
+	var w bytes.Buffer
+	log := localLogger(Config{}, &w)
+	log.Info("payload sweep", "files", 3)
+	log.Error("internal error", "method", "/buffdb.blob.Blob/Get", "err", "read payload: input/output error")
+	out := w.String()
+	if strings.Contains(out, "payload sweep") || !strings.Contains(out, "input/output error") || strings.Contains(out, "time=") {
+		t.Fatalf("stderr = %q: want the error's detail only, without a timestamp", out)
+	}
+	w.Reset()
+	var cfg Config
+	cfg.Log.Level = "debug"
+	localLogger(cfg, &w).Debug("opened store")
+	if !strings.Contains(w.String(), "opened store") {
+		t.Fatalf("debug level: stderr = %q", w.String())
+	}
+
+	w.Reset()
+	if got := reportError(&w, status.Error(codes.Internal, "internal error; the server log has the details")); got != exitError {
+		t.Fatalf("exit %d, want %d", got, exitError)
+	}
+	if !strings.Contains(w.String(), "printed above") {
+		t.Fatalf("internal error: output %q should say where the details are without a daemon", w.String())
+	}
+}
