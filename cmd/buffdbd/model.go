@@ -567,7 +567,23 @@ func (p *progress) update(done, total int64) {
 		return
 	}
 	p.lastPct, p.lastAt = pct, time.Now()
-	fmt.Fprintf(p.w, "%s: %s / %s (%d%%), %s/s%s\n", p.label, ibytes(done), ibytes(total), pct, ibytes(p.rate()), p.eta())
+	fmt.Fprintf(p.w, "%s: %s / %s (%d%%)%s\n", p.label, ibytes(done), ibytes(total), pct, p.rateETA())
+}
+
+// rateETA is ", RATE/s, ETA D" for a plain line: the average rate so far, and the time left at it.
+// Both are left out until the transfer has run for minRateWindow (the first bytes' rate says
+// little, and an ETA from it can be off by hours), except the rate on the last line.
+func (p *progress) rateETA() string {
+	const minRateWindow = time.Second
+	elapsed := time.Since(p.start)
+	if elapsed < minRateWindow && p.done < p.total {
+		return ""
+	}
+	s := ", " + ibytes(p.rate()) + "/s"
+	if elapsed >= minRateWindow {
+		s += p.eta()
+	}
+	return s
 }
 
 func (p *progress) rate() int64 {

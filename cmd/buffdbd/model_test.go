@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // modelSuite drives the model commands the way a user does; base selects the store or daemon.
@@ -82,4 +83,31 @@ func TestCLI_ModelWithDaemon(t *testing.T) {
 	dir := t.TempDir()
 	startDaemon(t, dir)
 	modelSuite(t, "--data-dir", dir)
+}
+
+// TestProgress_PlainLines: without a terminal, progress is a line per 10%; the rate and ETA wait
+// until the transfer has run a while (an ETA from its first bytes is noise), except that the last
+// line reports the rate achieved.
+func TestProgress_PlainLines(t *testing.T) {
+	var w bytes.Buffer
+	p := newProgress(&w, "pull org/m@latest")
+	p.update(8, 5_000_000)
+	p.update(9, 5_000_000) // same 10% step: no line
+	p.update(5_000_000, 5_000_000)
+	lines := strings.Split(strings.TrimSpace(w.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("lines = %q, want one at 0%% and one at 100%%", lines)
+	}
+	if lines[0] != "pull org/m@latest: 8 B / 4.8 MiB (0%)" {
+		t.Fatalf("first line = %q: no rate or ETA from the first bytes", lines[0])
+	}
+	if !strings.HasPrefix(lines[1], "pull org/m@latest: 4.8 MiB / 4.8 MiB (100%), ") || !strings.HasSuffix(lines[1], "/s") {
+		t.Fatalf("last line = %q, want the rate achieved and no ETA", lines[1])
+	}
+	w.Reset()
+	p.start = p.start.Add(-2 * time.Second) // as if two seconds in
+	p.update(2_600_000, 5_000_000)
+	if !strings.Contains(w.String(), "(52%), ") || !strings.Contains(w.String(), "/s, ETA ") {
+		t.Fatalf("line after 2 s = %q, want rate and ETA", w.String())
+	}
 }
