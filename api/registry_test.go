@@ -458,6 +458,30 @@ func TestRegistry_Errors(t *testing.T) {
 		})
 	}
 
+	// A bare name means name@latest; when nothing by that name exists, the error says the model
+	// is missing, not an alias. A missing alias of an existing model lists the aliases it has.
+	t.Run("NotFoundSaysWhat", func(t *testing.T) {
+		for _, tc := range []struct{ ref, want string }{
+			{"nobody", "model nobody"},
+			{"e@nope", "alias e@nope (its aliases: latest, prod)"},
+		} {
+			_, err := e.rpc.Show(ctx, &registrypb.ShowRequest{Ref: tc.ref})
+			if code(err) != codes.NotFound || !strings.Contains(status.Convert(err).Message(), tc.want) {
+				t.Fatalf("Show %s: %v, want NOT_FOUND naming %q", tc.ref, err, tc.want)
+			}
+		}
+		if _, err := e.rpc.RemoveAlias(ctx, &registrypb.RemoveAliasRequest{Name: "e", Alias: "latest"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.rpc.RemoveAlias(ctx, &registrypb.RemoveAliasRequest{Name: "e", Alias: "prod"}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := e.rpc.Show(ctx, &registrypb.ShowRequest{Ref: "e"})
+		if msg := status.Convert(err).Message(); !strings.Contains(msg, "alias e@latest (it has none; name a version as e:VERSION)") {
+			t.Fatalf("Show e without aliases: %v", err)
+		}
+	})
+
 	raw := func(t *testing.T, msgs ...*registrypb.PushRequest) error {
 		t.Helper()
 		stream, err := e.rpc.Push(ctx)

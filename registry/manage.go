@@ -42,9 +42,40 @@ func resolveTx(tx *store.Tx, ref Ref) (Ref, error) {
 		return Ref{}, err
 	}
 	if v == "" {
-		return Ref{}, fmt.Errorf("%w: alias %s@%s", ErrNotFound, ref.Name, ref.Alias)
+		return Ref{}, aliasNotFound(tx, ref)
 	}
 	return Ref{Name: ref.Name, Version: v}, nil
+}
+
+// aliasNotFound says which part of name@alias is missing: the whole model (a plain `name` means
+// name@latest, and a user who typed just a name should hear that the model does not exist), or
+// only the alias, listing those the model has.
+func aliasNotFound(tx *store.Tx, ref Ref) error {
+	versions := 0
+	err := tx.Query(`SELECT COUNT(*) FROM reg_versions WHERE name = ?`, []any{ref.Name},
+		func(scan func(...any) error) error { return scan(&versions) })
+	if err != nil {
+		return err
+	}
+	if versions == 0 {
+		return fmt.Errorf("%w: model %s", ErrNotFound, ref.Name)
+	}
+	var aliases []string
+	err = tx.Query(`SELECT alias FROM reg_aliases WHERE name = ? ORDER BY alias`, []any{ref.Name},
+		func(scan func(...any) error) error {
+			var a string
+			err := scan(&a)
+			aliases = append(aliases, a)
+			return err
+		})
+	if err != nil {
+		return err
+	}
+	has := "it has none; name a version as " + ref.Name + ":VERSION"
+	if len(aliases) > 0 {
+		has = "its aliases: " + strings.Join(aliases, ", ")
+	}
+	return fmt.Errorf("%w: alias %s@%s (%s)", ErrNotFound, ref.Name, ref.Alias, has)
 }
 
 // ResolveAlias returns the version alias points at; ErrNotFound if the alias does not exist.
