@@ -254,6 +254,11 @@ func TestMain_Socket(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "already serving") {
 			t.Fatalf("second daemon on one data dir: err = %v", err)
 		}
+		// Reported with a hint at what to do, not at a log (it is no internal error).
+		var w strings.Builder
+		if code := reportError(&w, err); code != exitError || !strings.Contains(w.String(), "hint: stop it first") {
+			t.Fatalf("reported as %q, exit %d", w.String(), code)
+		}
 	})
 	t.Run("StaleSocketRemoved", func(t *testing.T) {
 		dir := t.TempDir()

@@ -285,7 +285,7 @@ func (m *Main) linkSocket() error {
 	}
 	if fi, err := os.Lstat(link); err == nil {
 		if fi.Mode()&os.ModeSymlink == 0 && daemonAnswers(link) {
-			return fmt.Errorf("another buffdbd is already serving this data directory (socket %s)", link)
+			return alreadyServingError{link}
 		}
 		_ = os.Remove(link)
 	}
@@ -351,6 +351,20 @@ func (m *Main) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// alreadyServingError refuses to start a daemon on a data directory another one serves; it
+// carries its own hint (see reportError).
+type alreadyServingError struct{ socket string }
+
+func (e alreadyServingError) Error() string {
+	return "another buffdbd is already serving this data directory (socket " + e.socket + ")"
+}
+
+func (alreadyServingError) ExitCode() int { return exitError }
+
+func (alreadyServingError) Hint() string {
+	return "stop it first (for the service: systemctl stop buffdbd), or start this one with its own --data-dir; CLI commands use the running daemon as they are"
+}
+
 // listenUnix binds the CLI's socket, removing a stale one left by a crashed daemon but refusing to
 // start when a live daemon answers on it.
 func listenUnix(path string) (net.Listener, error) {
@@ -360,7 +374,7 @@ func listenUnix(path string) (net.Listener, error) {
 	}
 	if _, err := os.Lstat(path); err == nil {
 		if daemonAnswers(path) {
-			return nil, fmt.Errorf("another buffdbd is already serving this data directory (socket %s)", path)
+			return nil, alreadyServingError{path}
 		}
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("remove stale socket: %w", err)
