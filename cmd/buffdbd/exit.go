@@ -93,7 +93,8 @@ func reportError(w io.Writer, err error) int {
 	}
 	code := api.Code(err)
 	msg := err.Error()
-	if s, ok := status.FromError(err); ok {
+	s, fromServer := status.FromError(err) // else the command's own error (a missing file, ...)
+	if fromServer {
 		code, msg = s.Code(), s.Message()
 	}
 	hint := ""
@@ -107,8 +108,9 @@ func reportError(w io.Writer, err error) int {
 		msg = "interrupted"
 	case code == codes.ResourceExhausted:
 		hint = resourceExhaustedHint(err, msg)
-	case code == codes.Internal:
-		// A daemon logs the details; a command without a daemon printed them above (localLogger).
+	case code == codes.Internal && fromServer:
+		// The server withheld the details: a daemon logs them; a command without a daemon printed
+		// them above (localLogger). The command's own errors are complete as they are.
 		hint = "the details are in the daemon's log or, if no daemon was running, printed above"
 	}
 	// One line, whatever the message holds (SQLite and remote errors may span several).

@@ -82,4 +82,10 @@ func TestLocalLogger(t *testing.T) {
 	if !strings.Contains(w.String(), "printed above") {
 		t.Fatalf("internal error: output %q should say where the details are without a daemon", w.String())
 	}
+	// The command's own failure (a missing input file) is the whole story: no log to look in.
+	w.Reset()
+	_, err := os.Stat(filepath.Join(t.TempDir(), "missing"))
+	if got := reportError(&w, err); got != exitError || strings.Contains(w.String(), "hint:") || !strings.Contains(w.String(), "no such file") {
+		t.Fatalf("local error: exit %d, output %q", got, w.String())
+	}
 }
