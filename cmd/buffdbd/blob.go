@@ -158,11 +158,7 @@ func readInput(cmd *cobra.Command, name string) ([]byte, error) {
 	if name == "-" {
 		return io.ReadAll(cmd.InOrStdin())
 	}
-	b, err := os.ReadFile(name)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
-	}
-	return b, nil
+	return os.ReadFile(name) // its errors name the file and the operation ("open FILE: ...")
 }
 
 func parseID(s string) (uint64, error) {
