@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"testing"
@@ -112,6 +113,39 @@ func BenchmarkChunker(b *testing.B) {
 			if _, _, err := c.Next(); err != nil {
 				break
 			}
+		}
+	}
+}
+
+// TestChunker_Golden pins the chunk boundaries: they are part of every stored chunk's identity
+// (see chunker.go), so an optimisation of the chunker must reproduce them exactly. The digest
+// covers every chunk's size, over random data and over data with long low-entropy runs (which
+// exercise the maximum size and the cut points right after it).
+func TestChunker_Golden(t *testing.T) {
+	structured := randomBytes(7, 24<<20)
+	for i := 3 << 20; i < 9<<20; i++ {
+		structured[i] = 0 // a 6 MiB run of zeros: chunks at the maximum size
+	}
+	for i := 15 << 20; i < 17<<20; i++ {
+		structured[i] = byte(i % 7) // short period: cut points either everywhere or nowhere
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"Random", randomBytes(5, 64<<20), "28:5314845fab4206fc465b8138"},
+		{"Structured", structured, "9:f6a3828419e3c32d9392d2a9"},
+		{"OddTail", randomBytes(8, 9<<20+12347), "4:0e7df79d80a87bae8761f5ff"},
+	} {
+		h := sha256.New()
+		n := 0
+		for _, c := range chunks(t, tc.data) {
+			fmt.Fprintf(h, "%d,", c.size)
+			n++
+		}
+		if got := fmt.Sprintf("%d:%x", n, h.Sum(nil)[:12]); got != tc.want {
+			t.Errorf("%s: chunk boundaries %s, want %s: chunk identities changed", tc.name, got, tc.want)
 		}
 	}
 }
