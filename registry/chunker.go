@@ -52,6 +52,14 @@ var gear = func() (t [256]uint64) {
 	return t
 }()
 
+// gear2 is gear shifted left by one: a step over two bytes b0, b1 adds gear2[b0] + gear[b1].
+var gear2 = func() (t [256]uint64) {
+	for i, g := range gear {
+		t[i] = g << 1
+	}
+	return t
+}()
+
 // cutPoint returns the length of the first chunk of data. data holds either at least MaxChunkSize
 // bytes or everything that remains of the stream.
 func cutPoint(data []byte) int {
@@ -66,21 +74,44 @@ func cutPoint(data []byte) int {
 	if n < normal {
 		normal = n
 	}
-	// Ranging over subslices lets the compiler drop bounds checks in the hot loops.
 	var fp uint64
-	for i, b := range data[MinChunkSize:normal] {
-		fp = fp<<1 + gear[b]
-		if fp&maskS == 0 {
-			return MinChunkSize + i + 1
-		}
+	if i, ok := scan(&fp, data[MinChunkSize:normal], maskS); ok {
+		return MinChunkSize + i
 	}
-	for i, b := range data[normal:n] {
-		fp = fp<<1 + gear[b]
-		if fp&maskL == 0 {
-			return normal + i + 1
-		}
+	if i, ok := scan(&fp, data[normal:n], maskL); ok {
+		return normal + i
 	}
 	return n
+}
+
+// scan rolls the gear fingerprint fp over s and returns the length of s up to and including the
+// first byte after which fp&mask == 0. The fingerprint after each byte is fp<<1 + gear[b]; the
+// loop advances two bytes per step (fp<<2 + gear2[b0] + gear[b1], the same value) so the chain of
+// dependent operations, which bounds the speed of the one-byte loop, is half as long, and checks
+// the fingerprint after the first byte off that chain. The cut points are exactly the one-byte
+// loop's (TestChunker_Golden).
+func scan(fp *uint64, s []byte, mask uint64) (int, bool) {
+	h := *fp
+	i := 0
+	for ; i+1 < len(s); i += 2 {
+		b0, b1 := s[i], s[i+1]
+		mid := h<<1 + gear[b0]
+		h = h<<2 + (gear2[b0] + gear[b1])
+		if mid&mask == 0 {
+			return i + 1, true
+		}
+		if h&mask == 0 {
+			return i + 2, true
+		}
+	}
+	if i < len(s) {
+		h = h<<1 + gear[s[i]]
+		if h&mask == 0 {
+			return i + 1, true
+		}
+	}
+	*fp = h
+	return len(s), false
 }
 
 // Chunker splits a stream into content-defined chunks without holding more than 2×MaxChunkSize bytes.
