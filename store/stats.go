@@ -144,7 +144,9 @@ func (db *DB) checkPayloadFile(sum [32]byte, size int64) error {
 	h := sha256.New()
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
-	n, err := io.CopyBuffer(h, f, *bp)
+	// Through a LimitedReader: an *os.File's WriteTo would make CopyBuffer ignore bp and read
+	// 32 KiB at a time. One byte past size is enough to tell a longer file.
+	n, err := io.CopyBuffer(h, io.LimitReader(f, size+1), *bp)
 	if err != nil {
 		return fmt.Errorf("payload %x: read: %v: %w", sum, err, ErrCorrupt)
 	}
