@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -35,6 +36,14 @@ func TestDB_SetGet(t *testing.T) {
 		}
 		if want := `key "missing"`; !strings.Contains(err.Error(), want) {
 			t.Fatalf("err %q does not name the key", err)
+		}
+	})
+	t.Run("ErrCanceled", func(t *testing.T) {
+		// The lookup itself ignores cancellation (see kvGet), so a canceled context is checked first.
+		c, cancel := context.WithCancel(ctx)
+		cancel()
+		if _, err := db.Get(c, "", "a"); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Get with a canceled context: err = %v, want context.Canceled", err)
 		}
 	})
 }
