@@ -37,8 +37,8 @@ func (db *DB) Get(ctx context.Context, txID, key string) (string, error) {
 // kvGet looks key up. The lookup itself ignores ctx's cancellation (ctx is checked first): a point
 // read takes microseconds, and a cancellable context costs more than that — database/sql and the
 // SQLite driver each start a goroutine per query to watch it. Measured on one gRPC stream: 104-109k
-// → 133-135k Get/s. An uncancellable lookup can still wait for a pooled connection, but only as
-// long as the transactions and queries holding them last (bounded by their own timeouts).
+// → 133-135k Get/s. An uncancellable lookup can still wait for a pooled connection when every one
+// is taken, until a client transaction (bounded by its timeout) or a streaming query ends.
 func kvGet(ctx context.Context, q querier, key string) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
