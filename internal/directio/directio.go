@@ -44,7 +44,8 @@ func AlignedBuffer(n int) []byte {
 	return b[off : off+n : off+n]
 }
 
-func aligned(p []byte) bool {
+// Aligned reports whether p is non-empty and starts at an Align-aligned address.
+func Aligned(p []byte) bool {
 	return len(p) > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(p)))%Align == 0
 }
 
@@ -58,6 +59,7 @@ type Writer struct {
 	buf    []byte  // staged bytes not yet written; aligned, capacity BufSize
 	bp     *[]byte // buf's pool entry
 	err    error
+	staged int64 // bytes copied into buf over the Writer's life (for tests)
 }
 
 // NewWriter returns a Writer that writes f from offset off on. It switches f to O_DIRECT when the
@@ -93,7 +95,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 	for len(p) > 0 {
 		// Zero copy: nothing staged, an aligned position and aligned memory (a large Go
 		// allocation, e.g. a received message) go straight to the device.
-		if len(w.buf) == 0 && w.pos%Align == 0 && aligned(p) && len(p) >= Align {
+		if len(w.buf) == 0 && w.pos%Align == 0 && Aligned(p) && len(p) >= Align {
 			k := len(p) &^ (Align - 1)
 			if err := w.writeDirect(p[:k]); err != nil {
 				return n - len(p), err
@@ -101,7 +103,21 @@ func (w *Writer) Write(p []byte) (int, error) {
 			p = p[k:]
 			continue
 		}
+		// Staged bytes that p's memory continues in phase (p's bytes after the staged block's end
+		// are aligned, as a receiver placing pieces by file offset arranges): complete the block
+		// from p and write everything staged, so the rest of p goes the zero-copy way above.
+		if k := (Align - len(w.buf)%Align) % Align; len(w.buf) > 0 && w.pos%Align == 0 &&
+			len(p) >= k+Align && Aligned(p[k:]) {
+			w.buf = append(w.buf, p[:k]...)
+			w.staged += int64(k)
+			p = p[k:]
+			if err := w.flushBlocks(); err != nil {
+				return n - len(p), err
+			}
+			continue
+		}
 		k := copy(w.buf[len(w.buf):cap(w.buf)], p)
+		w.staged += int64(k)
 		w.buf = w.buf[:len(w.buf)+k]
 		p = p[k:]
 		if len(w.buf) == cap(w.buf) {
@@ -224,7 +240,7 @@ func OpenReader(path string) *os.File {
 // through f.
 func ReadAt(direct, f *os.File, p []byte, off int64) (int, error) {
 	done := 0
-	if k := len(p) &^ (Align - 1); direct != nil && k > 0 && off%Align == 0 && aligned(p) {
+	if k := len(p) &^ (Align - 1); direct != nil && k > 0 && off%Align == 0 && Aligned(p) {
 		n, err := direct.ReadAt(p[:k], off)
 		done = n
 		if n < k || err != nil {

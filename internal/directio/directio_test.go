@@ -103,6 +103,66 @@ func TestWriter_UsesDirectIO(t *testing.T) {
 	}
 }
 
+// TestWriter_InPhasePieces writes pieces of odd sizes (as a pull receives them: cut at chunk
+// boundaries) each from its own aligned buffer, once placed at the memory phase of its file offset
+// and once at phase 0. In phase, only the bytes completing a block at each piece boundary are
+// staged; out of phase, nearly everything is. The file is right either way.
+func TestWriter_InPhasePieces(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	var sizes []int
+	total := 0
+	for total < 8<<20 {
+		n := 300<<10 + r.IntN(800<<10)
+		sizes = append(sizes, n)
+		total += n
+	}
+	src := make([]byte, total)
+	for i := range src {
+		src[i] = byte(r.Uint32())
+	}
+	for _, inPhase := range []bool{true, false} {
+		path := filepath.Join(t.TempDir(), "f")
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := directio.NewWriter(f, 0)
+		if !w.Direct() {
+			f.Close()
+			t.Skip("the test directory's filesystem refuses O_DIRECT")
+		}
+		off := 0
+		for _, n := range sizes {
+			phase := 0
+			if inPhase {
+				phase = off % directio.Align
+			}
+			p := directio.AlignedBuffer(phase + n)[phase:]
+			copy(p, src[off:off+n])
+			if _, err := w.Write(p); err != nil {
+				t.Fatal(err)
+			}
+			off += n
+		}
+		staged := directio.Staged(w)
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, src) {
+			t.Fatalf("in phase %v: file differs from the bytes written (%v)", inPhase, err)
+		}
+		limit := int64(len(sizes) * directio.Align)
+		t.Logf("in phase %v: %d of %d bytes staged", inPhase, staged, total)
+		if inPhase && staged > limit {
+			t.Errorf("in phase: %d bytes staged, want at most one block per piece (%d)", staged, limit)
+		}
+		if !inPhase && staged < int64(total)/2 {
+			t.Errorf("out of phase: only %d of %d bytes staged; the test no longer tells the two apart", staged, total)
+		}
+	}
+}
+
 // TestReadAt reads a file through OpenReader in aligned and unaligned shapes, including reads that
 // run into the end of the file, and checks bytes and errors match os.File.ReadAt.
 func TestReadAt(t *testing.T) {
