@@ -160,18 +160,40 @@ func without(m protoreflect.Message, fd protoreflect.FieldDescriptor) protorefle
 	return c
 }
 
+// RecvBufferer is implemented by a message passed to RecvMsg that offers the buffer to decode into
+// and where its bulk bytes should start in memory. A receiver of a long stream of large messages
+// recycles its buffers this way instead of having each message allocate a fresh one (which the Go
+// runtime zeroes and the kernel faults in: on the benchmark VM that cost as much as the copy), and
+// places each message's bytes at the memory phase of their file offset, so that an O_DIRECT writer
+// takes them without staging. buf must be directio-aligned at its start and unused by anything
+// else until the decoded message is dropped; a buffer too small for the message is ignored. Other
+// codecs see the embedded message only, so the offer is a hint, never a requirement.
+type RecvBufferer interface {
+	RecvBuffer() (buf []byte, phase int)
+}
+
 // Unmarshal decodes data into v. A large message is copied once, into a buffer its bulk bytes field
-// then aliases.
+// then aliases, starting at an address ≡ 0 (mod directio.Align) or at the phase v's RecvBuffer asks.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(proto.Message)
 	if !ok || data.Len() < aliasMin {
 		return defaultCodec().Unmarshal(data, v)
 	}
+	var offered []byte
+	phase := 0
+	if rb, ok := v.(RecvBufferer); ok {
+		offered, phase = rb.RecvBuffer()
+	}
 	pad := 0
 	if off := bulkOffset(prefix(data, 1<<10), m.ProtoReflect().Descriptor()); off >= 0 {
-		pad = (directio.Align - off%directio.Align) % directio.Align
+		pad = ((phase-off)%directio.Align + directio.Align) % directio.Align
 	}
-	buf := directio.AlignedBuffer(pad + data.Len())[pad:]
+	var buf []byte
+	if n := pad + data.Len(); cap(offered) >= n && directio.Aligned(offered[:n]) {
+		buf = offered[pad:n]
+	} else {
+		buf = directio.AlignedBuffer(n)[pad:]
+	}
 	data.CopyTo(buf)
 	return unmarshalAliased(buf, m.ProtoReflect())
 }

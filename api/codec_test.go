@@ -113,6 +113,68 @@ func TestCodec_UnmarshalMatchesProtoAndAlignsBulkBytes(t *testing.T) {
 	}
 }
 
+// offeringPull is a pull message received through a RecvBufferer, as the registry's pull client
+// receives them.
+type offeringPull struct {
+	*registrypb.PullResponse
+	buf   []byte
+	phase int
+}
+
+func (m *offeringPull) RecvBuffer() ([]byte, int) { return m.buf, m.phase }
+
+// A receiver's offered buffer is used when it is aligned and large enough; otherwise the codec
+// allocates as usual. Either way the bulk bytes start at the memory phase asked and the message
+// decodes the same, and the default codec decodes into the embedded message.
+func TestCodec_UnmarshalIntoOfferedBuffer(t *testing.T) {
+	want := &registrypb.PullResponse{Msg: &registrypb.PullResponse_Data{Data: &registrypb.PullData{
+		File: 2, Offset: 123457, Data: randBytes(9, 1<<20)}}}
+	out, err := Codec{}.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire := out.Materialize()
+	r := rand.New(rand.NewPCG(5, 6))
+	ptr := func(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
+	large := directio.AlignedBuffer(1<<20 + 2*directio.Align)
+	cases := map[string]struct {
+		buf   []byte
+		phase int
+		used  bool
+	}{
+		"phase 0":             {large, 0, true},
+		"file offset's phase": {large, 123457 % directio.Align, true},
+		"last phase":          {large, directio.Align - 1, true},
+		"too small":           {directio.AlignedBuffer(1 << 20), 5, false},
+		"unaligned":           {append(make([]byte, 1, 1<<20+3*directio.Align), 0)[1:], 7, false},
+		"no buffer, a phase":  {nil, 100, false},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			m := &offeringPull{PullResponse: new(registrypb.PullResponse), buf: c.buf, phase: c.phase}
+			if err := (Codec{}).Unmarshal(split(wire, r, 16<<10), m); err != nil {
+				t.Fatal(err)
+			}
+			if !proto.Equal(m.PullResponse, want) {
+				t.Fatal("decoded a different message")
+			}
+			data := m.GetData().Data
+			inOffer := c.buf != nil && ptr(data) >= ptr(c.buf[:cap(c.buf)]) && ptr(data) < ptr(c.buf[:cap(c.buf)])+uintptr(cap(c.buf))
+			if inOffer != c.used {
+				t.Fatalf("bytes in the offered buffer: %v, want %v", inOffer, c.used)
+			}
+			if int(ptr(data)%directio.Align) != c.phase {
+				t.Fatalf("bytes at phase %d, want %d", ptr(data)%directio.Align, c.phase)
+			}
+		})
+	}
+	// Through grpc-go's own codec the offer is ignored, and the message still decodes.
+	m := &offeringPull{PullResponse: new(registrypb.PullResponse), buf: large}
+	if err := defaultCodec().Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire)}, m); err != nil || !proto.Equal(m.PullResponse, want) {
+		t.Fatalf("default codec: err %v, equal %v", err, proto.Equal(m.PullResponse, want))
+	}
+}
+
 // Encodings proto.Unmarshal resolves by last-one-wins or merging, or rejects, must come out the
 // same through the codec.
 func TestCodec_UnmarshalEdgeCases(t *testing.T) {
