@@ -74,7 +74,7 @@ func (s *registryService) push(stream registrypb.Registry_PushServer) error {
 	}
 	defer up.Close()
 	err = stream.Send(&registrypb.PushResponse{Msg: &registrypb.PushResponse_Opened{Opened: &registrypb.PushOpened{
-		SessionId: up.Session(), Resumed: up.Resumed()}}})
+		SessionId: up.Session(), Resumed: up.Resumed(), HashesFiles: true}}})
 	if err != nil {
 		return err
 	}
@@ -102,6 +102,10 @@ func (s *registryService) push(stream registrypb.Registry_PushServer) error {
 		case *registrypb.PushRequest_Data:
 			err = up.Write(m.Data.Data)
 		case *registrypb.PushRequest_FileEnd:
+			if len(m.FileEnd.Sha256) == 0 {
+				err = up.EndFileHashed()
+				break
+			}
 			var sum registry.Digest
 			if sum, err = registry.DigestFromBytes(m.FileEnd.Sha256); err != nil {
 				return err

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -520,6 +521,8 @@ func TestRegistry_Errors(t *testing.T) {
 	wrong := sha256.Sum256([]byte("other"))
 	sum2 := sha256.Sum256([]byte("fresh"))
 	offer2 := &registrypb.PushRequest{Msg: &registrypb.PushRequest_Offer{Offer: &registrypb.ChunkOffer{Sha256: sum2[:], Size: 5}}}
+	sum3 := sha256.Sum256([]byte("third"))
+	offer3 := &registrypb.PushRequest{Msg: &registrypb.PushRequest_Offer{Offer: &registrypb.ChunkOffer{Sha256: sum3[:], Size: 5}}}
 
 	for _, c := range []struct {
 		name string
@@ -531,6 +534,8 @@ func TestRegistry_Errors(t *testing.T) {
 		{"PathNUL", []*registrypb.PushRequest{open, begin("a\x00b", 11)}, codes.InvalidArgument},
 		{"ChunkMismatch", []*registrypb.PushRequest{open, begin("f", 11), offer, send([]byte("HELLO WORLD")), end(sum[:]), commit}, codes.DataLoss},
 		{"FileMismatch", []*registrypb.PushRequest{open, begin("f", 11), offer, send(data), end(wrong[:]), commit}, codes.DataLoss},
+		{"ChunkMismatchNoFileSum", []*registrypb.PushRequest{open, begin("f", 5), offer3, send([]byte("THIRD")), end(nil), commit}, codes.DataLoss},
+		{"ShortDigest", []*registrypb.PushRequest{open, begin("f", 11), offer, send(data), end(sum[:31]), commit}, codes.InvalidArgument},
 		{"Oversize", []*registrypb.PushRequest{open, begin("f", 1<<30), {Msg: &registrypb.PushRequest_Offer{Offer: &registrypb.ChunkOffer{Sha256: sum[:], Size: 64 << 20}}}}, codes.ResourceExhausted},
 		{"MissingData", []*registrypb.PushRequest{open, begin("f", 5), offer2, end(sum2[:]), commit}, codes.FailedPrecondition},
 		{"NoCommit", []*registrypb.PushRequest{open, begin("f", 11), offer, send(data), end(sum[:])}, codes.InvalidArgument},
@@ -701,5 +706,83 @@ func TestRegistry_PlainGRPCServer(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(filepath.Join(dst, "m.bin")); !bytes.Equal(got, data) {
 		t.Fatal("pulled bytes differ")
+	}
+}
+
+// fileEndWatcher is a client stream interceptor that records the sha256 every FileEnd carries and,
+// with oldServer, removes hashes_files from the server's PushOpened, as a server from before that
+// field answers.
+type fileEndWatcher struct {
+	oldServer bool
+	sums      [][]byte
+}
+
+func (w *fileEndWatcher) intercept(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	s, err := streamer(ctx, desc, cc, method, opts...)
+	return &watchedStream{ClientStream: s, w: w}, err
+}
+
+type watchedStream struct {
+	grpc.ClientStream
+	w *fileEndWatcher
+}
+
+func (s *watchedStream) SendMsg(m any) error {
+	if end := m.(interface{ GetFileEnd() *registrypb.FileEnd }).GetFileEnd(); end != nil {
+		s.w.sums = append(s.w.sums, end.Sha256)
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
+func (s *watchedStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if r, ok := m.(*registrypb.PushResponse); ok && err == nil && s.w.oldServer && r.GetOpened() != nil {
+		r.GetOpened().HashesFiles = false
+	}
+	return err
+}
+
+// The push client leaves each file's sha256 to a server that computes it (the chunk digests verify
+// every byte), and the server records the right one; to a server that does not say so, it declares
+// each file's sha256 as before.
+func TestRegistry_PushFileHashes(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	src := t.TempDir()
+	files := map[string][]byte{"model.bin": randBytes(81, 9<<20+17), "config.json": []byte(`{"a":1}`), "empty": {}}
+	writeFiles(t, src, files)
+	for _, old := range []bool{false, true} {
+		w := &fileEndWatcher{oldServer: old}
+		conn, err := grpc.NewClient(e.conn.Target(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithStreamInterceptor(w.intercept))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		version := fmt.Sprintf("old-server-%v", old)
+		if _, err := registry.NewClient(conn).Push(context.Background(), src, registry.PushOptions{
+			Info: registry.ModelInfo{Name: "h", Version: version}}); err != nil {
+			t.Fatalf("push to old server %v: %v", old, err)
+		}
+		if len(w.sums) != len(files) {
+			t.Fatalf("old server %v: %d FileEnd messages for %d files", old, len(w.sums), len(files))
+		}
+		for _, s := range w.sums {
+			if declared := len(s) > 0; declared != old {
+				t.Errorf("old server %v: FileEnd declared a sha256: %v", old, declared)
+			}
+		}
+		show, err := e.rpc.Show(context.Background(), &registrypb.ShowRequest{Ref: "h:" + version})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, f := range show.Files {
+			want := sha256.Sum256(files[f.Path])
+			if !bytes.Equal(f.Sha256, want[:]) {
+				t.Errorf("old server %v: %s recorded with sha256 %x, want %x", old, f.Path, f.Sha256, want)
+			}
+			if old && !bytes.Equal(w.sums[i], want[:]) {
+				t.Errorf("old server %v: FileEnd for %s declared %x, want %x", old, f.Path, w.sums[i], want)
+			}
+		}
 	}
 }

@@ -78,6 +78,7 @@ type localFile struct {
 	mtime  time.Time
 	chunks []ChunkRef // cached after a complete chunking pass
 	sum    Digest
+	hashed bool // sum is the file's sha256 (computed only for servers that need it)
 }
 
 // Push uploads src (a file, or a directory whose regular files are pushed with their relative
@@ -210,7 +211,7 @@ func (c *Client) pushOnce(parent context.Context, files []*localFile, opts PushO
 	prodErr := make(chan error, 1)
 	go func() {
 		defer close(inflight)
-		prodErr <- produceOffers(ctx, files, func(m *registrypb.PushRequest) error {
+		prodErr <- produceOffers(ctx, files, first.GetOpened().GetHashesFiles(), func(m *registrypb.PushRequest) error {
 			select {
 			case ctrl <- m:
 				return nil
@@ -364,10 +365,11 @@ func sendChunkData(it offerItem, buf []byte, send func(*registrypb.PushRequest) 
 }
 
 // produceOffers chunks each file (or reuses the chunking of an earlier attempt if the file is
-// unchanged), sends FileBegin, the offers and FileEnd, and queues each offer for the receiver. The
-// file's sha256 is computed by a second goroutine reading the file independently, so the two hashes
-// use two cores.
-func produceOffers(ctx context.Context, files []*localFile, send func(*registrypb.PushRequest) error, inflight chan<- offerItem) error {
+// unchanged), sends FileBegin, the offers and FileEnd, and queues each offer for the receiver.
+// FileEnd declares the file's sha256 only to a server that does not compute it (serverHashes):
+// the chunk digests already verify every byte end to end, and hashing the file again cost a
+// quarter of a push's CPU with client and server on one machine.
+func produceOffers(ctx context.Context, files []*localFile, serverHashes bool, send func(*registrypb.PushRequest) error, inflight chan<- offerItem) error {
 	for _, f := range files {
 		st, err := os.Stat(f.abs)
 		if err != nil {
@@ -392,8 +394,8 @@ func produceOffers(ctx context.Context, files []*localFile, send func(*registryp
 				return ctx.Err()
 			}
 		}
-		if f.chunks == nil {
-			if err := chunkFile(ctx, f, offer); err != nil {
+		if f.chunks == nil || (!serverHashes && !f.hashed) {
+			if err := chunkFile(ctx, f, !serverHashes, offer); err != nil {
 				return err
 			}
 		} else {
@@ -405,7 +407,11 @@ func produceOffers(ctx context.Context, files []*localFile, send func(*registryp
 				off += c.Size
 			}
 		}
-		if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_FileEnd{FileEnd: &registrypb.FileEnd{Sha256: f.sum[:]}}}); err != nil {
+		end := &registrypb.FileEnd{}
+		if !serverHashes {
+			end.Sha256 = f.sum[:]
+		}
+		if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_FileEnd{FileEnd: end}}); err != nil {
 			return err
 		}
 	}
@@ -417,31 +423,37 @@ func produceOffers(ctx context.Context, files []*localFile, send func(*registryp
 	}
 }
 
-// chunkFile chunks f, calling offer for each chunk, and fills f.chunks and f.sum. The file's sha256
-// is computed on a second goroutine over the same chunk bytes while this one hashes the chunk, so
-// the file is read once and the two hashes use two cores.
-func chunkFile(ctx context.Context, f *localFile, offer func(sum Digest, off, size int64) error) error {
+// chunkFile chunks f, calling offer for each chunk, and fills f.chunks and, if hashFile, f.sum.
+// The file's sha256 is computed on a second goroutine over the same chunk bytes while this one
+// hashes the chunk, so the file is read once and the two hashes use two cores.
+func chunkFile(ctx context.Context, f *localFile, hashFile bool, offer func(sum Digest, off, size int64) error) error {
 	fh, err := os.Open(f.abs)
 	if err != nil {
 		return err
 	}
 	defer fh.Close()
 	fileHash := sha256.New()
-	feed, fed := make(chan []byte), make(chan struct{})
-	go func() {
-		for p := range feed {
-			fileHash.Write(p)
-			fed <- struct{}{}
-		}
-		close(fed)
-	}()
-	defer func() {
+	var feed chan []byte
+	fed := make(chan struct{})
+	if hashFile {
+		feed = make(chan []byte)
+		go func() {
+			for p := range feed {
+				fileHash.Write(p)
+				fed <- struct{}{}
+			}
+			close(fed)
+		}()
+	}
+	stopFeed := func() {
 		if feed != nil {
 			close(feed)
 			for range fed {
 			}
+			feed = nil
 		}
-	}()
+	}
+	defer stopFeed()
 	ch := NewChunker(fh)
 	var chunks []ChunkRef
 	var total int64
@@ -456,24 +468,28 @@ func chunkFile(ctx context.Context, f *localFile, offer func(sum Digest, off, si
 		if err != nil {
 			return fmt.Errorf("read %s: %w", f.abs, err)
 		}
-		feed <- data
+		if feed != nil {
+			feed <- data
+		}
 		sum := Digest(sha256.Sum256(data))
-		<-fed // the chunker reuses data's buffer on the next call
+		if feed != nil {
+			<-fed // the chunker reuses data's buffer on the next call
+		}
 		chunks = append(chunks, ChunkRef{SHA256: sum, Size: int64(len(data))})
 		total += int64(len(data))
 		if err := offer(sum, off, int64(len(data))); err != nil {
 			return err
 		}
 	}
-	close(feed)
-	for range fed {
-	}
-	feed = nil
+	stopFeed()
 	if total != f.size {
 		return fmt.Errorf("%s changed during the push (%d bytes, was %d)", f.abs, total, f.size)
 	}
 	f.chunks = chunks
-	fileHash.Sum(f.sum[:0])
+	if hashFile {
+		fileHash.Sum(f.sum[:0])
+		f.hashed = true
+	}
 	if f.chunks == nil {
 		f.chunks = []ChunkRef{}
 	}

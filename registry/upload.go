@@ -21,7 +21,8 @@ import (
 // Upload is one push of a version, driven by a single goroutine (a gRPC stream or Import): it is
 // not safe for concurrent use. The protocol, per file: BeginFile, then for each chunk in order
 // Offer (which says whether its bytes are needed), Write of the bytes of needed chunks in offer
-// order (in any number of pieces), then EndFile with the file's sha256; finally Commit.
+// order (in any number of pieces), then EndFile with the file's sha256 (or EndFileHashed, to have
+// the Upload compute it); finally Commit.
 //
 // Chunk bytes are hashed and made durable as they arrive, on background writers, and recorded
 // against the upload session so a later Upload of the same version resumes from them. The file's
@@ -43,6 +44,7 @@ type Upload struct {
 	needs       []*chunkWrite            // offered chunks whose bytes are still expected, in order
 	hashQ       chan hashItem
 	hashDone    chan struct{}
+	hashed      map[int][32]byte // sha256 of files ended by EndFileHashed, by index: hashFiles's until hashDone
 	writers     sync.WaitGroup
 	sem         chan struct{}
 	abort       chan struct{}
@@ -93,9 +95,11 @@ type chunkWrite struct {
 }
 
 type hashItem struct {
-	begin *File // start a file
-	end   *File // finish a file: compare with end.SHA256
-	chunk *chunkWrite
+	begin  *File // start a file
+	end    *File // finish a file: compare with end.SHA256, or record the sum (record)
+	index  int   // end's index in Upload.files
+	record bool
+	chunk  *chunkWrite
 }
 
 // OpenUpload starts or resumes the upload session of info.Name/info.Version. aliases are set along
@@ -346,7 +350,15 @@ func (u *Upload) startWriter(cw *chunkWrite) {
 }
 
 // EndFile finishes the current file; sum is its sha256, verified before Commit publishes.
-func (u *Upload) EndFile(sum [32]byte) error {
+func (u *Upload) EndFile(sum [32]byte) error { return u.endFile(&sum) }
+
+// EndFileHashed finishes the current file without a declared sha256: the Upload records the
+// sha256 of the file as assembled from its chunks, each verified against the digest it was offered
+// under. This spares the sender a second hash of every byte; the chunk digests already make the
+// transfer end-to-end verified.
+func (u *Upload) EndFileHashed() error { return u.endFile(nil) }
+
+func (u *Upload) endFile(sum *[32]byte) error {
 	if err := u.check(); err != nil {
 		return err
 	}
@@ -356,13 +368,18 @@ func (u *Upload) EndFile(sum [32]byte) error {
 	if u.curOff != u.cur.Size {
 		return fmt.Errorf("%w: %s: chunks cover %d of its %d bytes", ErrInvalid, u.cur.Path, u.curOff, u.cur.Size)
 	}
-	u.cur.SHA256 = sum
+	if sum == nil && u.curVerified {
+		return fmt.Errorf("%w: %s: a file vouched for needs its sha256", ErrInvalid, u.cur.Path)
+	}
+	if sum != nil {
+		u.cur.SHA256 = *sum
+	}
 	f := u.cur
 	u.cur = nil
 	if u.curVerified {
 		return nil
 	}
-	return u.enqueue(hashItem{end: f})
+	return u.enqueue(hashItem{end: f, index: len(u.files) - 1, record: sum == nil})
 }
 
 // Commit waits for every chunk to be durable and every file hash to be verified, then publishes the
@@ -390,6 +407,9 @@ func (u *Upload) Commit(ctx context.Context) (ModelInfo, error) {
 	if err := u.failure(); err != nil {
 		u.outcome = err
 		return ModelInfo{}, err
+	}
+	for i, sum := range u.hashed {
+		u.files[i].SHA256 = sum
 	}
 	res, err := u.s.publish(ctx, publishRequest{info: u.info, manifest: &Manifest{Files: u.files}, aliases: u.aliases, sessionID: u.session})
 	if err != nil {
@@ -469,7 +489,7 @@ func (u *Upload) failure() error {
 }
 
 // hashFiles computes each file's sha256 over its chunks in order and compares it with the digest
-// EndFile declared.
+// EndFile declared, or records it in u.hashed for EndFileHashed.
 func (u *Upload) hashFiles() {
 	defer close(u.hashDone)
 	var h hash.Hash
@@ -481,7 +501,12 @@ func (u *Upload) hashFiles() {
 		case it.end != nil:
 			var got [32]byte
 			h.Sum(got[:0])
-			if got != it.end.SHA256 {
+			if it.record {
+				if u.hashed == nil {
+					u.hashed = map[int][32]byte{}
+				}
+				u.hashed[it.index] = got
+			} else if got != it.end.SHA256 {
 				u.fail(fmt.Errorf("%w: file %s hashes to %s, declared %s", ErrChecksum, it.end.Path, Digest(got), it.end.SHA256))
 			}
 		case it.chunk.hdata != nil:

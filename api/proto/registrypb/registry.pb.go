@@ -1024,8 +1024,11 @@ func (x *ChunkData) GetData() []byte {
 }
 
 type FileEnd struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sha256        []byte                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The file's sha256 as the client computed it, which the server verifies. Empty when the server
+	// announced hashes_files: it then records the sha256 of the file assembled from the chunks, each
+	// of which it verified against the digest the client offered it under.
+	Sha256        []byte `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1202,9 +1205,12 @@ func (*PushResponse_Answer) isPushResponse_Msg() {}
 func (*PushResponse_Committed) isPushResponse_Msg() {}
 
 type PushOpened struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	Resumed       bool                   `protobuf:"varint,2,opt,name=resumed,proto3" json:"resumed,omitempty"` // an earlier push of this version was interrupted; its chunks are kept
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Resumed   bool                   `protobuf:"varint,2,opt,name=resumed,proto3" json:"resumed,omitempty"` // an earlier push of this version was interrupted; its chunks are kept
+	// The server computes each file's sha256 itself, so FileEnd may leave it empty and the client
+	// need not hash every file a second time (servers before this field require it).
+	HashesFiles   bool `protobuf:"varint,3,opt,name=hashes_files,json=hashesFiles,proto3" json:"hashes_files,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1249,6 +1255,13 @@ func (x *PushOpened) GetSessionId() string {
 func (x *PushOpened) GetResumed() bool {
 	if x != nil {
 		return x.Resumed
+	}
+	return false
+}
+
+func (x *PushOpened) GetHashesFiles() bool {
+	if x != nil {
+		return x.HashesFiles
 	}
 	return false
 }
@@ -3175,12 +3188,13 @@ const file_registry_proto_rawDesc = "" +
 	"\x06opened\x18\x01 \x01(\v2\x1b.buffdb.registry.PushOpenedH\x00R\x06opened\x126\n" +
 	"\x06answer\x18\x02 \x01(\v2\x1c.buffdb.registry.ChunkAnswerH\x00R\x06answer\x12:\n" +
 	"\tcommitted\x18\x03 \x01(\v2\x1a.buffdb.registry.CommittedH\x00R\tcommittedB\x05\n" +
-	"\x03msg\"E\n" +
+	"\x03msg\"h\n" +
 	"\n" +
 	"PushOpened\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x18\n" +
-	"\aresumed\x18\x02 \x01(\bR\aresumed\"!\n" +
+	"\aresumed\x18\x02 \x01(\bR\aresumed\x12!\n" +
+	"\fhashes_files\x18\x03 \x01(\bR\vhashesFiles\"!\n" +
 	"\vChunkAnswer\x12\x12\n" +
 	"\x04need\x18\x01 \x01(\bR\x04need\"\x85\x01\n" +
 	"\tCommitted\x12.\n" +
