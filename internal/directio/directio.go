@@ -20,6 +20,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -60,6 +61,20 @@ type Writer struct {
 	bp     *[]byte // buf's pool entry
 	err    error
 	staged int64 // bytes copied into buf over the Writer's life (for tests)
+	synced bool  // a direct write has succeeded synchronously: later ones may go asynchronously
+
+	// Asynchronous direct writes of WriteOwned (see SetAsync).
+	slots   chan struct{} // one per write allowed in flight; nil: every write is synchronous
+	async   sync.WaitGroup
+	amu     sync.Mutex
+	pending []*span // dispatched asynchronous writes in file order, until the oldest completes
+	aerr    error
+}
+
+// span is one asynchronous write.
+type span struct {
+	start int64
+	done  bool
 }
 
 // NewWriter returns a Writer that writes f from offset off on. It switches f to O_DIRECT when the
@@ -79,9 +94,51 @@ func NewWriter(f *os.File, off int64) *Writer {
 // Direct reports whether the Writer is using O_DIRECT.
 func (w *Writer) Direct() bool { return w.direct }
 
+// SetAsync lets WriteOwned keep up to n direct writes in flight (n ≤ 1: none, the default). On a
+// device that is busy with other I/O, and on a file whose blocks are already allocated (see
+// Preallocate), overlapping writes keep the device queue full: measured on the benchmark VM next
+// to a reader of the same disk, one write at a time reached 1.0 GB/s, two 1.3–1.5 GB/s. Call it
+// before the first write.
+func (w *Writer) SetAsync(n int) {
+	if n > 1 && w.direct {
+		w.slots = make(chan struct{}, n)
+	}
+}
+
 // Write writes p at the Writer's position. With O_DIRECT, whole aligned blocks are written before
 // Write returns and the rest is staged until the next Write, Flush or Close.
 func (w *Writer) Write(p []byte) (int, error) {
+	return w.write(p, nil)
+}
+
+// WriteOwned writes p like Write, except that the caller hands p over until release is called:
+// with SetAsync, p's aligned blocks may still be in flight when WriteOwned returns. release is
+// called exactly once, from any goroutine, possibly before WriteOwned returns. The error of an
+// asynchronous write is returned by a later write or Close.
+func (w *Writer) WriteOwned(p []byte, release func()) error {
+	o := &owned{release: release}
+	o.refs.Store(1)
+	_, err := w.write(p, o)
+	o.done()
+	return err
+}
+
+// owned counts the asynchronous writes still using a WriteOwned buffer, plus one for the call.
+type owned struct {
+	refs    atomic.Int32
+	release func()
+}
+
+func (o *owned) done() {
+	if o.refs.Add(-1) == 0 {
+		o.release()
+	}
+}
+
+func (w *Writer) write(p []byte, o *owned) (int, error) {
+	if w.err == nil {
+		w.err = w.asyncErr()
+	}
 	if w.err != nil {
 		return 0, w.err
 	}
@@ -97,7 +154,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 		// allocation, e.g. a received message) go straight to the device.
 		if len(w.buf) == 0 && w.pos%Align == 0 && Aligned(p) && len(p) >= Align {
 			k := len(p) &^ (Align - 1)
-			if err := w.writeDirect(p[:k]); err != nil {
+			if o != nil && w.slots != nil && w.synced {
+				w.writeAsync(p[:k], o)
+			} else if err := w.writeDirect(p[:k]); err != nil {
 				return n - len(p), err
 			}
 			p = p[k:]
@@ -127,6 +186,55 @@ func (w *Writer) Write(p []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// writeAsync writes p (aligned) at the Writer's position on another goroutine, once one of the
+// slots is free, and advances the position at once.
+func (w *Writer) writeAsync(p []byte, o *owned) {
+	w.slots <- struct{}{}
+	sp := &span{start: w.pos}
+	w.amu.Lock()
+	w.pending = append(w.pending, sp)
+	w.amu.Unlock()
+	o.refs.Add(1)
+	w.async.Add(1)
+	off := w.pos
+	w.pos += int64(len(p))
+	go func() {
+		defer w.async.Done()
+		_, err := w.f.WriteAt(p, off)
+		w.amu.Lock()
+		sp.done = true
+		if err != nil && w.aerr == nil {
+			w.aerr = err
+		}
+		w.amu.Unlock()
+		<-w.slots
+		o.done()
+	}()
+}
+
+func (w *Writer) asyncErr() error {
+	if w.slots == nil {
+		return nil
+	}
+	w.amu.Lock()
+	defer w.amu.Unlock()
+	return w.aerr
+}
+
+// Written is the file offset below which every byte passed to the Writer has been written (not
+// counting staged bytes): where a resumed write could start.
+func (w *Writer) Written() int64 {
+	w.amu.Lock()
+	defer w.amu.Unlock()
+	for len(w.pending) > 0 && w.pending[0].done {
+		w.pending = w.pending[1:]
+	}
+	if len(w.pending) > 0 {
+		return w.pending[0].start
+	}
+	return w.pos
 }
 
 // flushBlocks writes the staged bytes up to the last aligned file offset and keeps the rest staged.
@@ -174,6 +282,7 @@ func (w *Writer) writeDirect(p []byte) error {
 		return err
 	}
 	w.pos += int64(len(p))
+	w.synced = w.direct
 	return nil
 }
 
@@ -200,6 +309,10 @@ func (w *Writer) Offset() int64 { return w.pos + int64(len(w.buf)) }
 // Close writes what is staged (the unaligned tail through the page cache) and returns the file to
 // buffered mode. It does not close or fsync the file. The Writer must not be used afterwards.
 func (w *Writer) Close() error {
+	w.async.Wait()
+	if w.err == nil {
+		w.err = w.asyncErr()
+	}
 	err := w.err
 	if err == nil && w.direct {
 		err = w.flushBlocks()
