@@ -184,6 +184,9 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 		var off int64
 		if st, err := os.Stat(partial); err == nil && st.Mode().IsRegular() && st.Size() <= f.Size {
 			off = st.Size()
+			if w, ok := writtenMark(partial); ok {
+				off = min(off, w) // preallocated: the length is the full size, the mark what is written
+			}
 		}
 		jobs = append(jobs, job{f: f, partial: partial, offset: off})
 		req.Ranges = append(req.Ranges, &registrypb.FileRange{Path: f.Path, Offset: uint64(off)})
@@ -380,22 +383,37 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 	// receiving, writing and hashing use separate cores. Each queue holds at most pullQueue pieces.
 	wq, hq := make(chan piece, pullQueue), make(chan piece, pullQueue)
 	werr := make(chan error, 1)
+	dw := directio.NewWriter(out, offset)
+	// With direct I/O, the file is preallocated to its full size so that pullWrites writes can be in
+	// flight at once; its written prefix is then recorded every markStep bytes (see preallocate).
+	prealloc := dw.Direct() && f.Size-offset >= preallocMin && preallocate(out, offset, f.Size)
+	if prealloc {
+		dw.SetAsync(pullWrites)
+	}
 	go func() {
 		var err error
-		dw := directio.NewWriter(out, offset)
-		flushed := offset
+		flushed, marked := offset, offset
 		for pc := range wq {
-			if err == nil {
-				_, err = dw.Write(pc.p)
-				if pos := dw.Offset(); !dw.Direct() && pos-flushed >= writebackStep {
-					startWriteback(out, flushed, pos-flushed)
-					flushed = pos
-				}
+			if err != nil {
+				pc.rb.release()
+				continue
 			}
-			pc.rb.release()
+			err = dw.WriteOwned(pc.p, pc.rb.release)
+			if pos := dw.Offset(); !dw.Direct() && pos-flushed >= writebackStep {
+				startWriteback(out, flushed, pos-flushed)
+				flushed = pos
+			}
+			if w := dw.Written(); prealloc && w-marked >= markStep {
+				_ = markWritten(out, w) // best effort: a stale mark only means bytes fetched again
+				marked = w
+			}
 		}
 		if cerr := dw.Close(); err == nil {
 			err = cerr
+		}
+		if prealloc {
+			// Everything handed to the writer is written or failed: a resumed pull starts here.
+			_ = markWritten(out, dw.Written())
 		}
 		werr <- err
 	}()
@@ -426,8 +444,24 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 		_ = os.Remove(partial)
 		return err
 	}
+	if prealloc {
+		if err := clearWritten(out); err != nil {
+			return err
+		}
+	}
 	return out.Sync()
 }
+
+const (
+	// preallocMin is the size from which a pulled file is preallocated and written with several
+	// writes in flight.
+	preallocMin = 4 << 20
+	// pullWrites is how many direct writes a pull keeps in flight into a preallocated file.
+	pullWrites = 2
+	// markStep is how often the written prefix of a preallocated partial file is recorded: what an
+	// interrupted pull may fetch again.
+	markStep = 32 << 20
+)
 
 // writebackStep is, where the filesystem refuses direct I/O, how many bytes the pull's file writer
 // lets accumulate in the page cache before it starts their writeback: 8 MiB keeps the disk busy during the transfer (the final fsync otherwise flushed

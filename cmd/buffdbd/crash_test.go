@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -52,6 +53,7 @@ func TestMain(m *testing.M) {
 
 // daemonProc is a buffdbd child process.
 type daemonProc struct {
+	addr string
 	cmd  *exec.Cmd
 	conn *grpc.ClientConn
 	log  *bytes.Buffer
@@ -71,7 +73,7 @@ func freePort(t testing.TB) string {
 func startProc(t testing.TB, dir string) *daemonProc {
 	t.Helper()
 	addr := freePort(t)
-	p := &daemonProc{log: &bytes.Buffer{}}
+	p := &daemonProc{addr: addr, log: &bytes.Buffer{}}
 	p.cmd = exec.Command(buffdbdBin, "run", "--data-dir", dir, "--listen", addr, "--http-listen=")
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
@@ -288,4 +290,109 @@ func verifyAcked(t testing.TB, conn *grpc.ClientConn, a *acked) {
 		}
 	}
 	b.CloseSend()
+}
+
+// slowLink is a TCP proxy to addr whose downstream direction (server to client) carries about
+// rate bytes per second: a slow link, so that a transfer can be interrupted midway.
+func slowLink(t testing.TB, addr string, rate int) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", addr)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() { io.Copy(s, c); s.Close() }()
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := s.Read(buf)
+					if n > 0 {
+						if _, err := c.Write(buf[:n]); err != nil {
+							return
+						}
+						time.Sleep(time.Duration(n) * time.Second / time.Duration(rate))
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// TestModelPull_KilledClientResumes kills -9 a `model pull` midway and runs it again: the second
+// pull keeps what the first wrote (the partial file, preallocated where the filesystem allows,
+// records its written prefix), fetches the rest, and the file is exactly the pushed one.
+func TestModelPull_KilledClientResumes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("moves 96 MiB through a throttled link")
+	}
+	p := startProc(t, t.TempDir())
+	defer p.kill(t)
+	src := filepath.Join(t.TempDir(), "model.bin")
+	data := make([]byte, 96<<20)
+	rand.NewChaCha8([32]byte{7}).Read(data)
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(buffdbdBin, "--addr", p.addr, "model", "push", src, "--name", "m", "--version", "v1").CombinedOutput(); err != nil {
+		t.Fatalf("push: %v\n%s", err, out)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	partial := filepath.Join(out, "model.bin.buffdbd-partial")
+	pull := exec.Command(buffdbdBin, "--addr", slowLink(t, p.addr, 64<<20), "model", "pull", "m:v1", "-o", out)
+	if err := pull.Start(); err != nil {
+		t.Fatal(err)
+	}
+	written := func() int64 { // what the partial file says is written
+		buf := make([]byte, 32)
+		if n, err := unix.Getxattr(partial, "user.buffdbd.written", buf); err == nil {
+			var v int64
+			fmt.Sscan(string(buf[:n]), &v)
+			return v
+		}
+		if st, err := os.Stat(partial); err == nil {
+			return st.Size()
+		}
+		return 0
+	}
+	deadline := time.Now().Add(time.Minute)
+	for written() < 40<<20 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	pull.Process.Kill()
+	pull.Wait()
+	kept := written()
+	if kept < 40<<20 || kept >= int64(len(data)) {
+		t.Fatalf("killed the pull with %d of %d bytes written; want it midway", kept, len(data))
+	}
+	if _, err := os.Stat(filepath.Join(out, "model.bin")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a killed pull left the final file: %v", err)
+	}
+	res, err := exec.Command(buffdbdBin, "--addr", p.addr, "model", "pull", "m:v1", "-o", out).CombinedOutput()
+	if err != nil {
+		t.Fatalf("resumed pull: %v\n%s", err, res)
+	}
+	got, err := os.ReadFile(filepath.Join(out, "model.bin"))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("resumed pull: file differs from the pushed one (%v)", err)
+	}
+	if strings.Contains(string(res), "reused 0 B locally") || !strings.Contains(string(res), "pulled m:v1") {
+		t.Fatalf("the resumed pull kept nothing of the %d bytes written before the kill:\n%s", kept, res)
+	}
+	t.Logf("killed at %d bytes written; %s", kept, strings.TrimSpace(string(res)))
 }
