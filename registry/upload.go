@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/buffdb/buffdbd/internal/directio"
 	"github.com/buffdb/buffdbd/store"
 )
@@ -44,10 +46,13 @@ type Upload struct {
 	needs       []*chunkWrite            // offered chunks whose bytes are still expected, in order
 	hashQ       chan hashItem
 	hashDone    chan struct{}
-	hashed      map[int][32]byte // sha256 of files ended by EndFileHashed, by index: hashFiles's until hashDone
+	hashWait    *semaphore.Weighted // bytes received and not yet hashed by hashFiles (hashBudget)
+	hashed      map[int][32]byte    // sha256 of files ended by EndFileHashed, by index: hashFiles's until hashDone
 	writers     sync.WaitGroup
 	sem         chan struct{}
 	abort       chan struct{}
+	abortCtx    context.Context // canceled with abort, for waits that take a context
+	cancelAbort context.CancelFunc
 	failMu      sync.Mutex
 	failErr     error
 	done        bool
@@ -80,6 +85,11 @@ const chunkQueue = 4
 // the file hasher). Clients keep a smaller window; a client that ignores it gets ErrTooLarge rather
 // than growing server memory.
 const hashQueueLen = 4096
+
+// hashBudget bounds the received bytes waiting for the file hasher of one upload.
+const hashBudget = 32 << 20
+
+func hashWeight(p []byte) int64 { return min(int64(len(p)), hashBudget) }
 
 type chunkWrite struct {
 	sum     [32]byte
@@ -125,7 +135,9 @@ func (s *Service) OpenUpload(ctx context.Context, info ModelInfo, aliases []stri
 		hashDone: make(chan struct{}),
 		sem:      make(chan struct{}, chunkWriters),
 		abort:    make(chan struct{}),
+		hashWait: semaphore.NewWeighted(hashBudget),
 	}
+	u.abortCtx, u.cancelAbort = context.WithCancel(context.Background())
 	err := s.db.Update(ctx, func(tx *store.Tx) error {
 		if ok, err := versionExists(tx, info.Name, info.Version); err != nil {
 			return err
@@ -278,6 +290,12 @@ func (u *Upload) Write(p []byte) error {
 			return err
 		}
 		if cw.hdata != nil {
+			// The file hasher lags the writers when the client is fast (it also hashes, in order,
+			// the stored bytes of chunks the server had): what waits for it is bounded in bytes,
+			// not only per chunk, or a fast client would fill memory with finished chunks' bytes.
+			if u.hashWait.Acquire(u.abortCtx, hashWeight(piece)) != nil {
+				return u.failure()
+			}
 			if err := u.send(cw.hdata, piece); err != nil {
 				return err
 			}
@@ -476,6 +494,7 @@ func (u *Upload) fail(err error) {
 	if u.failErr == nil {
 		u.failErr = err
 		close(u.abort)
+		u.cancelAbort()
 	}
 }
 
@@ -518,6 +537,7 @@ func (u *Upload) hashFiles() {
 						break
 					}
 					h.Write(p)
+					u.hashWait.Release(hashWeight(p))
 				case <-u.abort:
 					u.drain()
 					return
