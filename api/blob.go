@@ -42,14 +42,21 @@ func (s *blobService) Get(stream grpc.BidiStreamingServer[blobpb.GetRequest, blo
 
 func (s *blobService) Store(stream grpc.BidiStreamingServer[blobpb.StoreRequest, blobpb.StoreResponse]) error {
 	w := s.db.NewWriter()
-	return serveBidi(s.service, "blob.Store", stream,
+	ss := &storeStream{BidiStreamingServer: stream, pool: newRecvPool()}
+	return serveBidi(s.service, "blob.Store", ss,
 		func(_ context.Context, req *blobpb.StoreRequest) func(context.Context) (*blobpb.StoreResponse, error) {
 			data := req.GetBytes()
 			if data == nil {
 				data = []byte{} // an empty blob, not "no data"
 			}
-			return committed(w.StoreBlob(req.GetTransactionId(), data, req.Metadata),
-				func(id uint64) *blobpb.StoreResponse { return &blobpb.StoreResponse{Id: id} })
+			f := w.StoreBlob(req.GetTransactionId(), data, req.Metadata)
+			if buf := ss.last; buf != nil {
+				// The store is done with the bytes once the write completed (payload file written,
+				// or inline bytes committed), or failed.
+				ss.last = nil
+				go func() { <-f.Done(); ss.pool.put(buf) }()
+			}
+			return committed(f, func(id uint64) *blobpb.StoreResponse { return &blobpb.StoreResponse{Id: id} })
 		},
 		func(req *blobpb.StoreRequest) int64 { return int64(len(req.GetBytes())) },
 		w.Close)

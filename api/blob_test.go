@@ -3,6 +3,7 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"testing"
 
@@ -221,5 +222,61 @@ func TestBlob_MessageTooLarge(t *testing.T) {
 	}
 	if id := storeBlobs(t, c, &blobpb.StoreRequest{Bytes: []byte("after")})[0]; id <= first.GetId() {
 		t.Fatalf("id after the error = %d", id)
+	}
+}
+
+// One Store stream of many distinct blobs, sent without waiting for answers: the server decodes
+// them into recycled buffers, and a buffer reused before its blob was stored would show as another
+// blob's bytes. Every blob must read back exactly as sent, and the buffers must really have been
+// recycled.
+func TestBlob_StoreRecyclesReceiveBuffers(t *testing.T) {
+	ts := newTestServer(t, store.Options{}, api.Options{})
+	c := blobpb.NewBlobClient(ts.conn)
+	ctx := context.Background()
+	s, err := c.Store(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n, size = 96, 300 << 10
+	blob := func(i int) []byte {
+		b := bytes.Repeat([]byte{byte(i)}, size)
+		binary.LittleEndian.PutUint64(b[size/2:], uint64(i)*0x9e3779b97f4a7c15)
+		return b
+	}
+	before := api.RecvPoolReuses()
+	go func() {
+		for i := range n {
+			if err := s.Send(&blobpb.StoreRequest{Bytes: blob(i)}); err != nil {
+				return
+			}
+		}
+		s.CloseSend()
+	}()
+	ids := make([]uint64, n)
+	for i := range n {
+		r, err := s.Recv()
+		if err != nil {
+			t.Fatalf("store %d: %v", i, err)
+		}
+		ids[i] = r.Id
+	}
+	if reused := api.RecvPoolReuses() - before; reused == 0 {
+		t.Fatal("no receive buffer was recycled; the test no longer covers recycling")
+	}
+	g, err := c.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		if err := g.Send(&blobpb.GetRequest{Id: id}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := g.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(r.Bytes, blob(i)) {
+			t.Fatalf("blob %d (id %d) reads back different bytes", i, id)
+		}
 	}
 }
