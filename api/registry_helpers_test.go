@@ -83,6 +83,16 @@ func randBytes(seed uint64, n int) []byte {
 	return b
 }
 
+// pushOneFile pushes data as the only file, m.bin, of name:version and returns the source
+// directory.
+func pushOneFile(t testing.TB, e *regEnv, name, version string, data []byte) string {
+	t.Helper()
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"m.bin": data})
+	push(t, e, src, name, version)
+	return src
+}
+
 func writeFiles(t testing.TB, dir string, files map[string][]byte) {
 	t.Helper()
 	for p, b := range files {

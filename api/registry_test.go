@@ -283,9 +283,7 @@ func TestRegistry_ResumePull(t *testing.T) {
 func TestRegistry_RangePull(t *testing.T) {
 	e := startRegistry(t, registry.Options{})
 	data := randBytes(41, 10<<20)
-	src := t.TempDir()
-	writeFiles(t, src, map[string][]byte{"m.bin": data})
-	push(t, e, src, "r", "v1")
+	pushOneFile(t, e, "r", "v1", data)
 	stream, err := e.rpc.Pull(context.Background(), &registrypb.PullRequest{Ref: "r:v1",
 		Ranges: []*registrypb.FileRange{{Path: "m.bin", Offset: 3<<20 + 5, Length: 4 << 20}}})
 	if err != nil {
@@ -653,9 +651,7 @@ func TestRegistry_GCAndVerify(t *testing.T) {
 func TestRegistry_PullTruncatedChunk(t *testing.T) {
 	e := startRegistry(t, registry.Options{})
 	data := randBytes(91, 24<<20)
-	src := t.TempDir()
-	writeFiles(t, src, map[string][]byte{"m.bin": data})
-	push(t, e, src, "tr", "v1")
+	src := pushOneFile(t, e, "tr", "v1", data)
 	var target string
 	filepath.Walk(filepath.Join(e.dir, "payloads"), func(p string, fi os.FileInfo, err error) error {
 		if err == nil && fi.Mode().IsRegular() && fi.Size() > 1<<20 {
