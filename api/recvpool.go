@@ -20,8 +20,7 @@ import (
 // them and larger ones are decoded as before; messages above recvPoolMax are not pooled. The pool
 // keeps at most what the stream's pipeline can hold in flight.
 type recvPool struct {
-	free chan []byte
-	size int // capacity of the pooled buffers; 0 until the first large message
+	pool *directio.Pool // nil until the first large message
 }
 
 // recvPoolMax is the largest message whose buffer is recycled.
@@ -31,16 +30,14 @@ func newRecvPool() *recvPool { return &recvPool{} }
 
 // get returns a buffer to offer the next message, nil if none is worth offering.
 func (p *recvPool) get() []byte {
-	if p.size == 0 {
+	if p.pool == nil {
 		return nil
 	}
-	select {
-	case b := <-p.free:
+	b, reused := p.pool.Get()
+	if reused {
 		recvPoolReuses.Add(1)
-		return b
-	default:
-		return directio.AlignedBuffer(p.size)
 	}
+	return b
 }
 
 // recvPoolReuses counts buffers handed out again (for tests).
@@ -50,21 +47,17 @@ var recvPoolReuses atomic.Int64
 // little larger: the message's other fields and up to one alignment block of padding).
 func (p *recvPool) fit(n int) {
 	need := n + 2*directio.Align
-	if p.size != 0 || n < aliasMin || need > recvPoolMax {
-		return // sized once: put, on other goroutines, reads size
+	if p.pool != nil || n < aliasMin || need > recvPoolMax {
+		return // sized once: put, on other goroutines, reads the pool
 	}
-	p.size = (need + 64<<10 - 1) &^ (64<<10 - 1)
-	p.free = make(chan []byte, max(2, pipelineBytes/p.size))
+	size := (need + 64<<10 - 1) &^ (64<<10 - 1)
+	p.pool = directio.NewPool(size, max(2, pipelineBytes/size))
 }
 
 // put takes buf back once nothing refers to it; buffers of another size are dropped.
 func (p *recvPool) put(buf []byte) {
-	if cap(buf) != p.size {
-		return
-	}
-	select {
-	case p.free <- buf[:cap(buf)]:
-	default:
+	if p.pool != nil {
+		p.pool.Put(buf)
 	}
 }
 

@@ -258,7 +258,7 @@ type pieceReader struct {
 	stream registrypb.Registry_PullClient
 	cur    *registrypb.PullData
 	curBuf *recvBuf
-	free   chan *recvBuf
+	pool   *directio.Pool
 }
 
 // next returns the current message's remaining bytes, or receives the next message, expected to
@@ -269,15 +269,11 @@ func (r *pieceReader) next(pos int64) (*registrypb.PullData, *recvBuf, error) {
 	}
 	r.curBuf.release() // the reader is done with the previous message
 	r.cur, r.curBuf = nil, nil
-	if r.free == nil {
-		r.free = make(chan *recvBuf, recvBufs)
+	if r.pool == nil {
+		r.pool = directio.NewPool(PullPieceSize+recvBufSlack, recvBufs)
 	}
-	var rb *recvBuf
-	select {
-	case rb = <-r.free:
-	default:
-		rb = &recvBuf{b: directio.AlignedBuffer(PullPieceSize + recvBufSlack), pool: r.free}
-	}
+	rb := &recvBuf{pool: r.pool}
+	rb.b, _ = r.pool.Get()
 	rb.refs.Store(1)
 	m := &recvInto{PullResponse: new(registrypb.PullResponse), buf: rb.b, phase: int(pos % directio.Align)}
 	if err := r.stream.RecvMsg(m); err != nil {
@@ -314,7 +310,7 @@ func (m *recvInto) RecvBuffer() ([]byte, int) { return m.buf, m.phase }
 type recvBuf struct {
 	b    []byte
 	refs atomic.Int32
-	pool chan *recvBuf
+	pool *directio.Pool
 }
 
 func (rb *recvBuf) hold(n int32) {
@@ -325,10 +321,7 @@ func (rb *recvBuf) hold(n int32) {
 
 func (rb *recvBuf) release() {
 	if rb != nil && rb.refs.Add(-1) == 0 {
-		select {
-		case rb.pool <- rb:
-		default: // enough spares: let it go
-		}
+		rb.pool.Put(rb.b)
 	}
 }
 
