@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -10,6 +9,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/buffdb/buffdbd/internal/directio"
 	"github.com/buffdb/buffdbd/store"
 )
 
@@ -33,6 +33,10 @@ type ImportFile struct {
 	// Open returns the file's bytes. nil reuses the already-stored file with this SHA256 (see
 	// HasContent); ErrNotFound if none is stored any more.
 	Open func() (io.ReadCloser, error)
+	// Sum, if set, supplies SHA256 once Open's reader has returned io.EOF: for content the caller
+	// verifies while Import reads it (the fetcher imports a file as it downloads), whose sha256 is
+	// known only at the end.
+	Sum func() [32]byte
 }
 
 // Import publishes a version from local content: chunks are stored durably (deduplicated against
@@ -74,7 +78,11 @@ func (s *Service) ImportStats(ctx context.Context, req ImportRequest) (st Upload
 		if err != nil {
 			return u.Stats(), fmt.Errorf("import %s: %w", f.Path, err)
 		}
-		if err := u.EndFile(f.SHA256); err != nil {
+		sum := f.SHA256
+		if f.Sum != nil {
+			sum = f.Sum()
+		}
+		if err := u.EndFile(sum); err != nil {
 			return u.Stats(), err
 		}
 	}
@@ -86,9 +94,16 @@ func (s *Service) ImportStats(ctx context.Context, req ImportRequest) (st Upload
 // to keep both busy, few enough (chunks are up to 4 MiB) to keep memory small.
 const importAhead = 2
 
+// importBufs is how many chunk buffers (up to 4 MiB each) one import file uses: the chunks queued
+// ahead and being hashed, and those the chunk writers are making durable. Reused buffers keep the
+// import's memory fixed and its pages warm; a fresh allocation per chunk cost as much CPU as a copy.
+const importBufs = 6
+
 // importReader chunks f, hashes the chunks, and offers and writes them in file order. Chunking and
 // hashing run on separate goroutines: on a multi-core device an import then takes about as long as
-// the slower of the two (each ~1 GB/s per core on the benchmark VM), not their sum.
+// the slower of the two (each ~1 GB/s per core on the benchmark VM), not their sum. Each chunk is
+// copied once, out of the chunker's window into an aligned buffer, from which it is hashed and
+// written to its payload file with direct I/O.
 func (s *Service) importReader(ctx context.Context, u *Upload, f ImportFile) error {
 	rc, err := f.Open()
 	if err != nil {
@@ -96,10 +111,11 @@ func (s *Service) importReader(ctx context.Context, u *Upload, f ImportFile) err
 	}
 	defer rc.Close()
 	type job struct {
-		data   []byte // the chunk's own copy: the chunker reuses its buffer
+		data   []byte // the chunk, in a buffer from bufs
 		sum    [32]byte
 		hashed chan struct{}
 	}
+	bufs := newBufRing(int(min(f.Size, MaxChunkSize)), importBufs)
 	ordered := make(chan *job, importAhead) // to the offering goroutine, in file order
 	toHash := make(chan *job, importAhead)
 	g, gctx := errgroup.WithContext(ctx)
@@ -120,7 +136,11 @@ func (s *Service) importReader(ctx context.Context, u *Upload, f ImportFile) err
 			if total > f.Size {
 				return fmt.Errorf("%w: content is longer than the declared %d bytes", ErrInvalid, f.Size)
 			}
-			j := &job{data: bytes.Clone(chunk), hashed: make(chan struct{})}
+			buf, err := bufs.get(gctx)
+			if err != nil {
+				return err
+			}
+			j := &job{data: buf[:copy(buf, chunk)], hashed: make(chan struct{})}
 			for _, q := range []chan *job{toHash, ordered} {
 				select {
 				case q <- j:
@@ -153,20 +173,51 @@ func (s *Service) importReader(ctx context.Context, u *Upload, f ImportFile) err
 				return err
 			}
 			if !need {
+				bufs.put(j.data)
 				continue
 			}
-			// In pull-sized pieces, which bounds what each chunk writer holds queued; the pieces
-			// share the job's copy, which nothing else touches.
-			for off := 0; off < len(j.data); off += PullPieceSize {
-				if err := u.Write(j.data[off:min(off+PullPieceSize, len(j.data))]); err != nil {
-					return err
-				}
+			if err := u.WriteChunk(j.data, func() { bufs.put(j.data) }); err != nil {
+				return err
 			}
 		}
 		return nil
 	})
 	return g.Wait()
 }
+
+// bufRing hands out at most n aligned buffers of one size, allocated as first needed and reused
+// after. put never blocks, so a buffer can be returned from anywhere, at any time.
+type bufRing struct {
+	size  int
+	free  chan []byte
+	alloc chan struct{} // a token per buffer not yet allocated
+}
+
+func newBufRing(size, n int) *bufRing {
+	r := &bufRing{size: size, free: make(chan []byte, n), alloc: make(chan struct{}, n)}
+	for range n {
+		r.alloc <- struct{}{}
+	}
+	return r
+}
+
+func (r *bufRing) get(ctx context.Context) ([]byte, error) {
+	select {
+	case b := <-r.free:
+		return b, nil
+	default:
+	}
+	select {
+	case b := <-r.free:
+		return b, nil
+	case <-r.alloc:
+		return directio.AlignedBuffer(r.size), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (r *bufRing) put(b []byte) { r.free <- b[:cap(b)] }
 
 // importStored offers the chunks of an already-stored file with the same sha256.
 func (s *Service) importStored(ctx context.Context, u *Upload, f ImportFile) error {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buffdb/buffdbd/internal/cpustat"
 	"github.com/buffdb/buffdbd/internal/directio"
 	"github.com/buffdb/buffdbd/registry"
 )
@@ -59,17 +60,19 @@ func BenchmarkService_Import(b *testing.B) {
 			tf, _ := os.Create(p)
 			trace.Start(tf)
 		}
-		t0 := time.Now()
+		t0, c0 := time.Now(), cpustat.Read()
 		err := s.Import(context.Background(), registry.ImportRequest{Info: registry.ModelInfo{Name: "bench", Version: fmt.Sprint(i)},
 			Files: []registry.ImportFile{{Path: "model.bin", Size: size, SHA256: sum, Verified: true,
 				Open: func() (io.ReadCloser, error) { return directio.Open(path) }}}})
 		rate := float64(size) / 1e6 / time.Since(t0).Seconds()
+		cores := c0.CoresSince()
 		trace.Stop()
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.ReportMetric(rate, "import_MB/s")
 		b.ReportMetric(rate/shaRate, "import/sha256")
+		b.ReportMetric(cores, "import_cores")
 	}
 	b.ReportMetric(shaRate, "sha256_MB/s")
 }

@@ -93,6 +93,49 @@ func TestService_Import(t *testing.T) {
 			t.Fatalf("verify: %+v, %v", res, err)
 		}
 	})
+	t.Run("SumAtEOF", func(t *testing.T) {
+		// The fetcher knows a file's sha256 only once its reader has ended (the download verifies
+		// as it goes): Sum is asked for then, and the manifest records what it says.
+		data := randomBytes(5, 1<<20)
+		r := &eofReader{r: bytes.NewReader(data)}
+		f := registry.ImportFile{Path: "w.bin", Size: int64(len(data)), Verified: true,
+			Open: func() (io.ReadCloser, error) { return io.NopCloser(r), nil },
+			Sum: func() [32]byte {
+				if !r.eof {
+					t.Error("Sum called before the reader returned io.EOF")
+				}
+				return sha256.Sum256(data)
+			}}
+		if err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "hf/sum", Version: "v1"},
+			Files: []registry.ImportFile{f}}); err != nil {
+			t.Fatal(err)
+		}
+		_, m, err := s.Manifest(ctx, registry.Ref{Name: "hf/sum", Version: "v1"})
+		if err != nil || len(m.Files) != 1 || m.Files[0].SHA256 != sha256.Sum256(data) {
+			t.Fatalf("manifest %+v, %v", m, err)
+		}
+	})
+	t.Run("WriteChunkSize", func(t *testing.T) {
+		u, err := s.OpenUpload(ctx, registry.ModelInfo{Name: "hf/wc", Version: "v1"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer u.Close()
+		data := randomBytes(6, 1<<20)
+		if err := u.BeginFile("x", int64(len(data))); err != nil {
+			t.Fatal(err)
+		}
+		if need, err := u.Offer(ctx, sha256.Sum256(data), int64(len(data))); !need || err != nil {
+			t.Fatalf("offer: %v, %v", need, err)
+		}
+		released := 0
+		if err := u.WriteChunk(data[1:], func() { released++ }); !errors.Is(err, registry.ErrInvalid) {
+			t.Fatalf("a short whole chunk: %v, want ErrInvalid", err)
+		}
+		if released != 1 {
+			t.Fatalf("release called %d times, want 1", released)
+		}
+	})
 	t.Run("PullOwned", func(t *testing.T) {
 		// An Owned sink keeps pieces after returning and releases them late, out of order: the
 		// pull must not reuse a buffer before its release, and must release-wait, not deadlock.
@@ -172,4 +215,18 @@ func TestService_Import(t *testing.T) {
 			t.Fatalf("got %v, want ErrInvalid", err)
 		}
 	})
+}
+
+// eofReader notes when its reader has returned io.EOF.
+type eofReader struct {
+	r   io.Reader
+	eof bool
+}
+
+func (e *eofReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err == io.EOF {
+		e.eof = true
+	}
+	return n, err
 }

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -279,7 +280,7 @@ func (u *Upload) Write(p []byte) error {
 		}
 		cw := u.needs[0]
 		if cw.got == 0 {
-			u.startWriter(cw)
+			u.startWriter(cw, nil, nil)
 		}
 		n := min(int64(len(p)), cw.size-cw.got)
 		piece := p[:n]
@@ -312,6 +313,33 @@ func (u *Upload) Write(p []byte) error {
 	return nil
 }
 
+// WriteChunk delivers the whole of the next needed chunk from memory that the Upload borrows until
+// it calls release (once the chunk is durable, or has failed): the payload is written straight
+// from data, without the copy Write's streamed pieces take. Import uses it for the chunks it reads.
+func (u *Upload) WriteChunk(data []byte, release func()) error {
+	if err := u.check(); err != nil {
+		release()
+		return err
+	}
+	if len(u.needs) == 0 || u.needs[0].got != 0 || u.needs[0].size != int64(len(data)) {
+		release()
+		return fmt.Errorf("%w: a whole chunk of %d bytes written where none of that size was asked for", ErrInvalid, len(data))
+	}
+	cw := u.needs[0]
+	if cw.hdata != nil {
+		// The file hasher reads this chunk's bytes too; they go the streamed way, in a copy.
+		err := u.Write(bytes.Clone(data))
+		release()
+		return err
+	}
+	u.needs = u.needs[1:]
+	cw.got = cw.size
+	u.stats.BytesReceived += cw.size
+	u.stats.ChunksReceived++
+	u.startWriter(cw, data, release)
+	return nil
+}
+
 func (u *Upload) send(ch chan []byte, p []byte) error {
 	select {
 	case ch <- p:
@@ -322,11 +350,15 @@ func (u *Upload) send(ch chan []byte, p []byte) error {
 }
 
 // startWriter makes one needed chunk durable in the background: hash while writing the payload,
-// verify the digest, then record the chunk and pin it to the session in one transaction.
-func (u *Upload) startWriter(cw *chunkWrite) {
+// verify the digest, then record the chunk and pin it to the session in one transaction. The bytes
+// arrive through cw.data, or are whole, borrowed until release.
+func (u *Upload) startWriter(cw *chunkWrite, whole []byte, release func()) {
 	select {
 	case u.sem <- struct{}{}:
 	case <-u.abort:
+		if release != nil {
+			release()
+		}
 		return
 	}
 	u.writers.Add(1)
@@ -334,13 +366,23 @@ func (u *Upload) startWriter(cw *chunkWrite) {
 		defer u.writers.Done()
 		defer func() { <-u.sem }()
 		defer close(cw.written)
-		r := &chanReader{ch: cw.data, abort: u.abort, aborted: &cw.aborted}
+		if release != nil {
+			defer release()
+		}
+		var r io.Reader = &chanReader{ch: cw.data, abort: u.abort, aborted: &cw.aborted}
+		if whole != nil {
+			r = bytes.NewReader(whole)
+		}
 		// The chunk is written with a context detached from the stream: once its bytes have all
 		// arrived, making them durable and recording them is what lets a later push resume.
 		ctx := context.WithoutCancel(context.Background())
 		sum := cw.sum
 		write := u.s.db.WritePayload
 		switch {
+		case cw.known && !cw.heal && whole != nil:
+			write = func(ctx context.Context, _ io.Reader, sum *[32]byte) (*store.PendingPayload, error) {
+				return u.s.db.WriteKnownPayloadBytes(ctx, whole, *sum)
+			}
 		case cw.heal:
 			// Verified like any received chunk, then renamed over the damaged file (which the store
 			// would otherwise keep as identical content).

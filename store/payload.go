@@ -353,6 +353,41 @@ func (db *DB) WriteKnownPayload(ctx context.Context, r io.Reader, sum [32]byte) 
 	return db.writePayload(ctx, r, &sum, payloadOpts{known: true})
 }
 
+// WriteKnownPayloadBytes is WriteKnownPayload for content held in memory: data is written
+// straight from the caller's memory (with direct I/O when data is aligned, see directio), with no
+// copy through a read buffer. data is not retained once it returns.
+func (db *DB) WriteKnownPayloadBytes(ctx context.Context, data []byte, sum [32]byte) (*PendingPayload, error) {
+	if err := db.checkOpen(); err != nil {
+		return nil, err
+	}
+	p := Payload{Size: int64(len(data)), SHA256: sum}
+	if p.Size <= db.opts.InlineMax {
+		return &PendingPayload{p: p, pin: db.pend.pin(sum, bytes.Clone(data))}, nil
+	}
+	f, err := db.createTemp()
+	if err != nil {
+		return nil, err
+	}
+	w := directio.NewWriter(f, 0)
+	_, err = w.Write(data)
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		db.discardTemp(f)
+		return nil, fmt.Errorf("write payload: %w", err)
+	}
+	pn := db.pend.pin(sum, nil)
+	if err := db.installTemp(f, sum, false); err != nil {
+		pn.release()
+		return nil, err
+	}
+	return &PendingPayload{p: p, pin: pn}, nil
+}
+
 type payloadOpts struct {
 	known   bool // the caller computed the sum from these bytes: do not hash them again
 	replace bool // replace an existing payload file of this sum (it is corrupt)

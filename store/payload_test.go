@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buffdb/buffdbd/internal/directio"
 	"github.com/buffdb/buffdbd/store"
 )
 
@@ -93,6 +94,30 @@ func TestDB_WritePayload(t *testing.T) {
 			}
 			if b, err := db.GetBlob(ctx, "", id); err != nil || !bytes.Equal(b.Data, data) {
 				t.Fatalf("size %d: GetBlob: %v", size, err)
+			}
+		}
+	})
+	t.Run("KnownBytes", func(t *testing.T) {
+		// Written from the caller's memory, aligned or not, inline or a file; the caller reuses
+		// its buffer right after, so nothing may keep pointing into it.
+		buf := directio.AlignedBuffer(4<<20 + 1)
+		for _, r := range [][2]int{{0, 9}, {0, 4 << 20}, {1, 3<<20 + 1}} {
+			data := buf[r[0]:r[1]]
+			for i := range data {
+				data[i] = byte(i*7 + r[0] + r[1])
+			}
+			want := bytes.Clone(data)
+			p, err := db.WriteKnownPayloadBytes(ctx, data, sha256.Sum256(want))
+			if err != nil {
+				t.Fatal(err)
+			}
+			clear(buf)
+			id, err := payloadBlob(db, p, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b, err := db.GetBlob(ctx, "", id); err != nil || !bytes.Equal(b.Data, want) {
+				t.Fatalf("bytes [%d:%d]: GetBlob: %v", r[0], r[1], err)
 			}
 		}
 	})
