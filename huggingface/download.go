@@ -109,9 +109,63 @@ type task struct {
 	resumed int64
 	sha256  [32]byte // filled after verification
 	state   atomic.Value
-	// wrote wakes the hasher when a range's written offset grows; capacity 1, sent without
-	// blocking, so a burst of writes costs one wake-up and none is lost.
-	wrote chan struct{}
+	// wake wakes the readers that follow the written prefix (the hasher, an import) when a range's
+	// written offset grows.
+	wake wakeups
+
+	// The download's lifecycle, for readers that follow it (see follow). laid is closed once part
+	// and ranges are set, or when the download ends first; ended when download has returned, err
+	// being its result.
+	laid, ended chan struct{}
+	laidOnce    sync.Once
+	part        string
+	ranges      []*byteRange
+	err         error
+}
+
+func newTask(file File, path, final string) *task {
+	return &task{file: file, path: path, final: final, laid: make(chan struct{}), ended: make(chan struct{})}
+}
+
+// layOut publishes where the file's bytes are being written, for readers that follow the download.
+func (t *task) layOut(part string, ranges []*byteRange) {
+	t.laidOnce.Do(func() {
+		t.part, t.ranges = part, ranges
+		close(t.laid)
+	})
+}
+
+// finish records the download's result and releases the readers waiting for it.
+func (t *task) finish(err error) {
+	t.err = err
+	t.laidOnce.Do(func() { close(t.laid) })
+	close(t.ended)
+}
+
+// wakeups wakes every registered reader without blocking: each channel has capacity 1, so a burst of
+// writes costs one wake-up per reader and none is lost.
+type wakeups struct {
+	mu  sync.Mutex
+	chs []chan struct{}
+}
+
+func (w *wakeups) add() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	w.mu.Lock()
+	w.chs = append(w.chs, ch)
+	w.mu.Unlock()
+	return ch
+}
+
+func (w *wakeups) wake() {
+	w.mu.Lock()
+	for _, ch := range w.chs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	w.mu.Unlock()
 }
 
 func (e *engine) partialPaths(relPath string) (part, jour string) {
@@ -133,6 +187,8 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	if fi, err := os.Stat(t.final); err == nil && fi.Size() == t.file.Size {
 		sum, err := e.verifyFile(t.final, t)
 		if err == nil {
+			// Followers read it only now: if it failed verification, they must not have seen it.
+			t.layOut(t.final, []*byteRange{completeRange(t.file.Size)})
 			t.sha256 = sum
 			t.done.Store(t.file.Size)
 			t.resumed = t.file.Size
@@ -186,12 +242,12 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	t.done.Store(already)
 	t.resumed = already
 
-	// The hash follows the download: it reads back (from the page cache) the contiguous prefix of
-	// the file that has been written, byte for byte as it grows, so verification overlaps the
-	// download instead of running after it. Writers wake it through t.wrote.
+	// The hash follows the download: it reads back the contiguous prefix of the file that has been
+	// written, byte for byte as it grows, so verification overlaps the download instead of running
+	// after it. Writers wake it through t.wake.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	t.wrote = make(chan struct{}, 1)
+	t.layOut(part, ranges)
 	hashc := make(chan hashResult, 1)
 	go func() { hashc <- e.hashRanges(ctx, f, ranges, t) }()
 
@@ -300,6 +356,14 @@ func rangeLayout(size, rangeSize, ramp int64) [][2]int64 {
 		start = end
 	}
 	return out
+}
+
+// completeRange is [0, size) of a file already written.
+func completeRange(size int64) *byteRange {
+	r := &byteRange{start: 0, end: size, complete: make(chan struct{})}
+	r.written.Store(size)
+	close(r.complete)
+	return r
 }
 
 type byteRange struct {
@@ -416,9 +480,10 @@ func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	rerr := make(chan error, 1)
+	wake := t.wake.add()
 	go func() {
 		defer close(full)
-		rerr <- readBack(rctx, f, ranges, t, free, full)
+		rerr <- readBack(rctx, f, t.file.Size, ranges, wake, free, full)
 	}()
 	for p := range full {
 		hw.Write(p)
@@ -435,14 +500,14 @@ func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange
 	return res
 }
 
-// readBack reads the file in order into buffers from free and hands them to full, following the
-// contiguous prefix the range writers have written as it grows.
-func readBack(ctx context.Context, f *os.File, ranges []*byteRange, t *task, free <-chan []byte, full chan<- []byte) error {
+// readBack reads the size bytes of the file in order into buffers from free and hands them to
+// full, following the contiguous prefix the range writers have written as it grows; wake signals
+// growth.
+func readBack(ctx context.Context, f *os.File, size int64, ranges []*byteRange, wake <-chan struct{}, free <-chan []byte, full chan<- []byte) error {
 	direct := directio.OpenReader(f.Name())
 	if direct != nil {
 		defer direct.Close()
 	}
-	size := t.file.Size
 	i := 0 // ranges before i are completely written
 	var buf []byte
 	for pos := int64(0); pos < size; {
@@ -476,7 +541,7 @@ func readBack(ctx context.Context, f *os.File, ranges []*byteRange, t *task, fre
 			continue
 		}
 		select {
-		case <-t.wrote:
+		case <-wake:
 		case <-ranges[i].complete:
 		case <-ctx.Done():
 			return ctx.Err()
@@ -492,10 +557,7 @@ func (e *engine) verifyFile(path string, t *task) ([32]byte, error) {
 		return [32]byte{}, err
 	}
 	defer f.Close()
-	r := &byteRange{start: 0, end: t.file.Size, complete: make(chan struct{})}
-	r.written.Store(t.file.Size)
-	close(r.complete)
-	hr := e.hashRanges(context.Background(), f, []*byteRange{r}, t)
+	hr := e.hashRanges(context.Background(), f, []*byteRange{completeRange(t.file.Size)}, t)
 	if hr.err != nil {
 		return [32]byte{}, hr.err
 	}
@@ -696,10 +758,7 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 			}
 			off += int64(n)
 			r.written.Store(off - r.start)
-			select {
-			case t.wrote <- struct{}{}:
-			default:
-			}
+			t.wake.wake()
 			t.done.Add(int64(n))
 			sy.wrote(n)
 			if e.obs != nil {

@@ -75,7 +75,7 @@ func (fx *engineFixture) file(t testing.TB, p string) File {
 func (fx *engineFixture) run(t testing.TB, dir, p string, o EngineOptions) (*task, error) {
 	t.Helper()
 	e := newEngine(fx.client, o, nil, dir, fx.repo, fx.commit)
-	tk := &task{file: fx.file(t, p), path: p, final: e.finalPath(p)}
+	tk := newTask(fx.file(t, p), p, e.finalPath(p))
 	return tk, e.download(context.Background(), tk)
 }
 
@@ -144,7 +144,7 @@ func TestEngine_Download(t *testing.T) {
 		o := small
 		o.Concurrency = 1
 		e := newEngine(fx.client, o, nil, t.TempDir(), fx.repo, fx.commit)
-		tk := &task{file: fx.file(t, "w.bin"), path: "w.bin", final: e.finalPath("w.bin")}
+		tk := newTask(fx.file(t, "w.bin"), "w.bin", e.finalPath("w.bin"))
 		// Expire every signature while the first range is in flight: later ranges get 403.
 		go func() {
 			for fx.hub.BytesServed() < 20000 {
@@ -208,7 +208,7 @@ func TestEngine_Download(t *testing.T) {
 		if e.limiter == nil || int64(e.limiter.Limit()) != o.MaxRate {
 			t.Fatalf("limiter = %v, want %d B/s", e.limiter, o.MaxRate)
 		}
-		tk := &task{file: fx.file(t, "w.bin"), path: "w.bin", final: e.finalPath("w.bin")}
+		tk := newTask(fx.file(t, "w.bin"), "w.bin", e.finalPath("w.bin"))
 		if err := e.download(context.Background(), tk); err != nil {
 			t.Fatal(err)
 		}
@@ -245,7 +245,7 @@ func killChild(spec string) int {
 		return 1
 	}
 	e := newEngine(c, killOpts, nil, parts[2], "org/model", parts[1])
-	tk := &task{file: files[0], path: files[0].Path, final: e.finalPath(files[0].Path)}
+	tk := newTask(files[0], files[0].Path, e.finalPath(files[0].Path))
 	if err := e.download(context.Background(), tk); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -354,7 +354,7 @@ func TestEngine_JournalWithoutPartial(t *testing.T) {
 		}
 		cancel()
 	}()
-	tk := &task{file: fx.file(t, "w.bin"), path: "w.bin", final: e.finalPath("w.bin")}
+	tk := newTask(fx.file(t, "w.bin"), "w.bin", e.finalPath("w.bin"))
 	if err := e.download(ctx, tk); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}

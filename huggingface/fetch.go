@@ -17,7 +17,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/buffdb/buffdbd/internal/directio"
 	"github.com/buffdb/buffdbd/registry"
 )
 
@@ -218,6 +217,7 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
 
 	eng := newEngine(f.client, f.o.Engine, f.o.Observer, dir, ref.Repo, commit)
+	g, gctx := errgroup.WithContext(ctx)
 	imports := make([]registry.ImportFile, len(files))
 	var tasks []*task
 	for i, fl := range files {
@@ -235,37 +235,45 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 				continue // Open stays nil: the registry reuses its stored copy
 			}
 		}
-		t := &task{file: fl, path: fl.Path, final: eng.finalPath(fl.Path)}
+		t := newTask(fl, fl.Path, eng.finalPath(fl.Path))
 		tasks = append(tasks, t)
-		final := t.final
-		imports[i].Open = func() (io.ReadCloser, error) { return directio.Open(final) }
+		// The registry imports the file as it downloads, through a follower that ends only once
+		// the download has verified every byte against the Hub's sha256 or git blob id; the
+		// download's hash is the file's sha256, so the registry need not hash the file again.
+		imports[i].Open = func() (io.ReadCloser, error) { return follow(gctx, t), nil }
+		imports[i].Sum = func() [32]byte { return t.sha256 }
+		imports[i].Verified = true
 	}
 	res.Files = len(files)
 
-	if err := f.downloadAll(ctx, eng, tasks, commit, report); err != nil {
-		return res, err
-	}
-	for i, fl := range files {
-		for _, t := range tasks {
-			if t.path == fl.Path {
-				// download hashed exactly the bytes at t.final (verifying them against the Hub's
-				// sha256 or git blob id), so the registry need not hash the file again.
-				imports[i].SHA256, imports[i].Verified = t.sha256, true
-			}
-		}
-	}
-	for _, t := range tasks {
-		res.Downloaded += t.done.Load() - t.resumed
-	}
-
-	report(Progress{Phase: "publishing", Commit: commit})
 	ireq := registry.ImportRequest{Info: f.modelInfo(ref, info, files), Files: imports}
 	if hasAlias {
 		ireq.Aliases = []string{alias}
 	}
-	if err := f.reg.Import(ctx, ireq); err != nil {
-		if !errors.Is(err, registry.ErrExists) {
-			return res, fmt.Errorf("publish %s:%s: %w", ref.Repo, commit, err)
+	var dlErr, impErr error
+	g.Go(func() error {
+		dlErr = f.downloadAll(gctx, eng, tasks, commit, report)
+		if dlErr == nil {
+			report(Progress{Phase: "publishing", Commit: commit})
+		}
+		return dlErr
+	})
+	g.Go(func() error {
+		impErr = f.reg.Import(gctx, ireq)
+		return impErr
+	})
+	g.Wait()
+	for _, t := range tasks {
+		res.Downloaded += t.done.Load() - t.resumed
+	}
+	// A failed download fails the import that follows it; report the download's own error. An
+	// import that fails first cancels the download, whose error then only says so.
+	if dlErr != nil && (impErr == nil || !errors.Is(dlErr, context.Canceled) || ctx.Err() != nil) {
+		return res, dlErr
+	}
+	if impErr != nil {
+		if !errors.Is(impErr, registry.ErrExists) {
+			return res, fmt.Errorf("publish %s:%s: %w", ref.Repo, commit, impErr)
 		}
 		// A concurrent fetch of the same commit won the race; just move our alias.
 		if hasAlias {
@@ -422,7 +430,11 @@ func (f *Fetcher) downloadAll(ctx context.Context, eng *engine, tasks []*task, c
 	// Files in parallel up to the connection budget; each file's ranges share the same budget.
 	g.SetLimit(eng.o.Concurrency)
 	for _, t := range tasks {
-		g.Go(func() error { return eng.download(gctx, t) })
+		g.Go(func() error {
+			err := eng.download(gctx, t)
+			t.finish(err)
+			return err
+		})
 	}
 	if err := g.Wait(); err != nil {
 		return err

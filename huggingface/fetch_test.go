@@ -549,3 +549,101 @@ func TestFetcher_ResumeAfterCancel(t *testing.T) {
 		t.Fatal("resumed file differs")
 	}
 }
+
+// TestFetcher_ImportsWhileDownloading: the registry chunks and stores a file as its download
+// arrives, not after it; only the publish waits for the verified end.
+func TestFetcher_ImportsWhileDownloading(t *testing.T) {
+	e := newFetchEnv(t)
+	e.hub.AddRepo("org/model", hubtest.RepoOptions{})
+	w := randomBytes(40, 16<<20)
+	sha := commitFiles(e.hub, "org/model", "main", map[string][]byte{"model.safetensors": w})
+	// Throttled, and past 60% (10 MiB, enough for the chunker's first cut) slowed to a crawl until
+	// a chunk is stored, then unthrottled: a fetch that imports only after its download stores
+	// nothing during the crawl, however slow the machine.
+	e.hub.Throttle(4 << 20)
+	ctx := context.Background()
+	stop := make(chan struct{})
+	overlapped := make(chan bool, 1)
+	go func() {
+		seen, crawling := false, false
+		defer func() { e.hub.Throttle(0); overlapped <- seen }()
+		for !seen {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			served := e.hub.BytesServed()
+			if !crawling && served > int64(len(w))*6/10 {
+				e.hub.Throttle(512 << 10)
+				crawling = true
+			}
+			st, err := e.reg.Stats(ctx)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if served < int64(len(w)) && st.Chunks > 0 {
+				if ok, _ := e.reg.HasVersion(ctx, "org/model", sha); ok {
+					t.Error("the version was visible before the download ended")
+				}
+				seen = true
+			}
+		}
+	}()
+	// Ranges well above the emulator's 64 KiB burst, so the throttle governs them.
+	f, err := huggingface.New(e.reg, huggingface.Options{
+		Client:   huggingface.ClientOptions{Endpoint: e.hub.Endpoint(), Backoff: fastBackoff},
+		Engine:   huggingface.EngineOptions{Concurrency: 4, RangeSize: 512 << 10},
+		CacheDir: e.cache,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.Fetch(ctx, huggingface.Request{Ref: huggingface.Ref{Repo: "org/model", Revision: "main"}})
+	close(stop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !<-overlapped {
+		t.Fatal("no chunk was stored before the CDN had served the whole file")
+	}
+	if got := pullAll(t, e.reg, "org/model", sha); !bytes.Equal(got["model.safetensors"], w) {
+		t.Fatal("published file differs")
+	}
+}
+
+// TestFetcher_StagedFileDamaged: a verified file left staged by a fetch that could not publish is
+// verified again by the next fetch; if it changed on disk meanwhile it is downloaded again, and the
+// import, which follows the download, never sees the damaged bytes.
+func TestFetcher_StagedFileDamaged(t *testing.T) {
+	e := newFetchEnv(t)
+	full := e.reg
+	e.reg = newRegistry(t, 100<<10)
+	e.hub.AddRepo("org/big", hubtest.RepoOptions{})
+	w := randomBytes(41, 400<<10)
+	sha := commitFiles(e.hub, "org/big", "main", map[string][]byte{"model.safetensors": w})
+	if _, err := e.fetch(t, "", "hf:org/big"); !errors.Is(err, registry.ErrBudget) {
+		t.Fatalf("err = %v, want registry.ErrBudget", err)
+	}
+	staged := filepath.Join(e.cache, "org", "big", sha, "files", "model.safetensors")
+	b, err := os.ReadFile(staged)
+	if err != nil || !bytes.Equal(b, w) {
+		t.Fatalf("staged file after the failed publish: %v", err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(staged, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.reg = full
+	res, err := e.fetch(t, "", "hf:org/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Downloaded != int64(len(w)) {
+		t.Fatalf("downloaded %d bytes, want the whole damaged file (%d) again", res.Downloaded, len(w))
+	}
+	if got := pullAll(t, e.reg, "org/big", sha); !bytes.Equal(got["model.safetensors"], w) {
+		t.Fatal("published file differs")
+	}
+}
