@@ -112,6 +112,7 @@ type task struct {
 	// wake wakes the readers that follow the written prefix (the hasher, an import) when a range's
 	// written offset grows.
 	wake wakeups
+	tee  tee // the hasher's blocks, shared with a follower
 
 	// The download's lifecycle, for readers that follow it (see follow). laid is closed once part
 	// and ranges are set, or when the download ends first; ended when download has returned, err
@@ -188,6 +189,8 @@ func (e *engine) download(ctx context.Context, t *task) error {
 		sum, err := e.verifyFile(t.final, t)
 		if err == nil {
 			// Followers read it only now: if it failed verification, they must not have seen it.
+			// They read it themselves; the hasher passed them nothing.
+			t.tee.finish()
 			t.layOut(t.final, []*byteRange{completeRange(t.file.Size)})
 			t.sha256 = sum
 			t.done.Store(t.file.Size)
@@ -249,7 +252,7 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	defer cancel()
 	t.layOut(part, ranges)
 	hashc := make(chan hashResult, 1)
-	go func() { hashc <- e.hashRanges(ctx, f, ranges, t) }()
+	go func() { hashc <- e.hashRanges(ctx, f, ranges, t, &t.tee) }()
 
 	src := &source{e: e, t: t}
 	sy := newSyncer(f, j, ranges, e.o)
@@ -459,7 +462,7 @@ type hashResult struct {
 }
 
 // hashRanges hashes the file in order as readBack reads the contiguous written prefix back.
-func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange, t *task) hashResult {
+func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange, t *task, tee *tee) hashResult {
 	h256 := sha256.New()
 	var h1 hash.Hash
 	hw := io.Writer(h256)
@@ -472,7 +475,7 @@ func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange
 	// the device's read latency and the hash overlap instead of adding up. The read-back goes to
 	// the device with direct I/O (the writers bypass the page cache too, see rangeWriter), in
 	// aligned blocks: a read stops at a block boundary unless it reaches the end.
-	const readAhead = 2
+	const readAhead = 3
 	free, full := make(chan []byte, readAhead), make(chan []byte, readAhead)
 	for range readAhead {
 		free <- directio.AlignedBuffer(1 << 20)
@@ -483,11 +486,21 @@ func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange
 	wake := t.wake.add()
 	go func() {
 		defer close(full)
-		rerr <- readBack(rctx, f, t.file.Size, ranges, wake, free, full)
+		rerr <- readBack(rctx, f, 0, t.file.Size, ranges, wake, free, full)
 	}()
+	var pos int64
 	for p := range full {
-		hw.Write(p)
+		if tee != nil {
+			// A follower that has joined gets the block too, and reads it while it is hashed.
+			tee.pass(rctx, pos, p, func() { hw.Write(p) })
+		} else {
+			hw.Write(p)
+		}
+		pos += int64(len(p))
 		free <- p[:cap(p)]
+	}
+	if tee != nil {
+		tee.finish()
 	}
 	if err := <-rerr; err != nil {
 		return hashResult{err: err}
@@ -500,17 +513,17 @@ func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange
 	return res
 }
 
-// readBack reads the size bytes of the file in order into buffers from free and hands them to
+// readBack reads bytes [from, size) of the file in order into buffers from free and hands them to
 // full, following the contiguous prefix the range writers have written as it grows; wake signals
-// growth.
-func readBack(ctx context.Context, f *os.File, size int64, ranges []*byteRange, wake <-chan struct{}, free <-chan []byte, full chan<- []byte) error {
+// growth. from must be a multiple of directio.Align or size.
+func readBack(ctx context.Context, f *os.File, from, size int64, ranges []*byteRange, wake <-chan struct{}, free <-chan []byte, full chan<- []byte) error {
 	direct := directio.OpenReader(f.Name())
 	if direct != nil {
 		defer direct.Close()
 	}
 	i := 0 // ranges before i are completely written
 	var buf []byte
-	for pos := int64(0); pos < size; {
+	for pos := from; pos < size; {
 		for i < len(ranges) && ranges[i].written.Load() == ranges[i].end-ranges[i].start {
 			i++
 		}
@@ -526,7 +539,7 @@ func readBack(ctx context.Context, f *os.File, size int64, ranges []*byteRange, 
 				return ctx.Err()
 			}
 		}
-		end := min(avail, pos+int64(len(buf)))
+		end := min(avail, size, pos+int64(len(buf)))
 		if end < size {
 			end &^= directio.Align - 1
 		}
@@ -557,7 +570,7 @@ func (e *engine) verifyFile(path string, t *task) ([32]byte, error) {
 		return [32]byte{}, err
 	}
 	defer f.Close()
-	hr := e.hashRanges(context.Background(), f, []*byteRange{completeRange(t.file.Size)}, t)
+	hr := e.hashRanges(context.Background(), f, []*byteRange{completeRange(t.file.Size)}, t, nil)
 	if hr.err != nil {
 		return [32]byte{}, hr.err
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -395,5 +396,83 @@ func TestRangeLayout(t *testing.T) {
 		if n := len(l); tc.size >= 1<<30 && l[n-1][1]-l[n-1][0] > 2<<20 {
 			t.Fatalf("%+v: last range is %d bytes, want the tail tapered to at most 2 MiB", tc, l[n-1][1]-l[n-1][0])
 		}
+	}
+}
+
+// TestFollower: a follower yields the file byte for byte whenever it joins the download (before,
+// during, after, or of a file already verified on disk), takes the hasher's blocks when it joins
+// early, and ends with the download's error, not io.EOF, when the download fails.
+func TestFollower(t *testing.T) {
+	const size = 3<<20 + 123
+	o := EngineOptions{RangeSize: 256 << 10, Concurrency: 4}
+	for _, when := range []string{"before", "during", "after", "verified", "corrupt"} {
+		t.Run(when, func(t *testing.T) {
+			fx := newEngineFixture(t, map[string]int{"w.bin": size}, map[string]bool{"w.bin": true})
+			dir := t.TempDir()
+			e := newEngine(fx.client, o, nil, dir, fx.repo, fx.commit)
+			switch when {
+			case "during":
+				fx.hub.Throttle(4 << 20)
+			case "verified":
+				if _, err := fx.run(t, dir, "w.bin", o); err != nil {
+					t.Fatal(err)
+				}
+			case "corrupt":
+				fx.hub.Corrupt(fx.repo, "w.bin")
+			}
+			tk := newTask(fx.file(t, "w.bin"), "w.bin", e.finalPath("w.bin"))
+			var fl *follower
+			if when == "before" {
+				fl = follow(context.Background(), tk)
+			}
+			done := make(chan error, 1)
+			go func() {
+				err := e.download(context.Background(), tk)
+				tk.finish(err)
+				done <- err
+			}()
+			var dlErr error
+			switch when {
+			case "during":
+				for fx.hub.BytesServed() < size/3 {
+					time.Sleep(time.Millisecond)
+				}
+			case "after", "verified":
+				if dlErr = <-done; dlErr != nil {
+					t.Fatal(dlErr)
+				}
+			}
+			if fl == nil {
+				fl = follow(context.Background(), tk)
+			}
+			got, err := io.ReadAll(fl)
+			fl.Close()
+			if when != "after" && when != "verified" {
+				dlErr = <-done
+			}
+			if when == "corrupt" {
+				if !errors.Is(err, ErrChecksum) || !errors.Is(dlErr, ErrChecksum) {
+					t.Fatalf("follower: %v; download: %v; want both ErrChecksum", err, dlErr)
+				}
+				return
+			}
+			if err != nil || dlErr != nil {
+				t.Fatalf("follower: %v; download: %v", err, dlErr)
+			}
+			if !bytes.Equal(got, fx.data["w.bin"]) {
+				t.Fatalf("follower read %d bytes, not the %d of the file", len(got), size)
+			}
+			passed := tk.tee.passed
+			switch when {
+			case "before":
+				if passed < size/2 {
+					t.Fatalf("the hasher passed on %d bytes to a follower that joined first, want most of %d", passed, size)
+				}
+			case "after", "verified":
+				if passed != 0 {
+					t.Fatalf("the hasher passed on %d bytes to a follower that joined after it finished", passed)
+				}
+			}
+		})
 	}
 }
