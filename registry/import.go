@@ -185,39 +185,35 @@ func (s *Service) importReader(ctx context.Context, u *Upload, f ImportFile) err
 	return g.Wait()
 }
 
-// bufRing hands out at most n aligned buffers of one size, allocated as first needed and reused
-// after. put never blocks, so a buffer can be returned from anywhere, at any time.
+// bufRing hands out at most n aligned buffers of one size, recycled through a directio.Pool. put
+// never blocks, so a buffer can be returned from anywhere, at any time.
 type bufRing struct {
-	size  int
-	free  chan []byte
-	alloc chan struct{} // a token per buffer not yet allocated
+	pool   *directio.Pool
+	tokens chan struct{} // one per buffer that may be handed out
 }
 
 func newBufRing(size, n int) *bufRing {
-	r := &bufRing{size: size, free: make(chan []byte, n), alloc: make(chan struct{}, n)}
+	r := &bufRing{pool: directio.NewPool(size, n), tokens: make(chan struct{}, n)}
 	for range n {
-		r.alloc <- struct{}{}
+		r.tokens <- struct{}{}
 	}
 	return r
 }
 
 func (r *bufRing) get(ctx context.Context) ([]byte, error) {
 	select {
-	case b := <-r.free:
+	case <-r.tokens:
+		b, _ := r.pool.Get()
 		return b, nil
-	default:
-	}
-	select {
-	case b := <-r.free:
-		return b, nil
-	case <-r.alloc:
-		return directio.AlignedBuffer(r.size), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 }
 
-func (r *bufRing) put(b []byte) { r.free <- b[:cap(b)] }
+func (r *bufRing) put(b []byte) {
+	r.pool.Put(b)
+	r.tokens <- struct{}{}
+}
 
 // importStored offers the chunks of an already-stored file with the same sha256.
 func (s *Service) importStored(ctx context.Context, u *Upload, f ImportFile) error {

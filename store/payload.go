@@ -380,12 +380,7 @@ func (db *DB) WriteKnownPayloadBytes(ctx context.Context, data []byte, sum [32]b
 		db.discardTemp(f)
 		return nil, fmt.Errorf("write payload: %w", err)
 	}
-	pn := db.pend.pin(sum, nil)
-	if err := db.installTemp(f, sum, false); err != nil {
-		pn.release()
-		return nil, err
-	}
-	return &PendingPayload{p: p, pin: pn}, nil
+	return db.install(f, p, false)
 }
 
 type payloadOpts struct {
@@ -439,8 +434,13 @@ func (db *DB) writePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byt
 		db.discardTemp(f)
 		return nil, err
 	}
+	return db.install(f, p, o.replace)
+}
+
+// install pins p and makes the temp file f its durable payload file.
+func (db *DB) install(f *os.File, p Payload, replace bool) (*PendingPayload, error) {
 	pn := db.pend.pin(p.SHA256, nil)
-	if err := db.installTemp(f, p.SHA256, o.replace); err != nil {
+	if err := db.installTemp(f, p.SHA256, replace); err != nil {
 		pn.release()
 		return nil, err
 	}
