@@ -476,18 +476,13 @@ func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange
 	// the device with direct I/O (the writers bypass the page cache too, see rangeWriter), in
 	// aligned blocks: a read stops at a block boundary unless it reaches the end.
 	const readAhead = 3
-	free, full := make(chan []byte, readAhead), make(chan []byte, readAhead)
+	free := make(chan []byte, readAhead)
 	for range readAhead {
 		free <- directio.AlignedBuffer(1 << 20)
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	rerr := make(chan error, 1)
-	wake := t.wake.add()
-	go func() {
-		defer close(full)
-		rerr <- readBack(rctx, f, 0, t.file.Size, ranges, wake, free, full)
-	}()
+	full, wait := readBackAsync(rctx, f, 0, t.file.Size, ranges, t.wake.add(), free, readAhead)
 	var pos int64
 	for p := range full {
 		if tee != nil {
@@ -502,7 +497,7 @@ func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange
 	if tee != nil {
 		tee.finish()
 	}
-	if err := <-rerr; err != nil {
+	if err := wait(); err != nil {
 		return hashResult{err: err}
 	}
 	var res hashResult
@@ -511,6 +506,18 @@ func (e *engine) hashRanges(ctx context.Context, f *os.File, ranges []*byteRange
 		h1.Sum(res.sha1[:0])
 	}
 	return res
+}
+
+// readBackAsync runs readBack on a goroutine of its own, handing blocks out through a channel of
+// depth places; wait returns its error once that channel is drained.
+func readBackAsync(ctx context.Context, f *os.File, from, size int64, ranges []*byteRange, wake <-chan struct{}, free <-chan []byte, depth int) (out <-chan []byte, wait func() error) {
+	full := make(chan []byte, depth)
+	rerr := make(chan error, 1)
+	go func() {
+		defer close(full)
+		rerr <- readBack(ctx, f, from, size, ranges, wake, free, full)
+	}()
+	return full, func() error { return <-rerr }
 }
 
 // readBack reads bytes [from, size) of the file in order into buffers from free and hands them to

@@ -76,23 +76,18 @@ func (fl *follower) run(ctx context.Context, t *task) error {
 		if pos >= to {
 			return nil
 		}
-		own := make(chan []byte, followAhead)
-		rerr := make(chan error, 1)
-		go func() {
-			defer close(own)
-			rerr <- readBack(ctx, f, pos, to, t.ranges, wake, fl.free, own)
-		}()
+		own, wait := readBackAsync(ctx, f, pos, to, t.ranges, wake, fl.free, followAhead)
 		for p := range own {
 			pos += int64(len(p))
 			if err := fl.hand(ctx, block{p, func() { fl.free <- p[:cap(p)] }}); err != nil {
 				for p := range own {
 					fl.free <- p[:cap(p)]
 				}
-				<-rerr
+				wait()
 				return err
 			}
 		}
-		return <-rerr
+		return wait()
 	}
 	if err := readSelf(min(from, size)); err != nil {
 		return err
@@ -132,25 +127,25 @@ func (fl *follower) hand(ctx context.Context, b block) error {
 // openFollowed opens the file t's download writes: the partial file, or the final file once a
 // verified download has renamed it. Neither exists when the download failed first.
 func openFollowed(t *task) (*os.File, error) {
-	if t.ranges == nil { // the download ended before laying out the file
-		<-t.ended
-		if t.err != nil {
-			return nil, t.err
+	var err error
+	if t.ranges != nil { // nil: the download ended before laying out the file
+		var f *os.File
+		f, err = os.Open(t.part)
+		if errors.Is(err, os.ErrNotExist) && t.part != t.final {
+			f, err = os.Open(t.final)
 		}
-		return nil, fmt.Errorf("download %s: ended without a file", t.path)
-	}
-	f, err := os.Open(t.part)
-	if errors.Is(err, os.ErrNotExist) && t.part != t.final {
-		f, err = os.Open(t.final)
-	}
-	if err != nil {
-		<-t.ended
-		if t.err != nil {
-			return nil, t.err
+		if err == nil {
+			return f, nil
 		}
-		return nil, fmt.Errorf("follow download of %s: %w", t.path, err)
 	}
-	return f, nil
+	<-t.ended
+	if t.err != nil {
+		return nil, t.err
+	}
+	if err == nil {
+		err = errors.New("the download laid out no file")
+	}
+	return nil, fmt.Errorf("follow download of %s: %w", t.path, err)
 }
 
 func (fl *follower) Read(p []byte) (int, error) {
