@@ -118,7 +118,7 @@ func runFetchChild(b *testing.B, endpoint string, conc int) benchResult {
 		b.Fatalf("fetch child output %q: %v", out.String(), err)
 	}
 	// Maxrss is in KiB on Linux.
-	r.MaxRSS = cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	r.MaxRSS = int64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) << 10
 	return r
 }
 
