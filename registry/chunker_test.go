@@ -149,3 +149,66 @@ func TestChunker_Golden(t *testing.T) {
 		}
 	}
 }
+
+// pieceReader returns its data in pieces of random length (1 byte to 600 KiB), as a network or a
+// follower of a download does: the chunker must find the same cut points however reads split it.
+type pieceReader struct {
+	data []byte
+	rng  *rand.Rand
+}
+
+func (r *pieceReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), 1+r.rng.IntN(600<<10))], r.data)
+	r.data = r.data[n:]
+	return n, nil
+}
+
+func TestChunker_NextIntoPieces(t *testing.T) {
+	data := randomBytes(9, 40<<20+777)
+	for i := 20 << 20; i < 30<<20; i++ {
+		data[i] = 0 // chunks at the maximum size, whose cut is not content-defined
+	}
+	want := chunks(t, data)
+	c := registry.NewChunker(&pieceReader{data, rand.New(rand.NewPCG(1, 2))})
+	bufs := [][]byte{make([]byte, registry.MaxChunkSize), make([]byte, registry.MaxChunkSize+1<<20)}
+	var got []chunkInfo
+	for i := 0; ; i++ {
+		dst := bufs[i%2]
+		for j := range dst {
+			dst[j] = 0xa5 // stale bytes of an earlier chunk must not leak into this one
+		}
+		b, off, err := c.NextInto(dst)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if &b[0] != &dst[0] {
+			t.Fatalf("chunk %d is not at the start of the buffer it was read into", i)
+		}
+		got = append(got, chunkInfo{off, len(b), sha256.Sum256(b)})
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("NextInto over random-sized reads gave %d chunks, Next over whole reads %d; they differ", len(got), len(want))
+	}
+}
+
+func TestChunker_NextIntoSmallBuffer(t *testing.T) {
+	data := randomBytes(10, 3000)
+	c := registry.NewChunker(bytes.NewReader(data))
+	b, _, err := c.NextInto(make([]byte, 1000))
+	if err != nil || len(b) != 1000 || !bytes.Equal(b, data[:1000]) {
+		t.Fatalf("into a 1000-byte buffer: %d bytes, %v; want the first 1000 bytes", len(b), err)
+	}
+	b, off, err := c.NextInto(make([]byte, 4096))
+	if err != nil || off != 1000 || !bytes.Equal(b, data[1000:]) {
+		t.Fatalf("then into a larger one: %d bytes at %d, %v; want the remaining 2000 at 1000", len(b), off, err)
+	}
+	if _, _, err := c.NextInto(make([]byte, 4096)); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the end: %v, want io.EOF", err)
+	}
+}

@@ -208,6 +208,26 @@ func TestService_Import(t *testing.T) {
 			t.Fatal("a failed import evicted a version")
 		}
 	})
+	t.Run("ErrInvalidSize", func(t *testing.T) {
+		// Content that disagrees with the declared size fails even when the caller vouches for
+		// it, whether it is one byte longer, shorter, or an empty file that is not empty.
+		data := randomBytes(5, 3<<20+5)
+		for _, tc := range []struct {
+			name string
+			size int64
+		}{{"Longer", int64(len(data)) - 1}, {"Shorter", int64(len(data)) + 1}, {"NotEmpty", 0}} {
+			f := file("w", data)
+			f.Size, f.Verified = tc.size, true
+			err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "size", Version: tc.name},
+				Files: []registry.ImportFile{f}})
+			if !errors.Is(err, registry.ErrInvalid) {
+				t.Errorf("%s: got %v, want ErrInvalid", tc.name, err)
+			}
+			if ok, _ := s.HasVersion(ctx, "size", tc.name); ok {
+				t.Errorf("%s: a failed import is visible", tc.name)
+			}
+		}
+	})
 	t.Run("ErrInvalidPath", func(t *testing.T) {
 		err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "p", Version: "v1"},
 			Files: []registry.ImportFile{file("../escape", []byte("x"))}})
