@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"strings"
 	"time"
@@ -30,7 +31,7 @@ func (db *DB) Query(ctx context.Context, sql string, fn func(columns []string, r
 	defer release()
 	rows, err := conn.QueryContext(ctx, sql)
 	if err != nil {
-		return mapErr(err)
+		return rawErr(err)
 	}
 	defer rows.Close()
 	cols, err := rows.Columns()
@@ -54,7 +55,7 @@ func (db *DB) Query(ctx context.Context, sql string, fn func(columns []string, r
 			return err
 		}
 	}
-	return mapErr(rows.Err())
+	return rawErr(rows.Err())
 }
 
 // normalize maps driver values onto the documented set.
@@ -98,7 +99,55 @@ func (db *DB) queryConn(ctx context.Context) (*sql.Conn, func(), error) {
 		unlock()
 		return nil, nil, err
 	}
-	return conn, func() { conn.Close(); unlock() }, nil
+	if err := authorize(conn, denyTxControl); err != nil {
+		conn.Close()
+		unlock()
+		return nil, nil, err
+	}
+	return conn, func() {
+		// Without a policy the connection goes back to the pool as the store's own code uses it
+		// (its BEGINs must work). If that fails, the connection must not be reused.
+		if authorize(conn, nil) != nil {
+			conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+		conn.Close()
+		unlock()
+	}, nil
+}
+
+// denyTxControl is the authorizer of raw SQL: it refuses BEGIN, COMMIT, ROLLBACK, SAVEPOINT and
+// RELEASE. The connections raw SQL runs on are pooled, so a transaction it left open would outlive
+// the request: a read connection would go on serving an old snapshot to every later reader, a write
+// connection would hold the write lock and swallow acknowledged writes. Each Query and Execute
+// statement runs in its own implicit transaction; the Kv transaction RPCs are the way to group them.
+func denyTxControl(action sqlite.AuthorizerActionCode, _, _, _, _ string) sqlite.AuthorizerReturnCode {
+	if action == sqlite.AuthTransaction || action == sqlite.AuthSavepoint {
+		return sqlite.AuthorizerDeny
+	}
+	return sqlite.AuthorizerOK
+}
+
+// errTxControl is what raw SQL refused by denyTxControl fails with.
+var errTxControl = fmt.Errorf("transaction statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE) are not allowed in raw SQL; "+
+	"each statement runs in its own transaction, use BeginTransaction/CommitTransaction to group writes: %w", ErrInvalid)
+
+// authorize installs fn (nil: none) as the authorizer of conn's SQLite connection.
+func authorize(conn *sql.Conn, fn sqlite.AuthorizerFn) error {
+	return conn.Raw(func(dc any) error {
+		r, ok := dc.(sqlite.AuthorizerRegisterer)
+		if !ok {
+			return fmt.Errorf("sqlite driver connection %T has no authorizer", dc)
+		}
+		return r.RegisterAuthorizer(fn)
+	})
+}
+
+// rawErr maps an error of raw SQL: mapErr, and a statement denyTxControl refused.
+func rawErr(err error) error {
+	if sqliteCode(err)&0xff == sqlite3.SQLITE_AUTH {
+		return errTxControl
+	}
+	return mapErr(err)
 }
 
 // Execute runs sql and returns rows changed; ErrReadOnly unless Options.QueryWrites. It runs in its own
@@ -120,14 +169,18 @@ func (db *DB) Execute(ctx context.Context, sql string) (int64, error) {
 	defer release()
 	if isVacuum(sql) {
 		// VACUUM attaches a temporary database internally; allow exactly one attachment for it.
+		// It also runs its own transaction, and leaves none open.
 		if _, err := sqlite.Limit(conn, sqlite3.SQLITE_LIMIT_ATTACHED, 1); err != nil {
+			return 0, err
+		}
+		if err := authorize(conn, nil); err != nil {
 			return 0, err
 		}
 		defer sqlite.Limit(conn, sqlite3.SQLITE_LIMIT_ATTACHED, 0)
 	}
 	res, err := conn.ExecContext(ctx, sql)
 	if err != nil {
-		return 0, mapErr(err)
+		return 0, rawErr(err)
 	}
 	return res.RowsAffected()
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/buffdb/buffdbd/store"
 )
@@ -123,6 +125,83 @@ func TestDB_QueryWrites(t *testing.T) {
 	}
 	if _, err := db.Execute(ctx, " vacuum ; "); err != nil {
 		t.Fatalf("VACUUM: %v", err)
+	}
+}
+
+// TestDB_QueryTxControl: raw SQL cannot leave a pooled connection inside a transaction, which would
+// serve later readers an old snapshot (read pool) or hold the write lock and lose acknowledged
+// writes (write pool).
+func TestDB_QueryTxControl(t *testing.T) {
+	stmts := []string{"BEGIN", "BEGIN IMMEDIATE", "COMMIT", "ROLLBACK", "SAVEPOINT s", "RELEASE s", "END"}
+	for _, writes := range []bool{false, true} {
+		t.Run(fmt.Sprintf("QueryWrites=%v", writes), func(t *testing.T) {
+			db := openDB(t, store.Options{QueryWrites: writes})
+			if err := db.Set(ctx, "", "k", "old"); err != nil {
+				t.Fatal(err)
+			}
+			for range 3 { // more sessions than pooled connections are likely to be idle
+				for _, sql := range stmts {
+					err := db.Query(ctx, sql, func([]string, []any) error { return nil })
+					if !errors.Is(err, store.ErrInvalid) || !strings.Contains(err.Error(), "transaction statements") {
+						t.Fatalf("Query(%q) err = %v, want ErrInvalid naming transaction statements", sql, err)
+					}
+					if writes {
+						if _, err := db.Execute(ctx, sql); !errors.Is(err, store.ErrInvalid) {
+							t.Fatalf("Execute(%q) err = %v, want ErrInvalid", sql, err)
+						}
+					}
+				}
+				// A select still runs, on the same connections.
+				var n int64
+				if err := db.Query(ctx, "SELECT count(*) FROM kv", func(_ []string, row []any) error { n = row[0].(int64); return nil }); err != nil || n != 1 {
+					t.Fatalf("count = %d, %v", n, err)
+				}
+			}
+			for i := range 5 {
+				v := fmt.Sprint("new", i)
+				if err := db.Set(ctx, "", "k", v); err != nil {
+					t.Fatalf("Set after refused transaction statements: %v", err)
+				}
+				if got, err := db.Get(ctx, "", "k"); err != nil || got != v {
+					t.Fatalf("Get = %q, %v; want %q (a stale snapshot?)", got, err, v)
+				}
+				var raw string
+				if err := db.Query(ctx, "SELECT value FROM kv WHERE key = 'k'", func(_ []string, row []any) error { raw = row[0].(string); return nil }); err != nil || raw != v {
+					t.Fatalf("raw SELECT = %q, %v; want %q", raw, err, v)
+				}
+			}
+			// The store's own transactions still work on connections raw SQL used.
+			tx, err := db.Begin(ctx, false, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := db.Set(ctx, tx, "t", "1"); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.Commit(ctx, tx); err != nil {
+				t.Fatal(err)
+			}
+			for range 3 { // read-only transactions run on the read connections
+				ro, err := db.Begin(ctx, true, time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if v, err := db.Get(ctx, ro, "t"); err != nil || v != "1" {
+					t.Fatalf("t = %q, %v in a read-only transaction", v, err)
+				}
+				if err := db.Commit(ctx, ro); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if writes {
+				if n, err := db.Execute(ctx, "INSERT INTO kv VALUES ('x', '1')"); err != nil || n != 1 {
+					t.Fatalf("Execute(INSERT) = %d, %v", n, err)
+				}
+				if v, err := db.Get(ctx, "", "x"); err != nil || v != "1" {
+					t.Fatalf("x = %q, %v after Execute", v, err)
+				}
+			}
+		})
 	}
 }
 
