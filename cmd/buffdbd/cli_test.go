@@ -271,6 +271,35 @@ func TestMain_Socket(t *testing.T) {
 		startDaemon(t, dir)
 		must(t, exitOK, "", "--data-dir", dir, "kv", "set", "k", "v")
 	})
+	t.Run("ErrNotASocket", func(t *testing.T) {
+		// A typo that names an existing file as the socket must not delete it.
+		dir := t.TempDir()
+		for _, kind := range []string{"a regular file", "a directory"} {
+			path := filepath.Join(dir, "precious")
+			if kind == "a directory" {
+				os.Remove(path)
+				os.Mkdir(path, 0o700)
+			} else {
+				os.WriteFile(path, []byte("keep me"), 0o600)
+			}
+			cfg := DefaultConfig()
+			cfg.DataDir = filepath.Join(dir, "data")
+			cfg.GRPC.Listen = []string{"127.0.0.1:0"}
+			cfg.GRPC.Socket = path
+			cfg.HTTP.Listen = ""
+			m := NewMain(cfg, nil)
+			err := m.Open(context.Background())
+			if err == nil {
+				m.Close(context.Background())
+			}
+			if err == nil || !strings.Contains(err.Error(), "is not a socket ("+kind+")") {
+				t.Fatalf("socket path is %s: err = %v", kind, err)
+			}
+			if fi, err := os.Stat(path); err != nil || (kind == "a directory") != fi.IsDir() {
+				t.Fatalf("%s at the socket path was replaced: %v", kind, err)
+			}
+		}
+	})
 }
 
 func TestResolveDataDir(t *testing.T) {

@@ -284,6 +284,11 @@ func (m *Main) linkSocket() error {
 		return fmt.Errorf("create data directory: %w", err)
 	}
 	if fi, err := os.Lstat(link); err == nil {
+		if fi.Mode()&(os.ModeSymlink|os.ModeSocket) == 0 {
+			m.Logger.Warn("not linking the socket into the data directory: the path exists and is not a socket or link",
+				"path", link, "kind", fileKind(fi))
+			return nil
+		}
 		if fi.Mode()&os.ModeSymlink == 0 && daemonAnswers(link) {
 			return alreadyServingError{link}
 		}
@@ -372,7 +377,11 @@ func listenUnix(path string) (net.Listener, error) {
 	if len(path) > 107 {
 		return nil, fmt.Errorf("socket path %s is longer than the 107 bytes a unix socket allows; set grpc.socket to a shorter path or %q", path, socketNone)
 	}
-	if _, err := os.Lstat(path); err == nil {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			// A typo in grpc.socket must not cost the operator a file.
+			return nil, fmt.Errorf("socket path %s exists and is not a socket (%s); refusing to replace it", path, fileKind(fi))
+		}
 		if daemonAnswers(path) {
 			return nil, alreadyServingError{path}
 		}
@@ -385,6 +394,20 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen on socket %s: %w", path, err)
 	}
 	return l, nil
+}
+
+// fileKind names what fi is, for an error about a path that should have been a socket.
+func fileKind(fi os.FileInfo) string {
+	switch m := fi.Mode(); {
+	case m.IsDir():
+		return "a directory"
+	case m.IsRegular():
+		return "a regular file"
+	case m&os.ModeSymlink != 0:
+		return "a symbolic link"
+	default:
+		return "a " + m.Type().String() + " file"
+	}
 }
 
 // daemonAnswers reports whether something accepts connections on the unix socket path. A stale
