@@ -325,6 +325,21 @@ func TestResolveDataDir(t *testing.T) {
 	}
 }
 
+func TestCLI_UnknownSubcommand(t *testing.T) {
+	// A group given a subcommand it does not have is a usage error with nothing on stdout, as an
+	// unknown top-level command is; the group alone prints its help.
+	for _, args := range [][]string{{"kv", "gte", "k"}, {"blob", "bogus"}, {"index", "bogus"}, {"model", "pul", "x"}, {"config", "bogus"}, {"bogus"}} {
+		unknown := args[min(1, len(args)-1)]
+		r := must(t, exitUsage, "", args...)
+		if r.stdout != "" || !strings.Contains(r.stderr, fmt.Sprintf("unknown command %q", unknown)) {
+			t.Errorf("buffdbd %s: stdout %q, stderr %q", strings.Join(args, " "), r.stdout, r.stderr)
+		}
+	}
+	if r := must(t, exitOK, "", "kv"); !strings.Contains(r.stdout, "Available Commands") {
+		t.Errorf("buffdbd kv: stdout %q, want the group's help", r.stdout)
+	}
+}
+
 func TestCLI_BenchStore(t *testing.T) {
 	// A --data-dir that does not exist yet is created, like any data directory.
 	dir := filepath.Join(t.TempDir(), "new", "bench")
