@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -294,6 +295,9 @@ func checkHostPort(addr string) error {
 	}
 	if port == "" || strings.Trim(port, "0123456789") != "" {
 		return errors.New("port must be a number")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n > 65535 {
+		return errors.New("port must be at most 65535")
 	}
 	return nil
 }

@@ -262,6 +262,8 @@ func TestLoadConfig_Errors(t *testing.T) {
 		{name: "UnitlessDuration", file: "shutdown_timeout: 30\n", want: "shutdown_timeout: invalid duration 30: needs a unit"},
 		{name: "BadBoolFlag", flags: []string{"--durability", "fast"}, want: `store.durability: must be "sync" or "process", got "fast"`},
 		{name: "BadListen", file: "grpc:\n  listen: [\"localhost\"]\n", want: `grpc.listen: "localhost": must be host:port`},
+		{name: "ListenPortRange", file: "grpc:\n  listen: [\"127.0.0.1:99999\"]\n", want: `grpc.listen: "127.0.0.1:99999": port must be at most 65535`},
+		{name: "HTTPPortRange", file: "http:\n  listen: \"127.0.0.1:65536\"\n", want: `http.listen: "127.0.0.1:65536": port must be at most 65535`},
 		{name: "ListenNotList", file: "grpc:\n  listen: {a: 1}\n", want: "grpc.listen: must be a list of strings, got a mapping"},
 		{name: "BadInt", env: map[string]string{"BUFFDBD_STORE_MAX_OPEN_TX": "many"}, want: `store.max_open_tx: must be a whole number, got "many"`},
 		{name: "TxTimeouts", file: "store:\n  max_tx_timeout: 1s\n", want: "store.max_tx_timeout: must be >= store.default_tx_timeout"},
