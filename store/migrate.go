@@ -73,12 +73,43 @@ func (db *DB) migrate(ctx context.Context) error {
 	) WITHOUT ROWID`); err != nil {
 		return fmt.Errorf("create schema_migrations: %w", err)
 	}
+	if err := db.checkNotNewer(ctx, all); err != nil {
+		return err
+	}
 	for _, m := range all {
 		if err := db.applyMigration(ctx, m); err != nil {
 			return fmt.Errorf("migration %s/%d: %w", m.Domain, m.Version, err)
 		}
 	}
 	return nil
+}
+
+// checkNotNewer refuses a database that a newer binary has migrated beyond the schema this one
+// knows, in any domain it knows: after a rollback to an older buffdbd, writing through the old
+// schema could corrupt what the newer one stored. Domains this binary has no migrations for are
+// not its business.
+func (db *DB) checkNotNewer(ctx context.Context, known []Migration) error {
+	latest := map[string]int{}
+	for _, m := range known {
+		latest[m.Domain] = max(latest[m.Domain], m.Version)
+	}
+	rows, err := db.wconn.QueryContext(ctx, "SELECT domain, max(version) FROM schema_migrations GROUP BY domain")
+	if err != nil {
+		return fmt.Errorf("read schema_migrations: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var domain string
+		var v int
+		if err := rows.Scan(&domain, &v); err != nil {
+			return fmt.Errorf("read schema_migrations: %w", err)
+		}
+		if have, ok := latest[domain]; ok && v > have {
+			return fmt.Errorf("the data directory's %s schema is at version %d, newer than the %d this buffdbd knows: "+
+				"it was written by a newer buffdbd; run that version (or newer) on it: %w", domain, v, have, ErrInvalid)
+		}
+	}
+	return rows.Err()
 }
 
 func (db *DB) applyMigration(ctx context.Context, m Migration) (err error) {

@@ -154,6 +154,15 @@ func TestOpen_Migrations(t *testing.T) {
 			t.Fatal("failed migration left table r3 behind")
 		}
 	})
+	t.Run("ErrNewer", func(t *testing.T) {
+		// An older binary (knowing reg up to 1) must not write through a schema a newer one (reg 2)
+		// migrated; a domain it has no steps for at all is not its business.
+		_, err := store.Open(ctx, dir, store.Options{Migrations: []store.Migration{m1}})
+		if !errors.Is(err, store.ErrInvalid) || !strings.Contains(err.Error(), "reg schema is at version 2, newer than the 1") {
+			t.Fatalf("err = %v, want ErrInvalid naming the versions", err)
+		}
+		openAt(t, dir, store.Options{}).Close()
+	})
 	t.Run("Duplicate", func(t *testing.T) {
 		if _, err := store.Open(ctx, t.TempDir(), store.Options{Migrations: []store.Migration{m1, m1}}); !errors.Is(err, store.ErrInvalid) {
 			t.Fatalf("err = %v, want ErrInvalid", err)
