@@ -30,6 +30,7 @@ var errorCodes = []ErrorCode{
 	// it. The Query service's read-only mode is reported differently (see query.go).
 	{store.ErrReadOnly, codes.FailedPrecondition},
 	{store.ErrTooLarge, codes.ResourceExhausted},
+	{store.ErrNoSpace, codes.ResourceExhausted},
 	{store.ErrAborted, codes.Aborted},
 	{store.ErrCorrupt, codes.DataLoss},
 	{store.ErrClosed, codes.Unavailable},

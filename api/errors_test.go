@@ -26,6 +26,7 @@ func TestStatus(t *testing.T) {
 		{store.ErrInvalid, codes.InvalidArgument},
 		{store.ErrReadOnly, codes.FailedPrecondition},
 		{store.ErrTooLarge, codes.ResourceExhausted},
+		{store.ErrNoSpace, codes.ResourceExhausted},
 		{store.ErrAborted, codes.Aborted},
 		{store.ErrCorrupt, codes.DataLoss},
 		{store.ErrClosed, codes.Unavailable},

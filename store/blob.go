@@ -198,9 +198,17 @@ func (db *DB) storeBlobOp(data []byte, metadata *string) (*op, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &op{atomic: c.pin == nil, size: len(c.inline), after: c.pin.release}
+	o := &op{atomic: c.pin == nil, size: len(c.inline), after: c.pin.release, orphan: db.orphanOf(c.pin)}
 	o.fn = func(t *wtx) (uint64, error) { return t.insertBlob(c, metadata) }
 	return o, nil
+}
+
+// orphanOf is the op.orphan of a write whose payload file p pins; nil for inline bytes.
+func (db *DB) orphanOf(p *pin) func() {
+	if p == nil {
+		return nil
+	}
+	return func() { db.removeOrphans([]*pin{p}) }
 }
 
 func (t *wtx) insertBlob(c content, metadata *string) (uint64, error) {
@@ -253,7 +261,7 @@ func (db *DB) updateBlobOp(id uint64, u BlobUpdate) (*op, error) {
 	}
 	o := &op{fn: func(t *wtx) (uint64, error) { return id, t.updateBlob(id, u, c) }}
 	if c != nil {
-		o.after, o.size = c.pin.release, len(c.inline)
+		o.after, o.orphan, o.size = c.pin.release, db.orphanOf(c.pin), len(c.inline)
 	}
 	return o, nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/buffdb/buffdbd/store"
 )
@@ -286,5 +287,68 @@ func TestDB_OpenBlob(t *testing.T) {
 		if _, err := db.OpenBlob(ctx, id); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("OpenBlob deleted err = %v", err)
 		}
+	}
+}
+
+// TestDB_FailedStoreLeavesNoPayload: the payload file of a write that did not commit is removed at
+// once, not left for the next garbage collection (on a full disk, that space is what the next
+// write needs).
+func TestDB_FailedStoreLeavesNoPayload(t *testing.T) {
+	db := openDB(t, smallOpts)
+	blob := func(i byte) []byte { return bytes.Repeat([]byte{i}, 4096) }
+	shared := blob(9)
+	keep, err := db.StoreBlob(ctx, "", shared, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("RolledBackTransaction", func(t *testing.T) {
+		tx, err := db.Begin(ctx, false, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := byte(1); i <= 3; i++ {
+			if _, err := db.StoreBlob(ctx, tx, blob(i), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		db.StoreBlob(ctx, tx, shared, nil) // deduplicated against the committed blob
+		if n := payloadFiles(t, db); n != 4 {
+			t.Fatalf("%d payload files inside the transaction, want 4", n)
+		}
+		if err := db.Rollback(ctx, tx); err != nil {
+			t.Fatal(err)
+		}
+		if n := payloadFiles(t, db); n != 1 {
+			t.Fatalf("%d payload files after rollback, want 1 (the committed blob's)", n)
+		}
+	})
+	t.Run("AbortedOnWriter", func(t *testing.T) {
+		// An earlier write on a Writer fails (a unique index), so the Stores after it are aborted.
+		if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "u", Type: store.IndexHash, Kind: store.KindString, Unique: true}); err != nil {
+			t.Fatal(err)
+		}
+		db.Set(ctx, "", "a", "same")
+		w := db.NewWriter()
+		bad := w.Set("", "b", "same")
+		var later []*store.Future
+		for i := byte(4); i <= 6; i++ {
+			later = append(later, w.StoreBlob("", blob(i), nil))
+		}
+		later = append(later, w.StoreBlob("", shared, nil))
+		w.Close()
+		if _, err := bad.Wait(ctx); !errors.Is(err, store.ErrExists) {
+			t.Fatalf("unique violation: %v", err)
+		}
+		for _, f := range later {
+			if _, err := f.Wait(ctx); !errors.Is(err, store.ErrAborted) {
+				t.Fatalf("Store after a failed write: %v, want ErrAborted", err)
+			}
+		}
+		if n := payloadFiles(t, db); n != 1 {
+			t.Fatalf("%d payload files after aborted Stores, want 1", n)
+		}
+	})
+	if got, err := db.GetBlob(ctx, "", keep); err != nil || !bytes.Equal(got.Data, shared) {
+		t.Fatalf("the committed blob sharing content with failed writes: %v", err)
 	}
 }

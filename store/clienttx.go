@@ -282,7 +282,7 @@ func (db *DB) endTx(t *clientTx, commit bool) error {
 	t.q.close()
 	t.conn.Close()
 	if t.w != nil {
-		t.w.releasePins()
+		t.w.dropPins() // after a commit, none are left
 		<-db.writeLock
 	}
 	return err

@@ -37,7 +37,11 @@ type op struct {
 	size   int
 	fut    *Future
 	after  func() // runs after the op's outcome is known (commit or failure): releases pins
-	db     *DB    // set while the op holds weight in db.queuedBytes
+	// orphan runs after after when the op failed: it removes the payload file the op wrote, unless
+	// something else references or pins it. Left alone it would hold its disk space until the next
+	// garbage collection, which matters most when the failure was a full disk.
+	orphan func()
+	db     *DB // set while the op holds weight in db.queuedBytes
 	weight int64
 }
 
@@ -59,6 +63,14 @@ func (t *wtx) releasePins() {
 		p.release()
 	}
 	t.pins = nil
+}
+
+// dropPins releases the pins of a transaction that rolled back and removes the payload files that
+// only it wanted (see op.orphan).
+func (t *wtx) dropPins() {
+	pins := t.pins
+	t.releasePins()
+	t.db.removeOrphans(pins)
 }
 
 // submit queues o for the committer, or fails it with ErrClosed.
@@ -83,6 +95,9 @@ func (db *DB) submit(o *op) *Future {
 func (o *op) finish(id uint64, err error) {
 	if o.after != nil {
 		o.after()
+	}
+	if err != nil && o.orphan != nil {
+		o.orphan()
 	}
 	if o.db != nil {
 		o.db.queuedBytes.Release(o.weight)
@@ -177,14 +192,14 @@ func (db *DB) runBatch(batch []*op, results []result) []result {
 			// SQLite rolled the whole transaction back (disk full, I/O error): later statements
 			// would run in autocommit mode, so nothing more may run in this batch.
 			t.q.exec(ctx, "ROLLBACK")
-			t.releasePins()
+			t.dropPins()
 			return fail(fmt.Errorf("batch rolled back: %w", r.err))
 		}
 		results = append(results, r)
 	}
 	if _, err := t.q.exec(ctx, "COMMIT"); err != nil {
 		t.q.exec(ctx, "ROLLBACK")
-		t.releasePins()
+		t.dropPins()
 		return fail(fmt.Errorf("commit: %w", mapErr(err)))
 	}
 	// Pins first, so a payload stored and deleted within this batch is not spared by its own pin;

@@ -178,7 +178,7 @@ func (db *DB) prepare(data []byte) (content, error) {
 	if err != nil {
 		db.discardTemp(f)
 		c.pin.release()
-		return c, fmt.Errorf("write payload: %w", err)
+		return c, fileErr("write payload", err)
 	}
 	if err := db.installTemp(f, c.sum, false); err != nil {
 		c.pin.release()
@@ -201,13 +201,13 @@ func (db *DB) createTemp() (*os.File, error) {
 	if db.unnamedTemps {
 		f, err := openUnnamed(filepath.Join(db.dir, tmpDir))
 		if err != nil {
-			return nil, fmt.Errorf("create payload temp file: %w", err)
+			return nil, fileErr("create payload temp file", err)
 		}
 		return f, nil
 	}
 	f, err := os.CreateTemp(filepath.Join(db.dir, tmpDir), "payload-*")
 	if err != nil {
-		return nil, fmt.Errorf("create payload temp file: %w", err)
+		return nil, fileErr("create payload temp file", err)
 	}
 	db.pend.mu.Lock()
 	db.pend.tmp[f.Name()] = true
@@ -242,7 +242,7 @@ func (db *DB) installTemp(f *os.File, sum [32]byte, replace bool) error {
 		return db.syncDir(filepath.Dir(final))
 	}
 	if err := db.fsync(f); err != nil {
-		return fmt.Errorf("fsync payload: %w", err)
+		return fileErr("fsync payload", err)
 	}
 	if f.Name() != "" { // an unnamed file must stay open until it is linked
 		if err := f.Close(); err != nil {
@@ -255,16 +255,16 @@ func (db *DB) installTemp(f *os.File, sum [32]byte, replace bool) error {
 			return err
 		}
 	} else if !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("create payload directory: %w", err)
+		return fileErr("create payload directory", err)
 	}
 	if f.Name() == "" {
 		if err := db.linkTemp(f, final, replace); err != nil {
-			return fmt.Errorf("install payload: %w", err)
+			return fileErr("install payload", err)
 		}
 		return db.syncDir(sub)
 	}
 	if err := os.Rename(f.Name(), final); err != nil {
-		return fmt.Errorf("install payload: %w", err)
+		return fileErr("install payload", err)
 	}
 	return db.syncDir(sub)
 }
@@ -378,7 +378,7 @@ func (db *DB) WriteKnownPayloadBytes(ctx context.Context, data []byte, sum [32]b
 	}
 	if err != nil {
 		db.discardTemp(f)
-		return nil, fmt.Errorf("write payload: %w", err)
+		return nil, fileErr("write payload", err)
 	}
 	return db.install(f, p, false)
 }
@@ -427,7 +427,7 @@ func (db *DB) writePayload(ctx context.Context, r io.Reader, wantSHA256 *[32]byt
 	n, err := copyHashed(f, h, head, r)
 	if err != nil {
 		db.discardTemp(f)
-		return nil, fmt.Errorf("write payload: %w", err)
+		return nil, fileErr("write payload", err)
 	}
 	p := Payload{Size: n, SHA256: sumOf()}
 	if err := checkSum(p.SHA256, wantSHA256); err != nil {
@@ -563,6 +563,19 @@ func (db *DB) unlinkUnreferenced(sums [][32]byte) {
 	for _, sum := range sums {
 		if _, _, err := db.removeIfOrphan(context.Background(), sum); err != nil {
 			db.log.Warn("remove unreferenced payload", "sha256", hex.EncodeToString(sum[:]), "err", err)
+		}
+	}
+}
+
+// removeOrphans removes the payload files of pins just released, where nothing else references or
+// pins them: the files of writes that failed or rolled back.
+func (db *DB) removeOrphans(pins []*pin) {
+	for _, p := range pins {
+		if p == nil {
+			continue
+		}
+		if _, _, err := db.removeIfOrphan(context.Background(), p.sum); err != nil {
+			db.log.Warn("remove payload of a failed write", "sha256", hex.EncodeToString(p.sum[:]), "err", err)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"syscall"
 
 	sqlite "modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -138,6 +139,9 @@ func mapErr(err error) error {
 	case code == sqlite3.SQLITE_CONSTRAINT_UNIQUE || code == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY,
 		code == sqlite3.SQLITE_CONSTRAINT_TRIGGER && strings.Contains(err.Error(), uniqueMarker):
 		return fmt.Errorf("%w: %v", ErrExists, err)
+	case code&0xff == sqlite3.SQLITE_FULL:
+		// Both wrapped: txLost must still see that SQLite rolled the transaction back.
+		return fmt.Errorf("%w: %w", ErrNoSpace, err)
 	case code&0xff == sqlite3.SQLITE_INTERRUPT:
 		return fmt.Errorf("interrupted: %w", context.Canceled)
 	case strings.Contains(err.Error(), "too many attached databases"):
@@ -145,6 +149,15 @@ func mapErr(err error) error {
 		return fmt.Errorf("%w: ATTACH is not allowed on the read-only query path", ErrReadOnly)
 	}
 	return err
+}
+
+// fileErr wraps an error of writing a payload file as "what: err", as ErrNoSpace when the disk is
+// full (a condition the client should hear about, not an internal error).
+func fileErr(what string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("%s: %w", what, ErrNoSpace)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // txLost reports whether err is one after which SQLite may have rolled back the whole transaction on

@@ -25,6 +25,8 @@ var (
 	// ErrAborted: a pipelined write was not applied because an earlier write on the same Writer failed,
 	// or a transaction was rolled back by its timeout.
 	ErrAborted = errors.New("aborted")
+	// ErrNoSpace: the disk holding the data directory is full (or the user's quota is used up).
+	ErrNoSpace = errors.New("no space left on the data directory's disk")
 	// ErrCorrupt: a payload file is missing or does not match its recorded sha256.
 	ErrCorrupt = errors.New("corrupt payload")
 	// ErrClosed: the DB has been closed.

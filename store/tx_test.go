@@ -267,14 +267,14 @@ func TestDB_DiskFull(t *testing.T) {
 		}
 		return tx.Set("big", big)
 	})
-	if err == nil {
-		t.Fatal("write beyond max_page_count succeeded")
+	if !errors.Is(err, store.ErrNoSpace) {
+		t.Fatalf("write beyond max_page_count: err = %v, want ErrNoSpace", err)
 	}
 	if _, err := db.Get(ctx, "", "big"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("failed write visible: %v", err)
 	}
-	if err := db.Set(ctx, "", "big", big); err == nil {
-		t.Fatal("second write beyond max_page_count succeeded")
+	if err := db.Set(ctx, "", "big", big); !errors.Is(err, store.ErrNoSpace) {
+		t.Fatalf("second write beyond max_page_count: err = %v, want ErrNoSpace", err)
 	}
 	if err := db.Update(ctx, func(tx *store.Tx) error {
 		_, err := tx.Exec("PRAGMA max_page_count = 1073741823")
