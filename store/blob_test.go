@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,6 +93,25 @@ func TestDB_GetBlob(t *testing.T) {
 			t.Fatalf("StatBlob(%d) err = %v, want ErrNotFound", id, err)
 		}
 	}
+	t.Run("ErrCorruptBytes", func(t *testing.T) {
+		// Same size, one flipped byte: bit rot, not a lost file.
+		data := bytes.Repeat([]byte{8}, 5000)
+		id, _ := db.StoreBlob(ctx, "", data, nil)
+		sum := sha256.Sum256(data)
+		path := filepath.Join(db.Dir(), "payloads", hexs(sum[:1]), hexs(sum[:]))
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteAt([]byte{9}, 4000)
+		f.Close()
+		if _, err := db.GetBlob(ctx, "", id); !errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), "does not match its sha256") {
+			t.Fatalf("err = %v, want ErrCorrupt naming the mismatch", err)
+		}
+		if err := db.DeleteBlob(ctx, "", id); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("ErrCorrupt", func(t *testing.T) {
 		data := bytes.Repeat([]byte{7}, 5000)
 		id, _ := db.StoreBlob(ctx, "", data, nil)
