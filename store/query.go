@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -22,6 +23,9 @@ import (
 // tables of layered packages (the registry). See DESIGN.md.
 func (db *DB) Query(ctx context.Context, sql string, fn func(columns []string, row []any) error) error {
 	if err := db.checkOpen(); err != nil {
+		return err
+	}
+	if err := oneStatement(sql); err != nil {
 		return err
 	}
 	conn, release, err := db.queryConn(ctx)
@@ -56,6 +60,68 @@ func (db *DB) Query(ctx context.Context, sql string, fn func(columns []string, r
 		}
 	}
 	return rawErr(rows.Err())
+}
+
+// oneStatement refuses SQL holding more than one statement: SQLite would run them all but report
+// only the last one's rows (Query) or changes (Execute), so a client would lose results without
+// noticing. BuffDB's streams answer each RawQuery message once: one statement per message. A
+// trigger definition is exempt, since its body's statements end in semicolons too.
+func oneStatement(sql string) error {
+	n := countStatements(sql)
+	if n <= 1 || createTrigger.MatchString(sql) {
+		return nil
+	}
+	return fmt.Errorf("the SQL holds %d statements; send one statement per request, so each gets its own result: %w", n, ErrInvalid)
+}
+
+var createTrigger = regexp.MustCompile(`(?i)\bCREATE\s+(TEMP\s+|TEMPORARY\s+)?TRIGGER\b`)
+
+// countStatements counts the non-empty statements in sql, split at semicolons outside string
+// literals, quoted identifiers and comments.
+func countStatements(sql string) int {
+	n := 0
+	content := false // the current statement has more than blanks and comments
+	for i := 0; i < len(sql); i++ {
+		switch c := sql[i]; {
+		case c == ';':
+			if content {
+				n++
+			}
+			content = false
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
+			for i < len(sql) && sql[i] != '\n' {
+				i++
+			}
+		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			end := strings.Index(sql[i+2:], "*/")
+			if end < 0 {
+				i = len(sql)
+			} else {
+				i += 2 + end + 1
+			}
+		case c == '\'' || c == '"' || c == '`' || c == '[':
+			closing := c
+			if c == '[' {
+				closing = ']'
+			}
+			content = true
+			// A doubled quote inside a literal is an escaped quote: skipping to the next quote
+			// and continuing from there handles it as two adjacent literals.
+			end := strings.IndexByte(sql[i+1:], closing)
+			if end < 0 {
+				i = len(sql)
+			} else {
+				i += 1 + end
+			}
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+		default:
+			content = true
+		}
+	}
+	if content {
+		n++
+	}
+	return n
 }
 
 // normalize maps driver values onto the documented set.
@@ -161,6 +227,9 @@ func (db *DB) Execute(ctx context.Context, sql string) (int64, error) {
 	}
 	if !db.opts.QueryWrites {
 		return 0, fmt.Errorf("execute is disabled (query writes are off): %w", ErrReadOnly)
+	}
+	if err := oneStatement(sql); err != nil {
+		return 0, err
 	}
 	conn, release, err := db.queryConn(ctx)
 	if err != nil {

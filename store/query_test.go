@@ -128,6 +128,23 @@ func TestDB_QueryWrites(t *testing.T) {
 	}
 }
 
+func TestDB_QueryOneStatement(t *testing.T) {
+	db := openDB(t, store.Options{QueryWrites: true})
+	err := db.Query(ctx, "select 1 as a; select 2 as b", func([]string, []any) error { return nil })
+	if !errors.Is(err, store.ErrInvalid) || !strings.Contains(err.Error(), "holds 2 statements") {
+		t.Fatalf("Query of two statements: %v, want ErrInvalid naming the count", err)
+	}
+	if _, err := db.Execute(ctx, "INSERT INTO kv VALUES ('a', '1'); INSERT INTO kv VALUES ('b', '2')"); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("Execute of two statements: %v, want ErrInvalid", err)
+	}
+	if _, err := db.Get(ctx, "", "a"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a refused Execute ran its first statement: %v", err)
+	}
+	if n, err := db.Execute(ctx, "INSERT INTO kv VALUES ('a;b', ';');"); err != nil || n != 1 {
+		t.Fatalf("one statement with semicolons in literals: %d, %v", n, err)
+	}
+}
+
 // TestDB_QueryTxControl: raw SQL cannot leave a pooled connection inside a transaction, which would
 // serve later readers an old snapshot (read pool) or hold the write lock and lose acknowledged
 // writes (write pool).
