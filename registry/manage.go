@@ -371,6 +371,7 @@ func (s *Service) DeleteVersion(ctx context.Context, ref Ref, force bool) (Ref, 
 	var r Ref
 	var evs []Event
 	var freed int64
+	s.eventMu.Lock()
 	s.pinMu.Lock()
 	err := s.db.Update(ctx, func(tx *store.Tx) error {
 		evs = nil
@@ -413,10 +414,13 @@ func (s *Service) DeleteVersion(ctx context.Context, ref Ref, force bool) (Ref, 
 		return nil
 	})
 	s.pinMu.Unlock()
+	if err == nil {
+		s.watch.publish(evs...)
+	}
+	s.eventMu.Unlock()
 	if err != nil {
 		return Ref{}, err
 	}
-	s.watch.publish(evs...)
 	if freed > 0 {
 		s.collectPayloads(ctx)
 	}
@@ -436,6 +440,8 @@ func (s *Service) SetAlias(ctx context.Context, name, alias, version string) (st
 		return "", err
 	}
 	var prev string
+	s.eventMu.Lock()
+	defer s.eventMu.Unlock()
 	err := s.db.Update(ctx, func(tx *store.Tx) error {
 		ok, err := versionExists(tx, name, version)
 		if err != nil {
@@ -465,6 +471,8 @@ func (s *Service) RemoveAlias(ctx context.Context, name, alias string) (string, 
 		return "", err
 	}
 	var prev string
+	s.eventMu.Lock()
+	defer s.eventMu.Unlock()
 	err := s.db.Update(ctx, func(tx *store.Tx) error {
 		r, err := resolveTx(tx, Ref{Name: name, Alias: alias})
 		if err != nil {

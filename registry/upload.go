@@ -471,6 +471,8 @@ func (u *Upload) Commit(ctx context.Context) (ModelInfo, error) {
 	for i, sum := range u.hashed {
 		u.files[i].SHA256 = sum
 	}
+	u.s.eventMu.Lock()
+	defer u.s.eventMu.Unlock()
 	res, err := u.s.publish(ctx, publishRequest{info: u.info, manifest: &Manifest{Files: u.files}, aliases: u.aliases, sessionID: u.session})
 	if err != nil {
 		u.outcome = fmt.Errorf("publish %s:%s: %w", u.info.Name, u.info.Version, classifyIO(err))
