@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -278,6 +279,45 @@ func TestRegistry_ResumePull(t *testing.T) {
 	if pr.BytesReceived > pr.Bytes-cutAt+registry.PullPieceSize || pr.BytesLocal == 0 {
 		t.Errorf("resumed pull received %d (local %d) after a cut at %d of %d", pr.BytesReceived, pr.BytesLocal, cutAt, pr.Bytes)
 	}
+}
+
+// TestRegistry_PullDirBusy: a second pull into a directory a pull is writing is refused (they would
+// share partial files, and one could report success with the other version's bytes); the first
+// completes with its own bytes, and the directory is free again afterwards.
+func TestRegistry_PullDirBusy(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	v1 := map[string][]byte{"w.bin": randBytes(41, 12<<20)}
+	v2 := map[string][]byte{"w.bin": randBytes(42, 12<<20)}
+	for v, files := range map[string]map[string][]byte{"v1": v1, "v2": v2} {
+		src := t.TempDir()
+		writeFiles(t, src, files)
+		push(t, e, src, "m", v)
+	}
+	out := t.TempDir()
+	started := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	first := make(chan error, 1)
+	go func() {
+		_, err := e.client.Pull(context.Background(), "m:v1", out, registry.PullOptions{Progress: func(done, total int64) {
+			once.Do(func() { close(started); <-release }) // hold the pull mid-way
+		}})
+		first <- err
+	}()
+	<-started
+	_, err := e.client.Pull(context.Background(), "m:v2", out, registry.PullOptions{})
+	close(release)
+	if !errors.Is(err, registry.ErrBusy) {
+		t.Fatalf("second pull into a busy directory: %v, want ErrBusy", err)
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, v1)
+	if _, err := e.client.Pull(context.Background(), "m:v2", out, registry.PullOptions{}); err != nil {
+		t.Fatalf("pull after the first ended: %v", err)
+	}
+	assertTree(t, out, v2)
 }
 
 func TestRegistry_RangePull(t *testing.T) {

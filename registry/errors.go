@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+
+	"github.com/buffdb/buffdbd/store"
 )
 
 // Sentinel errors. Callers test with errors.Is; messages wrap them with the model, version, alias or
@@ -36,12 +38,14 @@ var (
 	ErrDiskFull = errors.New("disk full")
 	// ErrClosed: the Service has been closed.
 	ErrClosed = errors.New("registry closed")
+	// ErrBusy: another pull is writing into the same directory.
+	ErrBusy = errors.New("directory busy")
 )
 
 // classifyIO wraps an out-of-space error from the filesystem with ErrDiskFull so callers (and the
 // gRPC edge) can tell it from a bug.
 func classifyIO(err error) error {
-	if err != nil && errors.Is(err, syscall.ENOSPC) && !errors.Is(err, ErrDiskFull) {
+	if err != nil && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, store.ErrNoSpace)) && !errors.Is(err, ErrDiskFull) {
 		return fmt.Errorf("%w: %w", ErrDiskFull, err)
 	}
 	return err

@@ -75,6 +75,11 @@ func (c *Client) Pull(ctx context.Context, ref string, dir string, opts PullOpti
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return res, err
 	}
+	unlock, err := lockPullDir(dir)
+	if err != nil {
+		return res, err
+	}
+	defer unlock()
 	wanted := map[Digest]bool{}
 	for _, f := range files {
 		for _, ch := range f.Chunks {

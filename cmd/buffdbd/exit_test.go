@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/buffdb/buffdbd/registry"
+	"github.com/buffdb/buffdbd/store"
 )
 
 // TestReportError_ResourceExhaustedHint: each cause of RESOURCE_EXHAUSTED, as a daemon reports it
@@ -23,6 +24,7 @@ func TestReportError_ResourceExhaustedHint(t *testing.T) {
 			"registry.max_bytes", "max_message_bytes"},
 		{"DiskFull", "push org/m:v1: " + registry.ErrDiskFull.Error(), "filesystem", "max_message_bytes"},
 		{"ENOSPC", "write chunk: no space left on device", "filesystem", "max_bytes"},
+		{"StoreNoSpace", "store blob: write payload: " + store.ErrNoSpace.Error(), "filesystem", "max_bytes"},
 		{"MessageSize", "grpc: received message larger than max (100000 vs. 65536)", "grpc.max_message_bytes", "registry.max_bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,7 @@
+//go:build !unix
+
+package registry
+
+// lockPullDir does nothing where flock is unavailable: concurrent pulls into one directory are
+// then the user's to avoid.
+func lockPullDir(string) (func(), error) { return func() {}, nil }
