@@ -59,13 +59,14 @@ type Service struct {
 	// the deletions of chunks (GC, eviction, delete), so a chunk a live push relies on is never
 	// deleted under it. pins counts live in-process references per chunk digest.
 	pinMu sync.Mutex
+	pins  map[[32]byte]int
+
 	// eventMu makes watchers see changes in commit order: each change that emits events (publish,
 	// delete, alias set or removed) holds it from before its transaction until its events are
 	// published. Without it two concurrent alias moves could commit in one order and be announced
 	// in the other, leaving a hot-swapping server on the version the alias no longer names. Taken
 	// before pinMu, never after.
 	eventMu sync.Mutex
-	pins  map[[32]byte]int
 
 	watch *hub
 
