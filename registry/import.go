@@ -227,7 +227,7 @@ func (s *Service) importStored(ctx context.Context, u *Upload, f ImportFile) err
 		var name, version string
 		var idx int64
 		found := false
-		err := tx.Query(`SELECT name, version, idx FROM reg_files WHERE sha256 = ? AND size = ? LIMIT 1`, []any{f.SHA256[:], f.Size},
+		err := tx.Query(`SELECT name, version, idx FROM reg_files f WHERE sha256 = ? AND size = ? AND `+soundFile+` LIMIT 1`, []any{f.SHA256[:], f.Size},
 			func(scan func(...any) error) error { found = true; return scan(&name, &version, &idx) })
 		if err != nil {
 			return err

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/buffdb/buffdbd/registry"
@@ -249,4 +252,68 @@ func (e *eofReader) Read(p []byte) (int, error) {
 		e.eof = true
 	}
 	return n, err
+}
+
+// TestService_ImportHealsCorrupt: content whose stored copy has a chunk marked corrupt is not
+// offered for reuse (HasContent false), so the fetcher downloads it, and importing it heals the
+// chunk for every version that shares it.
+func TestService_ImportHealsCorrupt(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := store.Open(ctx, dir, store.Options{Migrations: registry.Migrations})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := registry.New(db, registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); db.Close() })
+	weights := randomBytes(20, 5<<20)
+	sum := sha256.Sum256(weights)
+	if err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "a", Version: "v1"},
+		Files: []registry.ImportFile{file("w", weights)}}); err != nil {
+		t.Fatal(err)
+	}
+	vi, err := s.Show(ctx, registry.Ref{Name: "a", Version: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := vi.Files[0].Chunks[1].SHA256
+	payload := filepath.Join(dir, "payloads", hex.EncodeToString(c[:1]), hex.EncodeToString(c[:]))
+	f, err := os.OpenFile(payload, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("rot"), 100)
+	f.Close()
+	if res, err := s.Verify(ctx, nil, nil); err != nil || len(res.Corrupt) != 1 {
+		t.Fatalf("verify: %+v, %v; want one corrupt chunk", res, err)
+	}
+	if ok, err := s.HasContent(ctx, sum); ok || err != nil {
+		t.Fatalf("HasContent with a corrupt chunk = %v, %v; want false", ok, err)
+	}
+	reuse := file("w", weights)
+	reuse.Open = nil
+	if err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "b", Version: "v1"},
+		Files: []registry.ImportFile{reuse}}); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("reusing a corrupt copy: %v, want ErrNotFound", err)
+	}
+	if err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "b", Version: "v1"},
+		Files: []registry.ImportFile{file("w", weights)}}); err != nil {
+		t.Fatalf("importing the content again: %v", err)
+	}
+	if res, err := s.Verify(ctx, nil, nil); err != nil || len(res.Corrupt) != 0 {
+		t.Fatalf("verify after the import: %+v, %v; want the chunk healed", res, err)
+	}
+	if ok, _ := s.HasContent(ctx, sum); !ok {
+		t.Fatal("HasContent false after healing")
+	}
+	var got bytes.Buffer
+	if _, err := s.Pull(ctx, registry.PullRequest{Ref: registry.Ref{Name: "a", Version: "v1"}}, registry.PullSink{
+		Manifest: func(registry.ModelInfo, *registry.Manifest) error { return nil },
+		Data:     func(_ int, _ int64, p []byte) error { got.Write(p); return nil },
+	}); err != nil || !bytes.Equal(got.Bytes(), weights) {
+		t.Fatalf("a:v1 after healing: %v", err)
+	}
 }

@@ -103,12 +103,18 @@ func (s *Service) HasVersion(ctx context.Context, name, version string) (bool, e
 	return ok, err
 }
 
-// HasContent reports whether some published version has a file with this sha256 (Import can then
-// reuse it with ImportFile.Open nil).
+// soundFile is the SQL condition that the reg_files row f has every chunk stored and none marked
+// corrupt: only such a copy may stand in for downloading or sending a file's content again (a
+// corrupt chunk is healed by receiving the content, which the copy would skip).
+const soundFile = `NOT EXISTS (SELECT 1 FROM reg_refs r LEFT JOIN reg_chunks c ON c.sha256 = r.chunk
+	WHERE r.name = f.name AND r.version = f.version AND r.file = f.idx AND (c.sha256 IS NULL OR c.corrupt != 0))`
+
+// HasContent reports whether some published version has a sound file (every chunk stored, none
+// corrupt) with this sha256: Import can then reuse it with ImportFile.Open nil.
 func (s *Service) HasContent(ctx context.Context, sum [32]byte) (bool, error) {
 	found := false
 	err := s.db.View(ctx, func(tx *store.Tx) error {
-		return tx.Query(`SELECT 1 FROM reg_files WHERE sha256 = ? LIMIT 1`, []any{sum[:]},
+		return tx.Query(`SELECT 1 FROM reg_files f WHERE f.sha256 = ? AND `+soundFile+` LIMIT 1`, []any{sum[:]},
 			func(scan func(...any) error) error { found = true; return nil })
 	})
 	return found, err
