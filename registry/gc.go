@@ -44,11 +44,14 @@ func (s *Service) CollectGarbage(ctx context.Context) (GCResult, error) {
 			return err
 		}
 		for _, id := range expired {
+			if s.live[id] > 0 {
+				continue // a push still running in this process: expired by the clock, not abandoned
+			}
 			if err := deleteSessionTx(tx, id); err != nil {
 				return err
 			}
+			res.Sessions++
 		}
-		res.Sessions = int64(len(expired))
 		// Pins of sessions that no longer exist (a commit deletes its pins; this is belt and braces).
 		if _, err := tx.Exec(`DELETE FROM reg_pins WHERE session NOT IN (SELECT id FROM reg_sessions)`); err != nil {
 			return err

@@ -9,7 +9,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/buffdb/buffdbd/registry"
 	"github.com/buffdb/buffdbd/store"
@@ -315,5 +317,65 @@ func TestService_ImportHealsCorrupt(t *testing.T) {
 		Data:     func(_ int, _ int64, p []byte) error { got.Write(p); return nil },
 	}); err != nil || !bytes.Equal(got.Bytes(), weights) {
 		t.Fatalf("a:v1 after healing: %v", err)
+	}
+}
+
+// TestService_SessionLifetime: GC never collects the session of a push still running, however long
+// it runs; an abandoned session stays resumable for its whole TTL counted from when the push stopped.
+func TestService_SessionLifetime(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	const ttl = time.Hour
+	s := openService(t, registry.Options{SessionTTL: ttl, Now: clock})
+	data := randomBytes(30, 1<<20)
+	sum := sha256.Sum256(data)
+	u, err := s.OpenUpload(ctx, registry.ModelInfo{Name: "slow", Version: "v1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u.BeginFile("w", int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	if need, err := u.Offer(ctx, sum, int64(len(data))); !need || err != nil {
+		t.Fatalf("offer: %v, %v", need, err)
+	}
+	if err := u.WriteChunk(data, func() {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.EndFile(sum); err != nil {
+		t.Fatal(err)
+	}
+	advance(3 * ttl) // a push over a slow link, past its session's first expiry
+	if res, err := s.CollectGarbage(ctx); err != nil || res.Sessions != 0 {
+		t.Fatalf("GC during a live push: %+v, %v; want no session collected", res, err)
+	}
+	if _, err := u.Commit(ctx); err != nil {
+		t.Fatalf("commit after GC: %v", err)
+	}
+	u.Close()
+
+	// Abandoned after running for 3 TTLs: resumable for one TTL from then.
+	u, err = s.OpenUpload(ctx, registry.ModelInfo{Name: "slow", Version: "v2"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	session := u.Session()
+	advance(3 * ttl)
+	u.Close()
+	advance(ttl / 2)
+	if res, err := s.CollectGarbage(ctx); err != nil || res.Sessions != 0 {
+		t.Fatalf("GC half a TTL after the push stopped: %+v, %v; want the session kept", res, err)
+	}
+	u, err = s.OpenUpload(ctx, registry.ModelInfo{Name: "slow", Version: "v2"}, nil)
+	if err != nil || !u.Resumed() || u.Session() != session {
+		t.Fatalf("reopen: resumed %v, session %q (was %q), %v", u != nil && u.Resumed(), u.Session(), session, err)
+	}
+	u.Close()
+	advance(2 * ttl)
+	if res, err := s.CollectGarbage(ctx); err != nil || res.Sessions != 1 {
+		t.Fatalf("GC a TTL after the push stopped: %+v, %v; want the session collected", res, err)
 	}
 }

@@ -60,6 +60,9 @@ type Service struct {
 	// deleted under it. pins counts live in-process references per chunk digest.
 	pinMu sync.Mutex
 	pins  map[[32]byte]int
+	// live counts the open Uploads per session id (under pinMu): GC never collects a session a push
+	// in this process is still using, however long it has been running.
+	live map[string]int
 
 	// eventMu makes watchers see changes in commit order: each change that emits events (publish,
 	// delete, alias set or removed) holds it from before its transaction until its events are
@@ -96,6 +99,7 @@ func New(db *store.DB, opts Options) (*Service, error) {
 		opts:   opts,
 		log:    opts.Logger,
 		pins:   map[[32]byte]int{},
+		live:   map[string]int{},
 		watch:  newHub(),
 		closed: make(chan struct{}),
 	}

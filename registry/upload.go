@@ -62,6 +62,7 @@ type Upload struct {
 	outcome     error // of Commit; nil and !committed means abandoned
 	committed   bool
 	closed      bool
+	released    bool // Close has dropped the session from Service.live
 }
 
 // UploadStats counts what an Upload moved.
@@ -164,6 +165,9 @@ func (s *Service) OpenUpload(ctx context.Context, info ModelInfo, aliases []stri
 	if err != nil {
 		return nil, fmt.Errorf("open upload %s:%s: %w", info.Name, info.Version, err)
 	}
+	s.pinMu.Lock()
+	s.live[u.session]++
+	s.pinMu.Unlock()
 	go u.hashFiles()
 	return u, nil
 }
@@ -512,6 +516,22 @@ func (u *Upload) Close() {
 	u.writers.Wait()
 	u.s.unpin(u.pinned)
 	u.pinned = nil
+	if !u.released {
+		u.released = true
+		u.s.pinMu.Lock()
+		if u.s.live[u.session]--; u.s.live[u.session] <= 0 {
+			delete(u.s.live, u.session)
+		}
+		u.s.pinMu.Unlock()
+		if !u.committed {
+			// The session stays resumable for its whole TTL from now, when the push stopped, not
+			// from when it began: a push that ran for most of a day must not expire at once.
+			u.s.db.Update(context.Background(), func(tx *store.Tx) error {
+				_, err := tx.Exec(`UPDATE reg_sessions SET expires_at = ? WHERE id = ?`, u.s.now().Add(u.s.opts.SessionTTL).UnixNano(), u.session)
+				return err
+			})
+		}
+	}
 }
 
 var errAbandoned = errors.New("upload abandoned")
