@@ -281,6 +281,50 @@ func TestRegistry_ResumePull(t *testing.T) {
 	}
 }
 
+// TestRegistry_PushSymlinks: a Hugging Face cache snapshot (every file a symlink into blobs/) pushes
+// the files the links point at, under the links' names, also when the snapshot directory itself is
+// given through a symlink; a link to a directory or a broken link is an error naming it.
+func TestRegistry_PushSymlinks(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	cache := t.TempDir()
+	files := map[string][]byte{"model.safetensors": randBytes(51, 3<<20), "config.json": []byte(`{"a":1}`), "onnx/model.onnx": randBytes(52, 100<<10)}
+	snap := filepath.Join(cache, "snapshots", "abc")
+	for i, name := range []string{"model.safetensors", "config.json", "onnx/model.onnx"} {
+		blob := filepath.Join(cache, "blobs", fmt.Sprint("b", i))
+		os.MkdirAll(filepath.Dir(blob), 0o755)
+		os.WriteFile(blob, files[name], 0o644)
+		link := filepath.Join(snap, name)
+		os.MkdirAll(filepath.Dir(link), 0o755)
+		rel, _ := filepath.Rel(filepath.Dir(link), blob)
+		if err := os.Symlink(rel, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	current := filepath.Join(cache, "current")
+	os.Symlink(snap, current)
+	for i, src := range []string{snap, current} {
+		v := fmt.Sprint("v", i)
+		res := push(t, e, src, "snap", v)
+		if res.Files != len(files) {
+			t.Fatalf("push of %s: %d files, want %d", src, res.Files, len(files))
+		}
+		out := t.TempDir()
+		if _, err := e.client.Pull(context.Background(), "snap:"+v, out, registry.PullOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		assertTree(t, out, files)
+	}
+	for name, target := range map[string]string{"dirlink": filepath.Join(cache, "blobs"), "broken": filepath.Join(cache, "nothing")} {
+		bad := t.TempDir()
+		os.WriteFile(filepath.Join(bad, "ok.bin"), []byte("x"), 0o644)
+		os.Symlink(target, filepath.Join(bad, name))
+		_, err := e.client.Push(context.Background(), bad, registry.PushOptions{Info: registry.ModelInfo{Name: "bad", Version: name}})
+		if err == nil || !strings.Contains(err.Error(), filepath.Join(bad, name)) {
+			t.Fatalf("push with a %s: %v, want an error naming it", name, err)
+		}
+	}
+}
+
 // TestRegistry_PullDirBusy: a second pull into a directory a pull is writing is refused (they would
 // share partial files, and one could report success with the other version's bytes); the first
 // completes with its own bytes, and the directory is free again afterwards.

@@ -116,13 +116,33 @@ func listLocal(src string) ([]*localFile, error) {
 		}
 		return []*localFile{{rel: filepath.Base(src), abs: src, size: st.Size(), mtime: st.ModTime()}}, nil
 	}
+	// A directory given through a symlink is walked where it points.
+	if src, err = filepath.EvalSymlinks(src); err != nil {
+		return nil, err
+	}
 	var files []*localFile
 	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if !d.Type().IsRegular() {
-			return nil // directories are walked; symlinks, sockets and devices are not model files
+		var info fs.FileInfo
+		switch {
+		case d.Type().IsRegular():
+			if info, err = d.Info(); err != nil {
+				return err
+			}
+		case d.Type()&fs.ModeSymlink != 0:
+			// A Hugging Face cache snapshot is all symlinks into its blobs directory: a link to a
+			// file pushes the file it points at, under the link's name. A link to a directory is
+			// refused rather than followed (it may loop, or reach far outside src).
+			if info, err = os.Stat(p); err != nil {
+				return fmt.Errorf("cannot push %s: broken symbolic link: %w", p, err)
+			}
+			if !info.Mode().IsRegular() {
+				return fmt.Errorf("%w: cannot push %s: a symbolic link to a directory or special file (not followed); push its target", ErrInvalid, p)
+			}
+		default:
+			return nil // directories are walked; sockets, pipes and devices are not model files
 		}
 		rel, err := filepath.Rel(src, p)
 		if err != nil {
@@ -131,10 +151,6 @@ func listLocal(src string) ([]*localFile, error) {
 		rel = filepath.ToSlash(rel)
 		if _, err := CleanPath(rel); err != nil {
 			return fmt.Errorf("cannot push %s: %w", p, err)
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
 		}
 		files = append(files, &localFile{rel: rel, abs: p, size: info.Size(), mtime: info.ModTime()})
 		return nil
