@@ -553,15 +553,18 @@ func TestRegistry_Errors(t *testing.T) {
 				t.Fatalf("Show %s: %v, want NOT_FOUND naming %q", tc.ref, err, tc.want)
 			}
 		}
-		if _, err := e.rpc.RemoveAlias(ctx, &registrypb.RemoveAliasRequest{Name: "e", Alias: "latest"}); err != nil {
-			t.Fatal(err)
+	})
+	// latest is the registry's: moving or removing it by hand would break bare-name refs.
+	t.Run("ErrLatestByHand", func(t *testing.T) {
+		if _, err := e.rpc.RemoveAlias(ctx, &registrypb.RemoveAliasRequest{Name: "e", Alias: "latest"}); code(err) != codes.InvalidArgument ||
+			!strings.Contains(status.Convert(err).Message(), "maintained automatically") {
+			t.Fatalf("remove latest: %v, want INVALID_ARGUMENT", err)
 		}
-		if _, err := e.rpc.RemoveAlias(ctx, &registrypb.RemoveAliasRequest{Name: "e", Alias: "prod"}); err != nil {
-			t.Fatal(err)
+		if _, err := e.rpc.SetAlias(ctx, &registrypb.SetAliasRequest{Name: "e", Alias: "latest", Version: "v1"}); code(err) != codes.InvalidArgument {
+			t.Fatalf("set latest: %v, want INVALID_ARGUMENT", err)
 		}
-		_, err := e.rpc.Show(ctx, &registrypb.ShowRequest{Ref: "e"})
-		if msg := status.Convert(err).Message(); !strings.Contains(msg, "alias e@latest (it has none; name a version as e:VERSION)") {
-			t.Fatalf("Show e without aliases: %v", err)
+		if _, err := e.rpc.Show(ctx, &registrypb.ShowRequest{Ref: "e"}); err != nil {
+			t.Fatalf("Show e after refused changes to latest: %v", err)
 		}
 	})
 

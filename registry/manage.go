@@ -442,6 +442,9 @@ func (s *Service) SetAlias(ctx context.Context, name, alias, version string) (st
 	if err := ValidateAlias(alias); err != nil {
 		return "", err
 	}
+	if alias == LatestAlias {
+		return "", fmt.Errorf("%w: alias %s is maintained automatically (the most recently published version)", ErrInvalid, LatestAlias)
+	}
 	if err := ValidateVersion(version); err != nil {
 		return "", err
 	}
@@ -475,6 +478,9 @@ func (s *Service) RemoveAlias(ctx context.Context, name, alias string) (string, 
 	}
 	if err := ValidateAlias(alias); err != nil {
 		return "", err
+	}
+	if alias == LatestAlias {
+		return "", fmt.Errorf("%w: alias %s is maintained automatically (the most recently published version)", ErrInvalid, LatestAlias)
 	}
 	var prev string
 	s.eventMu.Lock()

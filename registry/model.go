@@ -62,6 +62,11 @@ func ValidateName(name string) error {
 	if err := validateSegments("model name", name, maxNameLen, true); err != nil {
 		return err
 	}
+	if name == "global" {
+		// model:global:index is BuffDB's list of model names; a model named global would have its
+		// version list under the same key.
+		return fmt.Errorf("%w: model name %q is reserved (model:global:index lists all models)", ErrInvalid, name)
+	}
 	return nil
 }
 
@@ -92,8 +97,9 @@ func validateSegments(what, s string, max int, slashes bool) error {
 				ok = true
 			}
 			if !ok {
+				r, _ := utf8.DecodeRuneInString(s[i:]) // name the character, not its first byte
 				return fmt.Errorf("%w: %s %q contains %q (allowed: letters, digits, '.', '_', '-'%s)",
-					ErrInvalid, what, s, c, map[bool]string{true: ", '/' between segments", false: ", '+'"}[slashes])
+					ErrInvalid, what, s, r, map[bool]string{true: ", '/' between segments", false: ", '+'"}[slashes])
 			}
 			continue
 		}
@@ -144,6 +150,11 @@ func CleanPath(p string) (string, error) {
 		case ".", "..":
 			return "", fmt.Errorf("%w: file path %q has a %q segment", ErrInvalid, p, part)
 		}
+	}
+	if strings.HasSuffix(p, PartialSuffix) {
+		// A pull writes file X as X.buffdbd-partial until it is verified: a file of that name
+		// would be taken for (and overwritten as) another file's partial copy.
+		return "", fmt.Errorf("%w: file path %q ends in %s, the suffix of a pull's unfinished files", ErrInvalid, p, PartialSuffix)
 	}
 	return p, nil
 }

@@ -9,8 +9,9 @@ import (
 )
 
 func TestValidateName(t *testing.T) {
-	ok := []string{"bert", "org/bert-base", "a.b_c-d", "Org/Name/v2"}
-	bad := []string{"", "a:b", "/a", "a/", "a//b", "./a", "a/..", "a b", "a@b", "a\x00", strings.Repeat("a", 201), "ä"}
+	ok := []string{"bert", "org/bert-base", "a.b_c-d", "Org/Name/v2", "global/x", "org/global"}
+	bad := []string{"", "a:b", "/a", "a/", "a//b", "./a", "a/..", "a b", "a@b", "a\x00", strings.Repeat("a", 201), "ä",
+		"global"} // model:global:index is the list of models
 	for _, n := range ok {
 		if err := registry.ValidateName(n); err != nil {
 			t.Errorf("ValidateName(%q) = %v, want nil", n, err)
@@ -31,6 +32,10 @@ func TestValidateName(t *testing.T) {
 			t.Errorf("ValidateVersion(%q) = %v, want ErrInvalid", v, err)
 		}
 	}
+	// The character named is the one written, not its first UTF-8 byte.
+	if err := registry.ValidateName("modèle"); err == nil || !strings.Contains(err.Error(), `contains 'è'`) {
+		t.Errorf("ValidateName(modèle) = %v, want it to name 'è'", err)
+	}
 }
 
 func TestCleanPath(t *testing.T) {
@@ -39,7 +44,8 @@ func TestCleanPath(t *testing.T) {
 			t.Errorf("CleanPath(%q) = %q, %v", p, got, err)
 		}
 	}
-	for _, p := range []string{"", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", "a\\b", "a\x00b", "a\nb", "..", "\xff"} {
+	for _, p := range []string{"", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", "a\\b", "a\x00b", "a\nb", "..", "\xff",
+		"w.buffdbd-partial", "d/w.buffdbd-partial"} { // a pull's name for its unfinished file w
 		if _, err := registry.CleanPath(p); !errors.Is(err, registry.ErrInvalid) {
 			t.Errorf("CleanPath(%q) = %v, want ErrInvalid", p, err)
 		}

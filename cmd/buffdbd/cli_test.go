@@ -325,6 +325,15 @@ func TestResolveDataDir(t *testing.T) {
 	}
 }
 
+func TestCLI_ModelWatchNeedsDaemon(t *testing.T) {
+	// In-process it would hold the data directory (no daemon could start) and never see a change.
+	dir := t.TempDir()
+	r := must(t, exitError, "", "--data-dir", dir, "model", "watch")
+	if !strings.Contains(r.stderr, "needs a running daemon") {
+		t.Fatalf("stderr %q", r.stderr)
+	}
+}
+
 func TestCLI_UnknownSubcommand(t *testing.T) {
 	// A group given a subcommand it does not have is a usage error with nothing on stdout, as an
 	// unknown top-level command is; the group alone prints its help.

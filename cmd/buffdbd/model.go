@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -440,7 +441,19 @@ func newModelWatchCmd(g *globalFlags) *cobra.Command {
 		Use:   "watch [NAME]",
 		Short: "Print version and alias changes as they happen (all models, or one)",
 		Args:  rangeArgs(0, 1),
-		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cc, err := dial(cmd, g)
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			if cc.Local {
+				// In-process, nothing else can change the registry while this holds the data
+				// directory (and a daemon could not start): there is nothing to watch.
+				return errors.New("model watch needs a running daemon (start one with buffdbd run, or give --addr): " +
+					"without one, this command would hold the data directory and see no change")
+			}
+			c := registry.NewClient(cc)
 			req := &registrypb.WatchRequest{}
 			if len(args) == 1 {
 				req.Name = args[0]
@@ -461,7 +474,7 @@ func newModelWatchCmd(g *globalFlags) *cobra.Command {
 				fmt.Fprintf(w, "%s %s %s version=%s alias=%s previous=%s\n", time.Now().UTC().Format(time.RFC3339),
 					strings.ToLower(ev.Kind.String()), ev.Name, dash(ev.Version), dash(ev.Alias), dash(ev.Previous))
 			}
-		}),
+		},
 	}
 }
 
