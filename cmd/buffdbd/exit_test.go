@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/buffdb/buffdbd/huggingface"
 	"github.com/buffdb/buffdbd/registry"
 	"github.com/buffdb/buffdbd/store"
 )
@@ -89,5 +91,32 @@ func TestLocalLogger(t *testing.T) {
 	_, err := os.Stat(filepath.Join(t.TempDir(), "missing"))
 	if got := reportError(&w, err); got != exitError || strings.Contains(w.String(), "hint:") || !strings.Contains(w.String(), "no such file") {
 		t.Fatalf("local error: exit %d, output %q", got, w.String())
+	}
+}
+
+// TestReportError_FetchGeneric: a fetch failure that is not one of fetch's own (interrupted, daemon
+// unreachable or draining, internal) is reported as every command reports it: a clean sentence
+// with its hint, not the raw gRPC status text.
+func TestReportError_FetchGeneric(t *testing.T) {
+	ref := huggingface.Ref{Repo: "org/m", Revision: "main"}
+	for _, tc := range []struct {
+		name   string
+		err    error
+		want   string
+		status int
+	}{
+		{"Interrupted", status.Error(codes.Canceled, "context canceled"), "buffdbd: interrupted\n", exitError},
+		{"Unreachable", status.Error(codes.Unavailable, "connection refused"), "hint: is the daemon running", exitError},
+		{"Internal", status.Error(codes.Internal, "internal error; the server log has the details"), "hint: the details are in the daemon's log", exitError},
+	} {
+		var w bytes.Buffer
+		code := reportError(&w, classifyFetchError(tc.err, ref, false))
+		if code != tc.status || !strings.Contains(w.String(), tc.want) || strings.Contains(w.String(), "rpc error") {
+			t.Errorf("%s: exit %d, %q; want exit %d with %q", tc.name, code, w.String(), tc.status, tc.want)
+		}
+	}
+	// Fetch's own failures keep their exit codes.
+	if code := reportError(&bytes.Buffer{}, classifyFetchError(fmt.Errorf("x: %w", huggingface.ErrRevisionNotFound), ref, false)); code != exitRevisionNotFound {
+		t.Errorf("revision not found: exit %d, want %d", code, exitRevisionNotFound)
 	}
 }

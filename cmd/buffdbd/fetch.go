@@ -284,6 +284,10 @@ func classifyFetchError(err error, ref huggingface.Ref, hasToken bool) error {
 		fe.code, fe.hint = exitUnsafePath, "the repository lists a filename that could escape the model directory; nothing was published"
 	case errors.Is(err, huggingface.ErrInvalidRef):
 		return usageError{err}
+	default:
+		// Not a fetch-specific failure (interrupted, daemon unreachable or draining, disk full,
+		// internal): reported like any command's, with its message cleaned and its hint.
+		return err
 	}
 	return fe
 }
