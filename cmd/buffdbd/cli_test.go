@@ -465,3 +465,23 @@ func TestCLI_ErrLocked(t *testing.T) {
 		t.Fatalf("hint = %q", r.stderr)
 	}
 }
+
+func TestCLI_TokenFileChecked(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, []byte(" \n"), 0o600)
+	good := filepath.Join(dir, "token")
+	os.WriteFile(good, []byte("hf_abc\n"), 0o600)
+	data := filepath.Join(dir, "data")
+	for _, f := range []string{filepath.Join(dir, "missing"), empty} {
+		for _, args := range [][]string{{"config", "check"}, {"run", "--listen", "127.0.0.1:0", "--http-listen="}} {
+			r := must(t, exitConfig, "", append([]string{"--data-dir", data, "--huggingface-token-file", f}, args...)...)
+			if !strings.Contains(r.stderr, "huggingface.token_file") {
+				t.Errorf("%v with token file %s: stderr %q", args, f, r.stderr)
+			}
+		}
+		// Other commands do not need the token: a user who may not read it can still use them.
+		must(t, exitNotFound, "", "--data-dir", data, "--huggingface-token-file", f, "kv", "get", "k")
+	}
+	must(t, exitOK, "", "--data-dir", data, "--huggingface-token-file", good, "config", "check")
+}

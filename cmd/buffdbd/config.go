@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -177,6 +178,33 @@ type configError struct {
 func (e *configError) Error() string             { return e.err.Error() }
 func (e *configError) Unwrap() []error           { return []error{ErrConfig, e.err} }
 func configErrorf(format string, a ...any) error { return &configError{err: fmt.Errorf(format, a...)} }
+
+// CheckFiles reports, as an ErrConfig naming the key, a configured file the daemon will need but
+// cannot read. It is not part of Validate: every CLI command validates the configuration, and a
+// user who may not read the daemon's token file must still be able to run them. run and
+// config check call it.
+func (c Config) CheckFiles() error {
+	if f := c.HuggingFace.TokenFile; f != "" {
+		if _, err := readTokenFile(f); err != nil {
+			return keyErrorf("huggingface.token_file", "%v", err)
+		}
+	}
+	return nil
+}
+
+// readTokenFile reads a token file: its content without surrounding whitespace, which must not be
+// empty.
+func readTokenFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return tok, nil
+}
 
 // keyErrorf is a configError about key; the message starts with the key.
 func keyErrorf(key, format string, a ...any) error {

@@ -109,8 +109,11 @@ func newConfigCommand() *cobra.Command {
 		Short: "Validate the configuration; exit 0 if valid, 78 (EX_CONFIG) if not",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			_, file, err := load(c)
+			cfg, file, err := load(c)
 			if err != nil {
+				return err
+			}
+			if err := cfg.CheckFiles(); err != nil {
 				return err
 			}
 			if file == "" {

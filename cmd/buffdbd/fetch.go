@@ -18,6 +18,8 @@ import (
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/buffdb/buffdbd/api"
 	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
@@ -214,11 +216,13 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 		hf := cfg.HuggingFace
 		token := firstNonEmpty(req.GetToken(), hf.Token)
 		if token == "" && hf.TokenFile != "" {
-			b, err := os.ReadFile(hf.TokenFile)
+			t, err := readTokenFile(hf.TokenFile)
 			if err != nil {
-				return nil, fmt.Errorf("huggingface.token_file: %w", err)
+				// The operator's configuration, not a bug: say what to fix (run checks it at
+				// startup too, but the file may have changed since).
+				return nil, status.Errorf(codes.FailedPrecondition, "huggingface.token_file of the fetching process cannot be read: %v", err)
 			}
-			token = strings.TrimSpace(string(b))
+			token = t
 		}
 		conc := hf.Concurrency
 		if req.GetConcurrency() > 0 {

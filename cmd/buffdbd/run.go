@@ -509,6 +509,9 @@ Configuration comes from flags, then BUFFDBD_* environment variables, then the c
 			if err != nil {
 				return err
 			}
+			if err := cfg.CheckFiles(); err != nil {
+				return err
+			}
 			target := logTarget{}
 			if f, ok := cmd.ErrOrStderr().(*os.File); ok {
 				target = detectLogTarget(f)
