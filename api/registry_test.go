@@ -325,6 +325,30 @@ func TestRegistry_PushSymlinks(t *testing.T) {
 	}
 }
 
+// TestRegistry_PullBlockedByDirectory: a directory where a file of the version goes fails the pull
+// before any file is moved into place, so the output never holds half the version.
+func TestRegistry_PullBlockedByDirectory(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	files := map[string][]byte{"a.json": []byte("{}"), "w.bin": randBytes(61, 1<<20)}
+	src := t.TempDir()
+	writeFiles(t, src, files)
+	push(t, e, src, "blk", "v1")
+	out := t.TempDir()
+	os.MkdirAll(filepath.Join(out, "w.bin", "inner"), 0o755)
+	_, err := e.client.Pull(context.Background(), "blk:v1", out, registry.PullOptions{})
+	if err == nil || !strings.Contains(err.Error(), "is a directory") {
+		t.Fatalf("pull onto a directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(out, "a.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a.json was moved into place although the pull failed: %v", err)
+	}
+	os.RemoveAll(filepath.Join(out, "w.bin"))
+	if _, err := e.client.Pull(context.Background(), "blk:v1", out, registry.PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, files)
+}
+
 // TestRegistry_PullDirBusy: a second pull into a directory a pull is writing is refused (they would
 // share partial files, and one could report success with the other version's bytes); the first
 // completes with its own bytes, and the directory is free again afterwards.

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -231,6 +232,20 @@ func TestService_Import(t *testing.T) {
 			if ok, _ := s.HasVersion(ctx, "size", tc.name); ok {
 				t.Errorf("%s: a failed import is visible", tc.name)
 			}
+		}
+	})
+	t.Run("ErrFileIsDirectory", func(t *testing.T) {
+		// A path that is both a file and a directory could never be pulled; in either order.
+		for i, paths := range [][2]string{{"a", "a/b"}, {"x/y/z", "x/y"}} {
+			err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "fd", Version: fmt.Sprint("v", i)},
+				Files: []registry.ImportFile{file(paths[0], []byte("1")), file(paths[1], []byte("2"))}})
+			if !errors.Is(err, registry.ErrInvalid) {
+				t.Errorf("files %q: %v, want ErrInvalid", paths, err)
+			}
+		}
+		if err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "fd", Version: "ok"},
+			Files: []registry.ImportFile{file("a/b", []byte("1")), file("a/c", []byte("2")), file("ab", []byte("3"))}}); err != nil {
+			t.Errorf("siblings and a name sharing a prefix: %v", err)
 		}
 	})
 	t.Run("ErrInvalidPath", func(t *testing.T) {

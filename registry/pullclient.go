@@ -239,7 +239,15 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 			return err
 		}
 	}
-	// Every file is verified and durable under its partial name: move them into place.
+	// Every file is verified and durable under its partial name: move them into place. First make
+	// sure no rename can fail on what stands in the way (a directory where a file goes), so the
+	// version does not appear half.
+	for _, j := range jobs {
+		final := filepath.Join(dir, filepath.FromSlash(j.f.Path))
+		if st, err := os.Lstat(final); err == nil && st.IsDir() {
+			return fmt.Errorf("cannot place %s: %s is a directory; nothing was moved into place", j.f.Path, final)
+		}
+	}
 	dirs := map[string]bool{}
 	for _, j := range jobs {
 		final := filepath.Join(dir, filepath.FromSlash(j.f.Path))

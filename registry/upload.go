@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	pathpkg "path"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -39,7 +40,8 @@ type Upload struct {
 	resumed     bool
 	files       []File
 	paths       map[string]bool
-	cur         *File // between BeginFile and EndFile
+	dirs        map[string]bool // every directory of a path in paths
+	cur         *File           // between BeginFile and EndFile
 	curOff      int64
 	curVerified bool                     // the current file's sha256 is vouched for by Import's caller: not re-hashed
 	offered     map[[32]byte]*chunkWrite // chunks written by this upload, by digest
@@ -132,6 +134,7 @@ func (s *Service) OpenUpload(ctx context.Context, info ModelInfo, aliases []stri
 	u := &Upload{
 		s: s, info: info, aliases: slices.Clone(aliases),
 		paths:    map[string]bool{},
+		dirs:     map[string]bool{},
 		offered:  map[[32]byte]*chunkWrite{},
 		hashQ:    make(chan hashItem, hashQueueLen),
 		hashDone: make(chan struct{}),
@@ -202,6 +205,15 @@ func (u *Upload) beginFile(path string, size int64, verified bool) error {
 	if u.paths[p] {
 		return fmt.Errorf("%w: file %s sent twice", ErrInvalid, p)
 	}
+	// A path cannot be both a file and a directory: such a version could never be pulled.
+	if u.dirs[p] {
+		return fmt.Errorf("%w: file %s is also the directory of other files of this version", ErrInvalid, p)
+	}
+	for d := pathpkg.Dir(p); d != "."; d = pathpkg.Dir(d) {
+		if u.paths[d] {
+			return fmt.Errorf("%w: file %s is inside %s, which is a file of this version", ErrInvalid, p, d)
+		}
+	}
 	if size < 0 {
 		return fmt.Errorf("%w: file %s has negative size %d", ErrInvalid, p, size)
 	}
@@ -209,6 +221,9 @@ func (u *Upload) beginFile(path string, size int64, verified bool) error {
 		return fmt.Errorf("%w: more than %d files", ErrTooLarge, maxFiles)
 	}
 	u.paths[p] = true
+	for d := pathpkg.Dir(p); d != "." && !u.dirs[d]; d = pathpkg.Dir(d) {
+		u.dirs[d] = true
+	}
 	u.files = append(u.files, File{Path: p, Size: size})
 	u.cur = &u.files[len(u.files)-1]
 	u.curOff = 0
