@@ -31,6 +31,7 @@ var errorCodes = []ErrorCode{
 	{store.ErrReadOnly, codes.FailedPrecondition},
 	{store.ErrTooLarge, codes.ResourceExhausted},
 	{store.ErrNoSpace, codes.ResourceExhausted},
+	{store.ErrInUse, codes.FailedPrecondition},
 	{store.ErrAborted, codes.Aborted},
 	{store.ErrCorrupt, codes.DataLoss},
 	{store.ErrClosed, codes.Unavailable},

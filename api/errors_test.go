@@ -27,6 +27,7 @@ func TestStatus(t *testing.T) {
 		{store.ErrReadOnly, codes.FailedPrecondition},
 		{store.ErrTooLarge, codes.ResourceExhausted},
 		{store.ErrNoSpace, codes.ResourceExhausted},
+		{store.ErrInUse, codes.FailedPrecondition},
 		{store.ErrAborted, codes.Aborted},
 		{store.ErrCorrupt, codes.DataLoss},
 		{store.ErrClosed, codes.Unavailable},

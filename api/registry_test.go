@@ -26,6 +26,7 @@ import (
 	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
 	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
 	"github.com/buffdb/buffdbd/registry"
+	"github.com/buffdb/buffdbd/store"
 )
 
 func push(t testing.TB, e *regEnv, src, name, version string, aliases ...string) registry.PushResult {
@@ -322,6 +323,51 @@ func TestRegistry_PushSymlinks(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), filepath.Join(bad, name)) {
 			t.Fatalf("push with a %s: %v, want an error naming it", name, err)
 		}
+	}
+}
+
+// TestRegistry_ChunkBlobsProtected: the Blob API cannot delete or replace the blob of a registry
+// chunk (every version sharing it would break); metadata stays writable; model rm frees it.
+func TestRegistry_ChunkBlobsProtected(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	ctx := context.Background()
+	data := randBytes(71, 3<<20)
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"w.bin": data})
+	push(t, e, src, "prot", "v1")
+	vi, err := e.reg.Show(ctx, registry.Ref{Name: "prot", Version: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := vi.Info.BlobIDs[0]
+	bc := blobpb.NewBlobClient(e.conn)
+	del, _ := bc.Delete(ctx)
+	del.Send(&blobpb.DeleteRequest{Id: id})
+	if _, err := del.Recv(); status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "chunk of the model registry") {
+		t.Fatalf("Blob Delete of a chunk: %v, want FAILED_PRECONDITION naming the registry", err)
+	}
+	meta := "note"
+	for _, req := range []*blobpb.UpdateRequest{{Id: id, Bytes: []byte("other")}, {Id: id, ShouldUpdateMetadata: true, Metadata: &meta}} {
+		up, _ := bc.Update(ctx)
+		up.Send(req)
+		_, err := up.Recv()
+		if req.Bytes != nil && status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("Blob Update of a chunk's bytes: %v, want FAILED_PRECONDITION", err)
+		}
+		if req.Bytes == nil && err != nil {
+			t.Fatalf("Blob Update of a chunk's metadata: %v", err)
+		}
+	}
+	out := t.TempDir()
+	if _, err := e.client.Pull(ctx, "prot:v1", out, registry.PullOptions{}); err != nil {
+		t.Fatalf("pull after refused blob writes: %v", err)
+	}
+	if _, err := e.reg.DeleteVersion(ctx, registry.Ref{Name: "prot", Version: "v1"}, false); err != nil {
+		t.Fatal(err)
+	}
+	e.reg.CollectGarbage(ctx)
+	if _, err := e.db.GetBlob(ctx, "", id); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the chunk's blob after model rm: %v, want it deleted by the registry", err)
 	}
 }
 

@@ -89,4 +89,20 @@ CREATE TABLE reg_pins (
 ) WITHOUT ROWID;
 CREATE INDEX reg_pins_chunk ON reg_pins (chunk);
 `,
+}, {
+	Domain:  "registry",
+	Version: 2,
+	SQL: `
+-- A chunk's blob belongs to the registry: removing or replacing it through the BuffDB Blob API would
+-- break every version sharing the chunk. The registry itself first points reg_chunks elsewhere (or
+-- deletes the row), so these never fire for it. Metadata updates stay allowed.
+CREATE INDEX reg_chunks_blob ON reg_chunks (blob_id);
+CREATE TRIGGER reg_chunk_blob_delete BEFORE DELETE ON blob
+	WHEN EXISTS (SELECT 1 FROM reg_chunks WHERE blob_id = OLD.id)
+	BEGIN SELECT RAISE(ABORT, '` + store.InUseMarker + `the blob holds a chunk of the model registry; delete the model versions using it (buffdbd model rm) instead'); END;
+CREATE TRIGGER reg_chunk_blob_update BEFORE UPDATE OF size, sha256, data ON blob
+	WHEN EXISTS (SELECT 1 FROM reg_chunks WHERE blob_id = OLD.id)
+		AND (NEW.sha256 IS NOT OLD.sha256 OR NEW.size IS NOT OLD.size OR NEW.data IS NOT OLD.data)
+	BEGIN SELECT RAISE(ABORT, '` + store.InUseMarker + `the blob holds a chunk of the model registry; its bytes cannot be replaced'); END;
+`,
 }}

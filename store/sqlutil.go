@@ -139,6 +139,12 @@ func mapErr(err error) error {
 	case code == sqlite3.SQLITE_CONSTRAINT_UNIQUE || code == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY,
 		code == sqlite3.SQLITE_CONSTRAINT_TRIGGER && strings.Contains(err.Error(), uniqueMarker):
 		return fmt.Errorf("%w: %v", ErrExists, err)
+	case code == sqlite3.SQLITE_CONSTRAINT_TRIGGER && strings.Contains(err.Error(), InUseMarker):
+		msg := err.Error()[strings.Index(err.Error(), InUseMarker)+len(InUseMarker):]
+		if i := strings.LastIndex(msg, " ("); i > 0 { // SQLite's " (1811)" code suffix
+			msg = msg[:i]
+		}
+		return fmt.Errorf("%s: %w", msg, ErrInUse)
 	case code&0xff == sqlite3.SQLITE_FULL:
 		// Both wrapped: txLost must still see that SQLite rolled the transaction back.
 		return fmt.Errorf("%w: %w", ErrNoSpace, err)

@@ -25,6 +25,9 @@ var (
 	// ErrAborted: a pipelined write was not applied because an earlier write on the same Writer failed,
 	// or a transaction was rolled back by its timeout.
 	ErrAborted = errors.New("aborted")
+	// ErrInUse: the write would remove or change something a layered package still relies on (a
+	// blob holding a registry chunk); the package's triggers refuse it (see InUseMarker).
+	ErrInUse = errors.New("in use")
 	// ErrNoSpace: the disk holding the data directory is full (or the user's quota is used up).
 	ErrNoSpace = errors.New("no space left on the data directory's disk")
 	// ErrCorrupt: a payload file is missing or does not match its recorded sha256.
@@ -35,6 +38,11 @@ var (
 	// to it instead of opening the store directly).
 	ErrLocked = errors.New("data directory in use by another process")
 )
+
+// InUseMarker starts the RAISE(ABORT, ...) message of a layered package's trigger that protects its
+// rows from raw writes through the store's own API (a registry chunk's blob from Blob Delete): the
+// store reports such a failure as ErrInUse with the rest of the message.
+const InUseMarker = "buffdbd in use: "
 
 // Durability chooses what an acknowledged write survives.
 type Durability int
