@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -326,6 +327,52 @@ func TestRegistry_PushSymlinks(t *testing.T) {
 	}
 }
 
+// TestRegistry_RepushRepairs: pushing a published version again with the same content succeeds,
+// sends nothing and announces no new version; after verify marked a chunk corrupt, the re-push
+// sends just that chunk and the version pulls again.
+func TestRegistry_RepushRepairs(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	ctx := context.Background()
+	data := randBytes(81, 9<<20)
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"w.bin": data})
+	first := push(t, e, src, "rp", "v1")
+	again := push(t, e, src, "rp", "v1", "prod")
+	if again.BytesSent != 0 {
+		t.Fatalf("re-push of unchanged content sent %d bytes", again.BytesSent)
+	}
+	if v, err := e.reg.ResolveAlias(ctx, "rp", "prod"); err != nil || v != "v1" {
+		t.Fatalf("alias given with the re-push: %q, %v", v, err)
+	}
+	vi, err := e.reg.Show(ctx, registry.Ref{Name: "rp", Version: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := vi.Files[0].Chunks[2]
+	payload := filepath.Join(e.db.Dir(), "payloads", hex.EncodeToString(c.SHA256[:1]), hex.EncodeToString(c.SHA256[:]))
+	f, err := os.OpenFile(payload, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("rot"), 7)
+	f.Close()
+	if res, err := e.reg.Verify(ctx, nil, nil); err != nil || len(res.Corrupt) != 1 {
+		t.Fatalf("verify: %+v, %v", res, err)
+	}
+	healed := push(t, e, src, "rp", "v1")
+	if healed.BytesSent != c.Size {
+		t.Fatalf("repairing re-push sent %d bytes, want the damaged chunk's %d (first push sent %d)", healed.BytesSent, c.Size, first.BytesSent)
+	}
+	if res, err := e.reg.Verify(ctx, nil, nil); err != nil || len(res.Corrupt) != 0 {
+		t.Fatalf("verify after the re-push: %+v, %v", res, err)
+	}
+	out := t.TempDir()
+	if _, err := e.client.Pull(ctx, "rp:v1", out, registry.PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, map[string][]byte{"w.bin": data})
+}
+
 // TestRegistry_ChunkBlobsProtected: the Blob API cannot delete or replace the blob of a registry
 // chunk (every version sharing it would break); metadata stays writable; model rm frees it.
 func TestRegistry_ChunkBlobsProtected(t *testing.T) {
@@ -593,8 +640,13 @@ func TestRegistry_Errors(t *testing.T) {
 	add("InvalidName", err, codes.InvalidArgument)
 	_, err = e.client.Push(ctx, src, registry.PushOptions{Info: registry.ModelInfo{Name: "e", Version: "../v"}})
 	add("InvalidVersion", err, codes.InvalidArgument)
-	_, err = e.client.Push(ctx, src, registry.PushOptions{Info: registry.ModelInfo{Name: "e", Version: "v1"}})
+	other := t.TempDir()
+	writeFiles(t, other, map[string][]byte{"m.bin": randBytes(62, 2<<20)}) // same path and size, other bytes
+	_, err = e.client.Push(ctx, other, registry.PushOptions{Info: registry.ModelInfo{Name: "e", Version: "v1"}})
 	add("Exists", err, codes.AlreadyExists)
+	writeFiles(t, other, map[string][]byte{"other.bin": []byte("x")})
+	_, err = e.client.Push(ctx, other, registry.PushOptions{Info: registry.ModelInfo{Name: "e", Version: "v1"}})
+	add("ExistsOtherFiles", err, codes.AlreadyExists)
 	_, err = e.rpc.Show(ctx, &registrypb.ShowRequest{Ref: "e:v9"})
 	add("ShowMissing", err, codes.NotFound)
 	_, err = e.rpc.Show(ctx, &registrypb.ShowRequest{Ref: "e@nope"})

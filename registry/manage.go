@@ -531,7 +531,10 @@ func (s *Service) markPulled(ctx context.Context, r Ref) error {
 // afterPublish reports a committed publish: events, metrics, payload reclamation after eviction.
 func (s *Service) afterPublish(res publishResult) {
 	n := res.info.Name
-	evs := []Event{{Kind: EventPublished, Name: n, Version: res.info.Version}}
+	var evs []Event
+	if !res.republish {
+		evs = append(evs, Event{Kind: EventPublished, Name: n, Version: res.info.Version})
+	}
 	for _, v := range res.evicted {
 		evs = append(evs, Event{Kind: EventEvicted, Name: v.Name, Version: v.Version})
 	}

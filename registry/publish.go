@@ -27,10 +27,11 @@ type publishRequest struct {
 
 // publishResult says what the publishing transaction did besides publishing.
 type publishResult struct {
-	info    ModelInfo
-	evicted []Ref
-	freed   int64
-	moved   map[string]string // alias -> previous version ("" if new)
+	info      ModelInfo
+	evicted   []Ref
+	freed     int64
+	moved     map[string]string // alias -> previous version ("" if new)
+	republish bool              // the version was already published with this content: nothing new
 }
 
 // publish makes a version visible in one store transaction: rows, KV metadata, manifest, both
@@ -46,7 +47,7 @@ func (s *Service) publish(ctx context.Context, req publishRequest) (publishResul
 		if ok, err := versionExists(tx, info.Name, info.Version); err != nil {
 			return err
 		} else if ok {
-			return fmt.Errorf("%w: %s:%s is already published", ErrExists, info.Name, info.Version)
+			return s.republishTx(tx, req, &res)
 		}
 		info.BlobIDs = info.BlobIDs[:0]
 		for fi := range req.manifest.Files {
@@ -263,6 +264,42 @@ func (s *Service) dropChunkIfUnusedTx(tx *store.Tx, sum []byte) (int64, error) {
 		return 0, fmt.Errorf("delete chunk blob %d: %w", blobID, err)
 	}
 	return size, nil
+}
+
+// republishTx ends the upload of a version that is already published: the same content (every
+// file's path, size and sha256 as published) only deletes the session, whose chunks repaired any
+// corrupt ones as they were stored, and sets the requested aliases; other content is ErrExists.
+func (s *Service) republishTx(tx *store.Tx, req publishRequest, res *publishResult) error {
+	info := req.info
+	vi, err := versionInfoTx(tx, info.Name, info.Version, false)
+	if err != nil {
+		return err
+	}
+	same := len(vi.Files) == len(req.manifest.Files)
+	for i := 0; same && i < len(vi.Files); i++ {
+		a, b := vi.Files[i], req.manifest.Files[i]
+		same = a.Path == b.Path && a.Size == b.Size && a.SHA256 == b.SHA256
+	}
+	if !same {
+		return fmt.Errorf("%w: %s:%s is already published with other content", ErrExists, info.Name, info.Version)
+	}
+	for _, a := range req.aliases {
+		if a == LatestAlias {
+			continue
+		}
+		prev, err := setAliasTx(tx, info.Name, a, info.Version)
+		if err != nil {
+			return err
+		}
+		res.moved[a] = prev
+	}
+	if req.sessionID != "" {
+		if err := deleteSessionTx(tx, req.sessionID); err != nil {
+			return err
+		}
+	}
+	res.info, res.republish = vi.Info, true
+	return nil
 }
 
 func versionExists(tx *store.Tx, name, version string) (bool, error) {

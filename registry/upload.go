@@ -41,6 +41,9 @@ type Upload struct {
 	files       []File
 	paths       map[string]bool
 	dirs        map[string]bool // every directory of a path in paths
+	// published are the files of the version when it is already published (nil if not): a re-push
+	// must send exactly these.
+	published []File
 	cur         *File           // between BeginFile and EndFile
 	curOff      int64
 	curVerified bool                     // the current file's sha256 is vouched for by Import's caller: not re-hashed
@@ -117,7 +120,13 @@ type hashItem struct {
 }
 
 // OpenUpload starts or resumes the upload session of info.Name/info.Version. aliases are set along
-// with latest when the version is published. ErrExists if the version is already published.
+// with latest when the version is published.
+//
+// Pushing a version that is already published is allowed when it is the same content: every file
+// must match the published one (path and size from BeginFile on, ErrExists at once otherwise; the
+// sha256 at Commit). Only chunks the registry lacks or has marked corrupt are asked for, so this is
+// how damaged chunks are repaired, and a re-run of a push that already succeeded is a cheap no-op
+// (aliases given are still set).
 func (s *Service) OpenUpload(ctx context.Context, info ModelInfo, aliases []string) (*Upload, error) {
 	if err := validateInfo(&info); err != nil {
 		return nil, err
@@ -144,13 +153,20 @@ func (s *Service) OpenUpload(ctx context.Context, info ModelInfo, aliases []stri
 	}
 	u.abortCtx, u.cancelAbort = context.WithCancel(context.Background())
 	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		if ok, err := versionExists(tx, info.Name, info.Version); err != nil {
+		ok, err := versionExists(tx, info.Name, info.Version)
+		if err != nil {
 			return err
-		} else if ok {
-			return fmt.Errorf("%w: %s:%s is already published", ErrExists, info.Name, info.Version)
+		}
+		u.published = nil
+		if ok {
+			vi, err := versionInfoTx(tx, info.Name, info.Version, false)
+			if err != nil {
+				return err
+			}
+			u.published = vi.Files
 		}
 		expires := s.now().Add(s.opts.SessionTTL).UnixNano()
-		err := tx.Query(`SELECT id FROM reg_sessions WHERE name = ? AND version = ?`, []any{info.Name, info.Version},
+		err = tx.Query(`SELECT id FROM reg_sessions WHERE name = ? AND version = ?`, []any{info.Name, info.Version},
 			func(scan func(...any) error) error { return scan(&u.session) })
 		if err != nil {
 			return err
@@ -204,6 +220,13 @@ func (u *Upload) beginFile(path string, size int64, verified bool) error {
 	}
 	if u.paths[p] {
 		return fmt.Errorf("%w: file %s sent twice", ErrInvalid, p)
+	}
+	if u.published != nil {
+		i := len(u.files)
+		if i >= len(u.published) || u.published[i].Path != p || u.published[i].Size != size {
+			return fmt.Errorf("%w: %s:%s is already published with other files (re-pushing it must send the same files, e.g. to repair it)",
+				ErrExists, u.info.Name, u.info.Version)
+		}
 	}
 	// A path cannot be both a file and a directory: such a version could never be pulled.
 	if u.dirs[p] {
