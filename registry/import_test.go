@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -205,10 +206,18 @@ func TestService_Import(t *testing.T) {
 	t.Run("ErrBudget", func(t *testing.T) {
 		// main and latest moved to def456, so abc123 is evictable, but its weights are shared with
 		// def456: evicting it would free only config.json, not enough for 16 MiB in a 20 MiB budget.
-		err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "big", Version: "v1"},
+		before, err := s.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "big", Version: "v1"},
 			Files: []registry.ImportFile{file("w", randomBytes(3, 16<<20))}})
-		if !errors.Is(err, registry.ErrBudget) {
-			t.Fatalf("got %v, want ErrBudget", err)
+		if !errors.Is(err, registry.ErrBudget) || !strings.Contains(err.Error(), "pinned or aliased") {
+			t.Fatalf("got %v, want ErrBudget saying why nothing more could be evicted", err)
+		}
+		// Nothing of it stays: over the budget it would not fit on a retry either.
+		if after, err := s.Stats(ctx); err != nil || after != before {
+			t.Fatalf("after the refused import: %+v (before %+v), %v; want the chunks and session gone", after, before, err)
 		}
 		if ok, _ := s.HasVersion(ctx, "hf/model", "abc123"); !ok {
 			t.Fatal("a failed import evicted a version")

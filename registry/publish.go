@@ -165,8 +165,19 @@ func (s *Service) enforceBudget(tx *store.Tx, keepName, keepVersion string, res 
 			return err
 		}
 		if !found {
-			return fmt.Errorf("%w: %d bytes referenced, budget %d, and every other version is pinned or aliased",
-				ErrBudget, used, s.opts.MaxBytes)
+			var others int
+			if err := tx.Query(`SELECT count(*) FROM reg_versions WHERE NOT (name = ? AND version = ?)`, []any{keepName, keepVersion},
+				func(scan func(...any) error) error { return scan(&others) }); err != nil {
+				return err
+			}
+			why := "every other version is pinned or aliased"
+			if others == 0 {
+				why = "it is the only version"
+			} else if len(res.evicted) > 0 {
+				why = fmt.Sprintf("%d versions were evicted and the rest are pinned or aliased", len(res.evicted))
+			}
+			return fmt.Errorf("%w: %s:%s needs %d bytes with what stays, over the budget of %d, and %s",
+				ErrBudget, keepName, keepVersion, used, s.opts.MaxBytes, why)
 		}
 		freed, err := s.deleteVersionTx(tx, victim.Name, victim.Version)
 		if err != nil {

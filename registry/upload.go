@@ -33,18 +33,18 @@ import (
 // sha256 is computed by a second goroutine over the ordered chunks (received bytes, or stored bytes
 // of chunks the registry already had), so verification costs no extra pass at Commit.
 type Upload struct {
-	s           *Service
-	info        ModelInfo
-	aliases     []string
-	session     string
-	resumed     bool
-	files       []File
-	paths       map[string]bool
-	dirs        map[string]bool // every directory of a path in paths
+	s       *Service
+	info    ModelInfo
+	aliases []string
+	session string
+	resumed bool
+	files   []File
+	paths   map[string]bool
+	dirs    map[string]bool // every directory of a path in paths
 	// published are the files of the version when it is already published (nil if not): a re-push
 	// must send exactly these.
-	published []File
-	cur         *File           // between BeginFile and EndFile
+	published   []File
+	cur         *File // between BeginFile and EndFile
 	curOff      int64
 	curVerified bool                     // the current file's sha256 is vouched for by Import's caller: not re-hashed
 	offered     map[[32]byte]*chunkWrite // chunks written by this upload, by digest
@@ -68,6 +68,7 @@ type Upload struct {
 	committed   bool
 	closed      bool
 	released    bool // Close has dropped the session from Service.live
+	drop        bool // the commit failed for good (over the budget): Close deletes the session
 }
 
 // UploadStats counts what an Upload moved.
@@ -518,6 +519,10 @@ func (u *Upload) Commit(ctx context.Context) (ModelInfo, error) {
 	res, err := u.s.publish(ctx, publishRequest{info: u.info, manifest: &Manifest{Files: u.files}, aliases: u.aliases, sessionID: u.session})
 	if err != nil {
 		u.outcome = fmt.Errorf("publish %s:%s: %w", u.info.Name, u.info.Version, classifyIO(err))
+		// A version over the budget will not fit on a retry either, until the operator acts: keeping
+		// its chunks for a resume would hold more than the budget on disk for the session's whole
+		// lifetime. Close drops the session and collects them.
+		u.drop = errors.Is(err, ErrBudget)
 		return ModelInfo{}, u.outcome
 	}
 	u.committed = true
@@ -561,7 +566,15 @@ func (u *Upload) Close() {
 			delete(u.s.live, u.session)
 		}
 		u.s.pinMu.Unlock()
-		if !u.committed {
+		if u.drop {
+			err := u.s.db.Update(context.Background(), func(tx *store.Tx) error { return deleteSessionTx(tx, u.session) })
+			if err == nil {
+				_, err = u.s.CollectGarbage(context.Background())
+			}
+			if err != nil {
+				u.s.log.Warn("drop the upload session of a version over the budget", "session", u.session, "err", err)
+			}
+		} else if !u.committed {
 			// The session stays resumable for its whole TTL from now, when the push stopped, not
 			// from when it began: a push that ran for most of a day must not expire at once.
 			u.s.db.Update(context.Background(), func(tx *store.Tx) error {
