@@ -485,3 +485,15 @@ func TestCLI_TokenFileChecked(t *testing.T) {
 	}
 	must(t, exitOK, "", "--data-dir", data, "--huggingface-token-file", good, "config", "check")
 }
+
+func TestCLI_ModelBadRef(t *testing.T) {
+	// A malformed reference is a usage error for every command that takes one.
+	dir := t.TempDir()
+	for _, args := range [][]string{{"show", "a:b:c"}, {"pull", "a:b:c", "-o", t.TempDir()}, {"rm", "a:b:c"},
+		{"pin", "a:b:c"}, {"unpin", "a:b:c"}, {"verify", "a:b:c"}, {"tag", "a:b:c", "x"}} {
+		r := must(t, exitUsage, "", append([]string{"--data-dir", dir, "model"}, args...)...)
+		if !strings.Contains(r.stderr, `"a:b:c"`) && !strings.Contains(r.stderr, `"a:b"`) {
+			t.Errorf("model %v: stderr %q does not name the reference", args, r.stderr)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"syscall"
 
@@ -113,6 +114,9 @@ func reportError(w io.Writer, err error) int {
 		// them above (localLogger). The command's own errors are complete as they are.
 		hint = "the details are in the daemon's log or, if no daemon was running, printed above"
 	}
+	// A status wrapped by the client ("pull w.bin: rpc error: code = DataLoss desc = ...") keeps
+	// its context but not grpc-go's formatting.
+	msg = grpcPrefix.ReplaceAllString(msg, "")
 	// One line, whatever the message holds (SQLite and remote errors may span several).
 	msg = strings.TrimSpace(strings.NewReplacer("\r\n", "; ", "\n", "; ").Replace(msg))
 	fmt.Fprintf(w, "buffdbd: %s\n", msg)
@@ -124,6 +128,9 @@ func reportError(w io.Writer, err error) int {
 	}
 	return exitError
 }
+
+// grpcPrefix is how grpc-go's status errors format their code.
+var grpcPrefix = regexp.MustCompile(`rpc error: code = [A-Za-z]+ desc = `)
 
 // resourceExhaustedHint names the fix for the resource that ran out. RESOURCE_EXHAUSTED covers
 // several causes (api's error table maps budget, disk-full and size limits to it, and grpc-go uses

@@ -120,3 +120,13 @@ func TestReportError_FetchGeneric(t *testing.T) {
 		t.Errorf("revision not found: exit %d, want %d", code, exitRevisionNotFound)
 	}
 }
+
+func TestReportError_WrappedStatus(t *testing.T) {
+	// A client error wrapping a daemon's status keeps its context, without grpc-go's formatting,
+	// and keeps the status's exit code.
+	err := fmt.Errorf("pull w.bin: %w", status.Error(codes.NotFound, "chunk abc is not stored"))
+	var w bytes.Buffer
+	if code := reportError(&w, err); code != exitNotFound || w.String() != "buffdbd: pull w.bin: chunk abc is not stored\n" {
+		t.Fatalf("exit %d, %q", code, w.String())
+	}
+}

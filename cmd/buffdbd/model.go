@@ -181,7 +181,7 @@ func newModelPullCmd(g *globalFlags) *cobra.Command {
 reused chunk by chunk, an interrupted pull resumes (run it again), and files appear in DIR only
 after every file of the version has been verified against its sha256. Files in DIR that the version
 does not contain are left alone.`,
-		Args: exactArgs(1),
+		Args: refArgs(1, 1),
 		PreRunE: func(cmd *cobra.Command, args []string) error {
 			if out == "" {
 				return usagef("-o/--output is required")
@@ -279,7 +279,7 @@ func newModelShowCmd(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "show <REF>",
 		Short: "Show a version: metadata, files, aliases, pin, last pull",
-		Args:  exactArgs(1),
+		Args:  refArgs(1, 1),
 		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
 			resp, err := c.RPC().Show(cmd.Context(), &registrypb.ShowRequest{Ref: args[0]})
 			if err != nil {
@@ -326,7 +326,7 @@ func newModelRmCmd(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "rm <REF>",
 		Short: "Delete a version (refused while an alias points at it or it is pinned, unless --force)",
-		Args:  exactArgs(1),
+		Args:  refArgs(1, 1),
 		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
 			resp, err := c.RPC().DeleteVersion(cmd.Context(), &registrypb.DeleteVersionRequest{Ref: args[0], Force: force})
 			if err != nil {
@@ -338,6 +338,22 @@ func newModelRmCmd(g *globalFlags) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "delete even if aliased or pinned (its aliases are removed)")
 	return cmd
+}
+
+// refArgs checks the argument count and that the first argument, if any, is a well-formed model
+// reference: a malformed one is a usage error (exit 2) for every command, as for tag.
+func refArgs(lo, hi int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := rangeArgs(lo, hi)(cmd, args); err != nil {
+			return err
+		}
+		if len(args) > 0 {
+			if _, err := registry.ParseRef(args[0]); err != nil {
+				return usageError{err}
+			}
+		}
+		return nil
+	}
 }
 
 func newModelTagCmd(g *globalFlags) *cobra.Command {
@@ -397,7 +413,7 @@ func newModelPinCmd(g *globalFlags, pin bool) *cobra.Command {
 		use, short, verb = "unpin <REF>", "Unpin a version", "unpinned"
 	}
 	return &cobra.Command{
-		Use: use, Short: short, Args: exactArgs(1),
+		Use: use, Short: short, Args: refArgs(1, 1),
 		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
 			resp, err := c.RPC().SetPinned(cmd.Context(), &registrypb.SetPinnedRequest{Ref: args[0], Pinned: pin})
 			if err != nil {
@@ -413,7 +429,7 @@ func newModelVerifyCmd(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "verify [REF]",
 		Short: "Re-hash stored chunks (of one version, or all) and report corrupt ones",
-		Args:  rangeArgs(0, 1),
+		Args:  refArgs(0, 1),
 		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
 			req := &registrypb.VerifyRequest{}
 			if len(args) == 1 {
