@@ -14,6 +14,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 	"github.com/vbauerster/mpb/v8"
@@ -227,7 +229,7 @@ func newModelLsCmd(g *globalFlags) *cobra.Command {
 					return err
 				}
 				if asJSON {
-					return printJSON(w, resp.Versions)
+					return printJSON(w, versionsJSON(resp.Versions))
 				}
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "VERSION\tFRAMEWORK\tSIZE\tCREATED\tALIASES\tPINNED\tLAST PULLED")
@@ -241,7 +243,15 @@ func newModelLsCmd(g *globalFlags) *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(w, resp.Models)
+				type modelJSON struct {
+					Name     string        `json:"name"`
+					Versions []versionJSON `json:"versions"`
+				}
+				out := []modelJSON{}
+				for _, m := range resp.Models {
+					out = append(out, modelJSON{m.Name, versionsJSON(m.Versions)})
+				}
+				return printJSON(w, out)
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "MODEL\tVERSION\tFRAMEWORK\tSIZE\tCREATED\tALIASES\tPINNED\tLAST PULLED")
@@ -259,6 +269,36 @@ func newModelLsCmd(g *globalFlags) *cobra.Command {
 	f.StringArrayVar(&params, "param", nil, "only versions with parameter key=value (repeatable)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// versionJSON is a version as ls --json prints it: every field present, times in RFC 3339,
+// last_pulled null when never.
+type versionJSON struct {
+	Version    string     `json:"version"`
+	Framework  string     `json:"framework"`
+	Size       uint64     `json:"size"`
+	CreatedAt  time.Time  `json:"created_at"`
+	Aliases    []string   `json:"aliases"`
+	Pinned     bool       `json:"pinned"`
+	LastPulled *time.Time `json:"last_pulled"`
+}
+
+func versionsJSON(vs []*registrypb.VersionSummary) []versionJSON {
+	out := []versionJSON{}
+	for _, v := range vs {
+		out = append(out, versionJSON{Version: v.Version, Framework: v.Framework, Size: v.Size, CreatedAt: v.CreatedAt.AsTime(),
+			Aliases: append([]string{}, v.Aliases...), Pinned: v.Pinned, LastPulled: timeOrNil(v.LastPulled)})
+	}
+	return out
+}
+
+// timeOrNil is t as a time, nil when absent (never happened).
+func timeOrNil(t *timestamppb.Timestamp) *time.Time {
+	if t == nil {
+		return nil
+	}
+	v := t.AsTime()
+	return &v
 }
 
 func printVersionRow(w io.Writer, prefix string, v *registrypb.VersionSummary) {
@@ -290,7 +330,7 @@ func newModelShowCmd(g *globalFlags) *cobra.Command {
 			if asJSON {
 				files, _ := registry.FilesFromProto(resp.Files)
 				return printJSON(w, map[string]any{"info": info, "files": files, "size": resp.Size,
-					"aliases": resp.Aliases, "pinned": resp.Pinned, "last_pulled": resp.LastPulled.AsTime()})
+					"aliases": append([]string{}, resp.Aliases...), "pinned": resp.Pinned, "last_pulled": timeOrNil(resp.LastPulled)})
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintf(tw, "name:\t%s\nversion:\t%s\nframework:\t%s\ndescription:\t%s\n", info.Name, info.Version, dash(info.Framework), dash(info.Description))

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,6 +47,26 @@ func modelSuite(t *testing.T, base ...string) {
 		if !strings.Contains(strings.Join(strings.Fields(r.stdout), " "), want) {
 			t.Fatalf("show lacks %q:\n%s", want, r.stdout)
 		}
+	}
+
+	// JSON: every field present, times as RFC 3339, a version never pulled has last_pulled null.
+	r = must(t, exitOK, "", a("model", "ls", "--json")...)
+	var models []struct {
+		Name     string           `json:"name"`
+		Versions []map[string]any `json:"versions"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &models); err != nil || len(models) != 1 || len(models[0].Versions) != 2 {
+		t.Fatalf("ls --json = %s (%v)", r.stdout, err)
+	}
+	for _, v := range models[0].Versions {
+		created, _ := v["created_at"].(string)
+		if _, err := time.Parse(time.RFC3339, created); err != nil || v["last_pulled"] != nil || v["pinned"] != false || v["framework"] == nil {
+			t.Fatalf("ls --json version %v", v)
+		}
+	}
+	r = must(t, exitOK, "", a("model", "show", "--json", "org/bert:v2")...)
+	if !strings.Contains(r.stdout, `"last_pulled": null`) {
+		t.Fatalf("show --json of a version never pulled: %s", r.stdout)
 	}
 
 	out := t.TempDir()
