@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/pflag"
@@ -198,11 +201,14 @@ func LoadConfig(fs *pflag.FlagSet) (cfg Config, file string, warnings []string, 
 		}
 	}
 	if file != "" {
+		if err := checkYAMLShape(file); err != nil {
+			return cfg, file, nil, configErrorf("config file %s: %v", file, err)
+		}
 		v.SetConfigFile(file)
 		// Config files are YAML whatever their extension; viper would otherwise guess from it.
 		v.SetConfigType("yaml")
 		if err := v.ReadInConfig(); err != nil {
-			return cfg, file, nil, configErrorf("config file %s: %v", file, unwrapViper(err))
+			return cfg, file, nil, configErrorf("config file %s: %s", file, oneLine(unwrapViper(err).Error()))
 		}
 		if unknown := unknownKeys(v.AllKeys()); len(unknown) > 0 {
 			if isSection(unknown[0]) {
@@ -232,6 +238,61 @@ func LoadConfig(fs *pflag.FlagSet) (cfg Config, file string, warnings []string, 
 		return cfg, file, warnings, err
 	}
 	return cfg, file, warnings, nil
+}
+
+// checkYAMLShape refuses what viper would silently misread: a second YAML document (ignored
+// entirely, its keys unapplied and unchecked) and two keys of one mapping that differ only in case
+// (keys are case-insensitive, so one would silently win). Syntax errors are left to viper.
+func checkYAMLShape(file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	dec := yaml.NewDecoder(f)
+	for docs := 0; ; docs++ {
+		var doc yaml.Node
+		if err := dec.Decode(&doc); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return nil // viper reports it, with its line
+		}
+		if docs > 0 {
+			return fmt.Errorf("holds more than one YAML document (line %d starts another); buffdbd reads one", doc.Line)
+		}
+		if err := caseDuplicates(&doc); err != nil {
+			return err
+		}
+	}
+}
+
+// caseDuplicates finds two keys of one mapping under n that differ only in case.
+func caseDuplicates(n *yaml.Node) error {
+	if n.Kind == yaml.DocumentNode || n.Kind == yaml.SequenceNode {
+		for _, c := range n.Content {
+			if err := caseDuplicates(c); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	seen := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k := n.Content[i]
+		key := strings.ToLower(k.Value)
+		if prev := seen[key]; prev != nil && prev.Value != k.Value {
+			return fmt.Errorf("keys %q (line %d) and %q (line %d) are the same key: keys are case-insensitive", prev.Value, prev.Line, k.Value, k.Line)
+		}
+		seen[key] = k
+		if err := caseDuplicates(n.Content[i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // configFilePath returns the config file to read and whether it was asked for explicitly.
@@ -409,6 +470,9 @@ func setField(p any, raw any) error {
 		default:
 			n, err := toInt(raw)
 			if err != nil {
+				if f, ok := raw.(float64); ok && f == math.Trunc(f) {
+					return fmt.Errorf("size %v is too large", raw)
+				}
 				return fmt.Errorf("must be a size like 20GiB, got %s", describe(raw))
 			}
 			if n < 0 {
@@ -483,6 +547,10 @@ func toInt(raw any) (int64, error) {
 	case float64:
 		if r != math.Trunc(r) {
 			return 0, fmt.Errorf("must be a whole number, got %v", r)
+		}
+		// YAML reads integers beyond int64 as floats; converting them would wrap around.
+		if r >= math.MaxInt64 || r < math.MinInt64 {
+			return 0, fmt.Errorf("out of range: %v", r)
 		}
 		return int64(r), nil
 	case string:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -72,7 +73,7 @@ func reportError(w io.Writer, err error) int {
 	}
 	if errors.Is(err, ErrConfig) {
 		// One line naming the key; systemd's RestartPreventExitStatus=78 stops a restart loop.
-		fmt.Fprintf(w, "buffdbd: configuration: %v\n", err)
+		fmt.Fprintf(w, "buffdbd: configuration: %s\n", oneLine(err.Error()))
 		return exitConfig
 	}
 	var ue usageError
@@ -117,8 +118,7 @@ func reportError(w io.Writer, err error) int {
 	// A status wrapped by the client ("pull w.bin: rpc error: code = DataLoss desc = ...") keeps
 	// its context but not grpc-go's formatting.
 	msg = grpcPrefix.ReplaceAllString(msg, "")
-	// One line, whatever the message holds (SQLite and remote errors may span several).
-	msg = strings.TrimSpace(strings.NewReplacer("\r\n", "; ", "\n", "; ").Replace(msg))
+	msg = oneLine(msg)
 	fmt.Fprintf(w, "buffdbd: %s\n", msg)
 	if hint != "" {
 		fmt.Fprintf(w, "hint: %s\n", hint)
@@ -127,6 +127,27 @@ func reportError(w io.Writer, err error) int {
 		return exitNotFound
 	}
 	return exitError
+}
+
+// oneLine joins the lines of an error message: SQLite, YAML and remote errors may span several,
+// and an error is one sentence on stderr.
+func oneLine(msg string) string {
+	lines := strings.FieldsFunc(msg, func(r rune) bool { return r == '\n' || r == '\r' })
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	var b strings.Builder
+	for _, l := range slices.DeleteFunc(lines, func(l string) bool { return l == "" }) {
+		switch s := b.String(); {
+		case s == "":
+		case strings.HasSuffix(s, ":"):
+			b.WriteString(" ")
+		default:
+			b.WriteString("; ")
+		}
+		b.WriteString(l)
+	}
+	return b.String()
 }
 
 // grpcPrefix is how grpc-go's status errors format their code.
