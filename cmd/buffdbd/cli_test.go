@@ -120,6 +120,11 @@ func cliSuite(t *testing.T, base ...string) {
 		if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil || len(rows) != 2 || rows[0]["two"] != "two" || rows[0]["three"] != nil || rows[1]["three"] != 3.5 {
 			t.Fatalf("--json = %s (%v)", r.stdout, err)
 		}
+		// JSON has no infinities: they are strings, as the table prints them.
+		r = must(t, exitOK, "", a("query", "--json", "SELECT 1e308*10 AS inf, -1e308*10 AS ninf")...)
+		if strings.Join(strings.Fields(r.stdout), "") != `[{"inf":"+Inf","ninf":"-Inf"}]` {
+			t.Fatalf("--json of infinities = %q", r.stdout)
+		}
 		r = must(t, exitOK, "", a("query", "--csv", q)...)
 		if r.stdout != "one,two,three\n1,two,\n10,twenty,3.5\n" {
 			t.Fatalf("--csv = %q", r.stdout)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"text/tabwriter"
 
@@ -244,7 +245,8 @@ func (p *csvPrinter) end(cols []string) error {
 	return p.w.Error()
 }
 
-// jsonPrinter streams a JSON array, one object per row; bytes are base64 (encoding/json's rule).
+// jsonPrinter streams a JSON array, one object per row; bytes are base64 (encoding/json's rule),
+// non-finite floats strings.
 type jsonPrinter struct {
 	w     io.Writer
 	count int
@@ -258,6 +260,9 @@ func (p *jsonPrinter) row(cols []string, vals []any) error {
 			buf = append(buf, ',')
 		}
 		k, _ := json.Marshal(cols[i])
+		if f, ok := v.(float64); ok && (math.IsInf(f, 0) || math.IsNaN(f)) {
+			v = strconv.FormatFloat(f, 'g', -1, 64) // JSON has no infinities: "+Inf", "-Inf", "NaN", as the table prints
+		}
 		val, err := json.Marshal(v)
 		if err != nil {
 			return err
