@@ -45,7 +45,7 @@ for a in "${addrs[@]}"; do
 done
 
 # The CLI reaches the same daemon over the data directory's socket and sees the clients' writes.
-"$work/buffdbd" --data-dir "$work/data" blob get 1 --mode metadata | grep -qx '{ offset: 6 }' || {
+grep -qx '{ offset: 6 }' <<<"$("$work/buffdbd" --data-dir "$work/data" blob get 1 --mode metadata)" || {
   echo "compat: CLI over the daemon socket did not see blob 1's metadata"; fail=1; }
 
 kill -TERM "$pid"

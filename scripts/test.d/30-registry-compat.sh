@@ -61,7 +61,10 @@ node tests/compat/node/registry.js "$addr" resnet 1.0 "$sha" "$size" || fail "no
 # 3. CLI round trip and listing.
 bd model pull org/bert@production -o "$work/out" >/dev/null 2>&1 || fail "pull org/bert"
 diff -r "$work/multi" "$work/out" || fail "pulled org/bert differs"
-bd model ls | grep -q "org/bert *v1 .*latest,production" || { bd model ls; fail "model ls"; }
+# Output is captured before grep: with pipefail, grep -q quitting at its first match could kill
+# the writer with SIGPIPE and fail the pipeline.
+ls_out=$(bd model ls) || fail "model ls"
+grep -q "org/bert *v1 .*latest,production" <<<"$ls_out" || { echo "$ls_out"; fail "model ls"; }
 
 # 4. SIGKILL mid-push.
 head -c $((384 << 20)) /dev/urandom >"$work/big.bin"
@@ -79,10 +82,10 @@ echo "registry-compat: daemon killed during push at: $(grep -oE '[0-9.]+ [KMG]iB
 start_daemon
 set +e; bd model show big:v1 >/dev/null 2>&1; rc=$?; set -e
 [ "$rc" -eq 3 ] || fail "after SIGKILL mid-push, model show big:v1 exited $rc, want 3 (not found)"
-bd model ls | grep -q '^big ' && fail "after SIGKILL mid-push the version is listed"
+grep -q '^big ' <<<"$(bd model ls)" && fail "after SIGKILL mid-push the version is listed"
 out=$(bd model push "$work/big.bin" --name big --version v1 2>/dev/null) || fail "resumed push"
 echo "registry-compat: $out"
-echo "$out" | grep -qE ', 0 B already stored' && fail "resumed push re-sent everything: $out"
+grep -qE ', 0 B already stored' <<<"$out" && fail "resumed push re-sent everything: $out"
 bd model pull big -o "$work/bigout" >/dev/null 2>&1 || fail "pull big"
 cmp "$work/big.bin" "$work/bigout/big.bin" || fail "pulled big differs"
 bd gc >/dev/null || fail "gc"

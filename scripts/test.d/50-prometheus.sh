@@ -76,7 +76,7 @@ if ! wait_for "prometheus target up" 60 target_up; then
   curl -sS "$api/targets" || true; cat "$tmp/prometheus.log"; exit 1
 fi
 if ! wait_for "buffdbd_build_info in prometheus" 30 series_exists; then cat "$tmp/prometheus.log"; exit 1; fi
-curl -fsS "$api/query" --data-urlencode 'query=up{job="buffdbd"}' | grep -q '"value":\[[0-9.]*,"1"\]' || {
+grep -q '"value":\[[0-9.]*,"1"\]' <<<"$(curl -fsS "$api/query" --data-urlencode 'query=up{job="buffdbd"}')" || {
   echo "FAIL: up{job=buffdbd} != 1"; exit 1; }
 
 echo "-- graceful stop"

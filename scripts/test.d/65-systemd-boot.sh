@@ -81,7 +81,7 @@ sleep 6
 
 echo "-- restart keeps the data; stop is clean"
 run systemctl restart buffdbd
-buffdbd model ls | grep -q boot/test || fail "model gone after restart"
+grep -q boot/test <<<"$(buffdbd model ls)" || fail "model gone after restart"
 [ "$(buffdbd kv get boot:key)" = value ] || fail "kv value gone after restart"
 systemctl stop buffdbd
 [ "$(prop Result)" = success ] || fail "stop: result $(prop Result)"
