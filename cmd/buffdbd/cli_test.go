@@ -411,6 +411,7 @@ func TestCLI_SameConfigAsRun(t *testing.T) {
 		t.Cleanup(func() { os.RemoveAll(sockDir) })
 		cfg := DefaultConfig()
 		cfg.DataDir = t.TempDir()
+		cfg.GRPC.Listen = []string{"127.0.0.1:0"} // the default port may be a developer's daemon
 		cfg.GRPC.Socket = filepath.Join(sockDir, "d.sock")
 		cfg.HTTP.Listen = ""
 		m := NewMain(cfg, nil)
