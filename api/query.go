@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -20,8 +21,33 @@ import (
 )
 
 // ColumnsHeader is the response header metadata key carrying the column names of a Query stream's
-// first query, one value per column, so clients learn them even when it returns no rows.
+// first query, one value per column, so clients learn them even when it returns no rows. Header
+// values must be printable ASCII, so each name is percent-encoded (EncodeColumn): bytes outside
+// printable ASCII, '%' and ',' (grpc-js joins repeated values with ", ") become %XX.
 const ColumnsHeader = "buffdb-columns"
+
+// EncodeColumn percent-encodes a column name for ColumnsHeader; ASCII names without '%' or ','
+// are unchanged.
+func EncodeColumn(name string) string {
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c < 0x20 || c > 0x7e || c == '%' || c == ',' {
+			fmt.Fprintf(&b, "%%%02X", c)
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+// DecodeColumn reverses EncodeColumn; a malformed escape is kept as it is.
+func DecodeColumn(v string) string {
+	if s, err := url.PathUnescape(v); err == nil {
+		return s
+	}
+	return v
+}
 
 // queryWritesHint tells a client how to get past the Query service's read-only default.
 const queryWritesHint = "the query service is read-only; start buffdbd with store.query_writes enabled (--query-writes) to allow writes"
@@ -46,8 +72,8 @@ func (s *queryService) Query(stream grpc.BidiStreamingServer[querypb.RawQuery, q
 		}
 		headerSent = true
 		md := metadata.MD{}
-		if len(cols) > 0 {
-			md.Set(ColumnsHeader, cols...)
+		for _, c := range cols {
+			md.Append(ColumnsHeader, EncodeColumn(c))
 		}
 		return stream.SendHeader(md)
 	}

@@ -144,3 +144,41 @@ func TestQuery_ZeroRows(t *testing.T) {
 		t.Fatalf("header %s = %v, want [k v]", api.ColumnsHeader, got)
 	}
 }
+
+// TestQuery_NonASCIIColumns: column names outside printable ASCII (and '%' and ',') are
+// percent-encoded in the header, which only carries printable ASCII; the rows come through.
+func TestQuery_NonASCIIColumns(t *testing.T) {
+	ts := newTestServer(t, store.Options{}, api.Options{})
+	c := querypb.NewQueryClient(ts.conn)
+	names := []string{"é", "名前", "a,b", "50%", "tab\there", "plain"}
+	for _, rows := range []string{"", " WHERE 0"} {
+		s, err := c.Query(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Send(&querypb.RawQuery{Query: `SELECT 1 AS "é", 2 AS "名前", 3 AS "a,b", 4 AS "50%", 5 AS "tab` + "\t" + `here", 6 AS plain FROM (SELECT 1)` + rows})
+		s.CloseSend()
+		n := 0
+		for {
+			_, err := s.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("query%s: %v", rows, err)
+			}
+			n++
+		}
+		md, err := s.Header()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, v := range md.Get(api.ColumnsHeader) {
+			got = append(got, api.DecodeColumn(v))
+		}
+		if !slices.Equal(got, names) || (rows == "") != (n == 1) {
+			t.Fatalf("query%s: %d rows, columns %q, want %q", rows, n, got, names)
+		}
+	}
+}

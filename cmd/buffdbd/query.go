@@ -135,7 +135,9 @@ func runQuery(cmd *cobra.Command, c querypb.QueryClient, q *querypb.RawQuery, f 
 	if cols == nil {
 		// No rows: the header metadata still names the columns.
 		if md, err := s.Header(); err == nil {
-			cols = md.Get(api.ColumnsHeader)
+			for _, c := range md.Get(api.ColumnsHeader) {
+				cols = append(cols, api.DecodeColumn(c))
+			}
 		}
 	}
 	return p.end(cols)
