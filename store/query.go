@@ -231,11 +231,20 @@ func (db *DB) Execute(ctx context.Context, sql string) (int64, error) {
 	if err := oneStatement(sql); err != nil {
 		return 0, err
 	}
+	if countStatements(sql) == 0 {
+		return 0, nil // blanks and comments: nothing to run (the driver has no result to report)
+	}
 	conn, release, err := db.queryConn(ctx)
 	if err != nil {
 		return 0, err
 	}
 	defer release()
+	// SQLite's changes() is only set by INSERT, UPDATE and DELETE: after any other statement it
+	// still holds the count of the last one run on this pooled connection, maybe another client's.
+	// An UPDATE that matches nothing sets it to 0 and writes nothing.
+	if _, err := conn.ExecContext(ctx, "UPDATE schema_migrations SET version = version WHERE 0"); err != nil {
+		return 0, mapErr(err)
+	}
 	if isVacuum(sql) {
 		// VACUUM attaches a temporary database internally; allow exactly one attachment for it.
 		// It also runs its own transaction, and leaves none open.

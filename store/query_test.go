@@ -128,6 +128,22 @@ func TestDB_QueryWrites(t *testing.T) {
 	}
 }
 
+func TestDB_ExecuteRowsChanged(t *testing.T) {
+	db := openDB(t, store.Options{QueryWrites: true})
+	if n, err := db.Execute(ctx, "INSERT INTO kv VALUES ('a', '1'), ('b', '2'), ('c', '3')"); err != nil || n != 3 {
+		t.Fatalf("insert = %d, %v", n, err)
+	}
+	// Statements that change no rows report 0, not the last INSERT's count left on the connection.
+	for _, sql := range []string{"CREATE TABLE IF NOT EXISTS t(x)", "SELECT 1", "PRAGMA user_version", "DROP TABLE IF EXISTS t9", "", "  -- nothing\n"} {
+		if n, err := db.Execute(ctx, sql); err != nil || n != 0 {
+			t.Errorf("Execute(%q) = %d, %v; want 0", sql, n, err)
+		}
+	}
+	if n, err := db.Execute(ctx, "UPDATE kv SET value = 'x' WHERE key IN ('a', 'b')"); err != nil || n != 2 {
+		t.Fatalf("update = %d, %v", n, err)
+	}
+}
+
 func TestDB_QueryOneStatement(t *testing.T) {
 	db := openDB(t, store.Options{QueryWrites: true})
 	err := db.Query(ctx, "select 1 as a; select 2 as b", func([]string, []any) error { return nil })
