@@ -41,7 +41,7 @@ func (s *blobService) Get(stream grpc.BidiStreamingServer[blobpb.GetRequest, blo
 }
 
 func (s *blobService) Store(stream grpc.BidiStreamingServer[blobpb.StoreRequest, blobpb.StoreResponse]) error {
-	w := s.db.NewWriter()
+	w := s.db.NewWriterContext(stream.Context())
 	ss := &storeStream{BidiStreamingServer: stream, pool: newRecvPool()}
 	return serveBidi(s.service, "blob.Store", ss,
 		func(_ context.Context, req *blobpb.StoreRequest) func(context.Context) (*blobpb.StoreResponse, error) {
@@ -65,7 +65,7 @@ func (s *blobService) Store(stream grpc.BidiStreamingServer[blobpb.StoreRequest,
 // Update follows BuffDB: bytes present replaces the data; should_update_metadata replaces the
 // metadata (absent → NULL); neither is a no-op that still checks the id exists.
 func (s *blobService) Update(stream grpc.BidiStreamingServer[blobpb.UpdateRequest, blobpb.UpdateResponse]) error {
-	w := s.db.NewWriter()
+	w := s.db.NewWriterContext(stream.Context())
 	return serveBidi(s.service, "blob.Update", stream,
 		func(ctx context.Context, req *blobpb.UpdateRequest) func(context.Context) (*blobpb.UpdateResponse, error) {
 			id := req.GetId()
@@ -88,7 +88,7 @@ func (s *blobService) Update(stream grpc.BidiStreamingServer[blobpb.UpdateReques
 }
 
 func (s *blobService) Delete(stream grpc.BidiStreamingServer[blobpb.DeleteRequest, blobpb.DeleteResponse]) error {
-	w := s.db.NewWriter()
+	w := s.db.NewWriterContext(stream.Context())
 	return serveBidi(s.service, "blob.Delete", stream,
 		func(_ context.Context, req *blobpb.DeleteRequest) func(context.Context) (*blobpb.DeleteResponse, error) {
 			id := req.GetId()

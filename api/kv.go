@@ -36,7 +36,7 @@ func (s *kvService) Get(stream grpc.BidiStreamingServer[kvpb.GetRequest, kvpb.Ge
 }
 
 func (s *kvService) Set(stream grpc.BidiStreamingServer[kvpb.SetRequest, kvpb.SetResponse]) error {
-	w := s.db.NewWriter()
+	w := s.db.NewWriterContext(stream.Context())
 	return serveBidi(s.service, "kv.Set", stream,
 		func(_ context.Context, req *kvpb.SetRequest) func(context.Context) (*kvpb.SetResponse, error) {
 			key := req.GetKey()
@@ -48,7 +48,7 @@ func (s *kvService) Set(stream grpc.BidiStreamingServer[kvpb.SetRequest, kvpb.Se
 }
 
 func (s *kvService) Delete(stream grpc.BidiStreamingServer[kvpb.DeleteRequest, kvpb.DeleteResponse]) error {
-	w := s.db.NewWriter()
+	w := s.db.NewWriterContext(stream.Context())
 	return serveBidi(s.service, "kv.Delete", stream,
 		func(_ context.Context, req *kvpb.DeleteRequest) func(context.Context) (*kvpb.DeleteResponse, error) {
 			key := req.GetKey()

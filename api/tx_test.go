@@ -55,6 +55,37 @@ func TestKv_Transactions(t *testing.T) {
 		wantCode(t, err, codes.NotFound, tx)
 	})
 
+	t.Run("TimedOutWriteNotApplied", func(t *testing.T) {
+		// A plain Set waits behind a read-write transaction (SQLite has one writer) until its
+		// deadline: the client sees DEADLINE_EXCEEDED, so the write must not be applied once the
+		// transaction commits and the queue moves on.
+		tx := begin(t, c, &kvpb.BeginTransactionRequest{})
+		if _, err := bidi(t, c.Set, &kvpb.SetRequest{Key: "late", Value: "from-tx", TransactionId: &tx}); err != nil {
+			t.Fatal(err)
+		}
+		dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		s, err := c.Set(dctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Send(&kvpb.SetRequest{Key: "late", Value: "timed-out"})
+		if _, err := s.Recv(); status.Code(err) != codes.DeadlineExceeded {
+			t.Fatalf("blocked Set: %v, want DEADLINE_EXCEEDED", err)
+		}
+		if r, err := c.CommitTransaction(ctx, &kvpb.CommitTransactionRequest{TransactionId: tx}); err != nil || !r.GetSuccess() {
+			t.Fatalf("Commit = %v, %v", r, err)
+		}
+		// Anything still queued has run once another write on its heels completes.
+		if _, err := bidi(t, c.Set, &kvpb.SetRequest{Key: "after", Value: "1"}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := bidi(t, c.Get, &kvpb.GetRequest{Key: "late"})
+		if err != nil || got[0].GetValue() != "from-tx" {
+			t.Fatalf("late = %v, %v; want the committed from-tx, not the write the client saw fail", got, err)
+		}
+	})
+
 	t.Run("Rollback", func(t *testing.T) {
 		tx := begin(t, c, &kvpb.BeginTransactionRequest{})
 		if _, err := bidi(t, c.Set, &kvpb.SetRequest{Key: "t2", Value: "gone", TransactionId: &tx}); err != nil {

@@ -16,6 +16,7 @@ import (
 // after the Writer's earlier writes completed) instead.
 type Writer struct {
 	db     *DB
+	ctx    context.Context // the stream's: a write still queued when it is done is not applied
 	failed atomic.Bool
 	mu     sync.Mutex
 	last   *Future
@@ -47,7 +48,13 @@ const (
 )
 
 // NewWriter returns a Writer. Close it when the stream ends.
-func (db *DB) NewWriter() *Writer { return &Writer{db: db} }
+func (db *DB) NewWriter() *Writer { return db.NewWriterContext(context.Background()) }
+
+// NewWriterContext returns a Writer whose writes still waiting to be applied when ctx is done (the
+// client cancelled, or its deadline passed) fail with ctx's error instead of being applied later:
+// a client that saw a write fail must not find it applied after all. The Writer's later writes
+// then abort, as after any failure.
+func (db *DB) NewWriterContext(ctx context.Context) *Writer { return &Writer{db: db, ctx: ctx} }
 
 // Set queues key=value (see DB.Set).
 func (w *Writer) Set(txID, key, value string) *Future {
@@ -137,6 +144,9 @@ func (w *Writer) push(o *op) *Future {
 		return w.record(doneFuture(0, ErrAborted))
 	}
 	o.w = w
+	if o.ctx == nil {
+		o.ctx = w.ctx
+	}
 	if w.pipe != nil {
 		// Behind earlier writes still being prepared.
 		s := &slot{fut: newFuture(), ready: make(chan struct{}), o: o}
@@ -191,6 +201,9 @@ func (w *Writer) runPipe() {
 			s.o.finish(0, ErrAborted)
 		default:
 			s.o.fut, s.o.w = s.fut, w
+			if s.o.ctx == nil {
+				s.o.ctx = w.ctx
+			}
 			w.db.submit(s.o)
 		}
 	}
