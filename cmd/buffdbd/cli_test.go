@@ -503,3 +503,27 @@ func TestCLI_ModelBadRef(t *testing.T) {
 		}
 	}
 }
+
+func TestCLI_RootRefusesServiceDataDir(t *testing.T) {
+	// Root opening a data directory another user owns (the service's, while it is stopped) would
+	// leave root-owned files the service cannot read: refused, with the way out.
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir := filepath.Join(t.TempDir(), "state")
+	os.Mkdir(dir, 0o700)
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Skip(err)
+	}
+	r := must(t, exitError, "", "--data-dir", dir, "kv", "set", "k", "v")
+	if !strings.Contains(r.stderr, "belongs to user") || !strings.Contains(r.stderr, "hint: start the daemon") {
+		t.Fatalf("stderr %q", r.stderr)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("root left %d entries in the service's directory", len(entries))
+	}
+	// run logs its start first, so not one line; the refusal is the same.
+	if r := runLine(t, "", "--data-dir", dir, "run", "--listen", "127.0.0.1:0", "--http-listen="); r.code != exitError || !strings.Contains(r.stderr, "belongs to user") {
+		t.Fatalf("run: exit %d, stderr %q", r.code, r.stderr)
+	}
+}

@@ -47,6 +47,9 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*store.DB, er
 	if err != nil {
 		return nil, fmt.Errorf("store.durability: %w", err)
 	}
+	if err := checkOwner(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
