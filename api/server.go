@@ -7,6 +7,9 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"time"
+
+	"google.golang.org/grpc/keepalive"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -72,6 +75,11 @@ func NewServer(db *store.DB, opts Options) *Server {
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(streams...),
 		grpc.ForceServerCodecV2(Codec{}),
+		// Clients keep long-lived streams alive with pings (grpc-js and grpcio let users set 10 s or
+		// even 1 s). grpc-go's default policy allows one per 5 minutes, and none without an active
+		// stream, and answers more with GOAWAY too_many_pings, killing every stream of the
+		// connection. Pings are cheap; allow them up to twice a second, idle or not.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 500 * time.Millisecond, PermitWithoutStream: true}),
 	}, opts.ServerOptions...)
 
 	s := &Server{grpc: grpc.NewServer(sopts...), health: health.NewServer(), log: log}

@@ -8,7 +8,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -190,4 +192,50 @@ func TestServer_Reflection(t *testing.T) {
 		}
 	}
 	s.CloseSend()
+}
+
+// TestServer_KeepalivePings: a client pinging every 600 ms (grpc-js and grpcio users set such
+// keepalive intervals), with no stream open, is not sent GOAWAY too_many_pings, which would kill
+// every stream of its connection. Spoken in raw HTTP/2, since grpc-go's own client will not ping
+// more often than every 10 s.
+func TestServer_KeepalivePings(t *testing.T) {
+	ts := newTestServer(t, store.Options{}, api.Options{})
+	c, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings()
+	goaway := make(chan *http2.GoAwayFrame, 1)
+	go func() {
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					fr.WriteSettingsAck()
+				}
+			case *http2.GoAwayFrame:
+				goaway <- f
+				return
+			}
+		}
+	}()
+	for i := range 6 {
+		if err := fr.WritePing(false, [8]byte{byte(i)}); err != nil {
+			t.Fatalf("ping %d: %v", i, err)
+		}
+		select {
+		case g := <-goaway:
+			t.Fatalf("GOAWAY after %d pings: %v %q", i+1, g.ErrCode, g.DebugData())
+		case <-time.After(600 * time.Millisecond):
+		}
+	}
 }
