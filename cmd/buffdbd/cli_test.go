@@ -202,9 +202,9 @@ func TestCLI_WithDaemon(t *testing.T) {
 }
 
 func TestCLI_MessageTooLarge(t *testing.T) {
-	t.Setenv("BUFFDBD_GRPC_MAX_MESSAGE_BYTES", "64KiB")
+	t.Setenv("BUFFDBD_GRPC_MAX_MESSAGE_BYTES", "4MiB")
 	f := filepath.Join(t.TempDir(), "big")
-	os.WriteFile(f, make([]byte, 100<<10), 0o600)
+	os.WriteFile(f, make([]byte, 5<<20), 0o600)
 	r := must(t, exitError, "", "--data-dir", t.TempDir(), "blob", "store", f)
 	if !strings.Contains(r.stderr, "larger than max") || !strings.Contains(r.stderr, "hint: ") || !strings.Contains(r.stderr, "max_message_bytes") {
 		t.Fatalf("stderr = %q", r.stderr)
@@ -426,8 +426,8 @@ func TestCLI_SameConfigAsRun(t *testing.T) {
 	})
 	t.Run("MessageSizeFlag", func(t *testing.T) {
 		f := filepath.Join(t.TempDir(), "big")
-		os.WriteFile(f, make([]byte, 100<<10), 0o600)
-		r := must(t, exitError, "", "--data-dir", t.TempDir(), "blob", "store", "--grpc-max-message-bytes", "64KiB", f)
+		os.WriteFile(f, make([]byte, 5<<20), 0o600)
+		r := must(t, exitError, "", "--data-dir", t.TempDir(), "blob", "store", "--grpc-max-message-bytes", "4MiB", f)
 		if !strings.Contains(r.stderr, "larger than max") {
 			t.Fatalf("stderr = %q", r.stderr)
 		}

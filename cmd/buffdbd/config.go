@@ -229,8 +229,10 @@ func (c Config) Validate() error {
 		},
 		func() error {
 			// gRPC frames carry a 32-bit length; 4 KiB is below any useful request.
-			if c.GRPC.MaxMessageBytes < 4*KiB || c.GRPC.MaxMessageBytes > 2*GiB-1 {
-				return keyErrorf("grpc.max_message_bytes", "must be between 4KiB and 2GiB, got %s", c.GRPC.MaxMessageBytes)
+			// Model push and pull send 1 MiB pieces, and a BuffDB client loading a model gets a whole
+			// chunk (up to 4 MiB) in one Blob Get: below 4 MiB the registry would not work.
+			if c.GRPC.MaxMessageBytes < 4*MiB || c.GRPC.MaxMessageBytes > 2*GiB-1 {
+				return keyErrorf("grpc.max_message_bytes", "must be between 4MiB and 2GiB, got %s", c.GRPC.MaxMessageBytes)
 			}
 			return nil
 		},

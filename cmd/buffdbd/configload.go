@@ -178,6 +178,10 @@ func addConfigFlags(fs *pflag.FlagSet) {
 // unknown file key or bad value. The result is validated; directories are not yet resolved.
 func LoadConfig(fs *pflag.FlagSet) (cfg Config, file string, warnings []string, err error) {
 	v := viper.New()
+	// A variable set to "" sets the key to "" (http.listen empty disables metrics, as its flag
+	// does); viper would otherwise ignore it, and Environment=BUFFDBD_HTTP_LISTEN= in a drop-in
+	// would silently do nothing.
+	v.AllowEmptyEnv(true)
 	def := DefaultConfig()
 	for _, k := range configKeys {
 		v.SetDefault(k.name, rawDefault(k.field(&def)))

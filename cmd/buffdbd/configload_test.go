@@ -274,7 +274,7 @@ func TestLoadConfig_Errors(t *testing.T) {
 		{name: "BadEndpoint", file: "huggingface:\n  endpoint: huggingface.co\n", want: "huggingface.endpoint: must be an http(s) URL"},
 		{name: "BadLevel", env: map[string]string{"BUFFDBD_LOG_LEVEL": "loud"}, want: "log.level: must be debug, info, warn or error"},
 		{name: "BadFormat", file: "log:\n  format: xml\n", want: "log.format: must be auto, text, json or journald"},
-		{name: "MessageTooSmall", file: "grpc:\n  max_message_bytes: 100\n", want: "grpc.max_message_bytes: must be between 4KiB and 2GiB"},
+		{name: "MessageTooSmall", file: "grpc:\n  max_message_bytes: 1MiB\n", want: "grpc.max_message_bytes: must be between 4MiB and 2GiB"},
 		{name: "MissingFile", flags: []string{"--config", "/nonexistent/buffdbd.yaml"}, want: "config file /nonexistent/buffdbd.yaml"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -444,4 +444,13 @@ func TestLoadConfig_ConfigurationDirectory(t *testing.T) {
 			t.Fatalf("data_dir = %q", cfg.DataDir)
 		}
 	})
+}
+
+func TestLoadConfig_EmptyEnvClears(t *testing.T) {
+	// Environment=BUFFDBD_HTTP_LISTEN= in a systemd drop-in disables metrics, as --http-listen= does.
+	t.Setenv("BUFFDBD_HTTP_LISTEN", "")
+	cfg, _, err := loadWith(t, "--config", writeFile(t, "http:\n  listen: \"127.0.0.1:20014\"\n"))
+	if err != nil || cfg.HTTP.Listen != "" {
+		t.Fatalf("http.listen = %q, %v; want the empty variable to clear it", cfg.HTTP.Listen, err)
+	}
 }
