@@ -342,7 +342,7 @@ func TestCLI_ModelWatchNeedsDaemon(t *testing.T) {
 func TestCLI_UnknownSubcommand(t *testing.T) {
 	// A group given a subcommand it does not have is a usage error with nothing on stdout, as an
 	// unknown top-level command is; the group alone prints its help.
-	for _, args := range [][]string{{"kv", "gte", "k"}, {"blob", "bogus"}, {"index", "bogus"}, {"model", "pul", "x"}, {"config", "bogus"}, {"bogus"}} {
+	for _, args := range [][]string{{"kv", "gte", "k"}, {"blob", "bogus"}, {"index", "bogus"}, {"model", "pul", "x"}, {"config", "bogus"}, {"bogus"}, {"blb"}} {
 		unknown := args[min(1, len(args)-1)]
 		r := must(t, exitUsage, "", args...)
 		if r.stdout != "" || !strings.Contains(r.stderr, fmt.Sprintf("unknown command %q", unknown)) {

@@ -78,7 +78,7 @@ func reportError(w io.Writer, err error) int {
 	}
 	var ue usageError
 	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
-		fmt.Fprintf(w, "buffdbd: %v\nRun 'buffdbd --help' for usage.\n", err)
+		fmt.Fprintf(w, "buffdbd: %s\nRun 'buffdbd --help' for usage.\n", oneLine(err.Error()))
 		return exitUsage
 	}
 	// Commands with their own documented exit codes (fetch) carry them, and a hint, on the error.
@@ -140,7 +140,7 @@ func oneLine(msg string) string {
 	for _, l := range slices.DeleteFunc(lines, func(l string) bool { return l == "" }) {
 		switch s := b.String(); {
 		case s == "":
-		case strings.HasSuffix(s, ":"):
+		case strings.HasSuffix(s, ":"), strings.HasSuffix(s, "?"):
 			b.WriteString(" ")
 		default:
 			b.WriteString("; ")

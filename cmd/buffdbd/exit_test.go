@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -128,5 +131,28 @@ func TestReportError_WrappedStatus(t *testing.T) {
 	var w bytes.Buffer
 	if code := reportError(&w, err); code != exitNotFound || w.String() != "buffdbd: pull w.bin: chunk abc is not stored\n" {
 		t.Fatalf("exit %d, %q", code, w.String())
+	}
+}
+
+// TestExecute_JournalPriority: under journald, the final error line carries the err priority, so
+// `journalctl -p warning` shows why a service stopped.
+func TestExecute_JournalPriority(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("JOURNAL_STREAM", fmt.Sprintf("%d:%d", st.Dev, st.Ino))
+	t.Setenv("BUFFDBD_REGISTRY_MAX_BYTES", "0")
+	if code := execute(context.Background(), []string{"config", "check"}, strings.NewReader(""), io.Discard, f); code != exitConfig {
+		t.Fatalf("exit %d", code)
+	}
+	got, _ := os.ReadFile(f.Name())
+	if !strings.HasPrefix(string(got), "<3>buffdbd: configuration: registry.max_bytes") {
+		t.Fatalf("stderr under journald = %q, want the error at priority 3", got)
 	}
 }

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -43,6 +44,11 @@ func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	if f, ok := stderr.(*os.File); ok && err != nil && detectLogTarget(f).Journal {
+		// The line saying why the service stopped must not be filed at journald's default info
+		// priority, below what `journalctl -p warning` shows.
+		return reportError(&journalPrefix{w: stderr}, err)
+	}
 	return reportError(stderr, err)
 }
 
@@ -110,4 +116,21 @@ func rejectUnknownSubcommands(root *cobra.Command) {
 			return usagef("%s", msg)
 		}
 	}
+}
+
+// journalPrefix marks each line written through it with the syslog priority err ("<3>"), which
+// journald reads from the start of a line on a stream it collects.
+type journalPrefix struct{ w io.Writer }
+
+func (j *journalPrefix) Write(p []byte) (int, error) {
+	var b []byte
+	for _, line := range bytes.SplitAfter(p, []byte("\n")) {
+		if len(line) > 0 {
+			b = append(append(b, "<3>"...), line...)
+		}
+	}
+	if _, err := j.w.Write(b); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
