@@ -115,6 +115,15 @@ func runFetch(cmd *cobra.Command, g *globalFlags, f *fetchFlags, arg string) err
 		Endpoint: firstNonEmpty(f.endpoint, os.Getenv("HF_ENDPOINT")),
 		Offline:  f.offline || isTruthy(os.Getenv("HF_HUB_OFFLINE")),
 	}
+	// The command's own huggingface.* configuration (its flags, BUFFDBD_* variables, the file)
+	// applies as well when a daemon does the fetch, as it does in-process: a daemon would otherwise
+	// ignore --huggingface-offline and go to the network.
+	if cfg, _, _, err := LoadConfig(cmd.Flags()); err == nil {
+		if cfg.HuggingFace.Endpoint != "" && cfg.HuggingFace.Endpoint != DefaultConfig().HuggingFace.Endpoint {
+			req.Endpoint = firstNonEmpty(req.Endpoint, cfg.HuggingFace.Endpoint)
+		}
+		req.Offline = req.Offline || cfg.HuggingFace.Offline
+	}
 	if cmd.Flags().Changed("concurrency") {
 		if f.concurrency < 1 || f.concurrency > 256 {
 			return usagef("--concurrency: must be between 1 and 256, got %d", f.concurrency)

@@ -126,4 +126,15 @@ func TestFetchCmd_WithDaemon(t *testing.T) {
 	if code, out, errw := runCLI(t, "--data-dir", dir, "model", "show", "org/gated@v1"); code != exitOK || !strings.Contains(out, sha) {
 		t.Fatalf("model show through the daemon: exit %d\n%s%s", code, out, errw)
 	}
+	// The command's huggingface.* configuration reaches the daemon: with --huggingface-offline an
+	// uncached revision fails offline at once (the daemon would otherwise go to the network), and
+	// --huggingface-endpoint is where it fetches.
+	served := hub.BytesServed()
+	hub.Commit("org/gated", "v2", []hubtest.FileSpec{{Path: "w.bin", Content: hubtest.Random(4, 50<<10), LFS: true}})
+	if code, out, errw := runCLI(t, "--data-dir", dir, "--huggingface-endpoint", hub.Endpoint(), "--huggingface-offline", "fetch", "hf:org/gated@v2"); code != exitOffline || hub.BytesServed() != served {
+		t.Fatalf("--huggingface-offline through the daemon: exit %d, %d bytes served\n%s%s", code, hub.BytesServed()-served, out, errw)
+	}
+	if code, out, errw := runCLI(t, "--data-dir", dir, "--huggingface-endpoint", hub.Endpoint(), "fetch", "hf:org/gated@v2"); code != exitOK {
+		t.Fatalf("--huggingface-endpoint through the daemon: exit %d\n%s%s", code, out, errw)
+	}
 }
