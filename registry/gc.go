@@ -121,24 +121,25 @@ type VerifyResult struct {
 func (s *Service) Verify(ctx context.Context, ref *Ref, progress func(chunks, bytes int64)) (VerifyResult, error) {
 	var res VerifyResult
 	type chunk struct {
-		sum    []byte
-		blobID uint64
+		sum     []byte
+		blobID  uint64
+		corrupt bool
 	}
 	var chunks []chunk
 	err := s.db.View(ctx, func(tx *store.Tx) error {
-		q, args := `SELECT sha256, blob_id FROM reg_chunks ORDER BY blob_id`, []any(nil)
+		q, args := `SELECT sha256, blob_id, corrupt FROM reg_chunks ORDER BY blob_id`, []any(nil)
 		if ref != nil {
 			r, err := resolveTx(tx, *ref)
 			if err != nil {
 				return err
 			}
-			q = `SELECT DISTINCT c.sha256, c.blob_id FROM reg_refs r JOIN reg_chunks c ON c.sha256 = r.chunk
+			q = `SELECT DISTINCT c.sha256, c.blob_id, c.corrupt FROM reg_refs r JOIN reg_chunks c ON c.sha256 = r.chunk
 				WHERE r.name = ? AND r.version = ? ORDER BY c.blob_id`
 			args = []any{r.Name, r.Version}
 		}
 		return tx.Query(q, args, func(scan func(...any) error) error {
 			var c chunk
-			if err := scan(&c.sum, &c.blobID); err != nil {
+			if err := scan(&c.sum, &c.blobID, &c.corrupt); err != nil {
 				return err
 			}
 			chunks = append(chunks, c)
@@ -162,16 +163,33 @@ func (s *Service) Verify(ctx context.Context, ref *Ref, progress func(chunks, by
 			progress(res.Chunks, res.Bytes)
 		}
 		if err == nil {
+			if c.corrupt {
+				// Sound again (its bytes were re-sent in place): pulls may use it.
+				if err := s.db.Update(ctx, func(tx *store.Tx) error {
+					_, err := tx.Exec(`UPDATE reg_chunks SET corrupt = 0 WHERE sha256 = ? AND blob_id = ?`, c.sum, c.blobID)
+					return err
+				}); err != nil {
+					return res, fmt.Errorf("mark chunk %s sound: %w", want, err)
+				}
+			}
 			continue
 		}
 		if errors.Is(err, context.Canceled) {
 			return res, err
 		}
 		cc := CorruptChunk{SHA256: want, BlobID: c.blobID, Err: err}
+		gone := false
 		err = s.db.Update(ctx, func(tx *store.Tx) error {
 			cc.Versions = nil
-			if _, err := tx.Exec(`UPDATE reg_chunks SET corrupt = 1 WHERE sha256 = ?`, c.sum); err != nil {
+			// Only the row read above, and only if it still holds that blob: the chunk may have
+			// been deleted (rm, GC, eviction) while it was being hashed, which is why its blob
+			// was not found, and even stored again since under a new, sound blob.
+			n, err := tx.Exec(`UPDATE reg_chunks SET corrupt = 1 WHERE sha256 = ? AND blob_id = ?`, c.sum, c.blobID)
+			if err != nil {
 				return err
+			}
+			if gone = n == 0; gone {
+				return nil
 			}
 			return tx.Query(`SELECT DISTINCT name, version FROM reg_refs WHERE chunk = ? ORDER BY name, version`, []any{c.sum},
 				func(scan func(...any) error) error {
@@ -185,6 +203,9 @@ func (s *Service) Verify(ctx context.Context, ref *Ref, progress func(chunks, by
 		})
 		if err != nil {
 			return res, fmt.Errorf("mark chunk %s corrupt: %w", want, err)
+		}
+		if gone {
+			continue
 		}
 		s.log.Error("corrupt chunk", "sha256", want.String(), "blob", c.blobID, "err", cc.Err, "versions", len(cc.Versions))
 		res.Corrupt = append(res.Corrupt, cc)

@@ -403,3 +403,76 @@ func TestService_SessionLifetime(t *testing.T) {
 		t.Fatalf("GC a TTL after the push stopped: %+v, %v; want the session collected", res, err)
 	}
 }
+
+// TestService_VerifyRaces: a chunk deleted (and stored again under a new blob) while Verify hashes
+// others is neither reported nor flagged corrupt, and a flagged chunk whose bytes are sound again
+// is cleared, so the version pulls.
+func TestService_VerifyRaces(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := store.Open(ctx, dir, store.Options{Migrations: registry.Migrations})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := registry.New(db, registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); db.Close() })
+	big, small := randomBytes(40, 6<<20), randomBytes(41, 3<<20)
+	imp := func(name string, data []byte) {
+		t.Helper()
+		if err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: name, Version: "v1"},
+			Files: []registry.ImportFile{file("w", data)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	imp("big", big)
+	imp("small", small)
+	once := false
+	res, err := s.Verify(ctx, nil, func(chunks, _ int64) {
+		if once {
+			return
+		}
+		once = true
+		// While Verify is on its first chunk: small is removed, collected and stored again.
+		if _, err := s.DeleteVersion(ctx, registry.Ref{Name: "small", Version: "v1"}, true); err != nil {
+			t.Error(err)
+		}
+		s.CollectGarbage(ctx)
+		imp("small", small)
+	})
+	if err != nil || len(res.Corrupt) != 0 {
+		t.Fatalf("verify racing rm, gc and a new push: %+v, %v; want nothing corrupt", res.Corrupt, err)
+	}
+	pull := func(name string) error {
+		_, err := s.Pull(ctx, registry.PullRequest{Ref: registry.Ref{Name: name, Version: "v1"}}, registry.PullSink{
+			Manifest: func(registry.ModelInfo, *registry.Manifest) error { return nil },
+			Data:     func(int, int64, []byte) error { return nil },
+		})
+		return err
+	}
+	if err := pull("small"); err != nil {
+		t.Fatalf("small after the race: %v", err)
+	}
+
+	// A flag whose chunk is sound again is cleared by the next verify.
+	vi, _ := s.Show(ctx, registry.Ref{Name: "big", Version: "v1"})
+	c := vi.Files[0].Chunks[0].SHA256
+	payload := filepath.Join(dir, "payloads", hex.EncodeToString(c[:1]), hex.EncodeToString(c[:]))
+	orig, err := os.ReadFile(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(payload, append([]byte("x"), orig[1:]...), 0o600)
+	if res, _ := s.Verify(ctx, nil, nil); len(res.Corrupt) != 1 {
+		t.Fatalf("verify of a damaged chunk: %+v", res.Corrupt)
+	}
+	os.WriteFile(payload, orig, 0o600)
+	if res, _ := s.Verify(ctx, nil, nil); len(res.Corrupt) != 0 {
+		t.Fatalf("verify of the restored chunk: %+v", res.Corrupt)
+	}
+	if err := pull("big"); err != nil {
+		t.Fatalf("big after its chunk is sound again: %v", err)
+	}
+}
