@@ -278,7 +278,8 @@ func TestRegistry_ResumePull(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertTree(t, out, files)
-	if pr.BytesReceived > pr.Bytes-cutAt+registry.PullPieceSize || pr.BytesLocal == 0 {
+	// The resumed file is checked chunk by chunk: what follows its last whole chunk is fetched again.
+	if pr.BytesReceived > pr.Bytes-cutAt+registry.PullPieceSize+registry.MaxChunkSize || pr.BytesLocal == 0 {
 		t.Errorf("resumed pull received %d (local %d) after a cut at %d of %d", pr.BytesReceived, pr.BytesLocal, cutAt, pr.Bytes)
 	}
 }
@@ -416,6 +417,32 @@ func TestRegistry_ChunkBlobsProtected(t *testing.T) {
 	if _, err := e.db.GetBlob(ctx, "", id); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("the chunk's blob after model rm: %v, want it deleted by the registry", err)
 	}
+}
+
+// TestRegistry_ResumeOtherVersionsPartial: a partial file left by an interrupted pull of another
+// version (same path and size, other bytes) is not resumed as if it were this version's.
+func TestRegistry_ResumeOtherVersionsPartial(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	a, b := map[string][]byte{"w.bin": randBytes(91, 12<<20)}, map[string][]byte{"w.bin": randBytes(92, 12<<20)}
+	for v, files := range map[string]map[string][]byte{"a": a, "b": b} {
+		src := t.TempDir()
+		writeFiles(t, src, files)
+		push(t, e, src, "up", v)
+	}
+	out := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	e.client.Pull(ctx, "up:a", out, registry.PullOptions{NoDelta: true, Progress: func(done, total int64) {
+		if done >= total/2 {
+			cancel()
+		}
+	}})
+	if _, err := os.Stat(filepath.Join(out, "w.bin"+registry.PartialSuffix)); err != nil {
+		t.Fatalf("the cut pull left no partial file: %v", err)
+	}
+	if _, err := e.client.Pull(context.Background(), "up:b", out, registry.PullOptions{NoDelta: true}); err != nil {
+		t.Fatalf("pull of b over a's partial file: %v", err)
+	}
+	assertTree(t, out, b)
 }
 
 // TestRegistry_PullBlockedByDirectory: a directory where a file of the version goes fails the pull

@@ -164,6 +164,35 @@ func indexLocal(ctx context.Context, dir string, files []File, wanted map[Digest
 	})
 }
 
+// verifiedPrefix returns how much of the first n bytes of the partial file at path are f's own:
+// the whole chunks, in f's chunk order, whose sha256 matches. A partial file left by an interrupted
+// pull of another version (same path, other content) or damaged on disk would otherwise be resumed
+// and the whole file transferred before its sha256 failed. Bytes after the last whole chunk cannot
+// be checked and are fetched again (less than one chunk).
+func verifiedPrefix(path string, f *File, n int64) int64 {
+	fh, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer fh.Close()
+	var off int64
+	var buf []byte
+	for _, c := range f.Chunks {
+		if off+c.Size > n {
+			break
+		}
+		if int64(cap(buf)) < c.Size {
+			buf = make([]byte, c.Size)
+		}
+		b := buf[:c.Size]
+		if _, err := fh.ReadAt(b, off); err != nil || Digest(sha256.Sum256(b)) != c.SHA256 {
+			break
+		}
+		off += c.Size
+	}
+	return off
+}
+
 func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, local map[Digest]localChunk,
 	complete map[string]bool, opts PullOptions, res *PullResult) error {
 	ctx, cancel := context.WithCancel(ctx)
@@ -192,6 +221,7 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 			if w, ok := writtenMark(partial); ok {
 				off = min(off, w) // preallocated: the length is the full size, the mark what is written
 			}
+			off = verifiedPrefix(partial, f, off)
 		}
 		jobs = append(jobs, job{f: f, partial: partial, offset: off})
 		req.Ranges = append(req.Ranges, &registrypb.FileRange{Path: f.Path, Offset: uint64(off)})
