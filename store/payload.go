@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -691,7 +692,16 @@ func (db *DB) collectGarbage(ctx context.Context, atOpen bool) (GCResult, error)
 				return res, err
 			}
 			var sum [32]byte
-			if b, err := hex.DecodeString(f.Name()); err != nil || len(b) != 32 || !bytes.Equal([]byte(f.Name()[:2]), []byte(sub.Name())) {
+			if name, ok := strings.CutSuffix(f.Name(), ".replace"); ok && atOpen && isPayloadName(name, sub.Name()) {
+				// linkTemp's scratch name for a repair, left by a crash between its link and its
+				// rename; nothing can be using it at open.
+				if st, err := f.Info(); err == nil && os.Remove(filepath.Join(db.dir, payloadDir, sub.Name(), f.Name())) == nil {
+					res.Files++
+					res.Bytes += st.Size()
+				}
+				continue
+			}
+			if b, err := hex.DecodeString(f.Name()); err != nil || !isPayloadName(f.Name(), sub.Name()) {
 				continue // not ours; leave it
 			} else {
 				copy(sum[:], b)
@@ -710,4 +720,11 @@ func (db *DB) collectGarbage(ctx context.Context, atOpen bool) (GCResult, error)
 		}
 	}
 	return res, nil
+}
+
+// isPayloadName reports whether name is a payload file's name (64 hex digits) in subdirectory sub
+// (its first two).
+func isPayloadName(name, sub string) bool {
+	b, err := hex.DecodeString(name)
+	return err == nil && len(b) == 32 && name[:2] == sub
 }

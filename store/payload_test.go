@@ -318,3 +318,32 @@ func TestDB_WritePayloadInterrupted(t *testing.T) {
 		t.Fatalf("%d payload files kept", n)
 	}
 }
+
+// TestOpen_RemovesRepairScratch: a crash between a repair's link and its rename leaves
+// <sha>.replace beside the payload; opening the store removes it and keeps the payload.
+func TestOpen_RemovesRepairScratch(t *testing.T) {
+	dir := t.TempDir()
+	db := openAt(t, dir, smallOpts)
+	data := bytes.Repeat([]byte("r"), 5000)
+	id, err := db.StoreBlob(ctx, "", data, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	sum := sha256.Sum256(data)
+	final := filepath.Join(dir, "payloads", hexs(sum[:1]), hexs(sum[:]))
+	scratch := final + ".replace"
+	other := filepath.Join(dir, "payloads", hexs(sum[:1]), "notes.txt") // not the store's: left alone
+	os.WriteFile(scratch, data, 0o600)
+	os.WriteFile(other, []byte("x"), 0o600)
+	db = openAt(t, dir, smallOpts)
+	if _, err := os.Stat(scratch); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("repair scratch after open: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Fatalf("a file that is not the store's was removed: %v", err)
+	}
+	if b, err := db.GetBlob(ctx, "", id); err != nil || !bytes.Equal(b.Data, data) {
+		t.Fatalf("the payload after open: %v", err)
+	}
+}
