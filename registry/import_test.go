@@ -476,3 +476,36 @@ func TestService_VerifyRaces(t *testing.T) {
 		t.Fatalf("big after its chunk is sound again: %v", err)
 	}
 }
+
+// TestService_IndexRebuiltFromTables: a BuffDB index key overwritten with garbage through the KV
+// API is rebuilt from the registry's tables at the next publish, keeping the versions it had.
+func TestService_IndexRebuiltFromTables(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := store.Open(ctx, dir, store.Options{Migrations: registry.Migrations})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := registry.New(db, registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); db.Close() })
+	imp := func(name, version string) {
+		t.Helper()
+		if err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: name, Version: version},
+			Files: []registry.ImportFile{file("f", []byte(name+version))}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	imp("multi", "1.0")
+	imp("other", "1")
+	db.Set(ctx, "", "model:multi:index", "garbage")
+	db.Set(ctx, "", "model:global:index", "{}")
+	imp("multi", "2.0")
+	for key, want := range map[string]string{"model:multi:index": `["1.0","2.0"]`, "model:global:index": `["multi","other"]`} {
+		if got, err := db.Get(ctx, "", key); err != nil || got != want {
+			t.Errorf("%s = %s, %v; want %s", key, got, err, want)
+		}
+	}
+}

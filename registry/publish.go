@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/buffdb/buffdbd/store"
 )
@@ -344,20 +345,23 @@ func setAliasTx(tx *store.Tx, name, alias, version string) (string, error) {
 
 // indexAdd appends item to the JSON array at key (creating it) unless present.
 func indexAdd(tx *store.Tx, key, item string) error {
-	list, err := readIndex(tx, key)
+	list, rebuilt, err := readIndex(tx, key)
 	if err != nil {
 		return err
 	}
-	if slices.Contains(list, item) {
+	if slices.Contains(list, item) && !rebuilt {
 		return nil
 	}
-	b, _ := json.Marshal(append(list, item))
+	if !slices.Contains(list, item) {
+		list = append(list, item)
+	}
+	b, _ := json.Marshal(list)
 	return tx.Set(key, string(b))
 }
 
 // indexRemove removes item from the JSON array at key and reports whether the array is now empty.
 func indexRemove(tx *store.Tx, key, item string) (bool, error) {
-	list, err := readIndex(tx, key)
+	list, _, err := readIndex(tx, key)
 	if err != nil {
 		return false, err
 	}
@@ -372,21 +376,44 @@ func indexRemove(tx *store.Tx, key, item string) (bool, error) {
 	return false, tx.Set(key, string(b))
 }
 
-func readIndex(tx *store.Tx, key string) ([]string, error) {
+// readIndex reads the JSON array at key; rebuilt says it was not one and was rebuilt from the
+// registry tables (so it must be written back).
+func readIndex(tx *store.Tx, key string) (list []string, rebuilt bool, err error) {
 	v, err := tx.Get(key)
 	if errors.Is(err, store.ErrNotFound) {
-		return []string{}, nil
+		return []string{}, false, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	var list []string
 	if err := json.Unmarshal([]byte(v), &list); err != nil {
 		// Someone wrote a non-array through the KV API; the registry tables are authoritative, so
-		// rebuild rather than fail every publish.
-		return []string{}, nil
+		// rebuild the index from them rather than fail every publish or lose the other entries.
+		list, err = rebuildIndex(tx, key)
+		return list, true, err
 	}
-	return list, nil
+	return list, false, nil
+}
+
+// rebuildIndex lists what index key should hold, from the registry tables: the model names in
+// order of first publish (model:global:index) or a model's versions in publish order.
+func rebuildIndex(tx *store.Tx, key string) ([]string, error) {
+	q := `SELECT name FROM reg_versions GROUP BY name ORDER BY min(seq)`
+	var args []any
+	if key != globalIndexKey {
+		name := strings.TrimSuffix(strings.TrimPrefix(key, "model:"), ":index")
+		q, args = `SELECT version FROM reg_versions WHERE name = ? ORDER BY seq`, []any{name}
+	}
+	list := []string{}
+	err := tx.Query(q, args, func(scan func(...any) error) error {
+		var s string
+		if err := scan(&s); err != nil {
+			return err
+		}
+		list = append(list, s)
+		return nil
+	})
+	return list, err
 }
 
 func nonNilMap(m map[string]string) map[string]string {
