@@ -186,15 +186,35 @@ func (db *DB) queryConn(ctx context.Context) (*sql.Conn, func(), error) {
 // the request: a read connection would go on serving an old snapshot to every later reader, a write
 // connection would hold the write lock and swallow acknowledged writes. Each Query and Execute
 // statement runs in its own implicit transaction; the Kv transaction RPCs are the way to group them.
-func denyTxControl(action sqlite.AuthorizerActionCode, _, _, _, _ string) sqlite.AuthorizerReturnCode {
-	if action == sqlite.AuthTransaction || action == sqlite.AuthSavepoint {
+//
+// It also refuses PRAGMAs that change a setting (an argument, except the introspection ones that
+// take a table or index name) or act (wal_checkpoint, optimize, ...): on a pooled connection a
+// setting would outlive the request too, e.g. synchronous=OFF on the connection client
+// transactions commit on, or busy_timeout=0 on one the store reads with.
+func denyTxControl(action sqlite.AuthorizerActionCode, arg1, arg2, _, _ string) sqlite.AuthorizerReturnCode {
+	switch action {
+	case sqlite.AuthTransaction, sqlite.AuthSavepoint:
 		return sqlite.AuthorizerDeny
+	case sqlite.AuthPragma:
+		name := strings.ToLower(arg1)
+		if pragmaActs[name] || (arg2 != "" && !pragmaIntrospects[name]) {
+			return sqlite.AuthorizerDeny
+		}
 	}
 	return sqlite.AuthorizerOK
 }
 
+// pragmaIntrospects are the PRAGMAs whose argument names what to describe, not a new setting.
+var pragmaIntrospects = map[string]bool{"table_info": true, "table_xinfo": true, "table_list": true, "index_list": true,
+	"index_info": true, "index_xinfo": true, "foreign_key_list": true, "foreign_key_check": true,
+	"integrity_check": true, "quick_check": true}
+
+// pragmaActs are the PRAGMAs that do something even without an argument.
+var pragmaActs = map[string]bool{"wal_checkpoint": true, "optimize": true, "shrink_memory": true, "incremental_vacuum": true}
+
 // errTxControl is what raw SQL refused by denyTxControl fails with.
-var errTxControl = fmt.Errorf("transaction statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE) are not allowed in raw SQL; "+
+var errTxControl = fmt.Errorf("transaction statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE) and PRAGMAs that change "+
+	"settings are not allowed in raw SQL (they would outlive the request on a pooled connection); "+
 	"each statement runs in its own transaction, use BeginTransaction/CommitTransaction to group writes: %w", ErrInvalid)
 
 // authorize installs fn (nil: none) as the authorizer of conn's SQLite connection.

@@ -165,7 +165,10 @@ func TestDB_QueryOneStatement(t *testing.T) {
 // serve later readers an old snapshot (read pool) or hold the write lock and lose acknowledged
 // writes (write pool).
 func TestDB_QueryTxControl(t *testing.T) {
-	stmts := []string{"BEGIN", "BEGIN IMMEDIATE", "COMMIT", "ROLLBACK", "SAVEPOINT s", "RELEASE s", "END"}
+	stmts := []string{"BEGIN", "BEGIN IMMEDIATE", "COMMIT", "ROLLBACK", "SAVEPOINT s", "RELEASE s", "END",
+		// Settings would outlive the request on the pooled connection too.
+		"PRAGMA synchronous=OFF", "PRAGMA busy_timeout=0", "PRAGMA foreign_keys=OFF", "PRAGMA journal_mode=delete",
+		"PRAGMA wal_checkpoint(TRUNCATE)", "PRAGMA main.cache_size=10", "pragma Query_Only = 0"}
 	for _, writes := range []bool{false, true} {
 		t.Run(fmt.Sprintf("QueryWrites=%v", writes), func(t *testing.T) {
 			db := openDB(t, store.Options{QueryWrites: writes})
@@ -182,6 +185,12 @@ func TestDB_QueryTxControl(t *testing.T) {
 						if _, err := db.Execute(ctx, sql); !errors.Is(err, store.ErrInvalid) {
 							t.Fatalf("Execute(%q) err = %v, want ErrInvalid", sql, err)
 						}
+					}
+				}
+				// Introspection still runs.
+				for _, sql := range []string{"PRAGMA table_info(kv)", "PRAGMA integrity_check", "PRAGMA journal_mode", "PRAGMA user_version"} {
+					if err := db.Query(ctx, sql, func([]string, []any) error { return nil }); err != nil {
+						t.Fatalf("Query(%q): %v", sql, err)
 					}
 				}
 				// A select still runs, on the same connections.
