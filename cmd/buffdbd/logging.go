@@ -79,6 +79,14 @@ func newLogger(w io.Writer, level, format string, target logTarget) (*slog.Logge
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
+		// Durations as Go writes them ("1.6ms", "10s"), as the other formats print them: encoding/json
+		// would give bare nanoseconds, with no unit in the field name.
+		opts.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
+			if a.Value.Kind() == slog.KindDuration {
+				return slog.String(a.Key, a.Value.Duration().String())
+			}
+			return a
+		}
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	case "journald":
 		return slog.New(newJournaldHandler(w, opts)), nil

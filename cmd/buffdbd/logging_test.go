@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -54,6 +55,17 @@ func TestNewLogger_Formats(t *testing.T) {
 			log.Warn("disk low", "free", 3)
 			tc.check(t, buf.String())
 		})
+	}
+}
+
+func TestNewLogger_JSONDurations(t *testing.T) {
+	// A duration reads as in the other formats, not as bare nanoseconds.
+	var buf bytes.Buffer
+	log, _ := newLogger(&buf, "info", "json", logTarget{})
+	log.Info("rpc", "duration", 1600*time.Microsecond, "timeout", 10*time.Second)
+	var m map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &m); err != nil || m["duration"] != "1.6ms" || m["timeout"] != "10s" {
+		t.Fatalf("got %s (%v)", buf.String(), err)
 	}
 }
 
