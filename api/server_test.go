@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -209,6 +210,7 @@ func TestServer_KeepalivePings(t *testing.T) {
 		t.Fatal(err)
 	}
 	fr := http2.NewFramer(c, c)
+	var wmu sync.Mutex // a Framer's writes are not safe for concurrent use; reads run alone
 	fr.WriteSettings()
 	goaway := make(chan *http2.GoAwayFrame, 1)
 	go func() {
@@ -220,7 +222,9 @@ func TestServer_KeepalivePings(t *testing.T) {
 			switch f := f.(type) {
 			case *http2.SettingsFrame:
 				if !f.IsAck() {
+					wmu.Lock()
 					fr.WriteSettingsAck()
+					wmu.Unlock()
 				}
 			case *http2.GoAwayFrame:
 				goaway <- f
@@ -229,7 +233,10 @@ func TestServer_KeepalivePings(t *testing.T) {
 		}
 	}()
 	for i := range 6 {
-		if err := fr.WritePing(false, [8]byte{byte(i)}); err != nil {
+		wmu.Lock()
+		err := fr.WritePing(false, [8]byte{byte(i)})
+		wmu.Unlock()
+		if err != nil {
 			t.Fatalf("ping %d: %v", i, err)
 		}
 		select {
