@@ -21,7 +21,16 @@ import (
 
 func openService(t testing.TB, opts registry.Options) *registry.Service {
 	t.Helper()
-	db, err := store.Open(context.Background(), t.TempDir(), store.Options{Migrations: registry.Migrations})
+	s, _, _ := openServiceDir(t, opts)
+	return s
+}
+
+// openServiceDir is openService that also returns the store and its data directory, for tests that
+// look at (or damage) the files.
+func openServiceDir(t testing.TB, opts registry.Options) (*registry.Service, *store.DB, string) {
+	t.Helper()
+	dir := t.TempDir()
+	db, err := store.Open(context.Background(), dir, store.Options{Migrations: registry.Migrations})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +42,12 @@ func openService(t testing.TB, opts registry.Options) *registry.Service {
 		s.Close()
 		db.Close()
 	})
-	return s
+	return s, db, dir
+}
+
+// payloadPath is where the store keeps the bytes of chunk c.
+func payloadPath(dir string, c registry.Digest) string {
+	return filepath.Join(dir, "payloads", hex.EncodeToString(c[:1]), hex.EncodeToString(c[:]))
 }
 
 func file(path string, data []byte) registry.ImportFile {
@@ -285,16 +299,7 @@ func (e *eofReader) Read(p []byte) (int, error) {
 // chunk for every version that shares it.
 func TestService_ImportHealsCorrupt(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := store.Open(ctx, dir, store.Options{Migrations: registry.Migrations})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := registry.New(db, registry.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close(); db.Close() })
+	s, _, dir := openServiceDir(t, registry.Options{})
 	weights := randomBytes(20, 5<<20)
 	sum := sha256.Sum256(weights)
 	if err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: "a", Version: "v1"},
@@ -306,7 +311,7 @@ func TestService_ImportHealsCorrupt(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := vi.Files[0].Chunks[1].SHA256
-	payload := filepath.Join(dir, "payloads", hex.EncodeToString(c[:1]), hex.EncodeToString(c[:]))
+	payload := payloadPath(dir, c)
 	f, err := os.OpenFile(payload, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -409,16 +414,7 @@ func TestService_SessionLifetime(t *testing.T) {
 // is cleared, so the version pulls.
 func TestService_VerifyRaces(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := store.Open(ctx, dir, store.Options{Migrations: registry.Migrations})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := registry.New(db, registry.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close(); db.Close() })
+	s, _, dir := openServiceDir(t, registry.Options{})
 	big, small := randomBytes(40, 6<<20), randomBytes(41, 3<<20)
 	imp := func(name string, data []byte) {
 		t.Helper()
@@ -459,7 +455,7 @@ func TestService_VerifyRaces(t *testing.T) {
 	// A flag whose chunk is sound again is cleared by the next verify.
 	vi, _ := s.Show(ctx, registry.Ref{Name: "big", Version: "v1"})
 	c := vi.Files[0].Chunks[0].SHA256
-	payload := filepath.Join(dir, "payloads", hex.EncodeToString(c[:1]), hex.EncodeToString(c[:]))
+	payload := payloadPath(dir, c)
 	orig, err := os.ReadFile(payload)
 	if err != nil {
 		t.Fatal(err)
@@ -481,16 +477,7 @@ func TestService_VerifyRaces(t *testing.T) {
 // API is rebuilt from the registry's tables at the next publish, keeping the versions it had.
 func TestService_IndexRebuiltFromTables(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := store.Open(ctx, dir, store.Options{Migrations: registry.Migrations})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := registry.New(db, registry.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close(); db.Close() })
+	s, db, _ := openServiceDir(t, registry.Options{})
 	imp := func(name, version string) {
 		t.Helper()
 		if err := s.Import(ctx, registry.ImportRequest{Info: registry.ModelInfo{Name: name, Version: version},

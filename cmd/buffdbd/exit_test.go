@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -137,15 +136,7 @@ func TestReportError_WrappedStatus(t *testing.T) {
 // TestExecute_JournalPriority: under journald, the final error line carries the err priority, so
 // `journalctl -p warning` shows why a service stopped.
 func TestExecute_JournalPriority(t *testing.T) {
-	f, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var st syscall.Stat_t
-	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
-		t.Fatal(err)
-	}
+	f, st := stderrFile(t)
 	t.Setenv("JOURNAL_STREAM", fmt.Sprintf("%d:%d", st.Dev, st.Ino))
 	t.Setenv("BUFFDBD_REGISTRY_MAX_BYTES", "0")
 	if code := execute(context.Background(), []string{"config", "check"}, strings.NewReader(""), io.Discard, f); code != exitConfig {

@@ -137,16 +137,24 @@ func TestRequestLogInterceptors(t *testing.T) {
 	})
 }
 
-func TestDetectLogTarget(t *testing.T) {
+// stderrFile is a file standing in for stderr, and its stat, whose device and inode are what
+// JOURNAL_STREAM names when systemd connects stderr to the journal.
+func stderrFile(t *testing.T) (*os.File, syscall.Stat_t) {
+	t.Helper()
 	f, err := os.CreateTemp(t.TempDir(), "stderr")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
 	var st syscall.Stat_t
 	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
 		t.Fatal(err)
 	}
+	return f, st
+}
+
+func TestDetectLogTarget(t *testing.T) {
+	f, st := stderrFile(t)
 	t.Run("Journal", func(t *testing.T) {
 		t.Setenv("JOURNAL_STREAM", fmt.Sprintf("%d:%d", st.Dev, st.Ino))
 		if got := detectLogTarget(f); !got.Journal || got.TTY {
