@@ -22,7 +22,9 @@ func lockPullDir(dir string) (unlock func(), err error) {
 		if err == syscall.EWOULDBLOCK {
 			return nil, fmt.Errorf("%w: another pull is writing into %s; wait for it or pull elsewhere", ErrBusy, dir)
 		}
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
+		// A filesystem without flock (some network mounts answer ENOLCK or EOPNOTSUPP): pulling
+		// unguarded is what happened before there was a lock, better than not pulling at all.
+		return func() {}, nil
 	}
 	return func() { f.Close() }, nil
 }
