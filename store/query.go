@@ -25,7 +25,7 @@ func (db *DB) Query(ctx context.Context, sql string, fn func(columns []string, r
 	if err := db.checkOpen(); err != nil {
 		return err
 	}
-	if err := oneStatement(sql); err != nil {
+	if _, err := oneStatement(sql); err != nil {
 		return err
 	}
 	conn, release, err := db.queryConn(ctx)
@@ -65,13 +65,14 @@ func (db *DB) Query(ctx context.Context, sql string, fn func(columns []string, r
 // oneStatement refuses SQL holding more than one statement: SQLite would run them all but report
 // only the last one's rows (Query) or changes (Execute), so a client would lose results without
 // noticing. BuffDB's streams answer each RawQuery message once: one statement per message. A
-// trigger definition is exempt, since its body's statements end in semicolons too.
-func oneStatement(sql string) error {
-	n := countStatements(sql)
+// trigger definition is exempt, since its body's statements end in semicolons too. n is how many
+// statements sql holds.
+func oneStatement(sql string) (n int, err error) {
+	n = countStatements(sql)
 	if n <= 1 || createTrigger.MatchString(sql) {
-		return nil
+		return n, nil
 	}
-	return fmt.Errorf("the SQL holds %d statements; send one statement per request, so each gets its own result: %w", n, ErrInvalid)
+	return n, fmt.Errorf("the SQL holds %d statements; send one statement per request, so each gets its own result: %w", n, ErrInvalid)
 }
 
 var createTrigger = regexp.MustCompile(`(?i)\bCREATE\s+(TEMP\s+|TEMPORARY\s+)?TRIGGER\b`)
@@ -248,10 +249,11 @@ func (db *DB) Execute(ctx context.Context, sql string) (int64, error) {
 	if !db.opts.QueryWrites {
 		return 0, fmt.Errorf("execute is disabled (query writes are off): %w", ErrReadOnly)
 	}
-	if err := oneStatement(sql); err != nil {
+	n, err := oneStatement(sql)
+	if err != nil {
 		return 0, err
 	}
-	if countStatements(sql) == 0 {
+	if n == 0 {
 		return 0, nil // blanks and comments: nothing to run (the driver has no result to report)
 	}
 	conn, release, err := db.queryConn(ctx)

@@ -27,7 +27,7 @@ func TestCountStatements(t *testing.T) {
 			t.Errorf("countStatements(%q) = %d, want %d", tc.sql, got, tc.want)
 		}
 	}
-	if err := oneStatement("CREATE TRIGGER t AFTER INSERT ON kv BEGIN SELECT 1; SELECT 2; END"); err != nil {
+	if _, err := oneStatement("CREATE TRIGGER t AFTER INSERT ON kv BEGIN SELECT 1; SELECT 2; END"); err != nil {
 		t.Errorf("a trigger body's statements: %v", err)
 	}
 }
