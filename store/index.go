@@ -60,6 +60,71 @@ func (d IndexDef) validate() error {
 		return fmt.Errorf("index %q: unknown value kind %d: %w", d.Name, d.Kind, ErrInvalid)
 	case d.JSONPath != "" && !strings.HasPrefix(d.JSONPath, "$"):
 		return fmt.Errorf("index %q: JSON path %q must start with $: %w", d.Name, d.JSONPath, ErrInvalid)
+	case d.JSONPath != "":
+		if err := checkJSONPath(d.JSONPath); err != nil {
+			return fmt.Errorf("index %q: bad JSON path %q: %v: %w", d.Name, d.JSONPath, err, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// checkJSONPath checks p against SQLite's JSON path grammar: $ then steps .key, ."quoted key",
+// [N], [#] or [#-N]. SQLite parses a path lazily, step by step while walking a document, so a
+// malformed step is only reported when a value reaches it: json_extract('{}', '$[[') is NULL, but
+// json_extract('[1]', '$[[') fails. An index created with such a path would make every later Set
+// of a value that reaches the bad step fail in the index trigger, so the whole path is checked up
+// front.
+func checkJSONPath(p string) error {
+	if strings.IndexByte(p, 0) >= 0 {
+		return errors.New("NUL in path") // SQLite would silently stop reading the path there
+	}
+	if !strings.HasPrefix(p, "$") {
+		return errors.New("must start with $")
+	}
+	digits := func(s string) int { // length of the run of ASCII digits starting s
+		n := 0
+		for n < len(s) && s[n] >= '0' && s[n] <= '9' {
+			n++
+		}
+		return n
+	}
+	for i := 1; i < len(p); {
+		switch p[i] {
+		case '.':
+			i++
+			if i < len(p) && p[i] == '"' {
+				end := strings.IndexByte(p[i+1:], '"')
+				if end < 0 {
+					return fmt.Errorf("unterminated quoted key at byte %d", i)
+				}
+				i += end + 2
+				continue
+			}
+			n := strings.IndexAny(p[i:], ".[")
+			if n < 0 {
+				n = len(p) - i
+			}
+			if n == 0 {
+				return fmt.Errorf("empty key at byte %d", i)
+			}
+			i += n
+		case '[':
+			j := i + 1
+			if n := digits(p[j:]); n > 0 {
+				j += n
+			} else if j < len(p) && p[j] == '#' {
+				j++
+				if j+1 < len(p) && p[j] == '-' && digits(p[j+1:]) > 0 {
+					j += 1 + digits(p[j+1:])
+				}
+			}
+			if j == i+1 || j >= len(p) || p[j] != ']' {
+				return fmt.Errorf("bad array index at byte %d (want [N], [#] or [#-N])", i)
+			}
+			i = j + 1
+		default:
+			return fmt.Errorf("unexpected %q at byte %d (want . or [)", p[i], i)
+		}
 	}
 	return nil
 }

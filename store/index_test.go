@@ -235,3 +235,39 @@ func TestDB_FindRange(t *testing.T) {
 		}
 	})
 }
+
+// TestDB_CreateIndexJSONPath: SQLite reports a malformed JSON path only when a document reaches the
+// bad step, so CreateIndex checks the whole path itself; otherwise an index made while no value
+// reached the step would make every later Set of such a value fail in the index trigger.
+func TestDB_CreateIndexJSONPath(t *testing.T) {
+	docs := []string{`{}`, `[]`, `1`, `"s"`, `null`, `{"a":{"b":[{"c":1}]}}`, `[[1,[2]]]`, `{"a":[1]}`, `{"a b":{"x.y":[0]}}`,
+		`{"":1}`, `[{"a":[[1]]}]`}
+	t.Run("ErrInvalid", func(t *testing.T) {
+		for _, p := range []string{"$[[", "$[x]", "$.", "$..a", "$[#-x]", "$a", "$.a[", "$[0", `$."a`, "$[-1]", "$[#-]",
+			"$[#x]", "$[]", "$.a\x00[[", "$ .a"} {
+			db := openDB(t, store.Options{})
+			if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "x", JSONPath: p}); !errors.Is(err, store.ErrInvalid) {
+				t.Fatalf("CreateIndex(path %q) err = %v, want ErrInvalid", p, err)
+			}
+			for _, d := range docs {
+				if err := db.Set(ctx, "", "k", d); err != nil {
+					t.Fatalf("Set(%s) after refusing path %q: %v", d, p, err)
+				}
+			}
+		}
+	})
+	t.Run("OK", func(t *testing.T) {
+		for _, p := range []string{"$", "$.a", "$.a.b[0].c", "$[0][1][0]", "$[#]", "$[#-1]", "$[#-12]", `$."a b"."x.y"[0]`,
+			`$.a b`, `$.""`, `$[0].a[0][0]`, "$.a.b.c.d.e"} {
+			db := openDB(t, store.Options{})
+			if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "x", JSONPath: p}); err != nil {
+				t.Fatalf("CreateIndex(path %q): %v", p, err)
+			}
+			for _, d := range docs {
+				if err := db.Set(ctx, "", "k", d); err != nil {
+					t.Fatalf("Set(%s) with an index on %q: %v", d, p, err)
+				}
+			}
+		}
+	})
+}
