@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -328,8 +329,13 @@ func (ix indexInfo) arg(name, v string) (any, error) {
 		return i, nil // exact for integers beyond float64's 2^53
 	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil {
+	// Out of range ("1e999") is ±Inf, which is what SQLite indexed for such a JSON number.
+	if err != nil && !errors.Is(err, strconv.ErrRange) {
 		return nil, fmt.Errorf("index %q holds numbers; %q is not one: %w", name, v, ErrInvalid)
+	}
+	if math.IsNaN(f) {
+		// SQLite binds NaN as NULL, which compares with nothing: the lookup would silently be empty.
+		return nil, fmt.Errorf("index %q: NaN is not a number an index can hold: %w", name, ErrInvalid)
 	}
 	return f, nil
 }

@@ -271,3 +271,40 @@ func TestDB_CreateIndexJSONPath(t *testing.T) {
 		}
 	})
 }
+
+// TestDB_FindNumberExtremes: a number index holds what SQLite makes of a JSON number, including
+// ±Inf for ones beyond float64 ("1e999") and int64 extremes exactly; lookups must address them, and
+// NaN (which SQLite binds as NULL, matching nothing) is refused rather than silently empty.
+func TestDB_FindNumberExtremes(t *testing.T) {
+	db := openDB(t, store.Options{})
+	for k, v := range map[string]string{"big": "1e999", "neg": "-1e999", "max": "9223372036854775807",
+		"min": "-9223372036854775808", "over": "9223372036854775808", "nan": "NaN", "small": "1e-999"} {
+		db.Set(ctx, "", k, v)
+	}
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "num", Type: store.IndexBTree, Kind: store.KindNumber}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ value, want string }{
+		{"1e999", "[big]"}, {"Infinity", "[big]"}, {"-1e999", "[neg]"}, {"9223372036854775807", "[max]"},
+		{"-9223372036854775808", "[min]"}, {"9223372036854775808", "[over]"}, {"0", "[small]"},
+	} {
+		if got := fmt.Sprint(findKeys(t, db, "", "num", c.value)); got != c.want {
+			t.Errorf("Find(num, %s) = %s, want %s", c.value, got, c.want)
+		}
+	}
+	nop := func(string, string) error { return nil }
+	if err := db.Find(ctx, "", "num", "NaN", 0, nop); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("Find(NaN) err = %v, want ErrInvalid", err)
+	}
+	if err := db.FindRange(ctx, "", "num", store.Range{Upper: &store.Bound{Value: "nan"}}, nop); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("FindRange(upper NaN) err = %v, want ErrInvalid", err)
+	}
+	var got []string
+	err := db.FindRange(ctx, "", "num", store.Range{Lower: &store.Bound{Value: "9223372036854775807"}}, func(k, _ string) error {
+		got = append(got, k)
+		return nil
+	})
+	if err != nil || fmt.Sprint(got) != "[over big]" { // SQLite compares integers and reals exactly
+		t.Errorf("FindRange(> int64 max) = %v, %v; want [over big]", got, err)
+	}
+}
