@@ -190,17 +190,86 @@ func (d IndexDef) triggerSQL(id int64) []string {
 	// Uniqueness is checked with RAISE(ABORT) before inserting, not only left to the partial unique
 	// index: an outer INSERT OR REPLACE / OR IGNORE (raw SQL) imposes its conflict policy on trigger
 	// statements, which would silently steal another key's entry or skip this one. RAISE always aborts.
-	check := ""
+	// An UPDATE may also rename the key (raw SQL: UPDATE kv SET key = ...): the entry of OLD.key is
+	// about to be deleted, so it must not count as another key holding the value.
+	check, checkUpd := "", ""
 	if d.Unique {
-		check = fmt.Sprintf(`SELECT RAISE(ABORT, '%s%s') FROM (SELECT %s AS v) WHERE v IS NOT NULL AND %s
-			AND EXISTS (SELECT 1 FROM kv_index_entry WHERE index_id = %d AND value = v AND key <> NEW.key);`,
-			uniqueMarker, strings.ReplaceAll(d.Name, "'", "''"), d.valueExpr("NEW.value"), d.keyCond("NEW.key"), id)
+		chk := func(others string) string {
+			return fmt.Sprintf(`SELECT RAISE(ABORT, '%s%s') FROM (SELECT %s AS v) WHERE v IS NOT NULL AND %s
+			AND EXISTS (SELECT 1 FROM kv_index_entry WHERE index_id = %d AND value = v AND %s);`,
+				uniqueMarker, strings.ReplaceAll(d.Name, "'", "''"), d.valueExpr("NEW.value"), d.keyCond("NEW.key"), id, others)
+		}
+		check, checkUpd = chk("key <> NEW.key"), chk("key <> NEW.key AND key <> OLD.key")
 	}
 	return []string{
 		fmt.Sprintf("CREATE TRIGGER kv_index_%d_ins AFTER INSERT ON kv BEGIN %s %s %s END", id, check, delNew, ins),
-		fmt.Sprintf("CREATE TRIGGER kv_index_%d_upd AFTER UPDATE ON kv BEGIN %s %s %s END", id, check, del, ins),
+		fmt.Sprintf("CREATE TRIGGER kv_index_%d_upd AFTER UPDATE ON kv BEGIN %s %s %s END", id, checkUpd, del, ins),
 		fmt.Sprintf("CREATE TRIGGER kv_index_%d_del AFTER DELETE ON kv BEGIN %s END", id, del),
 	}
+}
+
+// refreshIndexTriggers recreates, in one transaction, every index trigger whose SQL differs from what
+// this binary generates (or that is missing): a fix to the triggers then reaches indexes created by
+// an older buffdbd too. Nothing is written when they all match.
+func (db *DB) refreshIndexTriggers(ctx context.Context) (err error) {
+	c := db.wconn
+	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return err
+	}
+	changed := false
+	defer func() {
+		end := "ROLLBACK"
+		if err == nil && changed {
+			end = "COMMIT"
+		}
+		if _, e := c.ExecContext(context.Background(), end); err == nil {
+			err = e
+		}
+	}()
+	type index struct {
+		id  int64
+		def IndexDef
+	}
+	var ixs []index
+	rows, err := c.QueryContext(ctx, "SELECT id, name, type, is_unique, json_path, key_prefix, kind FROM kv_index")
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var ix index
+		d := &ix.def
+		if err := rows.Scan(&ix.id, &d.Name, &d.Type, &d.Unique, &d.JSONPath, &d.KeyPrefix, &d.Kind); err != nil {
+			rows.Close()
+			return err
+		}
+		ixs = append(ixs, ix)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, ix := range ixs {
+		for i, want := range ix.def.triggerSQL(ix.id) {
+			name := fmt.Sprintf("kv_index_%d_%s", ix.id, [...]string{"ins", "upd", "del"}[i])
+			var have string
+			err := c.QueryRowContext(ctx, "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?", name).Scan(&have)
+			if err == nil && have == want {
+				continue
+			}
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+			if _, err := c.ExecContext(ctx, "DROP TRIGGER IF EXISTS "+name); err != nil {
+				return err
+			}
+			if _, err := c.ExecContext(ctx, want); err != nil {
+				return fmt.Errorf("recreate trigger %s of index %q: %w", name, ix.def.Name, err)
+			}
+			changed = true
+			db.log.Info("recreated index trigger", "index", ix.def.Name, "trigger", name)
+		}
+	}
+	return nil
 }
 
 // CreateIndex creates and backfills an index, returning how many keys it indexed. ErrExists if the

@@ -308,3 +308,67 @@ func TestDB_FindNumberExtremes(t *testing.T) {
 		t.Errorf("FindRange(> int64 max) = %v, %v; want [over big]", got, err)
 	}
 }
+
+// TestDB_IndexUniqueRenameKey: a raw UPDATE renaming a key keeps its unique value; the key's own old
+// entry is not another key holding it.
+func TestDB_IndexUniqueRenameKey(t *testing.T) {
+	db := openDB(t, store.Options{QueryWrites: true})
+	db.Set(ctx, "", "a", "v1")
+	db.Set(ctx, "", "c", "v3")
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "u", Unique: true}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := db.Execute(ctx, "UPDATE kv SET key = 'b' WHERE key = 'a'"); err != nil || n != 1 {
+		t.Fatalf("rename a to b = %d, %v", n, err)
+	}
+	if got := fmt.Sprint(findKeys(t, db, "", "u", "v1")); got != "[b]" {
+		t.Fatalf("Find v1 = %s, want [b]", got)
+	}
+	// Still unique: renaming onto another key's value, or giving a key another's value, fails.
+	if _, err := db.Execute(ctx, "UPDATE kv SET key = 'd', value = 'v3' WHERE key = 'b'"); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("rename taking c's value: %v, want ErrExists", err)
+	}
+	if err := db.Set(ctx, "", "b", "v3"); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("Set b = v3: %v, want ErrExists", err)
+	}
+}
+
+// TestOpen_RefreshesIndexTriggers: triggers that differ from what this binary generates (an older
+// buffdbd's, or dropped by raw SQL) are recreated at Open, so trigger fixes reach existing indexes.
+func TestOpen_RefreshesIndexTriggers(t *testing.T) {
+	dir := t.TempDir()
+	db := openAt(t, dir, store.Options{QueryWrites: true})
+	db.Set(ctx, "", "a", "v1")
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "u", Unique: true}); err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	db.Query(ctx, "SELECT id FROM kv_index WHERE name = 'u'", func(_ []string, r []any) error { id = r[0].(int64); return nil })
+	// The upd trigger as buffdbd generated it before renames were handled, and no del trigger.
+	for _, q := range []string{
+		fmt.Sprintf("DROP TRIGGER kv_index_%d_upd", id),
+		fmt.Sprintf("DROP TRIGGER kv_index_%d_del", id),
+		fmt.Sprintf(`CREATE TRIGGER kv_index_%[1]d_upd AFTER UPDATE ON kv BEGIN
+			SELECT RAISE(ABORT, 'buffdb unique index violated: u') FROM (SELECT NEW.value AS v) WHERE v IS NOT NULL
+			AND EXISTS (SELECT 1 FROM kv_index_entry WHERE index_id = %[1]d AND value = v AND key <> NEW.key);
+			DELETE FROM kv_index_entry WHERE index_id = %[1]d AND key = OLD.key;
+			INSERT INTO kv_index_entry(index_id, value, key, is_unique) SELECT %[1]d, NEW.value, NEW.key, 1; END`, id),
+	} {
+		if _, err := db.Execute(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+	db = openAt(t, dir, store.Options{QueryWrites: true})
+	if _, err := db.Execute(ctx, "UPDATE kv SET key = 'b' WHERE key = 'a'"); err != nil {
+		t.Fatalf("rename after reopen: %v", err)
+	}
+	if err := db.Delete(ctx, "", "b"); err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	db.Query(ctx, "SELECT count(*) FROM kv_index_entry", func(_ []string, r []any) error { n = r[0].(int64); return nil })
+	if n != 0 {
+		t.Fatalf("%d index entries left after deleting the only key (delete trigger not restored)", n)
+	}
+}
