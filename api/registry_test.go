@@ -1059,3 +1059,38 @@ func TestRegistry_PushFileHashes(t *testing.T) {
 		}
 	}
 }
+
+// TestRegistry_PushFileChanged: a source file rewritten in place (same size) while it is pushed
+// fails the push with ErrChanged naming it, and nothing is published. Before, the push failed with
+// the server's "received bytes do not hash to the offered digest", which did not say why.
+func TestRegistry_PushFileChanged(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	src := t.TempDir()
+	data := randBytes(41, 12<<20)
+	writeFiles(t, src, map[string][]byte{"m.bin": data})
+	path := filepath.Join(src, "m.bin")
+	var once sync.Once
+	_, err := e.client.Push(context.Background(), src, registry.PushOptions{
+		Info: registry.ModelInfo{Name: "m", Version: "v1"},
+		Progress: func(done, total int64) {
+			once.Do(func() { // the first chunk is on its way: rewrite the rest of the file
+				f, err := os.OpenFile(path, os.O_WRONLY, 0)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				f.WriteAt(randBytes(42, 8<<20), 4<<20)
+				f.Close()
+				// A later time than the listing saw, whatever the clock's granularity.
+				later := time.Now().Add(time.Minute)
+				os.Chtimes(path, later, later)
+			})
+		},
+	})
+	if !errors.Is(err, registry.ErrChanged) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("push of a file rewritten midway: err = %v, want ErrChanged naming %s", err, path)
+	}
+	if _, err := e.rpc.Show(context.Background(), &registrypb.ShowRequest{Ref: "m:v1"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("show after the failed push: %v, want NotFound", err)
+	}
+}

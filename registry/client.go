@@ -101,6 +101,13 @@ func (c *Client) Push(ctx context.Context, src string, opts PushOptions) (PushRe
 	for attempt := 0; ; attempt++ {
 		res.Attempts = attempt + 1
 		err := c.pushOnce(ctx, files, opts, &res)
+		if err != nil {
+			if f := changedFile(files); f != nil {
+				// Say what happened, not what it broke downstream: the server refuses bytes that
+				// do not hash to the digest offered for them (re-read after the file changed).
+				return res, fmt.Errorf("%s %w; nothing was published (push again once it is completely written)", f.abs, ErrChanged)
+			}
+		}
 		if err == nil || !retryable(ctx, err) || attempt >= opts.Retries {
 			return res, err
 		}
@@ -168,6 +175,17 @@ func listLocal(src string) ([]*localFile, error) {
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].rel < files[j].rel })
 	return files, nil
+}
+
+// changedFile returns the first of files whose size or modification time differs from when it
+// was listed (or that is gone), nil if none.
+func changedFile(files []*localFile) *localFile {
+	for _, f := range files {
+		if st, err := os.Stat(f.abs); err != nil || st.Size() != f.size || !st.ModTime().Equal(f.mtime) {
+			return f
+		}
+	}
+	return nil
 }
 
 // offerItem is an offer awaiting its answer; commit marks the end.
@@ -397,7 +415,7 @@ func produceOffers(ctx context.Context, files []*localFile, serverHashes bool, s
 			return err
 		}
 		if st.Size() != f.size || !st.ModTime().Equal(f.mtime) {
-			return fmt.Errorf("%s changed during the push", f.abs)
+			return fmt.Errorf("%s %w", f.abs, ErrChanged)
 		}
 		if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_FileBegin{FileBegin: &registrypb.FileBegin{
 			Path: f.rel, Size: uint64(f.size)}}}); err != nil {
@@ -418,6 +436,12 @@ func produceOffers(ctx context.Context, files []*localFile, serverHashes bool, s
 		if f.chunks == nil || (!serverHashes && !f.hashed) {
 			if err := chunkFile(ctx, f, !serverHashes, offer); err != nil {
 				return err
+			}
+			// A write while the file was read leaves chunks of two contents, each hashed as
+			// read, so every digest checks out: only the file's metadata tells.
+			if changedFile([]*localFile{f}) != nil {
+				f.chunks = nil
+				return fmt.Errorf("%s %w", f.abs, ErrChanged)
 			}
 		} else {
 			var off int64
