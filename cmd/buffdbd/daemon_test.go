@@ -18,8 +18,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
 	"github.com/buffdb/buffdbd/registry"
@@ -591,5 +593,29 @@ func TestRun_SIGHUPReloads(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("stderr:\n%s", logs)
+	}
+}
+
+func TestRun_HealthWatchDoesNotHoldShutdown(t *testing.T) {
+	// Load balancers and grpc-go's client-side health checking keep a Health/Watch stream open for
+	// the life of the connection. At SIGTERM it must hear NOT_SERVING and then end, or every stop
+	// waits out the whole shutdown_timeout (here 1h: only the test's own bound would end it).
+	d := startOpsDaemon(t, "--shutdown-timeout", "1h")
+	watch, err := healthpb.NewHealthClient(dialGRPC(t, d.grpcAddr)).Watch(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := watch.Recv(); err != nil || st.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("watch: %v %v", st, err)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if st, err := watch.Recv(); err != nil || st.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("watch during shutdown: %v %v", st, err)
+	}
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit code %d, want 0; stderr:\n%s", code, d.stderr)
+	}
+	if _, err := watch.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("watch end: got %v, want Unavailable", err)
 	}
 }

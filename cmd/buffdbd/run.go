@@ -18,6 +18,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/buffdb/buffdbd/api"
 	"github.com/buffdb/buffdbd/internal/gotune"
@@ -129,6 +133,8 @@ type Main struct {
 	httpAddr net.Addr
 	systemd  *systemd
 	ready    atomic.Bool
+	// draining is set when shutdown begins, before health turns NOT_SERVING (endHealthWatches).
+	draining atomic.Bool
 	// readyDB is the store while serving, nil before and once shutdown begins; readiness uses it
 	// without racing Close's m.DB = nil.
 	readyDB atomic.Pointer[store.DB]
@@ -256,7 +262,49 @@ func (m *Main) instrument() {
 	}
 	unary, stream := requestLogInterceptors(m.Logger)
 	m.ServerOptions.UnaryInterceptors = append(m.ServerOptions.UnaryInterceptors, unary)
-	m.ServerOptions.StreamInterceptors = append(m.ServerOptions.StreamInterceptors, stream)
+	m.ServerOptions.StreamInterceptors = append(m.ServerOptions.StreamInterceptors, stream, m.endHealthWatches)
+}
+
+// endHealthWatches ends a grpc.health.v1.Health/Watch stream once it has told its client
+// NOT_SERVING during shutdown. Load balancers and grpc-go's client-side health checking hold one
+// such stream per connection for as long as it lives; the graceful stop waits for every stream,
+// so without this each stop with a health watcher attached lasted the whole shutdown_timeout and
+// then cut off every other in-flight RPC too. The client hears UNAVAILABLE, gRPC's "go elsewhere
+// and retry".
+func (m *Main) endHealthWatches(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if info.FullMethod != healthpb.Health_Watch_FullMethodName {
+		return h(srv, ss)
+	}
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	w := &healthWatchStream{ServerStream: ss, ctx: ctx, cancel: cancel, draining: &m.draining}
+	err := h(srv, w)
+	if w.ended.Load() {
+		return status.Error(codes.Unavailable, "server shutting down")
+	}
+	return err
+}
+
+// healthWatchStream is a Health/Watch stream whose context endHealthWatches cancels after it sent
+// NOT_SERVING while the server drains.
+type healthWatchStream struct {
+	grpc.ServerStream
+	ctx      context.Context
+	cancel   context.CancelFunc
+	draining *atomic.Bool
+	ended    atomic.Bool
+}
+
+func (s *healthWatchStream) Context() context.Context { return s.ctx }
+
+func (s *healthWatchStream) SendMsg(msg any) error {
+	err := s.ServerStream.SendMsg(msg)
+	if r, ok := msg.(*healthpb.HealthCheckResponse); ok && err == nil && s.draining.Load() &&
+		r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		s.ended.Store(true)
+		s.cancel()
+	}
+	return err
 }
 
 // readiness is nil once the store is open (migrations applied) and the listeners serve, as long
@@ -322,6 +370,7 @@ func (m *Main) Close(ctx context.Context) error {
 		m.systemd.stopping(m.Config.ShutdownTimeout + closeAllowance)
 	}
 	m.systemd.stopWatchdog()
+	m.draining.Store(true)
 	if m.Services != nil {
 		m.Services.srv.Shutdown(ctx)
 	}
