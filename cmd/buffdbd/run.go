@@ -58,7 +58,10 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*store.DB, er
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
-	return store.Open(ctx, cfg.DataDir, store.Options{
+	if err := checkDatabaseNotLost(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	db, err := store.Open(ctx, cfg.DataDir, store.Options{
 		Durability:       d,
 		DefaultTxTimeout: cfg.Store.DefaultTxTimeout,
 		MaxTxTimeout:     cfg.Store.MaxTxTimeout,
@@ -67,6 +70,63 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*store.DB, er
 		Migrations:       storeMigrations,
 		Logger:           log,
 	})
+	return db, err
+}
+
+// The store's database file and payload directory inside the data directory (store/db.go and
+// store/payload.go); TestOpenStore_DatabaseLost fails if they move.
+const (
+	storeDBFile     = "buffdb.sqlite"
+	storePayloadDir = "payloads"
+)
+
+// databaseLostError refuses to open a data directory whose payload files survive but whose
+// database is gone or empty; it carries its own hint (see reportError).
+type databaseLostError struct {
+	db    string
+	state string
+}
+
+func (e databaseLostError) Error() string {
+	return fmt.Sprintf("database %s is %s, but the data directory holds payload files: refusing to start a new, empty store over them", e.db, e.state)
+}
+
+func (databaseLostError) ExitCode() int { return exitError }
+
+func (databaseLostError) Hint() string {
+	return "restore the database file from a backup; to start over on purpose, move the whole data directory aside"
+}
+
+// checkDatabaseNotLost refuses a data directory whose database file is missing or empty while
+// payload files remain: the database was deleted, truncated or not restored with the rest.
+// SQLite would silently create a new empty database there, and the store's startup clean-up
+// would then delete every payload file as unreferenced, destroying what a restore could still
+// have saved. A store that was ever opened always has a non-empty database (the migrations write
+// it before any payload exists), so a fresh or crashed-while-created store is not refused.
+func checkDatabaseNotLost(dir string) error {
+	db := filepath.Join(dir, storeDBFile)
+	state := ""
+	switch fi, err := os.Stat(db); {
+	case errors.Is(err, os.ErrNotExist):
+		state = "missing"
+	case err != nil:
+		return nil // store.Open reports it
+	case fi.Size() == 0:
+		state = "empty (0 bytes)"
+	default:
+		return nil
+	}
+	found := errors.New("found")
+	err := filepath.WalkDir(filepath.Join(dir, storePayloadDir), func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			return found
+		}
+		return nil // unreadable or absent: not evidence of lost data
+	})
+	if errors.Is(err, found) {
+		return databaseLostError{db: db, state: state}
+	}
+	return nil
 }
 
 // services is a server with its layered services, built the same way for the daemon and the CLI.
