@@ -70,8 +70,20 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*store.DB, er
 		Migrations:       storeMigrations,
 		Logger:           log,
 	})
+	if err != nil && !errors.Is(err, store.ErrNoSpace) {
+		// On a full disk SQLite often fails before any write it would report as SQLITE_FULL: growing
+		// its shared-memory index gives "disk I/O error (4874)", which reads as failing hardware.
+		// Name the real cause, with the hint and exit status of a full disk.
+		if free := freeBytes(cfg.DataDir); free >= 0 && free < openMinFree {
+			return nil, fmt.Errorf("%w (%d bytes free): %w", store.ErrNoSpace, free, err)
+		}
+	}
 	return db, err
 }
+
+// openMinFree is the free space below which a failed open is put down to a full disk: opening
+// needs a few pages of WAL and a 32 KiB shared-memory index, and migrations a little more.
+const openMinFree = 1 << 20
 
 // The store's database file and payload directory inside the data directory (store/db.go and
 // store/payload.go); TestOpenStore_DatabaseLost fails if they move.
