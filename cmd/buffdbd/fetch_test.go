@@ -36,6 +36,23 @@ func TestFetchCmd(t *testing.T) {
 	hub.AddRepo("org/corrupt", hubtest.RepoOptions{})
 	hub.Commit("org/corrupt", "main", []hubtest.FileSpec{{Path: "w.bin", Content: hubtest.Random(2, 100<<10), LFS: true}})
 	hub.Corrupt("org/corrupt", "w.bin")
+	// Listings that claim an exabyte-sized file (no filesystem holds it) and a git blob id that is
+	// not hex.
+	hub.AddRepo("org/huge", hubtest.RepoOptions{})
+	hub.Commit("org/huge", "main", []hubtest.FileSpec{{Path: "w.bin", Content: hubtest.Random(3, 10<<10), LFS: true}})
+	hub.EditTree(func(es []hubtest.TreeEntry) []hubtest.TreeEntry {
+		for i := range es {
+			if es[i].LFS != nil && es[i].Size == 10<<10 {
+				es[i].Size, es[i].LFS.Size = 1<<62, 1<<62
+			}
+			if es[i].Path == "bad-oid.txt" {
+				es[i].OID = strings.Repeat("g", 40)
+			}
+		}
+		return es
+	})
+	hub.AddRepo("org/badhash", hubtest.RepoOptions{})
+	hub.Commit("org/badhash", "main", []hubtest.FileSpec{{Path: "bad-oid.txt", Content: hubtest.Bytes([]byte("x"))}})
 	data := t.TempDir()
 	base := []string{"--data-dir", data, "--endpoint", hub.Endpoint()}
 
@@ -75,6 +92,8 @@ func TestFetchCmd(t *testing.T) {
 		{"ErrChecksum", []string{"hf:org/corrupt"}, exitChecksum, "nothing was published"},
 		{"ErrNoMatch", []string{"hf:org/corrupt", "--include", "*.gguf"}, exitFileNotFound, "--include"},
 		{"ErrOfflineNotCached", []string{"hf:org/other", "--offline"}, exitOffline, "network"},
+		{"ErrNoSpace", []string{"hf:org/huge"}, exitNoSpace, "free space"},
+		{"ErrProtocol", []string{"hf:org/badhash"}, exitProtocol, "proxy"},
 		{"ErrUsageRef", []string{"hf:../etc"}, exitUsage, ""},
 		{"ErrUsageRate", []string{"hf:org/model", "--max-rate", "fast"}, exitUsage, ""},
 	} {
