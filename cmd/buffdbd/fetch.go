@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -226,8 +227,15 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 	ua := "buffdbd/" + firstNonEmpty(readBuildInfo().Version, "devel")
 	return func(req *registrypb.FetchRequest) (*huggingface.Fetcher, error) {
 		hf := cfg.HuggingFace
-		token := firstNonEmpty(req.GetToken(), hf.Token)
-		if token == "" && hf.TokenFile != "" {
+		endpoint := firstNonEmpty(req.GetEndpoint(), hf.Endpoint, huggingface.DefaultEndpoint)
+		token := req.GetToken()
+		// The configured token is the operator's secret for the configured endpoint: a client
+		// that names another endpoint (any host it likes) brings its own token or goes without.
+		own := sameEndpoint(endpoint, firstNonEmpty(hf.Endpoint, huggingface.DefaultEndpoint))
+		if token == "" && own {
+			token = hf.Token
+		}
+		if token == "" && own && hf.TokenFile != "" {
 			t, err := readTokenFile(hf.TokenFile)
 			if err != nil {
 				// The operator's configuration, not a bug: say what to fix (run checks it at
@@ -246,7 +254,7 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 		}
 		f, err := huggingface.New(reg, huggingface.Options{
 			Client: huggingface.ClientOptions{
-				Endpoint: firstNonEmpty(req.GetEndpoint(), hf.Endpoint, huggingface.DefaultEndpoint),
+				Endpoint: endpoint,
 				Token:    token, UserAgent: ua, Observer: obs,
 			},
 			Engine:   huggingface.EngineOptions{Concurrency: conc, MaxRate: rate},
@@ -260,6 +268,17 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 		}
 		return f, nil
 	}
+}
+
+// sameEndpoint reports whether two Hub URLs name the same endpoint: equal once trailing slashes are
+// dropped, scheme and host compared without regard to case.
+func sameEndpoint(a, b string) bool {
+	ua, errA := url.Parse(strings.TrimRight(a, "/"))
+	ub, errB := url.Parse(strings.TrimRight(b, "/"))
+	if errA != nil || errB != nil {
+		return false
+	}
+	return strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(ua.Host, ub.Host) && ua.Path == ub.Path
 }
 
 // classifyFetchError turns a fetch error into one sentence, a hint and a distinct exit code.
