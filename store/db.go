@@ -232,6 +232,9 @@ func (db *DB) open(ctx context.Context) error {
 	if err := db.migrate(ctx); err != nil {
 		return err
 	}
+	if err := db.refreshIndexTriggers(ctx); err != nil {
+		return fmt.Errorf("refresh index triggers: %w", err)
+	}
 	db.rdb, err = sql.Open("sqlite", db.dsn(true))
 	if err != nil {
 		return err

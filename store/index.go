@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -60,6 +61,71 @@ func (d IndexDef) validate() error {
 		return fmt.Errorf("index %q: unknown value kind %d: %w", d.Name, d.Kind, ErrInvalid)
 	case d.JSONPath != "" && !strings.HasPrefix(d.JSONPath, "$"):
 		return fmt.Errorf("index %q: JSON path %q must start with $: %w", d.Name, d.JSONPath, ErrInvalid)
+	case d.JSONPath != "":
+		if err := checkJSONPath(d.JSONPath); err != nil {
+			return fmt.Errorf("index %q: bad JSON path %q: %v: %w", d.Name, d.JSONPath, err, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// checkJSONPath checks p against SQLite's JSON path grammar: $ then steps .key, ."quoted key",
+// [N], [#] or [#-N]. SQLite parses a path lazily, step by step while walking a document, so a
+// malformed step is only reported when a value reaches it: json_extract('{}', '$[[') is NULL, but
+// json_extract('[1]', '$[[') fails. An index created with such a path would make every later Set
+// of a value that reaches the bad step fail in the index trigger, so the whole path is checked up
+// front.
+func checkJSONPath(p string) error {
+	if strings.IndexByte(p, 0) >= 0 {
+		return errors.New("NUL in path") // SQLite would silently stop reading the path there
+	}
+	if !strings.HasPrefix(p, "$") {
+		return errors.New("must start with $")
+	}
+	digits := func(s string) int { // length of the run of ASCII digits starting s
+		n := 0
+		for n < len(s) && s[n] >= '0' && s[n] <= '9' {
+			n++
+		}
+		return n
+	}
+	for i := 1; i < len(p); {
+		switch p[i] {
+		case '.':
+			i++
+			if i < len(p) && p[i] == '"' {
+				end := strings.IndexByte(p[i+1:], '"')
+				if end < 0 {
+					return fmt.Errorf("unterminated quoted key at byte %d", i)
+				}
+				i += end + 2
+				continue
+			}
+			n := strings.IndexAny(p[i:], ".[")
+			if n < 0 {
+				n = len(p) - i
+			}
+			if n == 0 {
+				return fmt.Errorf("empty key at byte %d", i)
+			}
+			i += n
+		case '[':
+			j := i + 1
+			if n := digits(p[j:]); n > 0 {
+				j += n
+			} else if j < len(p) && p[j] == '#' {
+				j++
+				if j+1 < len(p) && p[j] == '-' && digits(p[j+1:]) > 0 {
+					j += 1 + digits(p[j+1:])
+				}
+			}
+			if j == i+1 || j >= len(p) || p[j] != ']' {
+				return fmt.Errorf("bad array index at byte %d (want [N], [#] or [#-N])", i)
+			}
+			i = j + 1
+		default:
+			return fmt.Errorf("unexpected %q at byte %d (want . or [)", p[i], i)
+		}
 	}
 	return nil
 }
@@ -124,17 +190,86 @@ func (d IndexDef) triggerSQL(id int64) []string {
 	// Uniqueness is checked with RAISE(ABORT) before inserting, not only left to the partial unique
 	// index: an outer INSERT OR REPLACE / OR IGNORE (raw SQL) imposes its conflict policy on trigger
 	// statements, which would silently steal another key's entry or skip this one. RAISE always aborts.
-	check := ""
+	// An UPDATE may also rename the key (raw SQL: UPDATE kv SET key = ...): the entry of OLD.key is
+	// about to be deleted, so it must not count as another key holding the value.
+	check, checkUpd := "", ""
 	if d.Unique {
-		check = fmt.Sprintf(`SELECT RAISE(ABORT, '%s%s') FROM (SELECT %s AS v) WHERE v IS NOT NULL AND %s
-			AND EXISTS (SELECT 1 FROM kv_index_entry WHERE index_id = %d AND value = v AND key <> NEW.key);`,
-			uniqueMarker, strings.ReplaceAll(d.Name, "'", "''"), d.valueExpr("NEW.value"), d.keyCond("NEW.key"), id)
+		chk := func(others string) string {
+			return fmt.Sprintf(`SELECT RAISE(ABORT, '%s%s') FROM (SELECT %s AS v) WHERE v IS NOT NULL AND %s
+			AND EXISTS (SELECT 1 FROM kv_index_entry WHERE index_id = %d AND value = v AND %s);`,
+				uniqueMarker, strings.ReplaceAll(d.Name, "'", "''"), d.valueExpr("NEW.value"), d.keyCond("NEW.key"), id, others)
+		}
+		check, checkUpd = chk("key <> NEW.key"), chk("key <> NEW.key AND key <> OLD.key")
 	}
 	return []string{
 		fmt.Sprintf("CREATE TRIGGER kv_index_%d_ins AFTER INSERT ON kv BEGIN %s %s %s END", id, check, delNew, ins),
-		fmt.Sprintf("CREATE TRIGGER kv_index_%d_upd AFTER UPDATE ON kv BEGIN %s %s %s END", id, check, del, ins),
+		fmt.Sprintf("CREATE TRIGGER kv_index_%d_upd AFTER UPDATE ON kv BEGIN %s %s %s END", id, checkUpd, del, ins),
 		fmt.Sprintf("CREATE TRIGGER kv_index_%d_del AFTER DELETE ON kv BEGIN %s END", id, del),
 	}
+}
+
+// refreshIndexTriggers recreates, in one transaction, every index trigger whose SQL differs from what
+// this binary generates (or that is missing): a fix to the triggers then reaches indexes created by
+// an older buffdbd too. Nothing is written when they all match.
+func (db *DB) refreshIndexTriggers(ctx context.Context) (err error) {
+	c := db.wconn
+	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return err
+	}
+	changed := false
+	defer func() {
+		end := "ROLLBACK"
+		if err == nil && changed {
+			end = "COMMIT"
+		}
+		if _, e := c.ExecContext(context.Background(), end); err == nil {
+			err = e
+		}
+	}()
+	type index struct {
+		id  int64
+		def IndexDef
+	}
+	var ixs []index
+	rows, err := c.QueryContext(ctx, "SELECT id, name, type, is_unique, json_path, key_prefix, kind FROM kv_index")
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var ix index
+		d := &ix.def
+		if err := rows.Scan(&ix.id, &d.Name, &d.Type, &d.Unique, &d.JSONPath, &d.KeyPrefix, &d.Kind); err != nil {
+			rows.Close()
+			return err
+		}
+		ixs = append(ixs, ix)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, ix := range ixs {
+		for i, want := range ix.def.triggerSQL(ix.id) {
+			name := fmt.Sprintf("kv_index_%d_%s", ix.id, [...]string{"ins", "upd", "del"}[i])
+			var have string
+			err := c.QueryRowContext(ctx, "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?", name).Scan(&have)
+			if err == nil && have == want {
+				continue
+			}
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+			if _, err := c.ExecContext(ctx, "DROP TRIGGER IF EXISTS "+name); err != nil {
+				return err
+			}
+			if _, err := c.ExecContext(ctx, want); err != nil {
+				return fmt.Errorf("recreate trigger %s of index %q: %w", name, ix.def.Name, err)
+			}
+			changed = true
+			db.log.Info("recreated index trigger", "index", ix.def.Name, "trigger", name)
+		}
+	}
+	return nil
 }
 
 // CreateIndex creates and backfills an index, returning how many keys it indexed. ErrExists if the
@@ -263,8 +398,13 @@ func (ix indexInfo) arg(name, v string) (any, error) {
 		return i, nil // exact for integers beyond float64's 2^53
 	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil {
+	// Out of range ("1e999") is ±Inf, which is what SQLite indexed for such a JSON number.
+	if err != nil && !errors.Is(err, strconv.ErrRange) {
 		return nil, fmt.Errorf("index %q holds numbers; %q is not one: %w", name, v, ErrInvalid)
+	}
+	if math.IsNaN(f) {
+		// SQLite binds NaN as NULL, which compares with nothing: the lookup would silently be empty.
+		return nil, fmt.Errorf("index %q: NaN is not a number an index can hold: %w", name, ErrInvalid)
 	}
 	return f, nil
 }

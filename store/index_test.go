@@ -235,3 +235,140 @@ func TestDB_FindRange(t *testing.T) {
 		}
 	})
 }
+
+// TestDB_CreateIndexJSONPath: SQLite reports a malformed JSON path only when a document reaches the
+// bad step, so CreateIndex checks the whole path itself; otherwise an index made while no value
+// reached the step would make every later Set of such a value fail in the index trigger.
+func TestDB_CreateIndexJSONPath(t *testing.T) {
+	docs := []string{`{}`, `[]`, `1`, `"s"`, `null`, `{"a":{"b":[{"c":1}]}}`, `[[1,[2]]]`, `{"a":[1]}`, `{"a b":{"x.y":[0]}}`,
+		`{"":1}`, `[{"a":[[1]]}]`}
+	t.Run("ErrInvalid", func(t *testing.T) {
+		for _, p := range []string{"$[[", "$[x]", "$.", "$..a", "$[#-x]", "$a", "$.a[", "$[0", `$."a`, "$[-1]", "$[#-]",
+			"$[#x]", "$[]", "$.a\x00[[", "$ .a"} {
+			db := openDB(t, store.Options{})
+			if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "x", JSONPath: p}); !errors.Is(err, store.ErrInvalid) {
+				t.Fatalf("CreateIndex(path %q) err = %v, want ErrInvalid", p, err)
+			}
+			for _, d := range docs {
+				if err := db.Set(ctx, "", "k", d); err != nil {
+					t.Fatalf("Set(%s) after refusing path %q: %v", d, p, err)
+				}
+			}
+		}
+	})
+	t.Run("OK", func(t *testing.T) {
+		for _, p := range []string{"$", "$.a", "$.a.b[0].c", "$[0][1][0]", "$[#]", "$[#-1]", "$[#-12]", `$."a b"."x.y"[0]`,
+			`$.a b`, `$.""`, `$[0].a[0][0]`, "$.a.b.c.d.e"} {
+			db := openDB(t, store.Options{})
+			if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "x", JSONPath: p}); err != nil {
+				t.Fatalf("CreateIndex(path %q): %v", p, err)
+			}
+			for _, d := range docs {
+				if err := db.Set(ctx, "", "k", d); err != nil {
+					t.Fatalf("Set(%s) with an index on %q: %v", d, p, err)
+				}
+			}
+		}
+	})
+}
+
+// TestDB_FindNumberExtremes: a number index holds what SQLite makes of a JSON number, including
+// ±Inf for ones beyond float64 ("1e999") and int64 extremes exactly; lookups must address them, and
+// NaN (which SQLite binds as NULL, matching nothing) is refused rather than silently empty.
+func TestDB_FindNumberExtremes(t *testing.T) {
+	db := openDB(t, store.Options{})
+	for k, v := range map[string]string{"big": "1e999", "neg": "-1e999", "max": "9223372036854775807",
+		"min": "-9223372036854775808", "over": "9223372036854775808", "nan": "NaN", "small": "1e-999"} {
+		db.Set(ctx, "", k, v)
+	}
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "num", Type: store.IndexBTree, Kind: store.KindNumber}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ value, want string }{
+		{"1e999", "[big]"}, {"Infinity", "[big]"}, {"-1e999", "[neg]"}, {"9223372036854775807", "[max]"},
+		{"-9223372036854775808", "[min]"}, {"9223372036854775808", "[over]"}, {"0", "[small]"},
+	} {
+		if got := fmt.Sprint(findKeys(t, db, "", "num", c.value)); got != c.want {
+			t.Errorf("Find(num, %s) = %s, want %s", c.value, got, c.want)
+		}
+	}
+	nop := func(string, string) error { return nil }
+	if err := db.Find(ctx, "", "num", "NaN", 0, nop); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("Find(NaN) err = %v, want ErrInvalid", err)
+	}
+	if err := db.FindRange(ctx, "", "num", store.Range{Upper: &store.Bound{Value: "nan"}}, nop); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("FindRange(upper NaN) err = %v, want ErrInvalid", err)
+	}
+	var got []string
+	err := db.FindRange(ctx, "", "num", store.Range{Lower: &store.Bound{Value: "9223372036854775807"}}, func(k, _ string) error {
+		got = append(got, k)
+		return nil
+	})
+	if err != nil || fmt.Sprint(got) != "[over big]" { // SQLite compares integers and reals exactly
+		t.Errorf("FindRange(> int64 max) = %v, %v; want [over big]", got, err)
+	}
+}
+
+// TestDB_IndexUniqueRenameKey: a raw UPDATE renaming a key keeps its unique value; the key's own old
+// entry is not another key holding it.
+func TestDB_IndexUniqueRenameKey(t *testing.T) {
+	db := openDB(t, store.Options{QueryWrites: true})
+	db.Set(ctx, "", "a", "v1")
+	db.Set(ctx, "", "c", "v3")
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "u", Unique: true}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := db.Execute(ctx, "UPDATE kv SET key = 'b' WHERE key = 'a'"); err != nil || n != 1 {
+		t.Fatalf("rename a to b = %d, %v", n, err)
+	}
+	if got := fmt.Sprint(findKeys(t, db, "", "u", "v1")); got != "[b]" {
+		t.Fatalf("Find v1 = %s, want [b]", got)
+	}
+	// Still unique: renaming onto another key's value, or giving a key another's value, fails.
+	if _, err := db.Execute(ctx, "UPDATE kv SET key = 'd', value = 'v3' WHERE key = 'b'"); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("rename taking c's value: %v, want ErrExists", err)
+	}
+	if err := db.Set(ctx, "", "b", "v3"); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("Set b = v3: %v, want ErrExists", err)
+	}
+}
+
+// TestOpen_RefreshesIndexTriggers: triggers that differ from what this binary generates (an older
+// buffdbd's, or dropped by raw SQL) are recreated at Open, so trigger fixes reach existing indexes.
+func TestOpen_RefreshesIndexTriggers(t *testing.T) {
+	dir := t.TempDir()
+	db := openAt(t, dir, store.Options{QueryWrites: true})
+	db.Set(ctx, "", "a", "v1")
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "u", Unique: true}); err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	db.Query(ctx, "SELECT id FROM kv_index WHERE name = 'u'", func(_ []string, r []any) error { id = r[0].(int64); return nil })
+	// The upd trigger as buffdbd generated it before renames were handled, and no del trigger.
+	for _, q := range []string{
+		fmt.Sprintf("DROP TRIGGER kv_index_%d_upd", id),
+		fmt.Sprintf("DROP TRIGGER kv_index_%d_del", id),
+		fmt.Sprintf(`CREATE TRIGGER kv_index_%[1]d_upd AFTER UPDATE ON kv BEGIN
+			SELECT RAISE(ABORT, 'buffdb unique index violated: u') FROM (SELECT NEW.value AS v) WHERE v IS NOT NULL
+			AND EXISTS (SELECT 1 FROM kv_index_entry WHERE index_id = %[1]d AND value = v AND key <> NEW.key);
+			DELETE FROM kv_index_entry WHERE index_id = %[1]d AND key = OLD.key;
+			INSERT INTO kv_index_entry(index_id, value, key, is_unique) SELECT %[1]d, NEW.value, NEW.key, 1; END`, id),
+	} {
+		if _, err := db.Execute(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+	db = openAt(t, dir, store.Options{QueryWrites: true})
+	if _, err := db.Execute(ctx, "UPDATE kv SET key = 'b' WHERE key = 'a'"); err != nil {
+		t.Fatalf("rename after reopen: %v", err)
+	}
+	if err := db.Delete(ctx, "", "b"); err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	db.Query(ctx, "SELECT count(*) FROM kv_index_entry", func(_ []string, r []any) error { n = r[0].(int64); return nil })
+	if n != 0 {
+		t.Fatalf("%d index entries left after deleting the only key (delete trigger not restored)", n)
+	}
+}

@@ -174,12 +174,21 @@ func (db *DB) queryConn(ctx context.Context) (*sql.Conn, func(), error) {
 	return conn, func() {
 		// Without a policy the connection goes back to the pool as the store's own code uses it
 		// (its BEGINs must work). If that fails, the connection must not be reused.
-		if authorize(conn, nil) != nil {
+		// Nor may it go back holding a temporary object the authorizer did not catch (a trigger
+		// named temp.x on a main table is authorized as a main one): see denyTxControl.
+		if authorize(conn, nil) != nil || hasTempObjects(conn) {
 			conn.Raw(func(any) error { return driver.ErrBadConn })
 		}
 		conn.Close()
 		unlock()
 	}, nil
+}
+
+// hasTempObjects reports whether conn's temp schema holds anything (or cannot be read).
+func hasTempObjects(conn *sql.Conn) bool {
+	var n int
+	err := conn.QueryRowContext(context.Background(), "SELECT count(*) FROM temp.sqlite_schema").Scan(&n)
+	return err != nil || n > 0
 }
 
 // denyTxControl is the authorizer of raw SQL: it refuses BEGIN, COMMIT, ROLLBACK, SAVEPOINT and
@@ -192,10 +201,21 @@ func (db *DB) queryConn(ctx context.Context) (*sql.Conn, func(), error) {
 // take a table or index name) or act (wal_checkpoint, optimize, ...): on a pooled connection a
 // setting would outlive the request too, e.g. synchronous=OFF on the connection client
 // transactions commit on, or busy_timeout=0 on one the store reads with.
-func denyTxControl(action sqlite.AuthorizerActionCode, arg1, arg2, _, _ string) sqlite.AuthorizerReturnCode {
+//
+// And it refuses temporary tables, views, indexes and triggers: they live as long as the pooled
+// connection, not the request, and the temp schema is searched before main, so a read-only
+// `CREATE TEMP TABLE kv(...)` would hide the real kv from every later Get served on that connection,
+// and on the write pool a client transaction would commit its writes into the temporary table. A
+// temporary object is of no use within the one statement a request may hold anyway.
+func denyTxControl(action sqlite.AuthorizerActionCode, arg1, arg2, dbName, _ string) sqlite.AuthorizerReturnCode {
 	switch action {
-	case sqlite.AuthTransaction, sqlite.AuthSavepoint:
+	case sqlite.AuthTransaction, sqlite.AuthSavepoint,
+		sqlite.AuthCreateTempTable, sqlite.AuthCreateTempView, sqlite.AuthCreateTempIndex, sqlite.AuthCreateTempTrigger:
 		return sqlite.AuthorizerDeny
+	case sqlite.AuthCreateTable, sqlite.AuthCreateView, sqlite.AuthCreateIndex, sqlite.AuthCreateTrigger, sqlite.AuthCreateVTable:
+		if strings.EqualFold(dbName, "temp") { // CREATE TABLE temp.x, without the TEMP keyword
+			return sqlite.AuthorizerDeny
+		}
 	case sqlite.AuthPragma:
 		name := strings.ToLower(arg1)
 		if pragmaActs[name] || (arg2 != "" && !pragmaIntrospects[name]) {
@@ -214,8 +234,9 @@ var pragmaIntrospects = map[string]bool{"table_info": true, "table_xinfo": true,
 var pragmaActs = map[string]bool{"wal_checkpoint": true, "optimize": true, "shrink_memory": true, "incremental_vacuum": true}
 
 // errTxControl is what raw SQL refused by denyTxControl fails with.
-var errTxControl = fmt.Errorf("transaction statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE) and PRAGMAs that change "+
-	"settings are not allowed in raw SQL (they would outlive the request on a pooled connection); "+
+var errTxControl = fmt.Errorf("transaction statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE), PRAGMAs that change "+
+	"settings and temporary tables, views, indexes or triggers are not allowed in raw SQL (they would outlive the request "+
+	"on a pooled connection); "+
 	"each statement runs in its own transaction, use BeginTransaction/CommitTransaction to group writes: %w", ErrInvalid)
 
 // authorize installs fn (nil: none) as the authorizer of conn's SQLite connection.

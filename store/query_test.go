@@ -262,3 +262,71 @@ func TestDB_Stats(t *testing.T) {
 		t.Fatalf("Stats = %+v", st)
 	}
 }
+
+// TestDB_QueryTempObjects: raw SQL cannot create temporary objects. They would outlive the request
+// on the pooled connection, and the temp schema shadows main: a temporary kv would hide (or forge)
+// every value later reads on that connection return, and swallow writes on the write pool.
+func TestDB_QueryTempObjects(t *testing.T) {
+	stmts := []string{
+		"CREATE TEMP TABLE kv(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+		"CREATE TEMPORARY TABLE x AS SELECT * FROM kv",
+		"CREATE TABLE temp.kv(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+		"CREATE TEMP VIEW kv AS SELECT 'k' AS key, 'forged' AS value",
+		"CREATE TEMP TRIGGER t AFTER INSERT ON main.kv BEGIN DELETE FROM main.kv; END",
+		"CREATE TABLE temp.x(y)",
+		"CREATE VIEW temp.kv AS SELECT 'k' AS key, 'forged' AS value",
+		"CREATE VIRTUAL TABLE temp.v USING fts5(x)",
+	}
+	// SQLite authorizes this one as a trigger of main (its table's schema): it runs, but its
+	// connection is not reused, so it never fires on a later write.
+	const tempTrigger = "CREATE TRIGGER temp.t AFTER INSERT ON main.kv BEGIN DELETE FROM main.kv; END"
+	for _, writes := range []bool{false, true} {
+		t.Run(fmt.Sprintf("QueryWrites=%v", writes), func(t *testing.T) {
+			db := openDB(t, store.Options{QueryWrites: writes})
+			if err := db.Set(ctx, "", "k", "real"); err != nil {
+				t.Fatal(err)
+			}
+			for range 3 { // more sessions than pooled connections are likely to be idle
+				for _, sql := range stmts {
+					err := db.Query(ctx, sql, func([]string, []any) error { return nil })
+					if !errors.Is(err, store.ErrInvalid) {
+						t.Fatalf("Query(%q) err = %v, want ErrInvalid", sql, err)
+					}
+					if writes {
+						if _, err := db.Execute(ctx, sql); !errors.Is(err, store.ErrInvalid) {
+							t.Fatalf("Execute(%q) err = %v, want ErrInvalid", sql, err)
+						}
+					}
+				}
+				if err := db.Query(ctx, tempTrigger, func([]string, []any) error { return nil }); err != nil {
+					t.Fatalf("Query(%q): %v", tempTrigger, err)
+				}
+				if writes {
+					if _, err := db.Execute(ctx, tempTrigger); err != nil {
+						t.Fatalf("Execute(%q): %v", tempTrigger, err)
+					}
+				}
+			}
+			for i := range 5 {
+				if got, err := db.Get(ctx, "", "k"); err != nil || got != "real" {
+					t.Fatalf("Get #%d = %q, %v; want the real value", i, got, err)
+				}
+			}
+			tx, err := db.Begin(ctx, false, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := db.Set(ctx, tx, "t", "1"); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.Commit(ctx, tx); err != nil {
+				t.Fatal(err)
+			}
+			var n int64
+			err = db.Query(ctx, "SELECT count(*) FROM main.kv WHERE key IN ('k', 't')", func(_ []string, row []any) error { n = row[0].(int64); return nil })
+			if err != nil || n != 2 {
+				t.Fatalf("keys in main.kv after a committed transaction: count = %d, %v; want 2", n, err)
+			}
+		})
+	}
+}

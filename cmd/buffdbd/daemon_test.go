@@ -530,3 +530,66 @@ func TestRun_Watchdog(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 }
+
+func TestRun_SIGHUPReloads(t *testing.T) {
+	// SIGHUP is what operators send to make a daemon re-read its configuration (and what systemctl
+	// reload sends, through the unit's ExecReload). It must never stop the service: the changes it
+	// can apply (log.level) take effect, the others are named, and an invalid file is reported
+	// while the daemon goes on with the configuration it has.
+	file := filepath.Join(t.TempDir(), "buffdbd.yaml")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("log:\n  level: info\n")
+	d := startOpsDaemon(t, "--config", file)
+	hup := func() {
+		t.Helper()
+		if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		d.notify.waitFor(t, "RELOADING=1", d.exited)
+		if got := d.notify.waitFor(t, "READY=1", d.exited); !strings.Contains(got, "STATUS=serving gRPC on "+d.grpcAddr) {
+			t.Fatalf("READY after reload: %q", got)
+		}
+	}
+	health := func() {
+		t.Helper()
+		resp, err := healthpb.NewHealthClient(dialGRPC(t, d.grpcAddr)).Check(context.Background(), &healthpb.HealthCheckRequest{})
+		if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("health after reload: %v %v", resp, err)
+		}
+	}
+
+	hup() // unchanged
+	write("log:\n  level: debug\nregistry:\n  max_bytes: 1GiB\nhuggingface:\n  token: hf_reloadsecret\n")
+	hup()
+	health() // logged at debug only if the new level applies
+	write("store:\n  durability: fast\n")
+	hup()
+	health()
+
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit code %d, want 0; stderr:\n%s", code, d.stderr)
+	}
+	logs := d.stderr.String()
+	for _, want := range []string{
+		`"msg":"configuration reloaded","applied":[]`,
+		`"applied":["log.level"],"restart_needed":["registry.max_bytes","huggingface.token"]`,
+		`"msg":"rpc","method":"/grpc.health.v1.Health/Check"`,
+		`"msg":"reload: configuration not applied; still running with the previous one","err":"store.durability: must be \"sync\" or \"process\", got \"fast\"`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %s", want)
+		}
+	}
+	if strings.Contains(logs, "hf_reloadsecret") {
+		t.Errorf("the reload logged a secret:\n%s", logs)
+	}
+	if t.Failed() {
+		t.Logf("stderr:\n%s", logs)
+	}
+}

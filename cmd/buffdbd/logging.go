@@ -64,6 +64,13 @@ func newLogger(w io.Writer, level, format string, target logTarget) (*slog.Logge
 	if err != nil {
 		return nil, err
 	}
+	lv := new(slog.LevelVar)
+	lv.Set(lvl)
+	return newLevelLogger(w, lv, format, target)
+}
+
+// newLevelLogger is newLogger with its level in lv, which the daemon changes on a reload (SIGHUP).
+func newLevelLogger(w io.Writer, lvl *slog.LevelVar, format string, target logTarget) (*slog.Logger, error) {
 	if format == "auto" {
 		switch {
 		case target.TTY:

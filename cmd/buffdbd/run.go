@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -318,7 +319,7 @@ func (m *Main) Close(ctx context.Context) error {
 	var errs []error
 	m.readyDB.Store(nil)
 	if m.ready.Swap(false) {
-		m.systemd.stopping()
+		m.systemd.stopping(m.Config.ShutdownTimeout + closeAllowance)
 	}
 	m.systemd.stopWatchdog()
 	if m.Services != nil {
@@ -491,6 +492,11 @@ func addrStrings(as []net.Addr) []string {
 	return out
 }
 
+// closeAllowance is what systemd is told a shutdown needs beyond shutdown_timeout: the HTTP
+// listener's shutdown, the registry's background work and the store's final WAL checkpoint and
+// fsync, which on a slow SD card after a burst of writes take seconds, not milliseconds.
+const closeAllowance = 30 * time.Second
+
 // httpShutdownTimeout bounds the HTTP listener's shutdown: scrapes and probes take milliseconds.
 const httpShutdownTimeout = 2 * time.Second
 
@@ -501,13 +507,19 @@ func newRunCmd(g *globalFlags) *cobra.Command {
 		Long: `Run the daemon: serve buffdb.kv, buffdb.blob, buffdb.query, buffdb.index, health and reflection
 over gRPC on the --listen addresses and on the unix socket (used by local CLI calls), and
 /metrics, /healthz and /readyz over HTTP on --http-listen, until SIGINT or SIGTERM. A second
-signal exits at once.
+signal exits at once. SIGHUP (systemctl reload) re-reads the configuration: log.level applies at
+once, other changed keys are logged as needing a restart, an invalid file is logged and ignored.
 
 Configuration comes from flags, then BUFFDBD_* environment variables, then the config file
 (--config, default /etc/buffdbd/buffdbd.yaml when present), then defaults; see
 'buffdbd config print'. An invalid configuration exits with code 78.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// From here on SIGHUP reloads (see reload) instead of killing the daemon, Go's default:
+			// `kill -HUP`, the reflex for "re-read your config", must never stop a service.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
 			cfg, file, warnings, err := LoadConfig(cmd.Flags())
 			if err != nil {
 				return err
@@ -519,7 +531,13 @@ Configuration comes from flags, then BUFFDBD_* environment variables, then the c
 			if f, ok := cmd.ErrOrStderr().(*os.File); ok {
 				target = detectLogTarget(f)
 			}
-			log, err := newLogger(cmd.ErrOrStderr(), cfg.Log.Level, cfg.Log.Format, target)
+			level := new(slog.LevelVar)
+			lvl, err := parseLevel(cfg.Log.Level)
+			if err != nil {
+				return configErrorf("log.level: %v", err)
+			}
+			level.Set(lvl)
+			log, err := newLevelLogger(cmd.ErrOrStderr(), level, cfg.Log.Format, target)
 			if err != nil {
 				return configErrorf("log: %v", err)
 			}
@@ -531,27 +549,101 @@ Configuration comes from flags, then BUFFDBD_* environment variables, then the c
 			}
 			gotune.LimitMemory(int64(cfg.MemoryLimit))
 			gotune.RelaxGC(int64(cfg.MemoryLimit))
-			return runDaemon(cmd.Context(), cfg, log)
+			return runDaemon(cmd.Context(), cfg, log, &reloader{signals: hup, level: level,
+				load: func() (Config, error) {
+					cfg, _, warnings, err := LoadConfig(cmd.Flags())
+					if err == nil {
+						err = cfg.CheckFiles()
+					}
+					for _, w := range warnings {
+						log.Warn(w)
+					}
+					return cfg, err
+				}})
 		},
 	}
 	return cmd
 }
 
+// reloader is what SIGHUP does to a running daemon: re-read and validate the configuration (file,
+// environment and the original flags), apply what can change live (log.level) and name in the log
+// the changed keys that take effect only after a restart. An invalid configuration is reported and
+// the daemon keeps running with the one it has: a reload never stops a service.
+type reloader struct {
+	signals <-chan os.Signal
+	// load reads the configuration as at startup.
+	load  func() (Config, error)
+	level *slog.LevelVar
+}
+
+// liveKeys are the configuration keys a reload applies without a restart.
+var liveKeys = map[string]bool{"log.level": true}
+
+// reload re-reads the configuration; running is the configuration the daemon runs with, which it
+// updates with the keys applied live.
+func (r *reloader) reload(running *Config, log *slog.Logger, sd *systemd) {
+	sd.reloading()
+	defer sd.reloaded()
+	cfg, err := r.load()
+	if err == nil {
+		err = cfg.resolveDirs()
+	}
+	if err != nil {
+		log.Error("reload: configuration not applied; still running with the previous one",
+			"err", oneLine(err.Error()))
+		return
+	}
+	applied, restart := []string{}, []string{}
+	for _, k := range configKeys {
+		if yamlValue(k, &cfg, false) == yamlValue(k, running, false) {
+			continue
+		}
+		if !liveKeys[k.name] {
+			restart = append(restart, k.name)
+			continue
+		}
+		applied = append(applied, k.name)
+	}
+	if lvl, err := parseLevel(cfg.Log.Level); err == nil { // Validate checked it
+		r.level.Set(lvl)
+		running.Log.Level = cfg.Log.Level
+	}
+	if len(restart) > 0 {
+		log.Warn("reload: changed keys take effect only after a restart (systemctl restart buffdbd)",
+			"applied", applied, "restart_needed", restart)
+		return
+	}
+	log.Info("configuration reloaded", "applied", applied)
+}
+
 // runDaemon serves until ctx is cancelled (the first signal) or a listener fails, then shuts down:
 // health NOT_SERVING and systemd STOPPING=1, stop accepting, in-flight RPCs finish within
 // cfg.ShutdownTimeout (then are cancelled), store closed. It returns nil after a clean shutdown.
-func runDaemon(ctx context.Context, cfg Config, log *slog.Logger) error {
+// Signals on r.signals (SIGHUP) reload the configuration; r may be nil.
+func runDaemon(ctx context.Context, cfg Config, log *slog.Logger, r *reloader) error {
 	m := NewMain(cfg, log)
 	if err := m.Open(ctx); err != nil {
 		return err
 	}
 	log.Info("effective configuration", m.Config.maskedAttrs()...)
+	var hup <-chan os.Signal
+	if r != nil {
+		hup = r.signals
+	}
 	var serveErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
-	case serveErr = <-m.Err():
-		log.Error("listener failed; shutting down", "err", serveErr)
+wait:
+	for {
+		select {
+		case <-hup:
+			log.Info("SIGHUP: reloading the configuration")
+			r.reload(&m.Config, log, m.systemd)
+		case <-ctx.Done():
+			log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+			break wait
+		case serveErr = <-m.Err():
+			log.Error("listener failed; shutting down", "err", serveErr)
+			break wait
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -15,6 +16,8 @@ type systemd struct {
 	log    *slog.Logger
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// status is the STATUS= of the last READY=1, sent again when a reload ends.
+	status string
 }
 
 func newSystemd(log *slog.Logger) *systemd { return &systemd{log: log} }
@@ -29,12 +32,36 @@ func (s *systemd) notify(state string) {
 // ready tells systemd the listeners are bound and serving (Type=notify start completes). status is
 // shown by `systemctl status`.
 func (s *systemd) ready(status string) {
+	s.status = status
 	s.notify(daemon.SdNotifyReady + "\nSTATUS=" + status)
 }
 
-// stopping tells systemd shutdown began, so it does not treat the drain as a hang.
-func (s *systemd) stopping() {
-	s.notify(daemon.SdNotifyStopping + "\nSTATUS=shutting down")
+// reloading tells systemd a reload (SIGHUP) began; reloaded ends it. MONOTONIC_USEC is what
+// Type=notify-reload (systemd 253+) requires with RELOADING=1; Type=notify accepts it as well.
+func (s *systemd) reloading() {
+	state := daemon.SdNotifyReloading + "\nSTATUS=reloading the configuration"
+	if us := monotonicUsec(); us > 0 {
+		state += "\nMONOTONIC_USEC=" + strconv.FormatInt(us, 10)
+	}
+	s.notify(state)
+}
+
+// reloaded tells systemd the reload is over and the daemon serves as before.
+func (s *systemd) reloaded() {
+	s.notify(daemon.SdNotifyReady + "\nSTATUS=" + s.status)
+}
+
+// stopping tells systemd shutdown began, so it does not treat the drain as a hang. drain is how
+// long the shutdown may take (shutdown_timeout plus closing the store): EXTEND_TIMEOUT_USEC makes
+// systemd wait at least that long before its SIGKILL even when the unit's TimeoutStopSec is
+// shorter (it never shortens it), so an operator who raises shutdown_timeout does not also have to
+// edit the unit, and a drain is never cut off half-way by a kill the daemon did not choose.
+func (s *systemd) stopping(drain time.Duration) {
+	state := daemon.SdNotifyStopping + "\nSTATUS=shutting down"
+	if drain > 0 {
+		state += "\nEXTEND_TIMEOUT_USEC=" + strconv.FormatInt(drain.Microseconds(), 10)
+	}
+	s.notify(state)
 }
 
 // startWatchdog pings WATCHDOG=1 at half of WatchdogSec (the interval sd_watchdog_enabled(3)

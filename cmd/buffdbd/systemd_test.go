@@ -49,8 +49,19 @@ func TestSystemd_ReadyStopping(t *testing.T) {
 	if got := readNotify(t, conn); got != "READY=1\nSTATUS=serving" {
 		t.Fatalf("got %q", got)
 	}
-	sd.stopping()
-	if got := readNotify(t, conn); !strings.HasPrefix(got, "STOPPING=1\n") {
+	sd.stopping(40 * time.Second)
+	// EXTEND_TIMEOUT_USEC: systemd waits for the whole drain even past a shorter TimeoutStopSec.
+	if got := readNotify(t, conn); got != "STOPPING=1\nSTATUS=shutting down\nEXTEND_TIMEOUT_USEC=40000000" {
+		t.Fatalf("got %q", got)
+	}
+	sd.ready("serving again")
+	readNotify(t, conn)
+	sd.reloading()
+	if got := readNotify(t, conn); !strings.HasPrefix(got, "RELOADING=1\nSTATUS=reloading the configuration\nMONOTONIC_USEC=") {
+		t.Fatalf("got %q", got)
+	}
+	sd.reloaded()
+	if got := readNotify(t, conn); got != "READY=1\nSTATUS=serving again" {
 		t.Fatalf("got %q", got)
 	}
 }
@@ -61,7 +72,9 @@ func TestSystemd_NoSocketIsNoop(t *testing.T) {
 	t.Setenv("WATCHDOG_USEC", "")
 	sd := newSystemd(discardLogger())
 	sd.ready("serving")
-	sd.stopping()
+	sd.reloading()
+	sd.reloaded()
+	sd.stopping(time.Second)
 	sd.startWatchdog(func(context.Context) error { return nil }) // never pinged
 	sd.stopWatchdog()
 }

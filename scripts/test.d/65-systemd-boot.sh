@@ -9,6 +9,7 @@
 #   - root's CLI reaches it through the socket link in /var/lib/buffdbd, and a model round-trips;
 #   - /healthz and /metrics answer;
 #   - its watchdog pings arrive (WatchdogSec shortened to 2s by a drop-in: no restart over 6s);
+#   - systemctl reload (ExecReload: SIGHUP) leaves the same process serving;
 #   - data survives `systemctl restart`, and `systemctl stop` ends it cleanly (exit 0);
 #   - its journal holds no error and no "operation not permitted".
 # systemd-analyze only reads the unit; this is where a setting that breaks the daemon shows.
@@ -78,6 +79,13 @@ sleep 6
 [ "$(systemctl is-active buffdbd)" = active ] || fail "not active after 3 watchdog intervals"
 [ "$(prop NRestarts)" = 0 ] || fail "restarted $(prop NRestarts) times: the watchdog pings do not arrive"
 [ "$(prop MainPID)" = "$pid" ] || fail "main process changed"
+
+echo "-- systemctl reload (SIGHUP) re-reads the configuration and keeps serving"
+run systemctl reload buffdbd
+[ "$(systemctl is-active buffdbd)" = active ] || fail "not active after reload"
+[ "$(prop MainPID)" = "$pid" ] || fail "reload replaced the main process"
+journalctl --no-pager -u buffdbd -o cat | grep -q "configuration reloaded" || fail "no reload in the journal"
+[ "$(buffdbd kv get boot:key)" = value ] || fail "kv get after reload"
 
 echo "-- restart keeps the data; stop is clean"
 run systemctl restart buffdbd
