@@ -631,6 +631,11 @@ func (s *source) get(ctx context.Context, staleGen int) (Location, int, error) {
 // errStalled marks a range attempt cancelled because no bytes arrived within StallTimeout.
 var errStalled = errors.New("download stalled")
 
+// errBadResponse marks a file response the engine cannot use (a byte range other than the one asked
+// for, an encoded body): nothing of it was written, and a cache node or proxy that misbehaved once
+// may not the next time, so the range is retried; one that keeps doing it fails with ErrProtocol.
+var errBadResponse = errors.New("unusable response")
+
 // errExpired marks a 403 from the CDN: the signed URL expired, resolve a fresh one.
 var errExpired = errors.New("signed URL rejected")
 
@@ -670,7 +675,7 @@ func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, sy *sy
 		}
 		failures++
 		if failures >= bo.Attempts {
-			if !errors.Is(err, ErrOffline) && !errors.Is(err, ErrRateLimited) {
+			if !errors.Is(err, ErrOffline) && !errors.Is(err, ErrRateLimited) && !errors.Is(err, ErrProtocol) {
 				// Cuts and stalls that never stop are the network's doing: report them as such.
 				err = fmt.Errorf("%w: giving up after %d attempts without progress: %v", ErrOffline, failures, err)
 			}
@@ -690,7 +695,7 @@ func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, sy *sy
 
 // retryable reports whether a range failure is worth another attempt.
 func retryable(err error) bool {
-	if errors.Is(err, errStalled) || errors.Is(err, errExpired) || errors.Is(err, ErrOffline) ||
+	if errors.Is(err, errStalled) || errors.Is(err, errExpired) || errors.Is(err, errBadResponse) || errors.Is(err, ErrOffline) ||
 		errors.Is(err, ErrRateLimited) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return true
 	}
@@ -731,7 +736,7 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 	case resp.StatusCode == http.StatusPartialContent:
 		cr := resp.Header.Get("Content-Range")
 		if !strings.HasPrefix(cr, "bytes "+strconv.FormatInt(from, 10)+"-") {
-			return nil, fmt.Errorf("%w: asked bytes %d-%d, got Content-Range %q", ErrProtocol, from, to-1, cr)
+			return nil, fmt.Errorf("%w: %w: asked bytes %d-%d, got Content-Range %q", ErrProtocol, errBadResponse, from, to-1, cr)
 		}
 		if _, total, ok := strings.Cut(cr, "/"); ok && total != "*" && total != strconv.FormatInt(t.file.Size, 10) {
 			return nil, fmt.Errorf("%w: %s: the server has %s bytes, the Hub listed %d", ErrChecksum, t.path, total, t.file.Size)
@@ -739,7 +744,7 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 	case resp.StatusCode == http.StatusOK && from == 0:
 		// The server ignored Range (or we asked for everything): read only our range.
 	case resp.StatusCode == http.StatusOK:
-		return nil, fmt.Errorf("%w: %s ignored a Range request", ErrProtocol, redact(req.URL))
+		return nil, fmt.Errorf("%w: %w: %s ignored a Range request", ErrProtocol, errBadResponse, redact(req.URL))
 	case resp.StatusCode == http.StatusForbidden && !loc.Auth:
 		drain(resp)
 		return nil, errExpired
@@ -757,6 +762,11 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 		return resp.Header, err
 	}
 
+	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		// We asked for identity: encoded bytes are not the file's, and writing them would fail the
+		// hash and throw away every good byte of the file with them.
+		return nil, fmt.Errorf("%w: %w: %s answered with Content-Encoding %q", ErrProtocol, errBadResponse, redact(req.URL), ce)
+	}
 	body := io.LimitReader(resp.Body, to-from)
 	rw := newRangeWriter(f)
 	defer rw.close()

@@ -23,6 +23,11 @@ import (
 // Client pushes and pulls models through a buffdb.registry.Registry server (a daemon, or the CLI's
 // in-process server). Push and Pull stream files from and to disk with flat memory, resume after
 // interruptions, and move only chunks the other side lacks.
+//
+// Give the connection client keepalive (grpc.WithKeepaliveParams, as the buffdbd CLI does: 20 s
+// and 20 s): without it a link that goes silent mid-transfer (a NAT that forgot the connection, a
+// stalled middlebox) is never noticed, and Push, Pull or a Watch waits forever instead of failing
+// UNAVAILABLE and resuming.
 type Client struct {
 	rpc registrypb.RegistryClient
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/buffdb/buffdbd/api"
@@ -52,6 +53,7 @@ func dial(cmd *cobra.Command, g *globalFlags) (*clientConn, error) {
 			grpc.MaxCallRecvMsgSize(int(cfg.GRPC.MaxMessageBytes)),
 			grpc.MaxCallSendMsgSize(int(cfg.GRPC.MaxMessageBytes)),
 			grpc.ForceCodecV2(api.Codec{})),
+		grpc.WithKeepaliveParams(clientKeepalive),
 	}
 	if g.addr != "" {
 		return remote(g.addr, dialOpts)
@@ -67,6 +69,17 @@ func dial(cmd *cobra.Command, g *globalFlags) (*clientConn, error) {
 	}
 	return local(cmd.Context(), cfg, dialOpts, cmd.ErrOrStderr())
 }
+
+// clientKeepalive makes a command notice a link that went silent: a NAT or firewall that dropped
+// the connection's state, a peer that lost power, a middlebox that stalls. TCP alone does not
+// (its keepalive is answered by whatever middlebox holds the connection, and a send waits out
+// the retransmission timeout, ~15 minutes), so a push, pull or watch hung forever. When nothing
+// has arrived for Time, grpc-go pings; without an answer within Timeout it closes the
+// connection, the stream fails UNAVAILABLE, and push and pull resume on a new connection (their
+// --retries). 20 s + 20 s: two missed round trips of even a bad satellite link are far shorter,
+// the daemon accepts pings twice a second, and a stream receiving data never pings at all. A
+// variable so tests need not wait it out (grpc-go raises Time to at least 10 s).
+var clientKeepalive = keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 20 * time.Second}
 
 func remote(addr string, opts []grpc.DialOption) (*clientConn, error) {
 	target := addr

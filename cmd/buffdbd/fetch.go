@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -40,6 +41,8 @@ const (
 	exitChecksum         = 17
 	exitBudget           = 18
 	exitUnsafePath       = 19
+	exitNoSpace          = 20
+	exitProtocol         = 21
 )
 
 // fetchError carries a fetch failure's exit code and hint to reportError.
@@ -80,7 +83,8 @@ already in the registry are not downloaded again.
 Exit codes: 10 repository not found, 11 revision not found, 12 file not found (or no file matches
 --include/--exclude), 13 gated repository, 14 invalid token, 15 rate limited, 16 Hub unreachable
 (or --offline and not cached), 17 verification failed, 18 registry disk budget exceeded,
-19 unsafe filename in the repository.`,
+19 unsafe filename in the repository, 20 no space left for the download, 21 unexpected answer
+from the Hub, its CDN or a proxy.`,
 		Example: `  buffdbd fetch hf:sentence-transformers/all-MiniLM-L6-v2
   buffdbd fetch hf:org/model@v1.0 --include '*.safetensors' --include '*.json'
   HF_TOKEN=hf_... buffdbd fetch hf:meta-llama/Llama-3.2-1B --max-rate 5MB`,
@@ -223,8 +227,15 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 	ua := "buffdbd/" + firstNonEmpty(readBuildInfo().Version, "devel")
 	return func(req *registrypb.FetchRequest) (*huggingface.Fetcher, error) {
 		hf := cfg.HuggingFace
-		token := firstNonEmpty(req.GetToken(), hf.Token)
-		if token == "" && hf.TokenFile != "" {
+		endpoint := firstNonEmpty(req.GetEndpoint(), hf.Endpoint, huggingface.DefaultEndpoint)
+		token := req.GetToken()
+		// The configured token is the operator's secret for the configured endpoint: a client
+		// that names another endpoint (any host it likes) brings its own token or goes without.
+		own := sameEndpoint(endpoint, firstNonEmpty(hf.Endpoint, huggingface.DefaultEndpoint))
+		if token == "" && own {
+			token = hf.Token
+		}
+		if token == "" && own && hf.TokenFile != "" {
 			t, err := readTokenFile(hf.TokenFile)
 			if err != nil {
 				// The operator's configuration, not a bug: say what to fix (run checks it at
@@ -243,7 +254,7 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 		}
 		f, err := huggingface.New(reg, huggingface.Options{
 			Client: huggingface.ClientOptions{
-				Endpoint: firstNonEmpty(req.GetEndpoint(), hf.Endpoint, huggingface.DefaultEndpoint),
+				Endpoint: endpoint,
 				Token:    token, UserAgent: ua, Observer: obs,
 			},
 			Engine:   huggingface.EngineOptions{Concurrency: conc, MaxRate: rate},
@@ -257,6 +268,17 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 		}
 		return f, nil
 	}
+}
+
+// sameEndpoint reports whether two Hub URLs name the same endpoint: equal once trailing slashes are
+// dropped, scheme and host compared without regard to case.
+func sameEndpoint(a, b string) bool {
+	ua, errA := url.Parse(strings.TrimRight(a, "/"))
+	ub, errB := url.Parse(strings.TrimRight(b, "/"))
+	if errA != nil || errB != nil {
+		return false
+	}
+	return strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(ua.Host, ub.Host) && ua.Path == ub.Path
 }
 
 // classifyFetchError turns a fetch error into one sentence, a hint and a distinct exit code.
@@ -293,6 +315,10 @@ func classifyFetchError(err error, ref huggingface.Ref, hasToken bool) error {
 		fe.code, fe.hint = exitChecksum, "nothing was published; run the fetch again (corrupt partial data was discarded)"
 	case errors.Is(err, registry.ErrBudget):
 		fe.code, fe.hint = exitBudget, "raise the registry's max_bytes, or delete, unpin or untag old versions"
+	case errors.Is(err, huggingface.ErrNoSpace):
+		fe.code, fe.hint = exitNoSpace, "free space on the filesystem of the cache directory (--cache-dir) or the data directory; the fetch resumes from what it kept"
+	case errors.Is(err, huggingface.ErrProtocol):
+		fe.code, fe.hint = exitProtocol, "the Hub, its CDN or a proxy in between (HTTPS_PROXY) answered something invalid; retry later or check --endpoint"
 	case errors.Is(err, huggingface.ErrUnsafePath):
 		fe.code, fe.hint = exitUnsafePath, "the repository lists a filename that could escape the model directory; nothing was published"
 	case errors.Is(err, huggingface.ErrInvalidRef):

@@ -36,6 +36,23 @@ func TestFetchCmd(t *testing.T) {
 	hub.AddRepo("org/corrupt", hubtest.RepoOptions{})
 	hub.Commit("org/corrupt", "main", []hubtest.FileSpec{{Path: "w.bin", Content: hubtest.Random(2, 100<<10), LFS: true}})
 	hub.Corrupt("org/corrupt", "w.bin")
+	// Listings that claim an exabyte-sized file (no filesystem holds it) and a git blob id that is
+	// not hex.
+	hub.AddRepo("org/huge", hubtest.RepoOptions{})
+	hub.Commit("org/huge", "main", []hubtest.FileSpec{{Path: "w.bin", Content: hubtest.Random(3, 10<<10), LFS: true}})
+	hub.EditTree(func(es []hubtest.TreeEntry) []hubtest.TreeEntry {
+		for i := range es {
+			if es[i].LFS != nil && es[i].Size == 10<<10 {
+				es[i].Size, es[i].LFS.Size = 1<<62, 1<<62
+			}
+			if es[i].Path == "bad-oid.txt" {
+				es[i].OID = strings.Repeat("g", 40)
+			}
+		}
+		return es
+	})
+	hub.AddRepo("org/badhash", hubtest.RepoOptions{})
+	hub.Commit("org/badhash", "main", []hubtest.FileSpec{{Path: "bad-oid.txt", Content: hubtest.Bytes([]byte("x"))}})
 	data := t.TempDir()
 	base := []string{"--data-dir", data, "--endpoint", hub.Endpoint()}
 
@@ -75,6 +92,8 @@ func TestFetchCmd(t *testing.T) {
 		{"ErrChecksum", []string{"hf:org/corrupt"}, exitChecksum, "nothing was published"},
 		{"ErrNoMatch", []string{"hf:org/corrupt", "--include", "*.gguf"}, exitFileNotFound, "--include"},
 		{"ErrOfflineNotCached", []string{"hf:org/other", "--offline"}, exitOffline, "network"},
+		{"ErrNoSpace", []string{"hf:org/huge"}, exitNoSpace, "free space"},
+		{"ErrProtocol", []string{"hf:org/badhash"}, exitProtocol, "proxy"},
 		{"ErrUsageRef", []string{"hf:../etc"}, exitUsage, ""},
 		{"ErrUsageRate", []string{"hf:org/model", "--max-rate", "fast"}, exitUsage, ""},
 	} {
@@ -136,5 +155,62 @@ func TestFetchCmd_WithDaemon(t *testing.T) {
 	}
 	if code, out, errw := runCLI(t, "--data-dir", dir, "--huggingface-endpoint", hub.Endpoint(), "fetch", "hf:org/gated@v2"); code != exitOK {
 		t.Fatalf("--huggingface-endpoint through the daemon: exit %d\n%s%s", code, out, errw)
+	}
+}
+
+// TestFetchCmd_DaemonTokenStaysOnItsEndpoint: the daemon's own huggingface.token is a secret of its
+// operator, meant for its huggingface.endpoint. A client that asks the daemon to fetch from another
+// endpoint (any host it likes) must not receive it there; with its own token, that one is used.
+func TestFetchCmd_DaemonTokenStaysOnItsEndpoint(t *testing.T) {
+	for _, k := range []string{"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "BUFFDBD_CONFIG"} {
+		t.Setenv(k, "")
+	}
+	hubs := map[string]*hubtest.Server{}
+	for _, name := range []string{"configured", "other"} {
+		hub := hubtest.New()
+		t.Cleanup(hub.Close)
+		hub.AddRepo("org/model", hubtest.RepoOptions{})
+		hub.Commit("org/model", name, []hubtest.FileSpec{{Path: "w.bin", Content: hubtest.Random(5, 20<<10), LFS: true}})
+		hub.AddToken("hf_operator", "operator")
+		hub.AddToken("hf_client", "client")
+		hubs[name] = hub
+	}
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.DataDir = dir
+	cfg.GRPC.Listen = []string{"127.0.0.1:0"}
+	cfg.HTTP.Listen = ""
+	cfg.HuggingFace.Endpoint = hubs["configured"].Endpoint() + "/" // a trailing slash is the same endpoint
+	cfg.HuggingFace.Token = "hf_operator"
+	m := NewMain(cfg, nil)
+	if err := m.Open(context.Background()); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { m.Close(context.Background()) })
+
+	tokensSeen := func(hub *hubtest.Server) map[string]bool {
+		seen := map[string]bool{}
+		for _, r := range hub.Requests() {
+			seen[r.Auth] = true
+		}
+		return seen
+	}
+	if code, out, errw := runCLI(t, "--data-dir", dir, "fetch", "hf:org/model@configured"); code != exitOK {
+		t.Fatalf("fetch from the configured endpoint: exit %d\n%s%s", code, out, errw)
+	}
+	if seen := tokensSeen(hubs["configured"]); !seen["Bearer hf_operator"] {
+		t.Fatalf("the configured endpoint saw Authorization %v, want the daemon's token", seen)
+	}
+	if code, out, errw := runCLI(t, "--data-dir", dir, "fetch", "hf:org/model@other", "--endpoint", hubs["other"].Endpoint()); code != exitOK {
+		t.Fatalf("fetch from another endpoint: exit %d\n%s%s", code, out, errw)
+	}
+	if seen := tokensSeen(hubs["other"]); len(seen) != 1 || !seen[""] {
+		t.Fatalf("another endpoint saw Authorization %v; the daemon's token must stay with its endpoint", seen)
+	}
+	if code, out, errw := runCLI(t, "--data-dir", dir, "fetch", "hf:org/model@other", "--endpoint", hubs["other"].Endpoint(), "--token", "hf_client"); code != exitOK {
+		t.Fatalf("fetch from another endpoint with a token: exit %d\n%s%s", code, out, errw)
+	}
+	if seen := tokensSeen(hubs["other"]); seen["Bearer hf_operator"] || !seen["Bearer hf_client"] {
+		t.Fatalf("another endpoint saw Authorization %v, want only the client's token", seen)
 	}
 }
