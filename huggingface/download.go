@@ -207,8 +207,10 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	if t.file.LFS != nil {
 		identity = t.file.LFS.SHA256
 	}
-	if _, err := os.Stat(part); errors.Is(err, os.ErrNotExist) {
-		// A journal without its partial file vouches for bytes that are gone.
+	if fi, err := os.Stat(part); errors.Is(err, os.ErrNotExist) || err == nil && fi.Size() != t.file.Size {
+		// A journal without its partial file vouches for bytes that are gone; so does one whose
+		// partial file is not the size preallocate gave it before the first record (cut short,
+		// or replaced): its bytes would read back as zeros and fail verification.
 		os.Remove(jpath)
 	}
 	j, fresh, err := openJournal(jpath, t.file.Size, e.rangeSizeFor(t.file.Size), int64(e.o.Concurrency), identity)
