@@ -781,9 +781,14 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 		n, rerr := readFull(body, buf[s:s+int(min(int64(len(buf)-s), to-off))], timer, e.o.StallTimeout)
 		if n > 0 {
 			if e.limiter != nil {
+				// Waiting for our share of --max-rate is not a stall: with a low limit and many
+				// connections a turn can take longer than StallTimeout, and cutting the connection
+				// would throw away what the kernel buffered, to download it again.
+				timer.Stop()
 				if err := e.limiter.WaitN(ctx, n); err != nil {
 					return nil, err
 				}
+				timer.Reset(e.o.StallTimeout)
 			}
 			if err := rw.writeAt(buf[s:s+n], off); err != nil {
 				return nil, fmt.Errorf("write %s: %w", t.path, err)
