@@ -427,7 +427,9 @@ func (db *DB) Find(ctx context.Context, txID, index, value string, limit int, fn
 		return err
 	}
 	if txID != "" {
-		return db.withTx(ctx, txID, false, func(t *clientTx) error { return find(ctx, t.q, index, value, limit, fn) })
+		return db.streamInTx(ctx, txID, func(ctx context.Context, q querier, emit func(k, v string) error) error {
+			return find(ctx, q, index, value, limit, emit)
+		}, fn)
 	}
 	return db.readView(ctx, func(q querier) error { return find(ctx, q, index, value, limit, fn) })
 }
@@ -487,7 +489,9 @@ func (db *DB) FindRange(ctx context.Context, txID, index string, r Range, fn fun
 		return err
 	}
 	if txID != "" {
-		return db.withTx(ctx, txID, false, func(t *clientTx) error { return findRange(ctx, t.q, index, r, fn) })
+		return db.streamInTx(ctx, txID, func(ctx context.Context, q querier, emit func(k, v string) error) error {
+			return findRange(ctx, q, index, r, emit)
+		}, fn)
 	}
 	return db.readView(ctx, func(q querier) error { return findRange(ctx, q, index, r, fn) })
 }
