@@ -189,6 +189,9 @@ const maxTreePages = 10000
 func (c *Client) ListFiles(ctx context.Context, repo, commit string) ([]File, error) {
 	next := c.endpoint.String() + "/api/models/" + repo + "/tree/" + escapeAll(commit) + "?recursive=true&expand=false"
 	var files []File
+	// A Link back to a page already read would repeat the listing until maxTreePages, holding
+	// every copy in memory.
+	seen := map[string]bool{pageKey(next): true}
 	for page := 0; next != ""; page++ {
 		if page >= maxTreePages {
 			return nil, fmt.Errorf("list files of %s@%s: %w: more than %d pages", repo, commit, ErrProtocol, maxTreePages)
@@ -221,9 +224,23 @@ func (c *Client) ListFiles(ctx context.Context, repo, commit string) ([]File, er
 				return nil, fmt.Errorf("list files of %s@%s: %w: pagination link to another host %s", repo, commit, ErrProtocol, nu.Host)
 			}
 			next = nu.String()
+			if seen[pageKey(next)] {
+				return nil, fmt.Errorf("list files of %s@%s: %w: pagination links back to a page already read", repo, commit, ErrProtocol)
+			}
+			seen[pageKey(next)] = true
 		}
 	}
 	return files, nil
+}
+
+// pageKey identifies a page URL: query parameters in any order name the same page.
+func pageKey(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return u
+	}
+	p.RawQuery, p.Fragment = p.Query().Encode(), ""
+	return p.String()
 }
 
 // nextLink extracts the rel="next" target of an RFC 8288 Link header.

@@ -207,8 +207,10 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	if t.file.LFS != nil {
 		identity = t.file.LFS.SHA256
 	}
-	if _, err := os.Stat(part); errors.Is(err, os.ErrNotExist) {
-		// A journal without its partial file vouches for bytes that are gone.
+	if fi, err := os.Stat(part); errors.Is(err, os.ErrNotExist) || err == nil && fi.Size() != t.file.Size {
+		// A journal without its partial file vouches for bytes that are gone; so does one whose
+		// partial file is not the size preallocate gave it before the first record (cut short,
+		// or replaced): its bytes would read back as zeros and fail verification.
 		os.Remove(jpath)
 	}
 	j, fresh, err := openJournal(jpath, t.file.Size, e.rangeSizeFor(t.file.Size), int64(e.o.Concurrency), identity)
@@ -779,9 +781,14 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 		n, rerr := readFull(body, buf[s:s+int(min(int64(len(buf)-s), to-off))], timer, e.o.StallTimeout)
 		if n > 0 {
 			if e.limiter != nil {
+				// Waiting for our share of --max-rate is not a stall: with a low limit and many
+				// connections a turn can take longer than StallTimeout, and cutting the connection
+				// would throw away what the kernel buffered, to download it again.
+				timer.Stop()
 				if err := e.limiter.WaitN(ctx, n); err != nil {
 					return nil, err
 				}
+				timer.Reset(e.o.StallTimeout)
 			}
 			if err := rw.writeAt(buf[s:s+n], off); err != nil {
 				return nil, fmt.Errorf("write %s: %w", t.path, err)
