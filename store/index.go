@@ -420,21 +420,39 @@ func limitArg(limit int) (int, error) {
 	return limit, nil
 }
 
-// Find calls fn for each key whose indexed value equals value, in key order; limit 0 = unlimited.
-// fn receives the key's whole value. fn returning an error stops Find, which returns it.
-func (db *DB) Find(ctx context.Context, txID, index, value string, limit int, fn func(key, value string) error) error {
+// Hit is one key found by Find or FindRange.
+type Hit struct {
+	Key   string
+	Value string // the key's whole current value
+	// Indexed is the value the index holds for the key, as text: a string index's value itself, a
+	// number index's number in its shortest exact decimal form ("10", "2.5", "+Inf"). With Key it
+	// is the Cursor to resume after this hit.
+	Indexed string
+}
+
+// Cursor is a position in FindRange's order (indexed value, then key): the Indexed and Key of the
+// last Hit of the previous page.
+type Cursor struct {
+	Indexed string
+	Key     string
+}
+
+// Find calls fn for each key whose indexed value equals value, in key order, only keys after
+// *after when after is not nil (the last key of the previous page); limit 0 = unlimited. fn
+// returning an error stops Find, which returns it.
+func (db *DB) Find(ctx context.Context, txID, index, value string, limit int, after *string, fn func(Hit) error) error {
 	if err := db.checkOpen(); err != nil {
 		return err
 	}
 	if txID != "" {
-		return db.streamInTx(ctx, txID, func(ctx context.Context, q querier, emit func(k, v string) error) error {
-			return find(ctx, q, index, value, limit, emit)
+		return db.streamInTx(ctx, txID, func(ctx context.Context, q querier, emit func(Hit) error) error {
+			return find(ctx, q, index, value, limit, after, emit)
 		}, fn)
 	}
-	return db.readView(ctx, func(q querier) error { return find(ctx, q, index, value, limit, fn) })
+	return db.readView(ctx, func(q querier) error { return find(ctx, q, index, value, limit, after, fn) })
 }
 
-func find(ctx context.Context, q querier, index, value string, limit int, fn func(key, value string) error) error {
+func find(ctx context.Context, q querier, index, value string, limit int, after *string, fn func(Hit) error) error {
 	ix, err := lookupIndex(ctx, q, index)
 	if err != nil {
 		return err
@@ -447,26 +465,48 @@ func find(ctx context.Context, q querier, index, value string, limit int, fn fun
 	if err != nil {
 		return err
 	}
-	rows, err := q.query(ctx, `SELECT e.key, kv.value FROM kv_index_entry e JOIN kv ON kv.key = e.key
-		WHERE e.index_id = ? AND e.value = ? ORDER BY e.key LIMIT ?`, ix.id, v, lim)
-	return streamKV(rows, err, fn)
+	cond, args := "", []any{ix.id, v}
+	if after != nil {
+		cond, args = " AND e.key > ?", append(args, *after)
+	}
+	rows, err := q.query(ctx, `SELECT e.key, kv.value, e.value FROM kv_index_entry e JOIN kv ON kv.key = e.key
+		WHERE e.index_id = ? AND e.value = ?`+cond+` ORDER BY e.key LIMIT ?`, append(args, lim)...)
+	return streamHits(rows, err, fn)
 }
 
-func streamKV(rows *sql.Rows, err error, fn func(key, value string) error) error {
+func streamHits(rows *sql.Rows, err error, fn func(Hit) error) error {
 	if err != nil {
 		return mapErr(err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var k, v string
-		if err := rows.Scan(&k, &v); err != nil {
+		var h Hit
+		var indexed any
+		if err := rows.Scan(&h.Key, &h.Value, &indexed); err != nil {
 			return err
 		}
-		if err := fn(k, v); err != nil {
+		h.Indexed = indexedText(indexed)
+		if err := fn(h); err != nil {
 			return err
 		}
 	}
 	return mapErr(rows.Err())
+}
+
+// indexedText renders an index entry's value: text as it is, numbers so that parsing them back
+// (indexInfo.arg) gives the same number.
+func indexedText(v any) string {
+	switch x := v.(type) {
+	case int64:
+		return strconv.FormatInt(x, 10)
+	case float64:
+		return strconv.FormatFloat(x, 'g', -1, 64)
+	case []byte:
+		return string(x)
+	case string:
+		return x
+	}
+	return fmt.Sprint(v)
 }
 
 // Bound is one end of a range; nil means open.
@@ -480,23 +520,27 @@ type Range struct {
 	Lower, Upper *Bound
 	Limit        int
 	Descending   bool
+	// After resumes after this position (the previous page's last Hit): only hits that come after
+	// it in the order FindRange returns them. Keys that share an indexed value are neither lost
+	// nor repeated across pages, which a bound alone cannot do.
+	After *Cursor
 }
 
 // FindRange calls fn for keys whose indexed value is within r, ordered by indexed value then key
 // (reversed when Descending); btree only (ErrInvalid for hash). Number indexes compare numerically.
-func (db *DB) FindRange(ctx context.Context, txID, index string, r Range, fn func(key, value string) error) error {
+func (db *DB) FindRange(ctx context.Context, txID, index string, r Range, fn func(Hit) error) error {
 	if err := db.checkOpen(); err != nil {
 		return err
 	}
 	if txID != "" {
-		return db.streamInTx(ctx, txID, func(ctx context.Context, q querier, emit func(k, v string) error) error {
+		return db.streamInTx(ctx, txID, func(ctx context.Context, q querier, emit func(Hit) error) error {
 			return findRange(ctx, q, index, r, emit)
 		}, fn)
 	}
 	return db.readView(ctx, func(q querier) error { return findRange(ctx, q, index, r, fn) })
 }
 
-func findRange(ctx context.Context, q querier, index string, r Range, fn func(key, value string) error) error {
+func findRange(ctx context.Context, q querier, index string, r Range, fn func(Hit) error) error {
 	ix, err := lookupIndex(ctx, q, index)
 	if err != nil {
 		return err
@@ -527,13 +571,26 @@ func findRange(ctx context.Context, q querier, index string, r Range, fn func(ke
 		cond += " AND e.value " + op + " ?"
 		args = append(args, v)
 	}
+	if r.After != nil {
+		v, err := ix.arg(index, r.After.Indexed)
+		if err != nil {
+			return fmt.Errorf("cursor: %w", err)
+		}
+		// A row value comparison: SQLite walks the (index_id, value, key) primary key from there.
+		op := ">"
+		if r.Descending {
+			op = "<"
+		}
+		cond += " AND (e.value, e.key) " + op + " (?, ?)"
+		args = append(args, v, r.After.Key)
+	}
 	order := "e.value, e.key"
 	if r.Descending {
 		order = "e.value DESC, e.key DESC"
 	}
-	rows, err := q.query(ctx, "SELECT e.key, kv.value FROM kv_index_entry e JOIN kv ON kv.key = e.key WHERE "+
+	rows, err := q.query(ctx, "SELECT e.key, kv.value, e.value FROM kv_index_entry e JOIN kv ON kv.key = e.key WHERE "+
 		cond+" ORDER BY "+order+" LIMIT ?", append(args, lim)...)
-	return streamKV(rows, err, fn)
+	return streamHits(rows, err, fn)
 }
 
 // readView runs fn on one pooled read connection inside a read transaction, so multi-statement
