@@ -30,7 +30,8 @@ type ClientOptions struct {
 	Token     string // bearer token; sent only to the Endpoint's host
 	UserAgent string // default "buffdbd"
 	// Transport carries every request; default a clone of http.DefaultTransport with compression
-	// disabled (we always send Accept-Encoding: identity so a CDN honours Range).
+	// disabled (we always send Accept-Encoding: identity so a CDN honours Range) and HTTP/1.1
+	// only (each byte range on a connection of its own).
 	Transport http.RoundTripper
 	Backoff   Backoff
 	// Observer, if set, is told about retries (RetryObserved) as they happen.
@@ -65,6 +66,13 @@ func NewClient(o ClientOptions) (*Client, error) {
 		// every range after the first pair pay a new TCP+TLS handshake.
 		t.MaxIdleConnsPerHost = 64
 		t.ResponseHeaderTimeout = 60 * time.Second
+		// HTTP/1.1 only. Over HTTPS the Hub's CDN offers HTTP/2, which would multiplex every
+		// byte range on one TCP connection: one congestion window and one per-connection CDN
+		// throttle for the whole download, and one lost packet stalling all ranges. Parallel
+		// ranges are worth having only on parallel connections, as hf_transfer and aria2 use.
+		var protos http.Protocols
+		protos.SetHTTP1(true)
+		t.Protocols = &protos
 		tr = t
 	}
 	ua := o.UserAgent

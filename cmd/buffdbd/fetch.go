@@ -407,6 +407,11 @@ type fetchProgress struct {
 // nothing until warmed up.
 const ewmaAge = 30
 
+// maxFileBars caps the per-file lines on a terminal: with up to 256 connections more files can be
+// arriving at once than a terminal has lines, and mpb redraws every line at each refresh. The
+// overall bar counts them all.
+const maxFileBars = 16
+
 // plainInterval spaces progress lines when stderr is not a terminal: often enough to show life in
 // a journal, rarely enough not to flood it.
 const plainInterval = 5 * time.Second
@@ -441,11 +446,18 @@ func (fp *fetchProgress) update(p huggingface.Progress) {
 				mpb.AppendDecorators(decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", ewmaAge), decor.Name(" ETA "), decor.EwmaETA(decor.ET_STYLE_GO, ewmaAge)))
 		}
 		fp.total.EwmaSetCurrent(p.DoneBytes, 500*time.Millisecond)
+		for path, b := range fp.bars {
+			if b.Completed() {
+				delete(fp.bars, path) // off the screen already (BarRemoveOnComplete)
+			}
+		}
 		for _, f := range p.Files {
 			b := fp.bars[f.Path]
 			if b == nil {
-				if f.Done >= f.Size && f.Size > 0 {
-					continue // already complete from an earlier run: no line needed
+				// A line only for a file that is arriving: not for the thousands of a repository
+				// of small files still waiting for a connection, nor one complete already.
+				if f.Done == 0 || f.Done >= f.Size || len(fp.bars) >= maxFileBars {
+					continue
 				}
 				b = fp.p.AddBar(f.Size, mpb.BarRemoveOnComplete(),
 					mpb.PrependDecorators(decor.Name("  "+f.Path+" ", decor.WCSyncSpaceR), decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")),

@@ -4,9 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 
+	"github.com/vbauerster/mpb/v8"
+
+	"github.com/buffdb/buffdbd/huggingface"
 	"github.com/buffdb/buffdbd/huggingface/hubtest"
 )
 
@@ -212,5 +217,36 @@ func TestFetchCmd_DaemonTokenStaysOnItsEndpoint(t *testing.T) {
 	}
 	if seen := tokensSeen(hubs["other"]); seen["Bearer hf_operator"] || !seen["Bearer hf_client"] {
 		t.Fatalf("another endpoint saw Authorization %v, want only the client's token", seen)
+	}
+}
+
+// TestFetchProgress_ManySmallFiles: on a terminal, a repository of thousands of small files shows
+// lines only for the files being downloaded, not one for every file still waiting its turn.
+func TestFetchProgress_ManySmallFiles(t *testing.T) {
+	var term bytes.Buffer
+	fp := newFetchProgress(&term, io.Discard, false)
+	fp.tty, fp.p = true, mpb.New(mpb.WithOutput(&term), mpb.WithWidth(80))
+	p := huggingface.Progress{Phase: "downloading", Repo: "org/model", Revision: "main", TotalBytes: 3000 * 100}
+	for i := range 3000 {
+		f := huggingface.FileProgress{Path: fmt.Sprintf("shards/f%04d.txt", i), Size: 100}
+		switch {
+		case i < 100:
+			f.Done = 100 // done
+		case i < 108:
+			f.Done = 50 // downloading
+		}
+		p.Files = append(p.Files, f)
+		p.DoneBytes += f.Done
+	}
+	fp.update(p)
+	live := 0
+	for _, b := range fp.bars {
+		if !b.Completed() {
+			live++
+		}
+	}
+	fp.finish()
+	if live > maxFileBars {
+		t.Fatalf("%d per-file progress lines for 8 files downloading, want at most %d", live, maxFileBars)
 	}
 }
