@@ -132,7 +132,7 @@ func newIndexRangeCmd(g *globalFlags) *cobra.Command {
 		Use:     "range <NAME>",
 		Short:   "Print keys whose indexed value is within bounds (btree indexes), in value order",
 		Example: `  buffdbd index range by-size --ge 100 --lt 1000 --limit 10`,
-		Args: textArgs(exactArgs(1)),
+		Args:    textArgs(exactArgs(1)),
 		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
 			fl := cmd.Flags()
 			if fl.Changed("gt") && fl.Changed("ge") || fl.Changed("lt") && fl.Changed("le") {
