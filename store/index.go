@@ -150,9 +150,13 @@ func (d IndexDef) valueExpr(v string) string {
 	if d.Kind == KindNumber {
 		return fmt.Sprintf("CASE WHEN json_valid(%[1]s) THEN CASE WHEN json_type(%[1]s, %[2]s) IN ('integer','real') THEN json_extract(%[1]s, %[2]s) END END", v, p)
 	}
+	// An integer is indexed as its JSON text (the -> operator), not json_extract's SQL value: SQLite
+	// turns integers beyond int64 into REALs, so distinct ids like 12345678901234567890 and
+	// 12345678901234567891 would both index as "1.2345678901234567e+19" — one unique-index
+	// violation, and lookups by the written number finding nothing.
 	return fmt.Sprintf(`CASE WHEN json_valid(%[1]s) THEN CASE json_type(%[1]s, %[2]s)
 		WHEN 'text' THEN json_extract(%[1]s, %[2]s)
-		WHEN 'integer' THEN CAST(json_extract(%[1]s, %[2]s) AS TEXT)
+		WHEN 'integer' THEN %[1]s -> %[2]s
 		WHEN 'real' THEN CAST(json_extract(%[1]s, %[2]s) AS TEXT)
 		WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' END END`, v, p)
 }
@@ -208,9 +212,10 @@ func (d IndexDef) triggerSQL(id int64) []string {
 	}
 }
 
-// refreshIndexTriggers recreates, in one transaction, every index trigger whose SQL differs from what
-// this binary generates (or that is missing): a fix to the triggers then reaches indexes created by
-// an older buffdbd too. Nothing is written when they all match.
+// refreshIndexTriggers recreates, in one transaction, the triggers of every index with one whose SQL
+// differs from what this binary generates (or that is missing), and rebuilds that index's entries:
+// a fix to the triggers, or to how values are indexed, then reaches indexes an older buffdbd
+// created too. Nothing is written when they all match.
 func (db *DB) refreshIndexTriggers(ctx context.Context) (err error) {
 	c := db.wconn
 	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
@@ -249,27 +254,76 @@ func (db *DB) refreshIndexTriggers(ctx context.Context) (err error) {
 		return err
 	}
 	for _, ix := range ixs {
-		for i, want := range ix.def.triggerSQL(ix.id) {
-			name := fmt.Sprintf("kv_index_%d_%s", ix.id, [...]string{"ins", "upd", "del"}[i])
-			var have string
-			err := c.QueryRowContext(ctx, "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?", name).Scan(&have)
-			if err == nil && have == want {
-				continue
+		// One savepoint per index: an index that cannot be refreshed keeps its old triggers and
+		// entries (with a warning) rather than making the store impossible to open.
+		if _, err := c.ExecContext(ctx, "SAVEPOINT refresh_index"); err != nil {
+			return err
+		}
+		n, err := db.refreshIndex(ctx, c, ix.id, ix.def)
+		if err != nil {
+			if _, rerr := c.ExecContext(ctx, "ROLLBACK TO refresh_index"); rerr != nil {
+				return rerr
 			}
-			if err != nil && !errors.Is(err, sql.ErrNoRows) {
-				return err
-			}
-			if _, err := c.ExecContext(ctx, "DROP TRIGGER IF EXISTS "+name); err != nil {
-				return err
-			}
-			if _, err := c.ExecContext(ctx, want); err != nil {
-				return fmt.Errorf("recreate trigger %s of index %q: %w", name, ix.def.Name, err)
-			}
+			db.log.Warn("could not refresh index; it keeps its old triggers", "index", ix.def.Name, "err", err)
+		} else if n >= 0 {
 			changed = true
-			db.log.Info("recreated index trigger", "index", ix.def.Name, "trigger", name)
+			db.log.Info("recreated index triggers and rebuilt its entries", "index", ix.def.Name, "keys", n)
+		}
+		if _, err := c.ExecContext(ctx, "RELEASE refresh_index"); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// refreshIndex recreates index id's triggers if any differs from what def generates now, and then
+// recomputes its entries (the indexed values may be computed differently now, and keys written
+// before would keep values lookups no longer produce). It returns the keys indexed, or -1 when the
+// triggers were current and nothing was done.
+func (db *DB) refreshIndex(ctx context.Context, c *sql.Conn, id int64, def IndexDef) (int64, error) {
+	stale := false
+	for i, want := range def.triggerSQL(id) {
+		name := fmt.Sprintf("kv_index_%d_%s", id, [...]string{"ins", "upd", "del"}[i])
+		var have string
+		err := c.QueryRowContext(ctx, "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?", name).Scan(&have)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return 0, err
+		}
+		stale = stale || have != want
+	}
+	if !stale {
+		return -1, nil
+	}
+	for i, want := range def.triggerSQL(id) {
+		name := fmt.Sprintf("kv_index_%d_%s", id, [...]string{"ins", "upd", "del"}[i])
+		if _, err := c.ExecContext(ctx, "DROP TRIGGER IF EXISTS "+name); err != nil {
+			return 0, err
+		}
+		if _, err := c.ExecContext(ctx, want); err != nil {
+			return 0, fmt.Errorf("recreate trigger %s: %w", name, err)
+		}
+	}
+	if _, err := c.ExecContext(ctx, "DELETE FROM kv_index_entry WHERE index_id = ?", id); err != nil {
+		return 0, err
+	}
+	n, err := backfill(ctx, c.ExecContext, id, def)
+	return int64(n), err
+}
+
+// backfill indexes every existing key for index id (whose entries must be empty); ErrExists if
+// existing values violate uniqueness.
+func backfill(ctx context.Context, exec func(ctx context.Context, q string, args ...any) (sql.Result, error), id int64, d IndexDef) (uint64, error) {
+	res, err := exec(ctx, fmt.Sprintf(`INSERT INTO kv_index_entry(index_id, value, key, is_unique)
+		SELECT %d, v, key, %d FROM (SELECT key, %s AS v FROM kv WHERE %s) WHERE v IS NOT NULL`,
+		id, boolInt(d.Unique), d.valueExpr("value"), d.keyCond("key")))
+	if err != nil {
+		if err = mapErr(err); errors.Is(err, ErrExists) {
+			return 0, fmt.Errorf("index %q: existing values are not unique: %w", d.Name, ErrExists)
+		}
+		return 0, fmt.Errorf("backfill index %q: %w", d.Name, err)
+	}
+	n, err := res.RowsAffected()
+	return uint64(n), err
 }
 
 // CreateIndex creates and backfills an index, returning how many keys it indexed. ErrExists if the
@@ -309,17 +363,7 @@ func (t *wtx) createIndex(d IndexDef) (uint64, error) {
 			return 0, fmt.Errorf("create index %q: %w", d.Name, mapErr(err))
 		}
 	}
-	res, err = t.q.exec(t.ctx, fmt.Sprintf(`INSERT INTO kv_index_entry(index_id, value, key, is_unique)
-		SELECT %d, v, key, %d FROM (SELECT key, %s AS v FROM kv WHERE %s) WHERE v IS NOT NULL`,
-		id, boolInt(d.Unique), d.valueExpr("value"), d.keyCond("key")))
-	if err != nil {
-		if err = mapErr(err); errors.Is(err, ErrExists) {
-			return 0, fmt.Errorf("index %q: existing values are not unique: %w", d.Name, ErrExists)
-		}
-		return 0, fmt.Errorf("backfill index %q: %w", d.Name, err)
-	}
-	n, err := res.RowsAffected()
-	return uint64(n), err
+	return backfill(t.ctx, t.q.exec, id, d)
 }
 
 // DropIndex removes an index; ErrNotFound if missing.

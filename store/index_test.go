@@ -358,8 +358,15 @@ func TestOpen_RefreshesIndexTriggers(t *testing.T) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
+	// An entry as an older buffdbd may have computed it differently: the rebuild at Open replaces it.
+	if _, err := db.Execute(ctx, "UPDATE kv_index_entry SET value = 'stale'"); err != nil {
+		t.Fatal(err)
+	}
 	db.Close()
 	db = openAt(t, dir, store.Options{QueryWrites: true})
+	if got := fmt.Sprint(findKeys(t, db, "", "u", "v1")); got != "[a]" {
+		t.Fatalf("Find v1 after reopen = %s, want [a] (entries rebuilt)", got)
+	}
 	if _, err := db.Execute(ctx, "UPDATE kv SET key = 'b' WHERE key = 'a'"); err != nil {
 		t.Fatalf("rename after reopen: %v", err)
 	}
@@ -451,5 +458,35 @@ func TestDB_FindPaging(t *testing.T) {
 	err := db.FindRange(ctx, "", "n", store.Range{After: &store.Cursor{Indexed: "x", Key: "k"}}, func(store.Hit) error { return nil })
 	if !errors.Is(err, store.ErrInvalid) {
 		t.Fatalf("non-numeric cursor: %v, want ErrInvalid", err)
+	}
+}
+
+// TestDB_IndexBigIntegers: a string index holds a JSON integer as written. SQLite's json_extract
+// turns integers beyond int64 into REALs, so two distinct 64-bit unsigned ids indexed through it
+// became the same "1.2345678901234567e+19": a unique index refused the second key, and Find by
+// the id found nothing.
+func TestDB_IndexBigIntegers(t *testing.T) {
+	db := openDB(t, store.Options{})
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "id", Unique: true, JSONPath: "$.id"}); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"a": `{"id":12345678901234567890}`, "b": `{"id":12345678901234567891}`,
+		"c": `{"id":-9223372036854775808}`, "d": `{"id":42}`} {
+		if err := db.Set(ctx, "", k, v); err != nil {
+			t.Fatalf("Set %s = %s: %v", k, v, err)
+		}
+	}
+	for value, want := range map[string]string{"12345678901234567890": "[a]", "12345678901234567891": "[b]",
+		"-9223372036854775808": "[c]", "42": "[d]"} {
+		if got := fmt.Sprint(findKeys(t, db, "", "id", value)); got != want {
+			t.Errorf("Find id %s = %s, want %s", value, got, want)
+		}
+	}
+	// The backfill of a new index computes the same values as the triggers.
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "id2", Unique: true, JSONPath: "$.id"}); err != nil {
+		t.Fatalf("backfill of distinct big ids: %v", err)
+	}
+	if got := fmt.Sprint(findKeys(t, db, "", "id2", "12345678901234567891")); got != "[b]" {
+		t.Errorf("Find id2 = %s, want [b]", got)
 	}
 }
