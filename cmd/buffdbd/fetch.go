@@ -19,6 +19,7 @@ import (
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -225,6 +226,13 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 		cacheDir = filepath.Join(cfg.DataDir, "cache")
 	}
 	ua := "buffdbd/" + firstNonEmpty(readBuildInfo().Version, "devel")
+	// huggingface.rate_limit caps the bandwidth of all fetches together: it is there to leave the
+	// device's link to its other traffic, which a limit per fetch would not do once several run.
+	// The burst admits one full read buffer (1 MiB, the engine's default).
+	var shared *rate.Limiter
+	if cfg.HuggingFace.RateLimit > 0 {
+		shared = rate.NewLimiter(rate.Limit(cfg.HuggingFace.RateLimit), 1<<20)
+	}
 	return func(req *registrypb.FetchRequest) (*huggingface.Fetcher, error) {
 		hf := cfg.HuggingFace
 		endpoint := firstNonEmpty(req.GetEndpoint(), hf.Endpoint, huggingface.DefaultEndpoint)
@@ -248,16 +256,13 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 		if req.GetConcurrency() > 0 {
 			conc = int(req.GetConcurrency())
 		}
-		rate := int64(hf.RateLimit)
-		if req.GetMaxRate() > 0 {
-			rate = int64(req.GetMaxRate())
-		}
 		f, err := huggingface.New(reg, huggingface.Options{
 			Client: huggingface.ClientOptions{
 				Endpoint: endpoint,
 				Token:    token, UserAgent: ua, Observer: obs,
 			},
-			Engine:   huggingface.EngineOptions{Concurrency: conc, MaxRate: rate},
+			// A request's own rate limits that fetch further; it cannot lift the shared cap.
+			Engine:   huggingface.EngineOptions{Concurrency: conc, MaxRate: int64(req.GetMaxRate()), SharedRate: shared},
 			CacheDir: filepath.Join(cacheDir, "hf"),
 			Observer: obs,
 			Logger:   log.With("component", "fetch"),
