@@ -25,6 +25,7 @@ var _ = addErrorCodes(
 	ErrorCode{huggingface.ErrOffline, codes.Unavailable},
 	ErrorCode{huggingface.ErrProtocol, codes.Unavailable},
 	ErrorCode{huggingface.ErrChecksum, codes.DataLoss},
+	ErrorCode{huggingface.ErrNoSpace, codes.ResourceExhausted},
 	// The Hub's listing is the problem, not the request: the same request may work on a fixed repo.
 	ErrorCode{huggingface.ErrUnsafePath, codes.FailedPrecondition},
 )
@@ -50,6 +51,10 @@ var fetchReasons = []struct {
 	{huggingface.ErrChecksum, "CHECKSUM"},
 	{huggingface.ErrUnsafePath, "UNSAFE_PATH"},
 	{registry.ErrBudget, "BUDGET"},
+	{huggingface.ErrNoSpace, "NO_SPACE"},
+	// The registry's data directory filling up while a fetch publishes is the same trouble for the
+	// user; the client reads NO_SPACE back as huggingface.ErrNoSpace (the first entry above).
+	{registry.ErrDiskFull, "NO_SPACE"},
 }
 
 // FetchErrorFromStatus turns a Fetch status error back into an error wrapping the sentinel its

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -98,7 +100,7 @@ func (s *queryService) Query(stream grpc.BidiStreamingServer[querypb.RawQuery, q
 				return err
 			}
 			if first {
-				res.ColumnNames = cols
+				res.ColumnNames = validColumns(cols)
 				first = false
 			}
 			return stream.Send(res)
@@ -168,8 +170,26 @@ func queryErr(err error) error {
 	return err
 }
 
+// validColumns returns cols with bytes that are not UTF-8 replaced by U+FFFD: a proto3 string
+// must be UTF-8 or the whole row fails to marshal (SQLite takes any bytes as a column alias). The
+// exact bytes are in the ColumnsHeader, which percent-encodes them.
+func validColumns(cols []string) []string {
+	for i, c := range cols {
+		if !utf8.ValidString(c) {
+			out := slices.Clone(cols)
+			for j := i; j < len(out); j++ {
+				out[j] = strings.ToValidUTF8(out[j], "\uFFFD")
+			}
+			return out
+		}
+	}
+	return cols
+}
+
 // resultRow wraps each column in an Any: int64 → Int64Value, float64 → DoubleValue, string →
-// StringValue, []byte → BytesValue, NULL → google.protobuf.Value{null_value: NULL_VALUE}.
+// StringValue, []byte → BytesValue, NULL → google.protobuf.Value{null_value: NULL_VALUE}. TEXT that
+// is not valid UTF-8 (SQLite stores whatever bytes it is given, e.g. CAST(blob AS TEXT)) is a
+// BytesValue: a StringValue must be UTF-8, and failing the whole query would hide every other row.
 func resultRow(row []any) (*querypb.QueryResult, error) {
 	res := &querypb.QueryResult{Fields: make([]*anypb.Any, len(row))}
 	for i, v := range row {
@@ -182,7 +202,11 @@ func resultRow(row []any) (*querypb.QueryResult, error) {
 		case float64:
 			m = wrapperspb.Double(v)
 		case string:
-			m = wrapperspb.String(v)
+			if utf8.ValidString(v) {
+				m = wrapperspb.String(v)
+			} else {
+				m = wrapperspb.Bytes([]byte(v))
+			}
 		case []byte:
 			m = wrapperspb.Bytes(v)
 		case bool:

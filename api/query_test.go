@@ -182,3 +182,47 @@ func TestQuery_NonASCIIColumns(t *testing.T) {
 		}
 	}
 }
+
+// TestQuery_InvalidUTF8: SQLite TEXT may hold any bytes (CAST(blob AS TEXT), raw writes), and so may
+// a column alias. A proto3 string must be UTF-8, so such a value is sent as BytesValue and such a
+// name with U+FFFD (its bytes are in the header): the query's rows still arrive.
+func TestQuery_InvalidUTF8(t *testing.T) {
+	ts := newTestServer(t, store.Options{QueryWrites: true}, api.Options{})
+	// A client cannot send such a name (its SQL must be UTF-8 too), but a table made by another
+	// SQLite tool can have one.
+	if _, err := ts.db.Execute(context.Background(), "CREATE TABLE t(\"a\xffb\", good)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.db.Execute(context.Background(), "INSERT INTO t VALUES (CAST(X'FF41' AS TEXT), 'ok')"); err != nil {
+		t.Fatal(err)
+	}
+	c := querypb.NewQueryClient(ts.conn)
+	s, err := c.Query(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Send(&querypb.RawQuery{Query: "SELECT * FROM t"})
+	s.CloseSend()
+	r, err := s.Recv()
+	if err != nil {
+		t.Fatalf("Recv: %v", err)
+	}
+	var b wrapperspb.BytesValue
+	if err := r.GetFields()[0].UnmarshalTo(&b); err != nil || string(b.GetValue()) != "\xffA" {
+		t.Fatalf("invalid UTF-8 TEXT: %v, %v; want BytesValue 0xff41", r.GetFields()[0], err)
+	}
+	var str wrapperspb.StringValue
+	if err := r.GetFields()[1].UnmarshalTo(&str); err != nil || str.GetValue() != "ok" {
+		t.Fatalf("valid TEXT: %v, %v", r.GetFields()[1], err)
+	}
+	if got := r.GetColumnNames(); !slices.Equal(got, []string{"a\uFFFDb", "good"}) {
+		t.Fatalf("column_names = %q", got)
+	}
+	md, _ := s.Header()
+	if got := md.Get(api.ColumnsHeader); len(got) != 2 || api.DecodeColumn(got[0]) != "a\xffb" {
+		t.Fatalf("header columns = %q, want the exact bytes", got)
+	}
+	if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("end of stream: %v", err)
+	}
+}

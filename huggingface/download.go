@@ -46,8 +46,11 @@ type EngineOptions struct {
 	// 30s: long enough for a congested cellular link, short enough that a dead TCP connection
 	// (which may otherwise hang for the kernel's ~15 minute retransmission limit) is noticed.
 	StallTimeout time.Duration
-	// MaxRate limits total download bandwidth in bytes per second; 0 means unlimited.
+	// MaxRate limits this fetch's download bandwidth in bytes per second; 0 means unlimited.
 	MaxRate int64
+	// SharedRate, if set, is a limit this fetch shares with others (a daemon's bandwidth cap over
+	// all its fetches), applied besides MaxRate: one token per byte.
+	SharedRate *rate.Limiter
 	// BufferSize is the per-connection read buffer. Default 1 MiB: large enough that writes are
 	// few and big, small enough that memory stays bounded (Concurrency × BufferSize).
 	BufferSize int
@@ -207,8 +210,10 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	if t.file.LFS != nil {
 		identity = t.file.LFS.SHA256
 	}
-	if _, err := os.Stat(part); errors.Is(err, os.ErrNotExist) {
-		// A journal without its partial file vouches for bytes that are gone.
+	if fi, err := os.Stat(part); errors.Is(err, os.ErrNotExist) || err == nil && fi.Size() != t.file.Size {
+		// A journal without its partial file vouches for bytes that are gone; so does one whose
+		// partial file is not the size preallocate gave it before the first record (cut short,
+		// or replaced): its bytes would read back as zeros and fail verification.
 		os.Remove(jpath)
 	}
 	j, fresh, err := openJournal(jpath, t.file.Size, e.rangeSizeFor(t.file.Size), int64(e.o.Concurrency), identity)
@@ -631,6 +636,11 @@ func (s *source) get(ctx context.Context, staleGen int) (Location, int, error) {
 // errStalled marks a range attempt cancelled because no bytes arrived within StallTimeout.
 var errStalled = errors.New("download stalled")
 
+// errBadResponse marks a file response the engine cannot use (a byte range other than the one asked
+// for, an encoded body): nothing of it was written, and a cache node or proxy that misbehaved once
+// may not the next time, so the range is retried; one that keeps doing it fails with ErrProtocol.
+var errBadResponse = errors.New("unusable response")
+
 // errExpired marks a 403 from the CDN: the signed URL expired, resolve a fresh one.
 var errExpired = errors.New("signed URL rejected")
 
@@ -670,7 +680,7 @@ func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, sy *sy
 		}
 		failures++
 		if failures >= bo.Attempts {
-			if !errors.Is(err, ErrOffline) && !errors.Is(err, ErrRateLimited) {
+			if !errors.Is(err, ErrOffline) && !errors.Is(err, ErrRateLimited) && !errors.Is(err, ErrProtocol) {
 				// Cuts and stalls that never stop are the network's doing: report them as such.
 				err = fmt.Errorf("%w: giving up after %d attempts without progress: %v", ErrOffline, failures, err)
 			}
@@ -690,7 +700,7 @@ func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, sy *sy
 
 // retryable reports whether a range failure is worth another attempt.
 func retryable(err error) bool {
-	if errors.Is(err, errStalled) || errors.Is(err, errExpired) || errors.Is(err, ErrOffline) ||
+	if errors.Is(err, errStalled) || errors.Is(err, errExpired) || errors.Is(err, errBadResponse) || errors.Is(err, ErrOffline) ||
 		errors.Is(err, ErrRateLimited) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return true
 	}
@@ -731,7 +741,7 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 	case resp.StatusCode == http.StatusPartialContent:
 		cr := resp.Header.Get("Content-Range")
 		if !strings.HasPrefix(cr, "bytes "+strconv.FormatInt(from, 10)+"-") {
-			return nil, fmt.Errorf("%w: asked bytes %d-%d, got Content-Range %q", ErrProtocol, from, to-1, cr)
+			return nil, fmt.Errorf("%w: %w: asked bytes %d-%d, got Content-Range %q", ErrProtocol, errBadResponse, from, to-1, cr)
 		}
 		if _, total, ok := strings.Cut(cr, "/"); ok && total != "*" && total != strconv.FormatInt(t.file.Size, 10) {
 			return nil, fmt.Errorf("%w: %s: the server has %s bytes, the Hub listed %d", ErrChecksum, t.path, total, t.file.Size)
@@ -739,7 +749,7 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 	case resp.StatusCode == http.StatusOK && from == 0:
 		// The server ignored Range (or we asked for everything): read only our range.
 	case resp.StatusCode == http.StatusOK:
-		return nil, fmt.Errorf("%w: %s ignored a Range request", ErrProtocol, redact(req.URL))
+		return nil, fmt.Errorf("%w: %w: %s ignored a Range request", ErrProtocol, errBadResponse, redact(req.URL))
 	case resp.StatusCode == http.StatusForbidden && !loc.Auth:
 		drain(resp)
 		return nil, errExpired
@@ -757,6 +767,11 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 		return resp.Header, err
 	}
 
+	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		// We asked for identity: encoded bytes are not the file's, and writing them would fail the
+		// hash and throw away every good byte of the file with them.
+		return nil, fmt.Errorf("%w: %w: %s answered with Content-Encoding %q", ErrProtocol, errBadResponse, redact(req.URL), ce)
+	}
 	body := io.LimitReader(resp.Body, to-from)
 	rw := newRangeWriter(f)
 	defer rw.close()
@@ -768,10 +783,17 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 		s := int(off % directio.Align)
 		n, rerr := readFull(body, buf[s:s+int(min(int64(len(buf)-s), to-off))], timer, e.o.StallTimeout)
 		if n > 0 {
-			if e.limiter != nil {
-				if err := e.limiter.WaitN(ctx, n); err != nil {
-					return nil, err
+			if e.limiter != nil || e.o.SharedRate != nil {
+				// Waiting for our share of --max-rate is not a stall: with a low limit and many
+				// connections a turn can take longer than StallTimeout, and cutting the connection
+				// would throw away what the kernel buffered, to download it again.
+				timer.Stop()
+				for _, l := range []*rate.Limiter{e.limiter, e.o.SharedRate} {
+					if err := waitRate(ctx, l, n); err != nil {
+						return nil, err
+					}
 				}
+				timer.Reset(e.o.StallTimeout)
 			}
 			if err := rw.writeAt(buf[s:s+n], off); err != nil {
 				return nil, fmt.Errorf("write %s: %w", t.path, err)
@@ -803,6 +825,22 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 		}
 	}
 	return nil, nil
+}
+
+// waitRate takes n tokens from l (nil: no limit), in pieces no larger than its burst, which a
+// limiter shared with fetches of other buffer sizes may set below n.
+func waitRate(ctx context.Context, l *rate.Limiter, n int) error {
+	if l == nil {
+		return nil
+	}
+	for n > 0 {
+		m := min(n, max(l.Burst(), 1))
+		if err := l.WaitN(ctx, m); err != nil {
+			return err
+		}
+		n -= m
+	}
+	return nil
 }
 
 // rangeWriter writes one range's bytes into the partial file: whole aligned blocks through a

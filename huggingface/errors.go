@@ -3,6 +3,7 @@ package huggingface
 import (
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 // Sentinel errors. Every error a Fetch returns wraps at most one of them (or registry.ErrBudget),
@@ -33,8 +34,13 @@ var (
 	// ErrUnsafePath: the Hub listed a filename that could escape the model directory (absolute,
 	// "..", NUL, backslash, control characters).
 	ErrUnsafePath = errors.New("unsafe filename from the Hub")
-	// ErrProtocol: the Hub answered something this client does not understand (bad JSON, a
-	// missing commit id, a redirect loop).
+	// ErrNoSpace: the filesystem of the download cache is full (ENOSPC), the user's quota is used
+	// up (EDQUOT), or it cannot hold a file that large (EFBIG). What was downloaded stays for a
+	// resume once there is room.
+	ErrNoSpace = errors.New("no space left for the download")
+	// ErrProtocol: the Hub, its CDN or a proxy in between answered something this client does not
+	// understand (bad JSON, a missing commit id, a redirect loop, an invalid listing, a byte range
+	// other than the one asked for, a compressed body).
 	ErrProtocol = errors.New("unexpected answer from the Hub")
 )
 
@@ -61,3 +67,15 @@ func (e *HTTPError) Error() string {
 }
 
 func (e *HTTPError) Unwrap() error { return e.Sentinel }
+
+// classifyIO wraps a filesystem error that means "no room" in ErrNoSpace, so the user is told to
+// free space rather than shown an internal error.
+func classifyIO(err error) error {
+	if err == nil || errors.Is(err, ErrNoSpace) {
+		return err
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EFBIG) {
+		return fmt.Errorf("%w: %w", ErrNoSpace, err)
+	}
+	return err
+}

@@ -184,6 +184,11 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	}
 	if have {
 		res.AlreadyHad = true
+		// A fetch stopped between its publish and the removal of its staging copy (killed, or
+		// the machine lost power) left the copy here; nothing else would ever remove it.
+		if err := os.RemoveAll(dir); err != nil {
+			f.log.Warn("remove fetch staging directory", "dir", dir, "err", err)
+		}
 		if hasAlias {
 			if _, err := f.reg.SetAlias(ctx, ref.Repo, alias, commit); err != nil {
 				return res, fmt.Errorf("move alias %s of %s to %s: %w", alias, ref.Repo, commit, err)
@@ -197,24 +202,13 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	if err != nil {
 		return res, err
 	}
-	var files []File
-	for _, fl := range listed {
-		if !filter.Match(fl.Path) {
-			continue
-		}
-		clean, err := registry.CleanPath(fl.Path)
-		if err != nil || clean != fl.Path {
-			return res, fmt.Errorf("%w: %s@%s lists %q: %v; nothing was published", ErrUnsafePath, ref.Repo, commit, fl.Path, err)
-		}
-		if fl.Size < 0 || fl.LFS != nil && (len(fl.LFS.SHA256) != 64 || fl.LFS.Size != fl.Size) || fl.LFS == nil && len(fl.BlobID) != 40 {
-			return res, fmt.Errorf("%w: %s@%s lists %q with an invalid size or hash", ErrProtocol, ref.Repo, commit, fl.Path)
-		}
-		files = append(files, fl)
+	files, err := selectFiles(listed, filter)
+	if err != nil {
+		return res, fmt.Errorf("%s@%s: %w; nothing was published", ref.Repo, commit, err)
 	}
 	if len(files) == 0 {
 		return res, fmt.Errorf("%w: no file of %s@%s matches the include/exclude patterns", ErrEntryNotFound, ref.Repo, ref.Revision)
 	}
-	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
 
 	eng := newEngine(f.client, f.o.Engine, f.o.Observer, dir, ref.Repo, commit)
 	g, gctx := errgroup.WithContext(ctx)
@@ -289,6 +283,63 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	f.removeStale(filepath.Dir(dir))
 	report(Progress{Phase: "done", Commit: commit, TotalBytes: res.Downloaded, DoneBytes: res.Downloaded})
 	return res, nil
+}
+
+// selectFiles returns the files of the Hub's listing that filter selects, sorted by path, after
+// validating them (files not selected are never written, so they may be anything): unsafe names
+// (ErrUnsafePath), invalid sizes or hashes, the same path listed twice with different content, and
+// a path that is both a file and a directory (ErrProtocol). The same entry listed twice (a page
+// boundary repeated by a paginating server) counts once.
+func selectFiles(listed []File, filter Filter) ([]File, error) {
+	byPath := map[string]File{}
+	var files []File
+	for _, fl := range listed {
+		if !filter.Match(fl.Path) {
+			continue
+		}
+		clean, err := registry.CleanPath(fl.Path)
+		if err != nil || clean != fl.Path {
+			return nil, fmt.Errorf("%w: the Hub lists %q: %v", ErrUnsafePath, fl.Path, err)
+		}
+		if fl.Size < 0 || fl.LFS != nil && (!isHex(fl.LFS.SHA256, 64) || fl.LFS.Size != fl.Size) || fl.LFS == nil && !isHex(fl.BlobID, 40) {
+			return nil, fmt.Errorf("%w: the Hub lists %q with an invalid size or hash", ErrProtocol, fl.Path)
+		}
+		if prev, dup := byPath[fl.Path]; dup {
+			if !sameFile(prev, fl) {
+				return nil, fmt.Errorf("%w: the Hub lists %q twice, with different content", ErrProtocol, fl.Path)
+			}
+			continue
+		}
+		byPath[fl.Path] = fl
+		files = append(files, fl)
+	}
+	// A file "a" beside "a/b" cannot both be written out (pull, the staging directory).
+	for p := range byPath {
+		for dir := path.Dir(p); dir != "."; dir = path.Dir(dir) {
+			if _, clash := byPath[dir]; clash {
+				return nil, fmt.Errorf("%w: the Hub lists %q both as a file and as the directory of %q", ErrProtocol, dir, p)
+			}
+		}
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
+	return files, nil
+}
+
+// isHex reports whether s is n hexadecimal digits (either case).
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
+}
+
+// sameFile reports whether two listing entries describe the same content.
+func sameFile(a, b File) bool {
+	if a.Size != b.Size || !strings.EqualFold(a.BlobID, b.BlobID) || (a.LFS == nil) != (b.LFS == nil) {
+		return false
+	}
+	return a.LFS == nil || strings.EqualFold(a.LFS.SHA256, b.LFS.SHA256)
 }
 
 // fromCache serves a fetch from the registry alone (offline, or the Hub unreachable).
@@ -431,7 +482,7 @@ func (f *Fetcher) downloadAll(ctx context.Context, eng *engine, tasks []*task, c
 	g.SetLimit(eng.o.Concurrency)
 	for _, t := range tasks {
 		g.Go(func() error {
-			err := eng.download(gctx, t)
+			err := classifyIO(eng.download(gctx, t))
 			t.finish(err)
 			return err
 		})
@@ -525,10 +576,14 @@ func resultLabel(err error) string {
 		return "offline"
 	case errors.Is(err, ErrChecksum):
 		return "checksum"
+	case errors.Is(err, ErrNoSpace), errors.Is(err, registry.ErrDiskFull):
+		return "no_space"
 	case errors.Is(err, registry.ErrBudget):
 		return "budget"
 	case errors.Is(err, ErrInvalidRef), errors.Is(err, ErrUnsafePath):
 		return "invalid"
+	case errors.Is(err, ErrProtocol):
+		return "protocol"
 	}
 	return "error"
 }

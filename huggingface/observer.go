@@ -19,8 +19,8 @@ type Observer interface {
 }
 
 // ResultLabel maps a Fetch error to a bounded label for metrics: "ok", "not_found", "gated",
-// "unauthorized", "rate_limited", "offline", "checksum", "budget", "canceled", "invalid" or
-// "error".
+// "unauthorized", "rate_limited", "offline", "checksum", "budget", "no_space", "protocol",
+// "canceled", "invalid" or "error".
 func ResultLabel(err error) string {
 	return resultLabel(err)
 }

@@ -22,6 +22,10 @@ type clientTx struct {
 	w        *wtx // nil for read-only
 	timer    *time.Timer
 	ended    bool
+	// expiring is canceled when the deadline passes, before the janitor waits for mu: a streaming
+	// lookup that holds mu while its consumer is stalled (streamInTx) gives the transaction up.
+	expiring context.Context
+	stop     context.CancelFunc
 }
 
 // maxExpiredIDs bounds the memory spent remembering expired ids (only used to word the error).
@@ -68,7 +72,10 @@ func (db *DB) Begin(ctx context.Context, readOnly bool, timeout time.Duration) (
 	// Under t.mu, which expire takes first, so the timer's callback sees t.timer set (txMu must
 	// not be held here: expire takes t.mu, then txMu).
 	t.mu.Lock()
-	t.timer = time.AfterFunc(timeout, func() { db.expire(t) })
+	t.timer = time.AfterFunc(timeout, func() {
+		t.stop()
+		db.expire(t)
+	})
 	t.mu.Unlock()
 	return t.id, nil
 }
@@ -79,6 +86,7 @@ func (db *DB) begin(ctx context.Context, readOnly bool) (*clientTx, error) {
 		return nil, err
 	}
 	t := &clientTx{id: hex.EncodeToString(b[:]), readOnly: readOnly}
+	t.expiring, t.stop = context.WithCancel(context.Background())
 	pool := db.rdb
 	if !readOnly {
 		select {
@@ -153,6 +161,45 @@ func (db *DB) withTx(_ context.Context, id string, write bool, fn func(t *client
 		return fmt.Errorf("transaction %q rolled back: %v: %w", id, err, ErrAborted)
 	}
 	return err
+}
+
+// streamInTx runs lookup on open transaction id and calls fn for each key/value it emits, but not
+// while holding the transaction: fn may block for as long as its consumer wants (a gRPC client that
+// stops reading a Find stream), and a read-write transaction holds the store's only writer. The
+// lookup hands rows over through a small buffer on its own goroutine and stops, releasing the
+// transaction, when the transaction's deadline passes, so the janitor can still roll it back and
+// writers wait no longer than the timeout promised.
+func (db *DB) streamInTx(ctx context.Context, id string, lookup func(ctx context.Context, q querier, emit func(Hit) error) error,
+	fn func(Hit) error) error {
+	ch := make(chan Hit, 64)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		defer close(ch)
+		errc <- db.withTx(ctx, id, false, func(t *clientTx) error {
+			return lookup(ctx, t.q, func(h Hit) error {
+				select {
+				case ch <- h:
+					return nil
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-t.expiring.Done():
+					return db.txNotFound(id, true)
+				}
+			})
+		})
+	}()
+	for h := range ch {
+		if err := fn(h); err != nil {
+			cancel()
+			for range ch { // let the lookup see the cancellation and end
+			}
+			<-errc
+			return err
+		}
+	}
+	return <-errc
 }
 
 func (db *DB) txNotFound(id string, expired bool) error {
@@ -255,6 +302,7 @@ func (db *DB) expire(t *clientTx) {
 // endTx commits or rolls back t; the caller holds t.mu.
 func (db *DB) endTx(t *clientTx, commit bool) error {
 	t.ended = true
+	t.stop()
 	if t.timer != nil {
 		t.timer.Stop()
 	}

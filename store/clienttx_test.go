@@ -3,6 +3,8 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -194,5 +196,53 @@ func TestDB_CloseWithWriteTxAndQueuedWrites(t *testing.T) {
 	}
 	if err := <-done; err != nil && !errors.Is(err, store.ErrClosed) {
 		t.Fatalf("queued Set: %v", err)
+	}
+}
+
+// TestDB_TxTimeoutStalledFind: a Find in a transaction whose consumer stops reading (a gRPC client
+// that does not read its stream) must not keep the transaction past its deadline: a read-write one
+// holds the only writer, and every other write would wait for as long as the client stalls.
+func TestDB_TxTimeoutStalledFind(t *testing.T) {
+	db := openDB(t, smallOpts)
+	w := db.NewWriter()
+	for i := range 500 { // more rows than any hand-over buffer
+		w.Set("", fmt.Sprintf("k%03d", i), "v")
+	}
+	w.Close()
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "v"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, readOnly := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ReadOnly=%v", readOnly), func(t *testing.T) {
+			tx, err := db.Begin(ctx, readOnly, 200*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			release := make(chan struct{})
+			found := make(chan error, 1)
+			go func() {
+				found <- db.Find(ctx, tx, "v", "v", 0, nil, func(store.Hit) error {
+					<-release // the stalled consumer
+					return nil
+				})
+			}()
+			// Safety net only: before the fix this waited for the stalled consumer forever.
+			c, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			if err := db.Set(c, "", "after", fmt.Sprint(readOnly)); err != nil {
+				t.Fatalf("Set while a Find of an expired transaction stalls: %v", err)
+			}
+			// The janitor rolls the transaction back (for a read-only one nothing else waits for it).
+			for !errors.Is(db.Commit(ctx, tx), store.ErrNotFound) {
+				time.Sleep(10 * time.Millisecond)
+				if c.Err() != nil {
+					t.Fatal("transaction never expired while its Find stalled")
+				}
+			}
+			close(release)
+			if err := <-found; !errors.Is(err, store.ErrNotFound) || !strings.Contains(err.Error(), "expired") {
+				t.Fatalf("Find of the expired transaction: %v, want ErrNotFound saying expired", err)
+			}
+		})
 	}
 }

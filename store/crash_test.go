@@ -139,6 +139,43 @@ func crashChild(dir, round string) {
 			}
 		}
 	}()
+	// Indexed writes, in client transactions and autocommit, while another index is created
+	// (backfilled) and dropped over and over: verifyAfterCrash checks every index's entries.
+	db.CreateIndex(ctx, store.IndexDef{Name: "n", Unique: true, JSONPath: "$.n", KeyPrefix: "ix/", Kind: store.KindNumber})
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for i := 0; time.Now().Before(deadline); i++ {
+			k := fmt.Sprintf("ix/%d", i%500)
+			v := fmt.Sprintf(`{"n":%d,"s":"%s-%d"}`, rand.IntN(2000), round, i)
+			switch i % 4 {
+			case 0:
+				db.Delete(ctx, "", k)
+			case 1:
+				tx, err := db.Begin(ctx, false, time.Second)
+				if err != nil {
+					continue
+				}
+				db.Set(ctx, tx, k, v)
+				db.Set(ctx, tx, k+"b", v) // often violates the unique index: fails alone
+				db.Delete(ctx, tx, fmt.Sprintf("ix/%d", rand.IntN(500)))
+				if i%8 == 1 {
+					db.Commit(ctx, tx)
+				} else {
+					db.Rollback(ctx, tx)
+				}
+			default:
+				db.Set(ctx, "", k, v)
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for time.Now().Before(deadline) {
+			db.CreateIndex(ctx, store.IndexDef{Name: "s", Type: store.IndexBTree, JSONPath: "$.s"})
+			db.DropIndex(ctx, "s")
+		}
+	}()
 	wg.Wait()
 	db.Close()
 }
@@ -254,12 +291,45 @@ func verifyAfterCrash(t *testing.T, dir string, keys map[string]bool, blobs map[
 	}); err != nil {
 		t.Fatal(err)
 	}
+	verifyIndexes(t, db)
 	// Every payload file on disk is referenced (orphans were collected at Open).
 	var refs int64
 	db.Query(ctx, "SELECT count(*) FROM payload", func(_ []string, r []any) error { refs = r[0].(int64); return nil })
 	files, _ := filepath.Glob(filepath.Join(dir, "payloads", "*", "*"))
 	if int64(len(files)) != refs {
 		t.Fatalf("%d payload files on disk, %d referenced", len(files), refs)
+	}
+}
+
+// verifyIndexes checks that every index's entries are exactly what indexing the kv table now
+// gives: a copy of each index is created (backfilled from kv) and the two entry sets compared.
+func verifyIndexes(t *testing.T, db *store.DB) {
+	t.Helper()
+	defs, err := db.ListIndexes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range defs {
+		orig := d.Name
+		d.Name = "verify-" + orig
+		if _, err := db.CreateIndex(ctx, d); err != nil {
+			t.Fatalf("rebuild index %q: %v", orig, err)
+		}
+		for _, pair := range [][2]string{{orig, d.Name}, {d.Name, orig}} {
+			var diff []string
+			err := db.Query(ctx, fmt.Sprintf(`SELECT e.key, e.value FROM kv_index_entry e JOIN kv_index i ON i.id = e.index_id WHERE i.name = '%s'
+				EXCEPT SELECT e.key, e.value FROM kv_index_entry e JOIN kv_index i ON i.id = e.index_id WHERE i.name = '%s'`, pair[0], pair[1]),
+				func(_ []string, r []any) error { diff = append(diff, fmt.Sprint(r)); return nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(diff) > 0 {
+				t.Fatalf("index %q: %d entries in %q but not in %q, e.g. %v", orig, len(diff), pair[0], pair[1], diff[0])
+			}
+		}
+		if err := db.DropIndex(ctx, d.Name); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

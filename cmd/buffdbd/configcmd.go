@@ -88,9 +88,11 @@ func newConfigCommand() *cobra.Command {
 		return cfg, file, nil
 	}
 	print := &cobra.Command{
-		Use:   "print",
-		Short: "Print the effective configuration (file, environment and flags applied; secrets masked)",
-		Args:  cobra.NoArgs,
+		Use: "print",
+		// "show" is what etcd, kubectl (config view) and most operators type first.
+		Aliases: []string{"show"},
+		Short:   "Print the effective configuration (file, environment and flags applied; secrets masked)",
+		Args:    cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			cfg, file, err := load(c)
 			if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -452,5 +453,19 @@ func TestLoadConfig_EmptyEnvClears(t *testing.T) {
 	cfg, _, err := loadWith(t, "--config", writeFile(t, "http:\n  listen: \"127.0.0.1:20014\"\n"))
 	if err != nil || cfg.HTTP.Listen != "" {
 		t.Fatalf("http.listen = %q, %v; want the empty variable to clear it", cfg.HTTP.Listen, err)
+	}
+}
+
+func TestConfigShow_MasksSecrets(t *testing.T) {
+	// `config show` is `config print`: the token from any source never appears.
+	t.Setenv("BUFFDBD_HUGGINGFACE_TOKEN", "hf_envsecret")
+	var stdout, stderr bytes.Buffer
+	code := execute(context.Background(), []string{"config", "show", "--config", os.DevNull, "--data-dir", t.TempDir()},
+		strings.NewReader(""), &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), `  token: "********"`) || strings.Contains(stdout.String(), "hf_envsecret") {
+		t.Fatalf("config show:\n%s", stdout.String())
 	}
 }

@@ -18,8 +18,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
 	"github.com/buffdb/buffdbd/registry"
@@ -592,4 +594,103 @@ func TestRun_SIGHUPReloads(t *testing.T) {
 	if t.Failed() {
 		t.Logf("stderr:\n%s", logs)
 	}
+}
+
+func TestRun_HealthWatchDoesNotHoldShutdown(t *testing.T) {
+	// Load balancers and grpc-go's client-side health checking keep a Health/Watch stream open for
+	// the life of the connection. At SIGTERM it must hear NOT_SERVING and then end, or every stop
+	// waits out the whole shutdown_timeout (here 1h: only the test's own bound would end it).
+	d := startOpsDaemon(t, "--shutdown-timeout", "1h")
+	watch, err := healthpb.NewHealthClient(dialGRPC(t, d.grpcAddr)).Watch(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := watch.Recv(); err != nil || st.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("watch: %v %v", st, err)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if st, err := watch.Recv(); err != nil || st.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("watch during shutdown: %v %v", st, err)
+	}
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit code %d, want 0; stderr:\n%s", code, d.stderr)
+	}
+	if _, err := watch.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("watch end: got %v, want Unavailable", err)
+	}
+}
+
+func TestOpenStore_DatabaseLost(t *testing.T) {
+	// A data directory whose database was deleted or truncated, but whose payload files remain,
+	// must not silently become a new empty store: its startup clean-up would delete the payloads.
+	for _, tc := range []struct {
+		name, state string
+		lose        func(db string) error
+	}{
+		{"Missing", "missing", func(db string) error {
+			for _, suffix := range []string{"", "-wal", "-shm"} {
+				if err := os.Remove(db + suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return err
+				}
+			}
+			return nil
+		}},
+		{"Empty", "empty (0 bytes)", func(db string) error {
+			os.Remove(db + "-wal")
+			os.Remove(db + "-shm")
+			return os.Truncate(db, 0)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.DataDir = t.TempDir()
+			db, err := openStore(context.Background(), cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Large enough to live in a payload file rather than inline in the database.
+			if _, err := db.StoreBlob(context.Background(), "", bytes.Repeat([]byte("payload!"), 128<<10), nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.Close(); err != nil {
+				t.Fatal(err)
+			}
+			payloads := func() int {
+				n := 0
+				filepath.WalkDir(filepath.Join(cfg.DataDir, storePayloadDir), func(_ string, d os.DirEntry, err error) error {
+					if err == nil && !d.IsDir() {
+						n++
+					}
+					return nil
+				})
+				return n
+			}
+			if payloads() == 0 {
+				t.Fatal("the blob made no payload file; the test needs one")
+			}
+			if err := tc.lose(filepath.Join(cfg.DataDir, storeDBFile)); err != nil {
+				t.Fatal(err)
+			}
+
+			var stderr bytes.Buffer
+			code := execute(context.Background(), []string{"kv", "get", "k", "--config", os.DevNull, "--data-dir", cfg.DataDir},
+				strings.NewReader(""), io.Discard, &stderr)
+			if code != exitError || !strings.Contains(stderr.String(), "is "+tc.state+", but the data directory holds payload files") ||
+				!strings.Contains(stderr.String(), "hint: restore the database file from a backup") {
+				t.Fatalf("exit %d, stderr:\n%s", code, stderr.String())
+			}
+			if payloads() == 0 {
+				t.Fatal("the payload files were deleted")
+			}
+		})
+	}
+	t.Run("Fresh", func(t *testing.T) {
+		cfg := DefaultConfig()
+		cfg.DataDir = filepath.Join(t.TempDir(), "new")
+		db, err := openStore(context.Background(), cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+	})
 }

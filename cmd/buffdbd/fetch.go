@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -40,6 +42,8 @@ const (
 	exitChecksum         = 17
 	exitBudget           = 18
 	exitUnsafePath       = 19
+	exitNoSpace          = 20
+	exitProtocol         = 21
 )
 
 // fetchError carries a fetch failure's exit code and hint to reportError.
@@ -80,7 +84,8 @@ already in the registry are not downloaded again.
 Exit codes: 10 repository not found, 11 revision not found, 12 file not found (or no file matches
 --include/--exclude), 13 gated repository, 14 invalid token, 15 rate limited, 16 Hub unreachable
 (or --offline and not cached), 17 verification failed, 18 registry disk budget exceeded,
-19 unsafe filename in the repository.`,
+19 unsafe filename in the repository, 20 no space left for the download, 21 unexpected answer
+from the Hub, its CDN or a proxy.`,
 		Example: `  buffdbd fetch hf:sentence-transformers/all-MiniLM-L6-v2
   buffdbd fetch hf:org/model@v1.0 --include '*.safetensors' --include '*.json'
   HF_TOKEN=hf_... buffdbd fetch hf:meta-llama/Llama-3.2-1B --max-rate 5MB`,
@@ -221,10 +226,24 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 		cacheDir = filepath.Join(cfg.DataDir, "cache")
 	}
 	ua := "buffdbd/" + firstNonEmpty(readBuildInfo().Version, "devel")
+	// huggingface.rate_limit caps the bandwidth of all fetches together: it is there to leave the
+	// device's link to its other traffic, which a limit per fetch would not do once several run.
+	// The burst admits one full read buffer (1 MiB, the engine's default).
+	var shared *rate.Limiter
+	if cfg.HuggingFace.RateLimit > 0 {
+		shared = rate.NewLimiter(rate.Limit(cfg.HuggingFace.RateLimit), 1<<20)
+	}
 	return func(req *registrypb.FetchRequest) (*huggingface.Fetcher, error) {
 		hf := cfg.HuggingFace
-		token := firstNonEmpty(req.GetToken(), hf.Token)
-		if token == "" && hf.TokenFile != "" {
+		endpoint := firstNonEmpty(req.GetEndpoint(), hf.Endpoint, huggingface.DefaultEndpoint)
+		token := req.GetToken()
+		// The configured token is the operator's secret for the configured endpoint: a client
+		// that names another endpoint (any host it likes) brings its own token or goes without.
+		own := sameEndpoint(endpoint, firstNonEmpty(hf.Endpoint, huggingface.DefaultEndpoint))
+		if token == "" && own {
+			token = hf.Token
+		}
+		if token == "" && own && hf.TokenFile != "" {
 			t, err := readTokenFile(hf.TokenFile)
 			if err != nil {
 				// The operator's configuration, not a bug: say what to fix (run checks it at
@@ -237,16 +256,13 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 		if req.GetConcurrency() > 0 {
 			conc = int(req.GetConcurrency())
 		}
-		rate := int64(hf.RateLimit)
-		if req.GetMaxRate() > 0 {
-			rate = int64(req.GetMaxRate())
-		}
 		f, err := huggingface.New(reg, huggingface.Options{
 			Client: huggingface.ClientOptions{
-				Endpoint: firstNonEmpty(req.GetEndpoint(), hf.Endpoint, huggingface.DefaultEndpoint),
+				Endpoint: endpoint,
 				Token:    token, UserAgent: ua, Observer: obs,
 			},
-			Engine:   huggingface.EngineOptions{Concurrency: conc, MaxRate: rate},
+			// A request's own rate limits that fetch further; it cannot lift the shared cap.
+			Engine:   huggingface.EngineOptions{Concurrency: conc, MaxRate: int64(req.GetMaxRate()), SharedRate: shared},
 			CacheDir: filepath.Join(cacheDir, "hf"),
 			Observer: obs,
 			Logger:   log.With("component", "fetch"),
@@ -257,6 +273,17 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 		}
 		return f, nil
 	}
+}
+
+// sameEndpoint reports whether two Hub URLs name the same endpoint: equal once trailing slashes are
+// dropped, scheme and host compared without regard to case.
+func sameEndpoint(a, b string) bool {
+	ua, errA := url.Parse(strings.TrimRight(a, "/"))
+	ub, errB := url.Parse(strings.TrimRight(b, "/"))
+	if errA != nil || errB != nil {
+		return false
+	}
+	return strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(ua.Host, ub.Host) && ua.Path == ub.Path
 }
 
 // classifyFetchError turns a fetch error into one sentence, a hint and a distinct exit code.
@@ -293,6 +320,10 @@ func classifyFetchError(err error, ref huggingface.Ref, hasToken bool) error {
 		fe.code, fe.hint = exitChecksum, "nothing was published; run the fetch again (corrupt partial data was discarded)"
 	case errors.Is(err, registry.ErrBudget):
 		fe.code, fe.hint = exitBudget, "raise the registry's max_bytes, or delete, unpin or untag old versions"
+	case errors.Is(err, huggingface.ErrNoSpace):
+		fe.code, fe.hint = exitNoSpace, "free space on the filesystem of the cache directory (--cache-dir) or the data directory; the fetch resumes from what it kept"
+	case errors.Is(err, huggingface.ErrProtocol):
+		fe.code, fe.hint = exitProtocol, "the Hub, its CDN or a proxy in between (HTTPS_PROXY) answered something invalid; retry later or check --endpoint"
 	case errors.Is(err, huggingface.ErrUnsafePath):
 		fe.code, fe.hint = exitUnsafePath, "the repository lists a filename that could escape the model directory; nothing was published"
 	case errors.Is(err, huggingface.ErrInvalidRef):
@@ -381,6 +412,11 @@ type fetchProgress struct {
 // nothing until warmed up.
 const ewmaAge = 30
 
+// maxFileBars caps the per-file lines on a terminal: with up to 256 connections more files can be
+// arriving at once than a terminal has lines, and mpb redraws every line at each refresh. The
+// overall bar counts them all.
+const maxFileBars = 16
+
 // plainInterval spaces progress lines when stderr is not a terminal: often enough to show life in
 // a journal, rarely enough not to flood it.
 const plainInterval = 5 * time.Second
@@ -415,11 +451,18 @@ func (fp *fetchProgress) update(p huggingface.Progress) {
 				mpb.AppendDecorators(decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", ewmaAge), decor.Name(" ETA "), decor.EwmaETA(decor.ET_STYLE_GO, ewmaAge)))
 		}
 		fp.total.EwmaSetCurrent(p.DoneBytes, 500*time.Millisecond)
+		for path, b := range fp.bars {
+			if b.Completed() {
+				delete(fp.bars, path) // off the screen already (BarRemoveOnComplete)
+			}
+		}
 		for _, f := range p.Files {
 			b := fp.bars[f.Path]
 			if b == nil {
-				if f.Done >= f.Size && f.Size > 0 {
-					continue // already complete from an earlier run: no line needed
+				// A line only for a file that is arriving: not for the thousands of a repository
+				// of small files still waiting for a connection, nor one complete already.
+				if f.Done == 0 || f.Done >= f.Size || len(fp.bars) >= maxFileBars {
+					continue
 				}
 				b = fp.p.AddBar(f.Size, mpb.BarRemoveOnComplete(),
 					mpb.PrependDecorators(decor.Name("  "+f.Path+" ", decor.WCSyncSpaceR), decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")),

@@ -4,9 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/vbauerster/mpb/v8"
+
+	"github.com/buffdb/buffdbd/huggingface"
 	"github.com/buffdb/buffdbd/huggingface/hubtest"
 )
 
@@ -36,6 +42,23 @@ func TestFetchCmd(t *testing.T) {
 	hub.AddRepo("org/corrupt", hubtest.RepoOptions{})
 	hub.Commit("org/corrupt", "main", []hubtest.FileSpec{{Path: "w.bin", Content: hubtest.Random(2, 100<<10), LFS: true}})
 	hub.Corrupt("org/corrupt", "w.bin")
+	// Listings that claim an exabyte-sized file (no filesystem holds it) and a git blob id that is
+	// not hex.
+	hub.AddRepo("org/huge", hubtest.RepoOptions{})
+	hub.Commit("org/huge", "main", []hubtest.FileSpec{{Path: "w.bin", Content: hubtest.Random(3, 10<<10), LFS: true}})
+	hub.EditTree(func(es []hubtest.TreeEntry) []hubtest.TreeEntry {
+		for i := range es {
+			if es[i].LFS != nil && es[i].Size == 10<<10 {
+				es[i].Size, es[i].LFS.Size = 1<<62, 1<<62
+			}
+			if es[i].Path == "bad-oid.txt" {
+				es[i].OID = strings.Repeat("g", 40)
+			}
+		}
+		return es
+	})
+	hub.AddRepo("org/badhash", hubtest.RepoOptions{})
+	hub.Commit("org/badhash", "main", []hubtest.FileSpec{{Path: "bad-oid.txt", Content: hubtest.Bytes([]byte("x"))}})
 	data := t.TempDir()
 	base := []string{"--data-dir", data, "--endpoint", hub.Endpoint()}
 
@@ -75,6 +98,8 @@ func TestFetchCmd(t *testing.T) {
 		{"ErrChecksum", []string{"hf:org/corrupt"}, exitChecksum, "nothing was published"},
 		{"ErrNoMatch", []string{"hf:org/corrupt", "--include", "*.gguf"}, exitFileNotFound, "--include"},
 		{"ErrOfflineNotCached", []string{"hf:org/other", "--offline"}, exitOffline, "network"},
+		{"ErrNoSpace", []string{"hf:org/huge"}, exitNoSpace, "free space"},
+		{"ErrProtocol", []string{"hf:org/badhash"}, exitProtocol, "proxy"},
 		{"ErrUsageRef", []string{"hf:../etc"}, exitUsage, ""},
 		{"ErrUsageRate", []string{"hf:org/model", "--max-rate", "fast"}, exitUsage, ""},
 	} {
@@ -136,5 +161,142 @@ func TestFetchCmd_WithDaemon(t *testing.T) {
 	}
 	if code, out, errw := runCLI(t, "--data-dir", dir, "--huggingface-endpoint", hub.Endpoint(), "fetch", "hf:org/gated@v2"); code != exitOK {
 		t.Fatalf("--huggingface-endpoint through the daemon: exit %d\n%s%s", code, out, errw)
+	}
+}
+
+// TestFetchCmd_DaemonTokenStaysOnItsEndpoint: the daemon's own huggingface.token is a secret of its
+// operator, meant for its huggingface.endpoint. A client that asks the daemon to fetch from another
+// endpoint (any host it likes) must not receive it there; with its own token, that one is used.
+func TestFetchCmd_DaemonTokenStaysOnItsEndpoint(t *testing.T) {
+	for _, k := range []string{"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "BUFFDBD_CONFIG"} {
+		t.Setenv(k, "")
+	}
+	hubs := map[string]*hubtest.Server{}
+	for _, name := range []string{"configured", "other"} {
+		hub := hubtest.New()
+		t.Cleanup(hub.Close)
+		hub.AddRepo("org/model", hubtest.RepoOptions{})
+		hub.Commit("org/model", name, []hubtest.FileSpec{{Path: "w.bin", Content: hubtest.Random(5, 20<<10), LFS: true}})
+		hub.AddToken("hf_operator", "operator")
+		hub.AddToken("hf_client", "client")
+		hubs[name] = hub
+	}
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.DataDir = dir
+	cfg.GRPC.Listen = []string{"127.0.0.1:0"}
+	cfg.HTTP.Listen = ""
+	cfg.HuggingFace.Endpoint = hubs["configured"].Endpoint() + "/" // a trailing slash is the same endpoint
+	cfg.HuggingFace.Token = "hf_operator"
+	m := NewMain(cfg, nil)
+	if err := m.Open(context.Background()); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { m.Close(context.Background()) })
+
+	tokensSeen := func(hub *hubtest.Server) map[string]bool {
+		seen := map[string]bool{}
+		for _, r := range hub.Requests() {
+			seen[r.Auth] = true
+		}
+		return seen
+	}
+	if code, out, errw := runCLI(t, "--data-dir", dir, "fetch", "hf:org/model@configured"); code != exitOK {
+		t.Fatalf("fetch from the configured endpoint: exit %d\n%s%s", code, out, errw)
+	}
+	if seen := tokensSeen(hubs["configured"]); !seen["Bearer hf_operator"] {
+		t.Fatalf("the configured endpoint saw Authorization %v, want the daemon's token", seen)
+	}
+	if code, out, errw := runCLI(t, "--data-dir", dir, "fetch", "hf:org/model@other", "--endpoint", hubs["other"].Endpoint()); code != exitOK {
+		t.Fatalf("fetch from another endpoint: exit %d\n%s%s", code, out, errw)
+	}
+	if seen := tokensSeen(hubs["other"]); len(seen) != 1 || !seen[""] {
+		t.Fatalf("another endpoint saw Authorization %v; the daemon's token must stay with its endpoint", seen)
+	}
+	if code, out, errw := runCLI(t, "--data-dir", dir, "fetch", "hf:org/model@other", "--endpoint", hubs["other"].Endpoint(), "--token", "hf_client"); code != exitOK {
+		t.Fatalf("fetch from another endpoint with a token: exit %d\n%s%s", code, out, errw)
+	}
+	if seen := tokensSeen(hubs["other"]); seen["Bearer hf_operator"] || !seen["Bearer hf_client"] {
+		t.Fatalf("another endpoint saw Authorization %v, want only the client's token", seen)
+	}
+}
+
+// TestFetchProgress_ManySmallFiles: on a terminal, a repository of thousands of small files shows
+// lines only for the files being downloaded, not one for every file still waiting its turn.
+func TestFetchProgress_ManySmallFiles(t *testing.T) {
+	var term bytes.Buffer
+	fp := newFetchProgress(&term, io.Discard, false)
+	fp.tty, fp.p = true, mpb.New(mpb.WithOutput(&term), mpb.WithWidth(80))
+	p := huggingface.Progress{Phase: "downloading", Repo: "org/model", Revision: "main", TotalBytes: 3000 * 100}
+	for i := range 3000 {
+		f := huggingface.FileProgress{Path: fmt.Sprintf("shards/f%04d.txt", i), Size: 100}
+		switch {
+		case i < 100:
+			f.Done = 100 // done
+		case i < 108:
+			f.Done = 50 // downloading
+		}
+		p.Files = append(p.Files, f)
+		p.DoneBytes += f.Done
+	}
+	fp.update(p)
+	live := 0
+	for _, b := range fp.bars {
+		if !b.Completed() {
+			live++
+		}
+	}
+	fp.finish()
+	if live > maxFileBars {
+		t.Fatalf("%d per-file progress lines for 8 files downloading, want at most %d", live, maxFileBars)
+	}
+}
+
+// TestFetchCmd_RateLimitCapsAllFetches: huggingface.rate_limit leaves the device's link to its
+// other traffic, so it caps the daemon's fetches together, and a request's --max-rate (here higher)
+// cannot lift it. Two fetches of 1 MiB at a 512 KiB/s cap need at least 2 s once the 1 MiB burst is
+// spent; with a limit per fetch (or the request's) each fits in its own burst and both finish at once.
+func TestFetchCmd_RateLimitCapsAllFetches(t *testing.T) {
+	for _, k := range []string{"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "BUFFDBD_CONFIG"} {
+		t.Setenv(k, "")
+	}
+	hub := hubtest.New()
+	t.Cleanup(hub.Close)
+	for i, repo := range []string{"org/a", "org/b"} {
+		hub.AddRepo(repo, hubtest.RepoOptions{})
+		hub.Commit(repo, "main", []hubtest.FileSpec{{Path: "w.bin", Content: hubtest.Random(uint64(10+i), 1<<20), LFS: true}})
+	}
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.DataDir = dir
+	cfg.GRPC.Listen = []string{"127.0.0.1:0"}
+	cfg.HTTP.Listen = ""
+	cfg.HuggingFace.Endpoint = hub.Endpoint()
+	cfg.HuggingFace.RateLimit = 512 << 10
+	m := NewMain(cfg, nil)
+	if err := m.Open(context.Background()); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { m.Close(context.Background()) })
+
+	start := time.Now()
+	errs := make(chan string, 2)
+	for _, args := range [][]string{{"hf:org/a"}, {"hf:org/b", "--max-rate", "100MB"}} {
+		go func() {
+			code, out, errw := runCLI(t, append([]string{"--data-dir", dir, "fetch"}, args...)...)
+			if code != exitOK {
+				errs <- fmt.Sprintf("fetch %v: exit %d\n%s%s", args, code, out, errw)
+				return
+			}
+			errs <- ""
+		}()
+	}
+	for range 2 {
+		if msg := <-errs; msg != "" {
+			t.Fatal(msg)
+		}
+	}
+	if took := time.Since(start); took < 1500*time.Millisecond {
+		t.Fatalf("2 MiB fetched in %v under a 512 KiB/s cap with a 1 MiB burst; want ≥ 2 s", took)
 	}
 }

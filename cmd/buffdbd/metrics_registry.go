@@ -19,7 +19,7 @@ var registryResults = []string{"ok", "invalid", "checksum", "budget", "canceled"
 
 // fetchResults are huggingface.ResultLabel's values, bounded the same way.
 var fetchResults = []string{"ok", "not_found", "gated", "unauthorized", "rate_limited", "offline",
-	"checksum", "budget", "canceled", "invalid", "error"}
+	"checksum", "budget", "no_space", "protocol", "canceled", "invalid", "error"}
 
 func boundedLabel(v string, allowed []string) string {
 	if slices.Contains(allowed, v) {

@@ -18,6 +18,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/buffdb/buffdbd/api"
 	"github.com/buffdb/buffdbd/internal/gotune"
@@ -54,7 +58,10 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*store.DB, er
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
-	return store.Open(ctx, cfg.DataDir, store.Options{
+	if err := checkDatabaseNotLost(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	db, err := store.Open(ctx, cfg.DataDir, store.Options{
 		Durability:       d,
 		DefaultTxTimeout: cfg.Store.DefaultTxTimeout,
 		MaxTxTimeout:     cfg.Store.MaxTxTimeout,
@@ -63,6 +70,75 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*store.DB, er
 		Migrations:       storeMigrations,
 		Logger:           log,
 	})
+	if err != nil && !errors.Is(err, store.ErrNoSpace) {
+		// On a full disk SQLite often fails before any write it would report as SQLITE_FULL: growing
+		// its shared-memory index gives "disk I/O error (4874)", which reads as failing hardware.
+		// Name the real cause, with the hint and exit status of a full disk.
+		if free := freeBytes(cfg.DataDir); free >= 0 && free < openMinFree {
+			return nil, fmt.Errorf("%w (%d bytes free): %w", store.ErrNoSpace, free, err)
+		}
+	}
+	return db, err
+}
+
+// openMinFree is the free space below which a failed open is put down to a full disk: opening
+// needs a few pages of WAL and a 32 KiB shared-memory index, and migrations a little more.
+const openMinFree = 1 << 20
+
+// The store's database file and payload directory inside the data directory (store/db.go and
+// store/payload.go); TestOpenStore_DatabaseLost fails if they move.
+const (
+	storeDBFile     = "buffdb.sqlite"
+	storePayloadDir = "payloads"
+)
+
+// databaseLostError refuses to open a data directory whose payload files survive but whose
+// database is gone or empty; it carries its own hint (see reportError).
+type databaseLostError struct {
+	db    string
+	state string
+}
+
+func (e databaseLostError) Error() string {
+	return fmt.Sprintf("database %s is %s, but the data directory holds payload files: refusing to start a new, empty store over them", e.db, e.state)
+}
+
+func (databaseLostError) ExitCode() int { return exitError }
+
+func (databaseLostError) Hint() string {
+	return "restore the database file from a backup; to start over on purpose, move the whole data directory aside"
+}
+
+// checkDatabaseNotLost refuses a data directory whose database file is missing or empty while
+// payload files remain: the database was deleted, truncated or not restored with the rest.
+// SQLite would silently create a new empty database there, and the store's startup clean-up
+// would then delete every payload file as unreferenced, destroying what a restore could still
+// have saved. A store that was ever opened always has a non-empty database (the migrations write
+// it before any payload exists), so a fresh or crashed-while-created store is not refused.
+func checkDatabaseNotLost(dir string) error {
+	db := filepath.Join(dir, storeDBFile)
+	state := ""
+	switch fi, err := os.Stat(db); {
+	case errors.Is(err, os.ErrNotExist):
+		state = "missing"
+	case err != nil:
+		return nil // store.Open reports it
+	case fi.Size() == 0:
+		state = "empty (0 bytes)"
+	default:
+		return nil
+	}
+	found := errors.New("found")
+	err := filepath.WalkDir(filepath.Join(dir, storePayloadDir), func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			return found
+		}
+		return nil // unreadable or absent: not evidence of lost data
+	})
+	if errors.Is(err, found) {
+		return databaseLostError{db: db, state: state}
+	}
+	return nil
 }
 
 // services is a server with its layered services, built the same way for the daemon and the CLI.
@@ -129,6 +205,8 @@ type Main struct {
 	httpAddr net.Addr
 	systemd  *systemd
 	ready    atomic.Bool
+	// draining is set when shutdown begins, before health turns NOT_SERVING (endHealthWatches).
+	draining atomic.Bool
 	// readyDB is the store while serving, nil before and once shutdown begins; readiness uses it
 	// without racing Close's m.DB = nil.
 	readyDB atomic.Pointer[store.DB]
@@ -256,7 +334,49 @@ func (m *Main) instrument() {
 	}
 	unary, stream := requestLogInterceptors(m.Logger)
 	m.ServerOptions.UnaryInterceptors = append(m.ServerOptions.UnaryInterceptors, unary)
-	m.ServerOptions.StreamInterceptors = append(m.ServerOptions.StreamInterceptors, stream)
+	m.ServerOptions.StreamInterceptors = append(m.ServerOptions.StreamInterceptors, stream, m.endHealthWatches)
+}
+
+// endHealthWatches ends a grpc.health.v1.Health/Watch stream once it has told its client
+// NOT_SERVING during shutdown. Load balancers and grpc-go's client-side health checking hold one
+// such stream per connection for as long as it lives; the graceful stop waits for every stream,
+// so without this each stop with a health watcher attached lasted the whole shutdown_timeout and
+// then cut off every other in-flight RPC too. The client hears UNAVAILABLE, gRPC's "go elsewhere
+// and retry".
+func (m *Main) endHealthWatches(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if info.FullMethod != healthpb.Health_Watch_FullMethodName {
+		return h(srv, ss)
+	}
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	w := &healthWatchStream{ServerStream: ss, ctx: ctx, cancel: cancel, draining: &m.draining}
+	err := h(srv, w)
+	if w.ended.Load() {
+		return status.Error(codes.Unavailable, "server shutting down")
+	}
+	return err
+}
+
+// healthWatchStream is a Health/Watch stream whose context endHealthWatches cancels after it sent
+// NOT_SERVING while the server drains.
+type healthWatchStream struct {
+	grpc.ServerStream
+	ctx      context.Context
+	cancel   context.CancelFunc
+	draining *atomic.Bool
+	ended    atomic.Bool
+}
+
+func (s *healthWatchStream) Context() context.Context { return s.ctx }
+
+func (s *healthWatchStream) SendMsg(msg any) error {
+	err := s.ServerStream.SendMsg(msg)
+	if r, ok := msg.(*healthpb.HealthCheckResponse); ok && err == nil && s.draining.Load() &&
+		r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		s.ended.Store(true)
+		s.cancel()
+	}
+	return err
 }
 
 // readiness is nil once the store is open (migrations applied) and the listeners serve, as long
@@ -322,6 +442,7 @@ func (m *Main) Close(ctx context.Context) error {
 		m.systemd.stopping(m.Config.ShutdownTimeout + closeAllowance)
 	}
 	m.systemd.stopWatchdog()
+	m.draining.Store(true)
 	if m.Services != nil {
 		m.Services.srv.Shutdown(ctx)
 	}

@@ -1,3 +1,5 @@
+// Linux system calls the daemon's operations use: sd_notify's clock, free space on the data directory.
+
 package main
 
 import "golang.org/x/sys/unix"
@@ -9,4 +11,14 @@ func monotonicUsec() int64 {
 		return 0
 	}
 	return ts.Nano() / 1000
+}
+
+// freeBytes is the space an unprivileged process may still write on the filesystem holding dir
+// (statfs f_bavail: without the blocks reserved for root), or -1 when unknown.
+func freeBytes(dir string) int64 {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return -1
+	}
+	return int64(st.Bavail) * st.Bsize
 }

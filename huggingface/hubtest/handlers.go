@@ -1,8 +1,11 @@
 package hubtest
 
 import (
+	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -106,38 +109,29 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, p string) {
 			hubError(w, http.StatusNotFound, "RevisionNotFound", "Invalid rev id: "+rev)
 			return
 		}
-		type lfs struct {
-			OID         string `json:"oid"`
-			Size        int64  `json:"size"`
-			PointerSize int    `json:"pointerSize"`
-		}
-		type entry struct {
-			Type string `json:"type"`
-			OID  string `json:"oid"`
-			Size int64  `json:"size"`
-			Path string `json:"path"`
-			LFS  *lfs   `json:"lfs,omitempty"`
-		}
 		// Directories appear as entries too, as on the real Hub.
-		var all []entry
+		var all []TreeEntry
 		dirs := map[string]bool{}
 		for _, f := range c.files {
 			for i := strings.Index(f.path, "/"); i > 0; i = nextSlash(f.path, i) {
 				if d := f.path[:i]; !dirs[d] {
 					dirs[d] = true
-					all = append(all, entry{Type: "directory", OID: "0000000000000000000000000000000000000000", Path: d})
+					all = append(all, TreeEntry{Type: "directory", OID: "0000000000000000000000000000000000000000", Path: d})
 				}
 			}
-			e := entry{Type: "file", OID: f.blobID, Size: f.content.Size(), Path: f.path}
+			e := TreeEntry{Type: "file", OID: f.blobID, Size: f.content.Size(), Path: f.path}
 			if f.lfs {
-				e.LFS = &lfs{f.sha256, f.content.Size(), f.pointer}
+				e.LFS = &TreeLFS{f.sha256, f.content.Size(), f.pointer}
 			}
 			all = append(all, e)
 		}
 		cursor, _ := strconv.Atoi(r.URL.Query().Get("cursor"))
 		s.mu.Lock()
-		size := s.pageSize
+		size, edit := s.pageSize, s.editTree
 		s.mu.Unlock()
+		if edit != nil {
+			all = edit(all)
+		}
 		end := min(cursor+size, len(all))
 		if cursor > len(all) {
 			cursor = len(all)
@@ -149,7 +143,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, p string) {
 		}
 		page := all[cursor:end]
 		if page == nil {
-			page = []entry{}
+			page = []TreeEntry{}
 		}
 		writeJSON(w, http.StatusOK, page)
 		return
@@ -331,6 +325,44 @@ func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, f *file) {
 		return // faults apply to bodies only
 	}
 	s.mu.Lock()
+	var quirk Quirk
+	if len(s.quirks) > 0 {
+		quirk, s.quirks = s.quirks[0], s.quirks[1:]
+	}
+	s.mu.Unlock()
+	switch quirk {
+	case QuirkIgnoreRange:
+		start, end, status = 0, size, http.StatusOK
+		w.Header().Del("Content-Range")
+		w.Header().Set("Content-Length", strconv.FormatInt(end-start, 10))
+	case QuirkNoContentRange:
+		w.Header().Del("Content-Range")
+	case QuirkOtherRange:
+		if status == http.StatusPartialContent {
+			shift := min(4096, size-end)
+			if shift == 0 {
+				shift = -min(4096, start)
+			}
+			start, end = start+shift, end+shift
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
+		}
+	case QuirkGzip:
+		w.Header().Del("Content-Length")
+		w.Header().Set("Content-Encoding", "gzip")
+		w.WriteHeader(status)
+		zw := gzip.NewWriter(w)
+		io.Copy(zw, io.NewSectionReader(f.content, start, end-start))
+		zw.Close()
+		return
+	case QuirkChunked, QuirkLongBody:
+		w.Header().Del("Content-Length")
+		w.WriteHeader(status)
+		w.(http.Flusher).Flush() // headers out now: the body goes chunked
+	}
+	if quirk == QuirkLongBody {
+		defer w.Write(bytes.Repeat([]byte("garbage!"), 512))
+	}
+	s.mu.Lock()
 	cut, st := int64(-1), stall{after: -1}
 	if len(s.cuts) > 0 {
 		cut, s.cuts = s.cuts[0], s.cuts[1:]
@@ -345,7 +377,9 @@ func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, f *file) {
 		lim = rate.NewLimiter(rate.Limit(s.throttle), 64<<10)
 	}
 	s.mu.Unlock()
-	w.WriteHeader(status)
+	if quirk != QuirkChunked && quirk != QuirkLongBody {
+		w.WriteHeader(status) // else already written
+	}
 	buf := make([]byte, 64<<10)
 	sent := int64(0)
 	for off := start; off < end; {

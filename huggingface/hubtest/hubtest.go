@@ -73,6 +73,8 @@ type Server struct {
 	short      map[string]int64 // blob id -> the CDN has only this many bytes
 	throttle   int64            // CDN bytes/s per connection, 0 = unlimited
 	statusNext []int            // next CDN responses get these statuses
+	quirks     []Quirk          // next CDN bodies misbehave so
+	editTree   func([]TreeEntry) []TreeEntry
 
 	bytesServed atomic.Int64
 	cdnAuth     atomic.Int64
@@ -242,6 +244,58 @@ func (s *Server) StatusNext(codes ...int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.statusNext = append(s.statusNext, codes...)
+}
+
+// Quirk is a way a CDN or proxy misbehaves when serving a file body, as seen in the field.
+type Quirk int
+
+const (
+	// QuirkIgnoreRange answers a Range request with 200 and the whole body.
+	QuirkIgnoreRange Quirk = iota + 1
+	// QuirkNoContentRange answers a Range request with 206 but no Content-Range header.
+	QuirkNoContentRange
+	// QuirkOtherRange answers a Range request with 206 for bytes one block later than asked,
+	// saying so in Content-Range (a cache serving a neighbouring object range).
+	QuirkOtherRange
+	// QuirkGzip gzips the body and says Content-Encoding: gzip although the client asked for
+	// identity.
+	QuirkGzip
+	// QuirkChunked sends no Content-Length (chunked transfer encoding).
+	QuirkChunked
+	// QuirkLongBody sends garbage after the bytes asked for, past the announced length.
+	QuirkLongBody
+)
+
+// QuirkNext makes the next len(q) CDN file bodies misbehave as q says, one quirk each.
+func (s *Server) QuirkNext(q ...Quirk) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.quirks = append(s.quirks, q...)
+}
+
+// TreeEntry is one entry of the tree API's answer (GET /api/models/{repo}/tree/{rev}).
+type TreeEntry struct {
+	Type string   `json:"type"` // "file" or "directory"
+	OID  string   `json:"oid"`  // git blob sha1
+	Size int64    `json:"size"`
+	Path string   `json:"path"`
+	LFS  *TreeLFS `json:"lfs,omitempty"`
+}
+
+// TreeLFS is the lfs member of a TreeEntry.
+type TreeLFS struct {
+	OID         string `json:"oid"` // sha256
+	Size        int64  `json:"size"`
+	PointerSize int    `json:"pointerSize"`
+}
+
+// EditTree makes the tree API answer edit(entries) instead of the commit's entries (before
+// pagination), to serve listings the real Hub should never send: duplicates, bad hashes, sizes.
+// Downloads still serve the commit's real files. nil restores the truthful listing.
+func (s *Server) EditTree(edit func([]TreeEntry) []TreeEntry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.editTree = edit
 }
 
 // Corrupt flips one byte in the middle of the named file whenever it is served. The CDN is

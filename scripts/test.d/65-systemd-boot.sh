@@ -7,6 +7,8 @@
 #     PrivateUsers, ProtectSystem=strict, an empty capability set, ...);
 #   - it runs as the buffdbd user on the directories systemd made for it;
 #   - root's CLI reaches it through the socket link in /var/lib/buffdbd, and a model round-trips;
+#   - a `buffdbd fetch` from a Hub emulator (scripts/hubserve.go) runs in the service (outbound
+#     TCP, its cache directory) and the fetched model pulls back;
 #   - /healthz and /metrics answer;
 #   - its watchdog pings arrive (WatchdogSec shortened to 2s by a drop-in: no restart over 6s);
 #   - systemctl reload (ExecReload: SIGHUP) leaves the same process serving;
@@ -69,6 +71,15 @@ run buffdbd model push /usr/local/bin/buffdbd --name boot/test --version v1
 run buffdbd model pull boot/test:v1 -o /tmp/pulled
 cmp /usr/local/bin/buffdbd /tmp/pulled/buffdbd || fail "pulled file differs"
 
+echo "-- a Hugging Face fetch runs in the service, under its hardening (network, cache dir)"
+hubserve /tmp/endpoint &
+for _ in $(seq 100); do [ -s /tmp/endpoint ] && break; sleep 0.1; done
+[ -s /tmp/endpoint ] || fail "the Hub emulator did not start"
+run buffdbd fetch hf:org/model --endpoint "$(cat /tmp/endpoint)"
+run buffdbd model pull org/model@main -o /tmp/fetched
+[ "$(stat -c %s /tmp/fetched/model.safetensors)" = 3145728 ] || fail "fetched weights have the wrong size"
+[ -n "$(ls -A /var/cache/buffdbd)" ] || fail "the fetch did not use the cache directory systemd made"
+
 echo "-- /healthz and /metrics"
 run curl -fsS http://127.0.0.1:9314/healthz
 run curl -fsS -o /tmp/metrics http://127.0.0.1:9314/metrics
@@ -104,13 +115,18 @@ grep -q "" /tmp/journal || fail "nothing in the journal"
 echo ok >/out/result
 EOF
 
+# The Hub emulator runs inside the container, on its own loopback.
+go build -o "$tmp/bin/hubserve" scripts/hubserve.go
+
 cp configs/buffdbd.yaml "$tmp/buffdbd.yaml"
 echo "-- booting systemd in a container"
 # The container's root is an empty tmpfs with this machine's /usr (--volatile=yes); the unit
 # files, the binary and the config are bound in read-only, /out collects the probe's report.
-# No machined and no D-Bus on the host: --register=no --keep-unit.
+# No machined and no D-Bus on the host: --register=no --keep-unit. --private-network: the
+# container has its own loopback, so the service's fixed ports (9313, 9314) cannot collide with
+# a buffdbd or anything else listening on the host's.
 if ! timeout 120 $sudo systemd-nspawn --quiet -D / --volatile=yes --register=no --keep-unit \
-  --machine="buffdbd-boot-$$" \
+  --machine="buffdbd-boot-$$" --private-network \
   --bind-ro="$tmp/bin:/usr/local/bin" \
   --bind-ro="$tmp/system:/etc/systemd/system" \
   --bind-ro="$PWD/deploy/systemd/buffdbd.sysusers:/etc/sysusers.d/buffdbd.conf" \

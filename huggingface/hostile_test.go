@@ -1,0 +1,127 @@
+package huggingface_test
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/buffdb/buffdbd/huggingface"
+	"github.com/buffdb/buffdbd/huggingface/hubtest"
+	"github.com/buffdb/buffdbd/registry"
+)
+
+// TestFetcher_CDNQuirks: a CDN or proxy that misbehaves on a few responses (as a flaky cache node
+// does) costs retries, never the fetch, and never puts its bytes into the published file.
+func TestFetcher_CDNQuirks(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		quirk hubtest.Quirk
+	}{
+		{"OKIgnoreRange", hubtest.QuirkIgnoreRange},
+		{"OKNoContentRange", hubtest.QuirkNoContentRange},
+		{"OKOtherRange", hubtest.QuirkOtherRange},
+		{"OKGzip", hubtest.QuirkGzip},
+		{"OKChunked", hubtest.QuirkChunked},
+		{"OKLongBody", hubtest.QuirkLongBody},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newFetchEnv(t)
+			e.hub.AddRepo("org/model", hubtest.RepoOptions{})
+			w := randomBytes(9, 400<<10)
+			sha := commitFiles(e.hub, "org/model", "main", map[string][]byte{"model.safetensors": w})
+			e.hub.QuirkNext(tc.quirk, tc.quirk, tc.quirk)
+			if _, err := e.fetch(t, "", "hf:org/model"); err != nil {
+				t.Fatal(err)
+			}
+			if got := pullAll(t, e.reg, "org/model", sha); !bytes.Equal(got["model.safetensors"], w) {
+				t.Fatal("published bytes differ from the Hub's")
+			}
+		})
+	}
+	t.Run("ErrProtocolGzipEveryTime", func(t *testing.T) {
+		e := newFetchEnv(t)
+		e.hub.AddRepo("org/model", hubtest.RepoOptions{})
+		commitFiles(e.hub, "org/model", "main", map[string][]byte{"model.safetensors": randomBytes(9, 400<<10)})
+		for range 200 {
+			e.hub.QuirkNext(hubtest.QuirkGzip)
+		}
+		_, err := e.fetch(t, "", "hf:org/model")
+		if !errors.Is(err, huggingface.ErrProtocol) || !strings.Contains(err.Error(), "gzip") {
+			t.Fatalf("err = %v, want ErrProtocol naming the encoding (not a checksum failure)", err)
+		}
+		if v, _ := e.reg.ListVersions(t.Context(), "org/model"); len(v) != 0 {
+			t.Fatalf("published %v", v)
+		}
+	})
+}
+
+// TestFetcher_HostileListing: a listing the Hub should never send is refused before anything is
+// downloaded or published, with ErrProtocol, except a harmless repetition.
+func TestFetcher_HostileListing(t *testing.T) {
+	lfsEdit := func(f func(*hubtest.TreeEntry)) func([]hubtest.TreeEntry) []hubtest.TreeEntry {
+		return func(es []hubtest.TreeEntry) []hubtest.TreeEntry {
+			for i := range es {
+				if es[i].LFS != nil {
+					f(&es[i])
+				}
+			}
+			return es
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		edit func([]hubtest.TreeEntry) []hubtest.TreeEntry
+		want error
+	}{
+		{"OKRepeatedEntries", func(es []hubtest.TreeEntry) []hubtest.TreeEntry { return append(es, es...) }, nil},
+		{"OKUpperCaseSHA256", lfsEdit(func(e *hubtest.TreeEntry) { e.LFS.OID = strings.ToUpper(e.LFS.OID) }), nil},
+		{"ErrProtocolSamePathOtherContent", func(es []hubtest.TreeEntry) []hubtest.TreeEntry {
+			for _, e := range es {
+				if e.Type == "file" && e.LFS == nil {
+					e.OID = strings.Repeat("1", 40)
+					return append(es, e)
+				}
+			}
+			return es
+		}, huggingface.ErrProtocol},
+		{"ErrProtocolNonHexSHA256", lfsEdit(func(e *hubtest.TreeEntry) { e.LFS.OID = "zz" + e.LFS.OID[2:] }), huggingface.ErrProtocol},
+		{"ErrProtocolNonHexBlobID", func(es []hubtest.TreeEntry) []hubtest.TreeEntry {
+			for i := range es {
+				if es[i].Type == "file" && es[i].LFS == nil {
+					es[i].OID = "-x" + es[i].OID[2:]
+				}
+			}
+			return es
+		}, huggingface.ErrProtocol},
+		{"ErrProtocolFileAndDirectory", func(es []hubtest.TreeEntry) []hubtest.TreeEntry {
+			return append(es, hubtest.TreeEntry{Type: "file", OID: strings.Repeat("2", 40), Size: 1, Path: "config.json/x"})
+		}, huggingface.ErrProtocol},
+		{"ErrNoSpaceHugeSize", lfsEdit(func(e *hubtest.TreeEntry) { e.Size, e.LFS.Size = 1<<62, 1<<62 }), huggingface.ErrNoSpace},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newFetchEnv(t)
+			e.hub.AddRepo("org/model", hubtest.RepoOptions{})
+			files := map[string][]byte{"model.safetensors": randomBytes(9, 200<<10), "config.json": []byte("{}")}
+			sha := commitFiles(e.hub, "org/model", "main", files)
+			e.hub.EditTree(tc.edit)
+			_, err := e.fetch(t, "", "hf:org/model")
+			if tc.want == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := pullAll(t, e.reg, "org/model", sha)
+				if len(got) != len(files) || !bytes.Equal(got["model.safetensors"], files["model.safetensors"]) {
+					t.Fatalf("published %d files, want %d with the Hub's bytes", len(got), len(files))
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if _, err := e.reg.Show(t.Context(), registry.Ref{Name: "org/model", Version: sha}); !errors.Is(err, registry.ErrNotFound) {
+				t.Fatalf("version visible after a refused listing: %v", err)
+			}
+		})
+	}
+}
