@@ -232,6 +232,12 @@ func TestCLI_Usage(t *testing.T) {
 		{"kv", "get", "--bogus-flag", "k"},
 		{"blob", "store"},
 		{"run", "extra-arg"},
+		// gRPC strings must be UTF-8: a usage error naming the argument, not a marshaling failure.
+		{"kv", "set", "k", "v\xffw"},
+		{"kv", "get", "k\xff"},
+		{"index", "find", "ix", "\xff"},
+		{"index", "range", "ix", "--ge", "\xff"},
+		{"query", "SELECT '\xff'"},
 	} {
 		r := must(t, exitUsage, "", append([]string{"--data-dir", dir}, args...)...)
 		if !strings.HasPrefix(r.stderr, "buffdbd: ") {

@@ -28,7 +28,7 @@ func newIndexCreateCmd(g *globalFlags) *cobra.Command {
 		Short: "Create an index and backfill it from existing keys; prints how many keys it indexed",
 		Example: `  buffdbd index create by-framework --json-path '$.framework' --prefix 'model:'
   buffdbd index create by-size --type btree --kind number --json-path '$.size'`,
-		Args: exactArgs(1),
+		Args: textArgs(exactArgs(1)),
 		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
 			def := &indexpb.IndexDefinition{Name: args[0], Unique: unique, JsonPath: jsonPath, KeyPrefix: prefix}
 			switch typ {
@@ -66,7 +66,7 @@ func newIndexCreateCmd(g *globalFlags) *cobra.Command {
 
 func newIndexDropCmd(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
-		Use: "drop <NAME>", Short: "Drop an index", Args: exactArgs(1),
+		Use: "drop <NAME>", Short: "Drop an index", Args: textArgs(exactArgs(1)),
 		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
 			_, err := c.DropIndex(cmd.Context(), &indexpb.DropIndexRequest{Name: args[0]})
 			return err
@@ -105,7 +105,7 @@ func newIndexFindCmd(g *globalFlags) *cobra.Command {
 	var values bool
 	var after string
 	cmd := &cobra.Command{
-		Use: "find <NAME> <VALUE>", Short: "Print the keys whose indexed value equals VALUE, in key order", Args: exactArgs(2),
+		Use: "find <NAME> <VALUE>", Short: "Print the keys whose indexed value equals VALUE, in key order", Args: textArgs(exactArgs(2)),
 		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
 			req := &indexpb.FindRequest{Index: args[0], Value: args[1], Limit: limit}
 			if cmd.Flags().Changed("after") {
@@ -132,7 +132,7 @@ func newIndexRangeCmd(g *globalFlags) *cobra.Command {
 		Use:     "range <NAME>",
 		Short:   "Print keys whose indexed value is within bounds (btree indexes), in value order",
 		Example: `  buffdbd index range by-size --ge 100 --lt 1000 --limit 10`,
-		Args:    exactArgs(1),
+		Args:    textArgs(exactArgs(1)),
 		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
 			fl := cmd.Flags()
 			if fl.Changed("gt") && fl.Changed("ge") || fl.Changed("lt") && fl.Changed("le") {
