@@ -28,6 +28,16 @@ import (
 // connection: that one holds the write lock for as long as it runs, and a SELECT streaming a big
 // result to a slow client must not stop every writer in the meantime.
 func (db *DB) Query(ctx context.Context, sql string, fn func(columns []string, row []any) error) error {
+	return db.rawQuery(ctx, sql, false, fn)
+}
+
+// QueryColumns is Query, except that when the statement produced no rows fn is called once with
+// its columns and a nil row: a client then learns a result's columns without running it twice.
+func (db *DB) QueryColumns(ctx context.Context, sql string, fn func(columns []string, row []any) error) error {
+	return db.rawQuery(ctx, sql, true, fn)
+}
+
+func (db *DB) rawQuery(ctx context.Context, sql string, emptyColumns bool, fn func(columns []string, row []any) error) error {
 	if err := db.checkOpen(); err != nil {
 		return err
 	}
@@ -35,10 +45,10 @@ func (db *DB) Query(ctx context.Context, sql string, fn func(columns []string, r
 		return err
 	}
 	if !db.opts.QueryWrites {
-		return db.query(ctx, false, sql, fn)
+		return db.query(ctx, false, sql, emptyColumns, fn)
 	}
 	called := false
-	err := db.query(ctx, false, sql, func(columns []string, row []any) error {
+	err := db.query(ctx, false, sql, emptyColumns, func(columns []string, row []any) error {
 		called = true
 		return fn(columns, row)
 	})
@@ -46,11 +56,12 @@ func (db *DB) Query(ctx context.Context, sql string, fn func(columns []string, r
 		return err
 	}
 	// A read-only connection cannot have written anything: run the write for real.
-	return db.query(ctx, true, sql, fn)
+	return db.query(ctx, true, sql, emptyColumns, fn)
 }
 
-// query runs one statement of raw SQL on a read-only or (write) a writable connection.
-func (db *DB) query(ctx context.Context, write bool, sql string, fn func(columns []string, row []any) error) error {
+// query runs one statement of raw SQL on a read-only or (write) a writable connection; with
+// emptyColumns a statement that ends without rows reports its columns with a nil row.
+func (db *DB) query(ctx context.Context, write bool, sql string, emptyColumns bool, fn func(columns []string, row []any) error) error {
 	conn, release, err := db.queryConn(ctx, write)
 	if err != nil {
 		return err
@@ -70,6 +81,7 @@ func (db *DB) query(ctx context.Context, write bool, sql string, fn func(columns
 	for i := range vals {
 		ptrs[i] = &vals[i]
 	}
+	n := 0
 	for rows.Next() {
 		if err := rows.Scan(ptrs...); err != nil {
 			return mapErr(err)
@@ -81,8 +93,15 @@ func (db *DB) query(ctx context.Context, write bool, sql string, fn func(columns
 		if err := fn(cols, row); err != nil {
 			return err
 		}
+		n++
 	}
-	return rawErr(rows.Err())
+	if err := rows.Err(); err != nil {
+		return rawErr(err)
+	}
+	if n == 0 && emptyColumns {
+		return fn(cols, nil)
+	}
+	return nil
 }
 
 // oneStatement refuses SQL holding more than one statement: SQLite would run them all but report

@@ -377,3 +377,23 @@ func TestDB_QueryWritesSelectDoesNotBlockWriters(t *testing.T) {
 		t.Fatalf("r after DELETE through Query: %v", err)
 	}
 }
+
+func TestDB_QueryColumns(t *testing.T) {
+	db := openDB(t, store.Options{})
+	var calls []string
+	err := db.QueryColumns(ctx, "SELECT key AS k, value FROM kv WHERE 0", func(cols []string, row []any) error {
+		calls = append(calls, fmt.Sprint(cols, row == nil))
+		return nil
+	})
+	if err != nil || fmt.Sprint(calls) != "[[k value] true]" {
+		t.Fatalf("empty result: calls %v, %v; want one with the columns and a nil row", calls, err)
+	}
+	calls = nil
+	err = db.QueryColumns(ctx, "SELECT 1 AS one", func(cols []string, row []any) error {
+		calls = append(calls, fmt.Sprint(cols, row))
+		return nil
+	})
+	if err != nil || fmt.Sprint(calls) != "[[one] [1]]" {
+		t.Fatalf("one row: calls %v, %v; want just the row", calls, err)
+	}
+}
