@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -693,4 +694,29 @@ func TestOpenStore_DatabaseLost(t *testing.T) {
 		}
 		db.Close()
 	})
+}
+
+func TestRunDaemon_SignalDuringStartup(t *testing.T) {
+	// systemctl stop while the store opens (migrations can take a while on a big store) is a
+	// requested stop, not a failure: exit 0, or systemd marks the unit failed. The store is left
+	// as it was and opens normally afterwards.
+	cfg := DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.GRPC.Listen = []string{"127.0.0.1:0"}
+	cfg.GRPC.Socket = socketNone
+	cfg.HTTP.Listen = ""
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the signal arrived before the store was open
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	if err := runDaemon(ctx, cfg, log, nil); err != nil {
+		t.Fatalf("runDaemon: %v, want nil; log:\n%s", err, logs.String())
+	}
+	if !strings.Contains(logs.String(), "stopped before serving") {
+		t.Fatalf("log:\n%s", logs.String())
+	}
+	m := newTestMain(t, func(c *Config) { c.DataDir = cfg.DataDir })
+	if err := m.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -744,6 +744,12 @@ func (r *reloader) reload(running *Config, log *slog.Logger, sd *systemd) {
 func runDaemon(ctx context.Context, cfg Config, log *slog.Logger, r *reloader) error {
 	m := NewMain(cfg, log)
 	if err := m.Open(ctx); err != nil {
+		if ctx.Err() != nil {
+			// SIGTERM while the store opened (migrations can take a while): a requested stop,
+			// not a failure, or systemd marks the unit failed. Open closed what it had opened.
+			log.Info("stopped before serving", "reason", "signal during startup", "err", err)
+			return nil
+		}
 		return err
 	}
 	log.Info("effective configuration", m.Config.maskedAttrs()...)
