@@ -720,3 +720,44 @@ func TestRunDaemon_SignalDuringStartup(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestRun_LogReaderGoneKeepsServing(t *testing.T) {
+	// The daemon's stderr is a pipe whose reader exits (a log shipper restarting): logging fails,
+	// the daemon goes on serving and still shuts down cleanly.
+	n := listenNotify(t)
+	dir := t.TempDir()
+	cmd := exec.Command(buffdbdBin, "run", "--config", os.DevNull, "--data-dir", dir, "--listen", "127.0.0.1:0",
+		"--http-listen", "127.0.0.1:0", "--socket", "none", "--log-format", "json")
+	cmd.Env = cleanEnv("NOTIFY_SOCKET="+n.path, "HOME="+dir)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	defer func() { cmd.Process.Kill(); <-exited }()
+	grpcAddr, _, err := parseReady(n.waitFor(t, "READY=1", exited))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close() // the reader is gone; every later log line hits a broken pipe
+
+	cmd.Process.Signal(syscall.SIGHUP) // logs at once
+	n.waitFor(t, "RELOADING=1", exited)
+	n.waitFor(t, "READY=1", exited)
+	resp, err := healthpb.NewHealthClient(dialGRPC(t, grpcAddr)).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health with a broken log pipe: %v %v", resp, err)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	n.waitFor(t, "STOPPING=1", exited)
+	<-exited
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit %d (%v), want 0", code, cmd.ProcessState)
+	}
+}

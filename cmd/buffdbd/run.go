@@ -641,6 +641,10 @@ Configuration comes from flags, then BUFFDBD_* environment variables, then the c
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
+			// A log pipe whose reader went away (a restarted log shipper, `buffdbd run | logger`)
+			// must cost log lines, not the daemon: Go's default for SIGPIPE on stderr is to die
+			// on the spot, with no drain. Ignored, the write fails with EPIPE and slog drops it.
+			signal.Ignore(syscall.SIGPIPE)
 			cfg, file, warnings, err := LoadConfig(cmd.Flags())
 			if err != nil {
 				return err
