@@ -52,14 +52,19 @@ func (s *indexService) ListIndexes(ctx context.Context, _ *indexpb.ListIndexesRe
 	return res, nil
 }
 
+// hit is the wire form of a store hit.
+func hit(h store.Hit) *indexpb.FindResponse {
+	return &indexpb.FindResponse{Key: h.Key, Value: h.Value, IndexedValue: h.Indexed}
+}
+
 // Find streams matching keys as the store finds them; the result set is never held in memory.
 func (s *indexService) Find(req *indexpb.FindRequest, stream grpc.ServerStreamingServer[indexpb.FindResponse]) error {
 	limit, err := intLimit(req.GetLimit())
 	if err != nil {
 		return streamError(s.service, "index.Find", stream, err)
 	}
-	err = s.db.Find(stream.Context(), req.GetTransactionId(), req.GetIndex(), req.GetValue(), limit,
-		func(key, value string) error { return stream.Send(&indexpb.FindResponse{Key: key, Value: value}) })
+	err = s.db.Find(stream.Context(), req.GetTransactionId(), req.GetIndex(), req.GetValue(), limit, req.AfterKey,
+		func(h store.Hit) error { return stream.Send(hit(h)) })
 	if err != nil {
 		return streamError(s.service, "index.Find", stream, err)
 	}
@@ -79,8 +84,11 @@ func (s *indexService) FindRange(req *indexpb.FindRangeRequest, stream grpc.Serv
 	if b := req.GetUpper(); b != nil {
 		r.Upper = &store.Bound{Value: b.GetValue(), Inclusive: b.GetInclusive()}
 	}
+	if c := req.GetAfter(); c != nil {
+		r.After = &store.Cursor{Indexed: c.GetIndexedValue(), Key: c.GetKey()}
+	}
 	err = s.db.FindRange(stream.Context(), req.GetTransactionId(), req.GetIndex(), r,
-		func(key, value string) error { return stream.Send(&indexpb.FindResponse{Key: key, Value: value}) })
+		func(h store.Hit) error { return stream.Send(hit(h)) })
 	if err != nil {
 		return streamError(s.service, "index.FindRange", stream, err)
 	}

@@ -145,3 +145,49 @@ func TestIndex_CreateFindRange(t *testing.T) {
 		wantCode(t, err, codes.InvalidArgument)
 	})
 }
+
+// TestIndex_Paging: each FindResponse carries its indexed value, so a client can resume FindRange
+// after the last one it got (cursor) and Find after the last key, without losing the keys that
+// share an indexed value.
+func TestIndex_Paging(t *testing.T) {
+	ts := newTestServer(t, store.Options{}, api.Options{})
+	ctx := context.Background()
+	setKV(t, kvpb.NewKvClient(ts.conn), "a", `{"n":1}`, "b", `{"n":1}`, "c", `{"n":1}`, "d", `{"n":2.5}`, "e", `{"n":2.5}`)
+	ix := indexpb.NewIndexClient(ts.conn)
+	if _, err := ix.CreateIndex(ctx, &indexpb.CreateIndexRequest{Index: &indexpb.IndexDefinition{
+		Name: "n", Type: indexpb.IndexType_BTREE, JsonPath: "$.n", ValueKind: indexpb.ValueKind_NUMBER}}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	req := &indexpb.FindRangeRequest{Index: "n", Limit: 2, Descending: true}
+	for range 10 {
+		s, err := ix.FindRange(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for {
+			r, err := s.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, r.GetIndexedValue()+"/"+r.GetKey())
+			req.After = &indexpb.Cursor{IndexedValue: r.GetIndexedValue(), Key: r.GetKey()}
+			n++
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if want := []string{"2.5/e", "2.5/d", "1/c", "1/b", "1/a"}; !slices.Equal(got, want) {
+		t.Fatalf("pages = %v, want %v", got, want)
+	}
+	after := "a"
+	k, err := keys(t)(ix.Find(ctx, &indexpb.FindRequest{Index: "n", Value: "1", AfterKey: &after, Limit: 1}))
+	if err != nil || !slices.Equal(k, []string{"b"}) {
+		t.Fatalf("Find after a = %v, %v; want [b]", k, err)
+	}
+}

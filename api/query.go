@@ -88,7 +88,7 @@ func (s *queryService) Query(stream grpc.BidiStreamingServer[querypb.RawQuery, q
 			return nil
 		}
 		first := true
-		err = s.db.Query(ctx, q.GetQuery(), func(cols []string, row []any) error {
+		err = s.db.QueryColumns(ctx, q.GetQuery(), func(cols []string, row []any) error {
 			if err := sendHeader(cols); err != nil {
 				return err
 			}
@@ -108,37 +108,7 @@ func (s *queryService) Query(stream grpc.BidiStreamingServer[querypb.RawQuery, q
 		if err != nil {
 			return streamError(s.service, "query.Query", stream, queryErr(err))
 		}
-		if first && !headerSent {
-			// No rows, so the store named no columns; the header still tells the client what
-			// the result's columns are.
-			if err := sendHeader(s.probeColumns(ctx, q.GetQuery())); err != nil {
-				return err
-			}
-		}
 	}
-}
-
-// probeColumnAlias names the probe's own column so it can be told apart from the query's.
-const probeColumnAlias = "buffdbd_probe_7f3a"
-
-// probeColumns returns the column names of a SELECT that produced no rows, by running it again as
-// the right side of a LEFT JOIN that always yields one row. It runs only for empty results (so
-// the repeat is cheap in the common case) and only as a subquery, where SQLite accepts nothing but
-// a SELECT: a statement that is not one fails to parse and yields no names, never a second write.
-func (s *queryService) probeColumns(ctx context.Context, sql string) []string {
-	sql = strings.TrimRight(strings.TrimSpace(sql), "; \t\r\n")
-	probe := "SELECT * FROM (SELECT 1 AS " + probeColumnAlias + ") LEFT JOIN (" + sql + "\n) LIMIT 1"
-	var cols []string
-	err := s.db.Query(ctx, probe, func(c []string, _ []any) error {
-		if len(c) > 0 && c[0] == probeColumnAlias {
-			cols = c[1:]
-		}
-		return nil
-	})
-	if err != nil {
-		return nil
-	}
-	return cols
 }
 
 // Execute runs each RawQuery and answers the rows it changed. It needs the server's query-writes

@@ -226,3 +226,36 @@ func TestQuery_InvalidUTF8(t *testing.T) {
 		t.Fatalf("end of stream: %v", err)
 	}
 }
+
+// TestQuery_ZeroRowsAnyStatement: the columns of an empty result come from the statement itself,
+// not from running it again as a subquery (which only a SELECT survives, and which doubled the
+// time of an expensive query that found nothing): PRAGMAs and RETURNING name theirs too.
+func TestQuery_ZeroRowsAnyStatement(t *testing.T) {
+	ts := newTestServer(t, store.Options{QueryWrites: true}, api.Options{})
+	c := querypb.NewQueryClient(ts.conn)
+	for _, tc := range []struct {
+		sql  string
+		want []string
+	}{
+		{"PRAGMA table_info(no_such_table)", []string{"cid", "name", "type", "notnull", "dflt_value", "pk"}},
+		{"DELETE FROM kv WHERE key = 'absent' RETURNING key, value AS old", []string{"key", "old"}},
+		{"WITH x(a) AS (SELECT 1) SELECT a FROM x WHERE a > 1", []string{"a"}},
+	} {
+		s, err := c.Query(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Send(&querypb.RawQuery{Query: tc.sql})
+		s.CloseSend()
+		if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+			t.Fatalf("%s: Recv = %v, want the end of an empty result", tc.sql, err)
+		}
+		md, err := s.Header()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := md.Get(api.ColumnsHeader); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: header %s = %v, want %v", tc.sql, api.ColumnsHeader, got, tc.want)
+		}
+	}
+}

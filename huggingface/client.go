@@ -30,7 +30,8 @@ type ClientOptions struct {
 	Token     string // bearer token; sent only to the Endpoint's host
 	UserAgent string // default "buffdbd"
 	// Transport carries every request; default a clone of http.DefaultTransport with compression
-	// disabled (we always send Accept-Encoding: identity so a CDN honours Range).
+	// disabled (we always send Accept-Encoding: identity so a CDN honours Range) and HTTP/1.1
+	// only (each byte range on a connection of its own).
 	Transport http.RoundTripper
 	Backoff   Backoff
 	// Observer, if set, is told about retries (RetryObserved) as they happen.
@@ -65,6 +66,13 @@ func NewClient(o ClientOptions) (*Client, error) {
 		// every range after the first pair pay a new TCP+TLS handshake.
 		t.MaxIdleConnsPerHost = 64
 		t.ResponseHeaderTimeout = 60 * time.Second
+		// HTTP/1.1 only. Over HTTPS the Hub's CDN offers HTTP/2, which would multiplex every
+		// byte range on one TCP connection: one congestion window and one per-connection CDN
+		// throttle for the whole download, and one lost packet stalling all ranges. Parallel
+		// ranges are worth having only on parallel connections, as hf_transfer and aria2 use.
+		var protos http.Protocols
+		protos.SetHTTP1(true)
+		t.Protocols = &protos
 		tr = t
 	}
 	ua := o.UserAgent
@@ -85,8 +93,9 @@ func NewClient(o ClientOptions) (*Client, error) {
 	}, nil
 }
 
-// Endpoint returns the Hub base URL in use.
-func (c *Client) Endpoint() string { return c.endpoint.String() }
+// Endpoint returns the Hub base URL in use, without credentials a mirror's URL may carry
+// (user:password@): it ends up in model metadata and messages.
+func (c *Client) Endpoint() string { return redact(c.endpoint) }
 
 // File is one file of a repository revision, as listed by the Hub.
 type File struct {
@@ -189,6 +198,9 @@ const maxTreePages = 10000
 func (c *Client) ListFiles(ctx context.Context, repo, commit string) ([]File, error) {
 	next := c.endpoint.String() + "/api/models/" + repo + "/tree/" + escapeAll(commit) + "?recursive=true&expand=false"
 	var files []File
+	// A Link back to a page already read would repeat the listing until maxTreePages, holding
+	// every copy in memory.
+	seen := map[string]bool{pageKey(next): true}
 	for page := 0; next != ""; page++ {
 		if page >= maxTreePages {
 			return nil, fmt.Errorf("list files of %s@%s: %w: more than %d pages", repo, commit, ErrProtocol, maxTreePages)
@@ -221,9 +233,23 @@ func (c *Client) ListFiles(ctx context.Context, repo, commit string) ([]File, er
 				return nil, fmt.Errorf("list files of %s@%s: %w: pagination link to another host %s", repo, commit, ErrProtocol, nu.Host)
 			}
 			next = nu.String()
+			if seen[pageKey(next)] {
+				return nil, fmt.Errorf("list files of %s@%s: %w: pagination links back to a page already read", repo, commit, ErrProtocol)
+			}
+			seen[pageKey(next)] = true
 		}
 	}
 	return files, nil
+}
+
+// pageKey identifies a page URL: query parameters in any order name the same page.
+func pageKey(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return u
+	}
+	p.RawQuery, p.Fragment = p.Query().Encode(), ""
+	return p.String()
 }
 
 // nextLink extracts the rel="next" target of an RFC 8288 Link header.

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -197,4 +199,33 @@ func TestClient_Resolve(t *testing.T) {
 			t.Fatalf("err = %v, want ErrEntryNotFound", err)
 		}
 	})
+}
+
+// TestClient_ListFilesLinkLoop: a server whose pagination Link leads back to a page already read
+// (a cursor bug, a misconfigured mirror) is refused at once, not read 10000 times over.
+func TestClient_ListFilesLinkLoop(t *testing.T) {
+	var pages atomic.Int64
+	var srv *httptest.Server
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := pages.Add(1)
+		// Page 1 → page 2 → page 1 again (same URL, query parameters reordered and all).
+		next := srv.URL + r.URL.Path + "?recursive=true&expand=false&cursor=2"
+		if r.URL.Query().Get("cursor") == "2" {
+			next = srv.URL + r.URL.Path + "?expand=false&recursive=true"
+		}
+		w.Header().Set("Link", "<"+next+`>; rel="next"`)
+		fmt.Fprintf(w, `[{"type":"file","oid":"%040d","size":1,"path":"f%d"}]`, 0, n)
+	}))
+	t.Cleanup(srv.Close)
+	c, err := huggingface.NewClient(huggingface.ClientOptions{Endpoint: srv.URL, Backoff: fastBackoff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.ListFiles(context.Background(), "org/model", strings.Repeat("a", 40))
+	if !errors.Is(err, huggingface.ErrProtocol) {
+		t.Fatalf("err = %v, want ErrProtocol", err)
+	}
+	if n := pages.Load(); n != 2 {
+		t.Fatalf("read %d pages of a two-page loop", n)
+	}
 }

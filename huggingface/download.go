@@ -46,8 +46,11 @@ type EngineOptions struct {
 	// 30s: long enough for a congested cellular link, short enough that a dead TCP connection
 	// (which may otherwise hang for the kernel's ~15 minute retransmission limit) is noticed.
 	StallTimeout time.Duration
-	// MaxRate limits total download bandwidth in bytes per second; 0 means unlimited.
+	// MaxRate limits this fetch's download bandwidth in bytes per second; 0 means unlimited.
 	MaxRate int64
+	// SharedRate, if set, is a limit this fetch shares with others (a daemon's bandwidth cap over
+	// all its fetches), applied besides MaxRate: one token per byte.
+	SharedRate *rate.Limiter
 	// BufferSize is the per-connection read buffer. Default 1 MiB: large enough that writes are
 	// few and big, small enough that memory stays bounded (Concurrency × BufferSize).
 	BufferSize int
@@ -207,8 +210,10 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	if t.file.LFS != nil {
 		identity = t.file.LFS.SHA256
 	}
-	if _, err := os.Stat(part); errors.Is(err, os.ErrNotExist) {
-		// A journal without its partial file vouches for bytes that are gone.
+	if fi, err := os.Stat(part); errors.Is(err, os.ErrNotExist) || err == nil && fi.Size() != t.file.Size {
+		// A journal without its partial file vouches for bytes that are gone; so does one whose
+		// partial file is not the size preallocate gave it before the first record (cut short,
+		// or replaced): its bytes would read back as zeros and fail verification.
 		os.Remove(jpath)
 	}
 	j, fresh, err := openJournal(jpath, t.file.Size, e.rangeSizeFor(t.file.Size), int64(e.o.Concurrency), identity)
@@ -778,10 +783,17 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 		s := int(off % directio.Align)
 		n, rerr := readFull(body, buf[s:s+int(min(int64(len(buf)-s), to-off))], timer, e.o.StallTimeout)
 		if n > 0 {
-			if e.limiter != nil {
-				if err := e.limiter.WaitN(ctx, n); err != nil {
-					return nil, err
+			if e.limiter != nil || e.o.SharedRate != nil {
+				// Waiting for our share of --max-rate is not a stall: with a low limit and many
+				// connections a turn can take longer than StallTimeout, and cutting the connection
+				// would throw away what the kernel buffered, to download it again.
+				timer.Stop()
+				for _, l := range []*rate.Limiter{e.limiter, e.o.SharedRate} {
+					if err := waitRate(ctx, l, n); err != nil {
+						return nil, err
+					}
 				}
+				timer.Reset(e.o.StallTimeout)
 			}
 			if err := rw.writeAt(buf[s:s+n], off); err != nil {
 				return nil, fmt.Errorf("write %s: %w", t.path, err)
@@ -813,6 +825,22 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 		}
 	}
 	return nil, nil
+}
+
+// waitRate takes n tokens from l (nil: no limit), in pieces no larger than its burst, which a
+// limiter shared with fetches of other buffer sizes may set below n.
+func waitRate(ctx context.Context, l *rate.Limiter, n int) error {
+	if l == nil {
+		return nil
+	}
+	for n > 0 {
+		m := min(n, max(l.Burst(), 1))
+		if err := l.WaitN(ctx, m); err != nil {
+			return err
+		}
+		n -= m
+	}
+	return nil
 }
 
 // rangeWriter writes one range's bytes into the partial file: whole aligned blocks through a

@@ -184,6 +184,11 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	}
 	if have {
 		res.AlreadyHad = true
+		// A fetch stopped between its publish and the removal of its staging copy (killed, or
+		// the machine lost power) left the copy here; nothing else would ever remove it.
+		if err := os.RemoveAll(dir); err != nil {
+			f.log.Warn("remove fetch staging directory", "dir", dir, "err", err)
+		}
 		if hasAlias {
 			if _, err := f.reg.SetAlias(ctx, ref.Repo, alias, commit); err != nil {
 				return res, fmt.Errorf("move alias %s of %s to %s: %w", alias, ref.Repo, commit, err)

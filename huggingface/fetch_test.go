@@ -222,6 +222,24 @@ func TestFetcher_Fetch(t *testing.T) {
 			t.Fatalf("refetch of a complete commit downloaded %d bytes", d)
 		}
 	})
+	// A fetch killed after its publish committed but before it removed the staging copy leaves a
+	// whole model's worth of files behind; the next fetch of that commit finds the version
+	// published and must remove them, or they hold the disk forever.
+	t.Run("OKAlreadyCompleteRemovesStaging", func(t *testing.T) {
+		staged := filepath.Join(e.cache, "org", "model", sha, "files", "model.safetensors")
+		if err := os.MkdirAll(filepath.Dir(staged), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(staged, files["model.safetensors"], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := e.fetch(t, "", "hf:org/model@main"); err != nil || !res.AlreadyHad {
+			t.Fatalf("refetch: %+v, %v", res, err)
+		}
+		if _, err := os.Stat(filepath.Join(e.cache, "org", "model", sha)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("staging directory of a published commit left behind: %v", err)
+		}
+	})
 	t.Run("OKOffline", func(t *testing.T) {
 		before := len(e.hub.Requests())
 		res, err := e.fetch(t, "", "hf:org/model@main", func(r *huggingface.Request) { r.Offline = true })

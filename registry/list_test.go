@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/buffdb/buffdbd/registry"
+	"github.com/buffdb/buffdbd/store"
 )
 
 func TestService_ListModels(t *testing.T) {
@@ -49,7 +50,7 @@ func TestService_ListModels(t *testing.T) {
 
 	// The framework filter is served by a store index BuffDB clients can query as well.
 	var keys []string
-	if err := s.DB().Find(ctx, "", registry.FrameworkIndex, "pytorch", 0, func(k, _ string) error { keys = append(keys, k); return nil }); err != nil {
+	if err := s.DB().Find(ctx, "", registry.FrameworkIndex, "pytorch", 0, nil, func(h store.Hit) error { keys = append(keys, h.Key); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(keys, []string{"model:org/a:v2:metadata"}) {

@@ -169,19 +169,18 @@ func (db *DB) withTx(_ context.Context, id string, write bool, fn func(t *client
 // lookup hands rows over through a small buffer on its own goroutine and stops, releasing the
 // transaction, when the transaction's deadline passes, so the janitor can still roll it back and
 // writers wait no longer than the timeout promised.
-func (db *DB) streamInTx(ctx context.Context, id string, lookup func(ctx context.Context, q querier, emit func(key, value string) error) error,
-	fn func(key, value string) error) error {
-	type pair struct{ k, v string }
-	ch := make(chan pair, 64)
+func (db *DB) streamInTx(ctx context.Context, id string, lookup func(ctx context.Context, q querier, emit func(Hit) error) error,
+	fn func(Hit) error) error {
+	ch := make(chan Hit, 64)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
 		defer close(ch)
 		errc <- db.withTx(ctx, id, false, func(t *clientTx) error {
-			return lookup(ctx, t.q, func(k, v string) error {
+			return lookup(ctx, t.q, func(h Hit) error {
 				select {
-				case ch <- pair{k, v}:
+				case ch <- h:
 					return nil
 				case <-ctx.Done():
 					return ctx.Err()
@@ -191,8 +190,8 @@ func (db *DB) streamInTx(ctx context.Context, id string, lookup func(ctx context
 			})
 		})
 	}()
-	for p := range ch {
-		if err := fn(p.k, p.v); err != nil {
+	for h := range ch {
+		if err := fn(h); err != nil {
 			cancel()
 			for range ch { // let the lookup see the cancellation and end
 			}

@@ -221,7 +221,7 @@ func TestDB_TxTimeoutStalledFind(t *testing.T) {
 			release := make(chan struct{})
 			found := make(chan error, 1)
 			go func() {
-				found <- db.Find(ctx, tx, "v", "v", 0, func(string, string) error {
+				found <- db.Find(ctx, tx, "v", "v", 0, nil, func(store.Hit) error {
 					<-release // the stalled consumer
 					return nil
 				})

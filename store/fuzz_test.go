@@ -113,13 +113,13 @@ func FuzzDB_Index(f *testing.F) {
 				t.Fatalf("Set with index on %q: %v", path, err)
 			}
 		}
-		err = db.Find(ctx, "", name, s, 0, func(string, string) error { return nil })
+		err = db.Find(ctx, "", name, s, 0, nil, func(store.Hit) error { return nil })
 		if err != nil && !(number && errors.Is(err, store.ErrInvalid)) {
 			t.Fatalf("Find(%q): %v", s, err)
 		}
 		if path == "$.a" && !number && json.Valid(doc) && string(doc) != "" {
 			var keys []string
-			db.Find(ctx, "", name, s, 0, func(k, _ string) error { keys = append(keys, k); return nil })
+			db.Find(ctx, "", name, s, 0, nil, func(h store.Hit) error { keys = append(keys, h.Key); return nil })
 			var back map[string]string
 			json.Unmarshal(doc, &back)
 			if want := back["a"]; want == s && (len(keys) != 1 || keys[0] != "k") {
@@ -127,7 +127,7 @@ func FuzzDB_Index(f *testing.F) {
 			}
 		}
 		r := store.Range{Lower: &store.Bound{Value: s}, Upper: &store.Bound{Value: s, Inclusive: true}}
-		if err := db.FindRange(ctx, "", name, r, func(string, string) error { return nil }); err != nil && !errors.Is(err, store.ErrInvalid) {
+		if err := db.FindRange(ctx, "", name, r, func(store.Hit) error { return nil }); err != nil && !errors.Is(err, store.ErrInvalid) {
 			t.Fatalf("FindRange: %v", err)
 		}
 	})

@@ -150,9 +150,13 @@ func (d IndexDef) valueExpr(v string) string {
 	if d.Kind == KindNumber {
 		return fmt.Sprintf("CASE WHEN json_valid(%[1]s) THEN CASE WHEN json_type(%[1]s, %[2]s) IN ('integer','real') THEN json_extract(%[1]s, %[2]s) END END", v, p)
 	}
+	// An integer is indexed as its JSON text (the -> operator), not json_extract's SQL value: SQLite
+	// turns integers beyond int64 into REALs, so distinct ids like 12345678901234567890 and
+	// 12345678901234567891 would both index as "1.2345678901234567e+19" — one unique-index
+	// violation, and lookups by the written number finding nothing.
 	return fmt.Sprintf(`CASE WHEN json_valid(%[1]s) THEN CASE json_type(%[1]s, %[2]s)
 		WHEN 'text' THEN json_extract(%[1]s, %[2]s)
-		WHEN 'integer' THEN CAST(json_extract(%[1]s, %[2]s) AS TEXT)
+		WHEN 'integer' THEN %[1]s -> %[2]s
 		WHEN 'real' THEN CAST(json_extract(%[1]s, %[2]s) AS TEXT)
 		WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' END END`, v, p)
 }
@@ -208,9 +212,10 @@ func (d IndexDef) triggerSQL(id int64) []string {
 	}
 }
 
-// refreshIndexTriggers recreates, in one transaction, every index trigger whose SQL differs from what
-// this binary generates (or that is missing): a fix to the triggers then reaches indexes created by
-// an older buffdbd too. Nothing is written when they all match.
+// refreshIndexTriggers recreates, in one transaction, the triggers of every index with one whose SQL
+// differs from what this binary generates (or that is missing), and rebuilds that index's entries:
+// a fix to the triggers, or to how values are indexed, then reaches indexes an older buffdbd
+// created too. Nothing is written when they all match.
 func (db *DB) refreshIndexTriggers(ctx context.Context) (err error) {
 	c := db.wconn
 	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
@@ -249,27 +254,76 @@ func (db *DB) refreshIndexTriggers(ctx context.Context) (err error) {
 		return err
 	}
 	for _, ix := range ixs {
-		for i, want := range ix.def.triggerSQL(ix.id) {
-			name := fmt.Sprintf("kv_index_%d_%s", ix.id, [...]string{"ins", "upd", "del"}[i])
-			var have string
-			err := c.QueryRowContext(ctx, "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?", name).Scan(&have)
-			if err == nil && have == want {
-				continue
+		// One savepoint per index: an index that cannot be refreshed keeps its old triggers and
+		// entries (with a warning) rather than making the store impossible to open.
+		if _, err := c.ExecContext(ctx, "SAVEPOINT refresh_index"); err != nil {
+			return err
+		}
+		n, err := db.refreshIndex(ctx, c, ix.id, ix.def)
+		if err != nil {
+			if _, rerr := c.ExecContext(ctx, "ROLLBACK TO refresh_index"); rerr != nil {
+				return rerr
 			}
-			if err != nil && !errors.Is(err, sql.ErrNoRows) {
-				return err
-			}
-			if _, err := c.ExecContext(ctx, "DROP TRIGGER IF EXISTS "+name); err != nil {
-				return err
-			}
-			if _, err := c.ExecContext(ctx, want); err != nil {
-				return fmt.Errorf("recreate trigger %s of index %q: %w", name, ix.def.Name, err)
-			}
+			db.log.Warn("could not refresh index; it keeps its old triggers", "index", ix.def.Name, "err", err)
+		} else if n >= 0 {
 			changed = true
-			db.log.Info("recreated index trigger", "index", ix.def.Name, "trigger", name)
+			db.log.Info("recreated index triggers and rebuilt its entries", "index", ix.def.Name, "keys", n)
+		}
+		if _, err := c.ExecContext(ctx, "RELEASE refresh_index"); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// refreshIndex recreates index id's triggers if any differs from what def generates now, and then
+// recomputes its entries (the indexed values may be computed differently now, and keys written
+// before would keep values lookups no longer produce). It returns the keys indexed, or -1 when the
+// triggers were current and nothing was done.
+func (db *DB) refreshIndex(ctx context.Context, c *sql.Conn, id int64, def IndexDef) (int64, error) {
+	stale := false
+	for i, want := range def.triggerSQL(id) {
+		name := fmt.Sprintf("kv_index_%d_%s", id, [...]string{"ins", "upd", "del"}[i])
+		var have string
+		err := c.QueryRowContext(ctx, "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?", name).Scan(&have)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return 0, err
+		}
+		stale = stale || have != want
+	}
+	if !stale {
+		return -1, nil
+	}
+	for i, want := range def.triggerSQL(id) {
+		name := fmt.Sprintf("kv_index_%d_%s", id, [...]string{"ins", "upd", "del"}[i])
+		if _, err := c.ExecContext(ctx, "DROP TRIGGER IF EXISTS "+name); err != nil {
+			return 0, err
+		}
+		if _, err := c.ExecContext(ctx, want); err != nil {
+			return 0, fmt.Errorf("recreate trigger %s: %w", name, err)
+		}
+	}
+	if _, err := c.ExecContext(ctx, "DELETE FROM kv_index_entry WHERE index_id = ?", id); err != nil {
+		return 0, err
+	}
+	n, err := backfill(ctx, c.ExecContext, id, def)
+	return int64(n), err
+}
+
+// backfill indexes every existing key for index id (whose entries must be empty); ErrExists if
+// existing values violate uniqueness.
+func backfill(ctx context.Context, exec func(ctx context.Context, q string, args ...any) (sql.Result, error), id int64, d IndexDef) (uint64, error) {
+	res, err := exec(ctx, fmt.Sprintf(`INSERT INTO kv_index_entry(index_id, value, key, is_unique)
+		SELECT %d, v, key, %d FROM (SELECT key, %s AS v FROM kv WHERE %s) WHERE v IS NOT NULL`,
+		id, boolInt(d.Unique), d.valueExpr("value"), d.keyCond("key")))
+	if err != nil {
+		if err = mapErr(err); errors.Is(err, ErrExists) {
+			return 0, fmt.Errorf("index %q: existing values are not unique: %w", d.Name, ErrExists)
+		}
+		return 0, fmt.Errorf("backfill index %q: %w", d.Name, err)
+	}
+	n, err := res.RowsAffected()
+	return uint64(n), err
 }
 
 // CreateIndex creates and backfills an index, returning how many keys it indexed. ErrExists if the
@@ -309,17 +363,7 @@ func (t *wtx) createIndex(d IndexDef) (uint64, error) {
 			return 0, fmt.Errorf("create index %q: %w", d.Name, mapErr(err))
 		}
 	}
-	res, err = t.q.exec(t.ctx, fmt.Sprintf(`INSERT INTO kv_index_entry(index_id, value, key, is_unique)
-		SELECT %d, v, key, %d FROM (SELECT key, %s AS v FROM kv WHERE %s) WHERE v IS NOT NULL`,
-		id, boolInt(d.Unique), d.valueExpr("value"), d.keyCond("key")))
-	if err != nil {
-		if err = mapErr(err); errors.Is(err, ErrExists) {
-			return 0, fmt.Errorf("index %q: existing values are not unique: %w", d.Name, ErrExists)
-		}
-		return 0, fmt.Errorf("backfill index %q: %w", d.Name, err)
-	}
-	n, err := res.RowsAffected()
-	return uint64(n), err
+	return backfill(t.ctx, t.q.exec, id, d)
 }
 
 // DropIndex removes an index; ErrNotFound if missing.
@@ -420,21 +464,39 @@ func limitArg(limit int) (int, error) {
 	return limit, nil
 }
 
-// Find calls fn for each key whose indexed value equals value, in key order; limit 0 = unlimited.
-// fn receives the key's whole value. fn returning an error stops Find, which returns it.
-func (db *DB) Find(ctx context.Context, txID, index, value string, limit int, fn func(key, value string) error) error {
+// Hit is one key found by Find or FindRange.
+type Hit struct {
+	Key   string
+	Value string // the key's whole current value
+	// Indexed is the value the index holds for the key, as text: a string index's value itself, a
+	// number index's number in its shortest exact decimal form ("10", "2.5", "+Inf"). With Key it
+	// is the Cursor to resume after this hit.
+	Indexed string
+}
+
+// Cursor is a position in FindRange's order (indexed value, then key): the Indexed and Key of the
+// last Hit of the previous page.
+type Cursor struct {
+	Indexed string
+	Key     string
+}
+
+// Find calls fn for each key whose indexed value equals value, in key order, only keys after
+// *after when after is not nil (the last key of the previous page); limit 0 = unlimited. fn
+// returning an error stops Find, which returns it.
+func (db *DB) Find(ctx context.Context, txID, index, value string, limit int, after *string, fn func(Hit) error) error {
 	if err := db.checkOpen(); err != nil {
 		return err
 	}
 	if txID != "" {
-		return db.streamInTx(ctx, txID, func(ctx context.Context, q querier, emit func(k, v string) error) error {
-			return find(ctx, q, index, value, limit, emit)
+		return db.streamInTx(ctx, txID, func(ctx context.Context, q querier, emit func(Hit) error) error {
+			return find(ctx, q, index, value, limit, after, emit)
 		}, fn)
 	}
-	return db.readView(ctx, func(q querier) error { return find(ctx, q, index, value, limit, fn) })
+	return db.readView(ctx, func(q querier) error { return find(ctx, q, index, value, limit, after, fn) })
 }
 
-func find(ctx context.Context, q querier, index, value string, limit int, fn func(key, value string) error) error {
+func find(ctx context.Context, q querier, index, value string, limit int, after *string, fn func(Hit) error) error {
 	ix, err := lookupIndex(ctx, q, index)
 	if err != nil {
 		return err
@@ -447,26 +509,48 @@ func find(ctx context.Context, q querier, index, value string, limit int, fn fun
 	if err != nil {
 		return err
 	}
-	rows, err := q.query(ctx, `SELECT e.key, kv.value FROM kv_index_entry e JOIN kv ON kv.key = e.key
-		WHERE e.index_id = ? AND e.value = ? ORDER BY e.key LIMIT ?`, ix.id, v, lim)
-	return streamKV(rows, err, fn)
+	cond, args := "", []any{ix.id, v}
+	if after != nil {
+		cond, args = " AND e.key > ?", append(args, *after)
+	}
+	rows, err := q.query(ctx, `SELECT e.key, kv.value, e.value FROM kv_index_entry e JOIN kv ON kv.key = e.key
+		WHERE e.index_id = ? AND e.value = ?`+cond+` ORDER BY e.key LIMIT ?`, append(args, lim)...)
+	return streamHits(rows, err, fn)
 }
 
-func streamKV(rows *sql.Rows, err error, fn func(key, value string) error) error {
+func streamHits(rows *sql.Rows, err error, fn func(Hit) error) error {
 	if err != nil {
 		return mapErr(err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var k, v string
-		if err := rows.Scan(&k, &v); err != nil {
+		var h Hit
+		var indexed any
+		if err := rows.Scan(&h.Key, &h.Value, &indexed); err != nil {
 			return err
 		}
-		if err := fn(k, v); err != nil {
+		h.Indexed = indexedText(indexed)
+		if err := fn(h); err != nil {
 			return err
 		}
 	}
 	return mapErr(rows.Err())
+}
+
+// indexedText renders an index entry's value: text as it is, numbers so that parsing them back
+// (indexInfo.arg) gives the same number.
+func indexedText(v any) string {
+	switch x := v.(type) {
+	case int64:
+		return strconv.FormatInt(x, 10)
+	case float64:
+		return strconv.FormatFloat(x, 'g', -1, 64)
+	case []byte:
+		return string(x)
+	case string:
+		return x
+	}
+	return fmt.Sprint(v)
 }
 
 // Bound is one end of a range; nil means open.
@@ -480,23 +564,27 @@ type Range struct {
 	Lower, Upper *Bound
 	Limit        int
 	Descending   bool
+	// After resumes after this position (the previous page's last Hit): only hits that come after
+	// it in the order FindRange returns them. Keys that share an indexed value are neither lost
+	// nor repeated across pages, which a bound alone cannot do.
+	After *Cursor
 }
 
 // FindRange calls fn for keys whose indexed value is within r, ordered by indexed value then key
 // (reversed when Descending); btree only (ErrInvalid for hash). Number indexes compare numerically.
-func (db *DB) FindRange(ctx context.Context, txID, index string, r Range, fn func(key, value string) error) error {
+func (db *DB) FindRange(ctx context.Context, txID, index string, r Range, fn func(Hit) error) error {
 	if err := db.checkOpen(); err != nil {
 		return err
 	}
 	if txID != "" {
-		return db.streamInTx(ctx, txID, func(ctx context.Context, q querier, emit func(k, v string) error) error {
+		return db.streamInTx(ctx, txID, func(ctx context.Context, q querier, emit func(Hit) error) error {
 			return findRange(ctx, q, index, r, emit)
 		}, fn)
 	}
 	return db.readView(ctx, func(q querier) error { return findRange(ctx, q, index, r, fn) })
 }
 
-func findRange(ctx context.Context, q querier, index string, r Range, fn func(key, value string) error) error {
+func findRange(ctx context.Context, q querier, index string, r Range, fn func(Hit) error) error {
 	ix, err := lookupIndex(ctx, q, index)
 	if err != nil {
 		return err
@@ -527,13 +615,26 @@ func findRange(ctx context.Context, q querier, index string, r Range, fn func(ke
 		cond += " AND e.value " + op + " ?"
 		args = append(args, v)
 	}
+	if r.After != nil {
+		v, err := ix.arg(index, r.After.Indexed)
+		if err != nil {
+			return fmt.Errorf("cursor: %w", err)
+		}
+		// A row value comparison: SQLite walks the (index_id, value, key) primary key from there.
+		op := ">"
+		if r.Descending {
+			op = "<"
+		}
+		cond += " AND (e.value, e.key) " + op + " (?, ?)"
+		args = append(args, v, r.After.Key)
+	}
 	order := "e.value, e.key"
 	if r.Descending {
 		order = "e.value DESC, e.key DESC"
 	}
-	rows, err := q.query(ctx, "SELECT e.key, kv.value FROM kv_index_entry e JOIN kv ON kv.key = e.key WHERE "+
+	rows, err := q.query(ctx, "SELECT e.key, kv.value, e.value FROM kv_index_entry e JOIN kv ON kv.key = e.key WHERE "+
 		cond+" ORDER BY "+order+" LIMIT ?", append(args, lim)...)
-	return streamKV(rows, err, fn)
+	return streamHits(rows, err, fn)
 }
 
 // readView runs fn on one pooled read connection inside a read transaction, so multi-statement

@@ -12,7 +12,7 @@ import (
 func findKeys(t *testing.T, db *store.DB, txID, index, value string) []string {
 	t.Helper()
 	var keys []string
-	if err := db.Find(ctx, txID, index, value, 0, func(k, _ string) error { keys = append(keys, k); return nil }); err != nil {
+	if err := db.Find(ctx, txID, index, value, 0, nil, func(h store.Hit) error { keys = append(keys, h.Key); return nil }); err != nil {
 		t.Fatalf("Find(%s, %q): %v", index, value, err)
 	}
 	return keys
@@ -69,7 +69,7 @@ func TestDB_CreateIndex(t *testing.T) {
 		if err := db.DropIndex(ctx, "a-first"); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("second drop err = %v", err)
 		}
-		if err := db.Find(ctx, "", "a-first", "x", 0, func(string, string) error { return nil }); !errors.Is(err, store.ErrNotFound) {
+		if err := db.Find(ctx, "", "a-first", "x", 0, nil, func(store.Hit) error { return nil }); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("Find on dropped index err = %v", err)
 		}
 		// Writes after a drop must not touch the dropped index.
@@ -194,7 +194,7 @@ func TestDB_FindRange(t *testing.T) {
 	values := func(index string, r store.Range) string {
 		t.Helper()
 		var out []string
-		if err := db.FindRange(ctx, "", index, r, func(_, v string) error { out = append(out, v); return nil }); err != nil {
+		if err := db.FindRange(ctx, "", index, r, func(h store.Hit) error { out = append(out, h.Value); return nil }); err != nil {
 			t.Fatalf("FindRange(%s): %v", index, err)
 		}
 		return fmt.Sprint(out)
@@ -220,7 +220,7 @@ func TestDB_FindRange(t *testing.T) {
 		t.Errorf("Find num 20 = %s, want [n5] (2e1)", got)
 	}
 	t.Run("ErrInvalid", func(t *testing.T) {
-		nop := func(string, string) error { return nil }
+		nop := func(store.Hit) error { return nil }
 		if err := db.FindRange(ctx, "", "hash", store.Range{}, nop); !errors.Is(err, store.ErrInvalid) {
 			t.Fatalf("range on hash err = %v", err)
 		}
@@ -292,16 +292,16 @@ func TestDB_FindNumberExtremes(t *testing.T) {
 			t.Errorf("Find(num, %s) = %s, want %s", c.value, got, c.want)
 		}
 	}
-	nop := func(string, string) error { return nil }
-	if err := db.Find(ctx, "", "num", "NaN", 0, nop); !errors.Is(err, store.ErrInvalid) {
+	nop := func(store.Hit) error { return nil }
+	if err := db.Find(ctx, "", "num", "NaN", 0, nil, nop); !errors.Is(err, store.ErrInvalid) {
 		t.Errorf("Find(NaN) err = %v, want ErrInvalid", err)
 	}
 	if err := db.FindRange(ctx, "", "num", store.Range{Upper: &store.Bound{Value: "nan"}}, nop); !errors.Is(err, store.ErrInvalid) {
 		t.Errorf("FindRange(upper NaN) err = %v, want ErrInvalid", err)
 	}
 	var got []string
-	err := db.FindRange(ctx, "", "num", store.Range{Lower: &store.Bound{Value: "9223372036854775807"}}, func(k, _ string) error {
-		got = append(got, k)
+	err := db.FindRange(ctx, "", "num", store.Range{Lower: &store.Bound{Value: "9223372036854775807"}}, func(h store.Hit) error {
+		got = append(got, h.Key)
 		return nil
 	})
 	if err != nil || fmt.Sprint(got) != "[over big]" { // SQLite compares integers and reals exactly
@@ -358,8 +358,15 @@ func TestOpen_RefreshesIndexTriggers(t *testing.T) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
+	// An entry as an older buffdbd may have computed it differently: the rebuild at Open replaces it.
+	if _, err := db.Execute(ctx, "UPDATE kv_index_entry SET value = 'stale'"); err != nil {
+		t.Fatal(err)
+	}
 	db.Close()
 	db = openAt(t, dir, store.Options{QueryWrites: true})
+	if got := fmt.Sprint(findKeys(t, db, "", "u", "v1")); got != "[a]" {
+		t.Fatalf("Find v1 after reopen = %s, want [a] (entries rebuilt)", got)
+	}
 	if _, err := db.Execute(ctx, "UPDATE kv SET key = 'b' WHERE key = 'a'"); err != nil {
 		t.Fatalf("rename after reopen: %v", err)
 	}
@@ -370,5 +377,116 @@ func TestOpen_RefreshesIndexTriggers(t *testing.T) {
 	db.Query(ctx, "SELECT count(*) FROM kv_index_entry", func(_ []string, r []any) error { n = r[0].(int64); return nil })
 	if n != 0 {
 		t.Fatalf("%d index entries left after deleting the only key (delete trigger not restored)", n)
+	}
+}
+
+// TestDB_FindPaging: pages of Find (after a key) and FindRange (after a cursor) put together give
+// exactly the unpaged result, also when many keys share an indexed value, which moving a bound to
+// the last value cannot do (it loses or repeats the keys sharing it).
+func TestDB_FindPaging(t *testing.T) {
+	db := openDB(t, store.Options{})
+	w := db.NewWriter()
+	for i := range 40 {
+		w.Set("", fmt.Sprintf("k%02d", i), fmt.Sprintf(`{"s":"v%d","n":%s}`, i%4, []string{"2.5", "-1", "10", "1e999", "7"}[i%5]))
+	}
+	w.Close()
+	for _, d := range []store.IndexDef{
+		{Name: "s", Type: store.IndexBTree, JSONPath: "$.s"},
+		{Name: "n", Type: store.IndexBTree, JSONPath: "$.n", Kind: store.KindNumber},
+	} {
+		if _, err := db.CreateIndex(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, index := range []string{"s", "n"} {
+		for _, desc := range []bool{false, true} {
+			var all []string
+			err := db.FindRange(ctx, "", index, store.Range{Descending: desc}, func(h store.Hit) error {
+				all = append(all, h.Indexed+"/"+h.Key)
+				return nil
+			})
+			if err != nil || len(all) != 40 {
+				t.Fatalf("%s: unpaged %d hits, %v", index, len(all), err)
+			}
+			var paged []string
+			r := store.Range{Descending: desc, Limit: 3}
+			for page := 0; ; page++ {
+				n := 0
+				err := db.FindRange(ctx, "", index, r, func(h store.Hit) error {
+					paged = append(paged, h.Indexed+"/"+h.Key)
+					r.After = &store.Cursor{Indexed: h.Indexed, Key: h.Key}
+					n++
+					return nil
+				})
+				if err != nil {
+					t.Fatalf("%s page %d: %v", index, page, err)
+				}
+				if n == 0 {
+					break
+				}
+			}
+			if fmt.Sprint(paged) != fmt.Sprint(all) {
+				t.Fatalf("%s desc=%v: paged\n%v\nunpaged\n%v", index, desc, paged, all)
+			}
+		}
+	}
+	// Find pages by key.
+	var paged []string
+	var after *string
+	for {
+		n := 0
+		err := db.Find(ctx, "", "s", "v1", 4, after, func(h store.Hit) error {
+			if h.Indexed != "v1" {
+				t.Fatalf("Find hit %+v: Indexed is not the value looked up", h)
+			}
+			paged = append(paged, h.Key)
+			after = &h.Key
+			n++
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if got, want := fmt.Sprint(paged), fmt.Sprint(findKeys(t, db, "", "s", "v1")); got != want || len(paged) != 10 {
+		t.Fatalf("Find paged %s, unpaged %s", got, want)
+	}
+	// A cursor on a number index must be a number.
+	err := db.FindRange(ctx, "", "n", store.Range{After: &store.Cursor{Indexed: "x", Key: "k"}}, func(store.Hit) error { return nil })
+	if !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("non-numeric cursor: %v, want ErrInvalid", err)
+	}
+}
+
+// TestDB_IndexBigIntegers: a string index holds a JSON integer as written. SQLite's json_extract
+// turns integers beyond int64 into REALs, so two distinct 64-bit unsigned ids indexed through it
+// became the same "1.2345678901234567e+19": a unique index refused the second key, and Find by
+// the id found nothing.
+func TestDB_IndexBigIntegers(t *testing.T) {
+	db := openDB(t, store.Options{})
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "id", Unique: true, JSONPath: "$.id"}); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"a": `{"id":12345678901234567890}`, "b": `{"id":12345678901234567891}`,
+		"c": `{"id":-9223372036854775808}`, "d": `{"id":42}`} {
+		if err := db.Set(ctx, "", k, v); err != nil {
+			t.Fatalf("Set %s = %s: %v", k, v, err)
+		}
+	}
+	for value, want := range map[string]string{"12345678901234567890": "[a]", "12345678901234567891": "[b]",
+		"-9223372036854775808": "[c]", "42": "[d]"} {
+		if got := fmt.Sprint(findKeys(t, db, "", "id", value)); got != want {
+			t.Errorf("Find id %s = %s, want %s", value, got, want)
+		}
+	}
+	// The backfill of a new index computes the same values as the triggers.
+	if _, err := db.CreateIndex(ctx, store.IndexDef{Name: "id2", Unique: true, JSONPath: "$.id"}); err != nil {
+		t.Fatalf("backfill of distinct big ids: %v", err)
+	}
+	if got := fmt.Sprint(findKeys(t, db, "", "id2", "12345678901234567891")); got != "[b]" {
+		t.Errorf("Find id2 = %s, want [b]", got)
 	}
 }

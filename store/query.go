@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -21,14 +22,47 @@ import (
 // Raw SQL sees the whole database: kv(key, value), blob(id, size, sha256, data, metadata) where data is
 // NULL for bytes kept in payload files, payload, kv_index, kv_index_entry, schema_migrations and the
 // tables of layered packages (the registry). See DESIGN.md.
+//
+// With QueryWrites a statement first runs on a read-only connection all the same, and only one that
+// SQLite refuses there as a write (before it produced anything) runs again on the writable
+// connection: that one holds the write lock for as long as it runs, and a SELECT streaming a big
+// result to a slow client must not stop every writer in the meantime.
 func (db *DB) Query(ctx context.Context, sql string, fn func(columns []string, row []any) error) error {
+	return db.rawQuery(ctx, sql, false, fn)
+}
+
+// QueryColumns is Query, except that when the statement produced no rows fn is called once with
+// its columns and a nil row: a client then learns a result's columns without running it twice.
+func (db *DB) QueryColumns(ctx context.Context, sql string, fn func(columns []string, row []any) error) error {
+	return db.rawQuery(ctx, sql, true, fn)
+}
+
+func (db *DB) rawQuery(ctx context.Context, sql string, emptyColumns bool, fn func(columns []string, row []any) error) error {
 	if err := db.checkOpen(); err != nil {
 		return err
 	}
 	if _, err := oneStatement(sql); err != nil {
 		return err
 	}
-	conn, release, err := db.queryConn(ctx)
+	if !db.opts.QueryWrites {
+		return db.query(ctx, false, sql, emptyColumns, fn)
+	}
+	called := false
+	err := db.query(ctx, false, sql, emptyColumns, func(columns []string, row []any) error {
+		called = true
+		return fn(columns, row)
+	})
+	if called || !errors.Is(err, ErrReadOnly) {
+		return err
+	}
+	// A read-only connection cannot have written anything: run the write for real.
+	return db.query(ctx, true, sql, emptyColumns, fn)
+}
+
+// query runs one statement of raw SQL on a read-only or (write) a writable connection; with
+// emptyColumns a statement that ends without rows reports its columns with a nil row.
+func (db *DB) query(ctx context.Context, write bool, sql string, emptyColumns bool, fn func(columns []string, row []any) error) error {
+	conn, release, err := db.queryConn(ctx, write)
 	if err != nil {
 		return err
 	}
@@ -47,6 +81,7 @@ func (db *DB) Query(ctx context.Context, sql string, fn func(columns []string, r
 	for i := range vals {
 		ptrs[i] = &vals[i]
 	}
+	n := 0
 	for rows.Next() {
 		if err := rows.Scan(ptrs...); err != nil {
 			return mapErr(err)
@@ -58,8 +93,15 @@ func (db *DB) Query(ctx context.Context, sql string, fn func(columns []string, r
 		if err := fn(cols, row); err != nil {
 			return err
 		}
+		n++
 	}
-	return rawErr(rows.Err())
+	if err := rows.Err(); err != nil {
+		return rawErr(err)
+	}
+	if n == 0 && emptyColumns {
+		return fn(cols, nil)
+	}
+	return nil
 }
 
 // oneStatement refuses SQL holding more than one statement: SQLite would run them all but report
@@ -141,12 +183,13 @@ func normalize(v any) any {
 	return v
 }
 
-// queryConn returns a connection for raw SQL: read-only normally; with QueryWrites a writable one
-// held under writeLock (so raw writes serialize with group commit and client transactions).
-func (db *DB) queryConn(ctx context.Context) (*sql.Conn, func(), error) {
+// queryConn returns a connection for raw SQL: a read-only one, or (write, which needs QueryWrites) a
+// writable one held under writeLock (so raw writes serialize with group commit and client
+// transactions).
+func (db *DB) queryConn(ctx context.Context, write bool) (*sql.Conn, func(), error) {
 	pool := db.rdb
 	unlock := func() {}
-	if db.opts.QueryWrites {
+	if write && db.opts.QueryWrites {
 		select {
 		case db.writeLock <- struct{}{}:
 		case <-ctx.Done():
@@ -277,7 +320,7 @@ func (db *DB) Execute(ctx context.Context, sql string) (int64, error) {
 	if n == 0 {
 		return 0, nil // blanks and comments: nothing to run (the driver has no result to report)
 	}
-	conn, release, err := db.queryConn(ctx)
+	conn, release, err := db.queryConn(ctx, true)
 	if err != nil {
 		return 0, err
 	}

@@ -330,3 +330,70 @@ func TestDB_QueryTempObjects(t *testing.T) {
 		})
 	}
 }
+
+// TestDB_QueryWritesSelectDoesNotBlockWriters: with QueryWrites, a SELECT still runs on a read-only
+// connection; only writes take the write lock. A result streamed to a slow (or stalled) client must
+// not stop every other writer for as long as it streams.
+func TestDB_QueryWritesSelectDoesNotBlockWriters(t *testing.T) {
+	db := openDB(t, store.Options{QueryWrites: true})
+	release := make(chan struct{})
+	started := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		first := true
+		done <- db.Query(ctx, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000) SELECT x FROM c",
+			func([]string, []any) error {
+				if first {
+					first = false
+					close(started)
+					<-release // the stalled client
+				}
+				return nil
+			})
+	}()
+	<-started
+	c, cancel := context.WithTimeout(ctx, 30*time.Second) // safety net only
+	defer cancel()
+	if err := db.Set(c, "", "k", "v"); err != nil {
+		t.Fatalf("Set while a SELECT streams: %v", err)
+	}
+	if n, err := db.Execute(c, "INSERT INTO kv VALUES ('x', '1')"); err != nil || n != 1 {
+		t.Fatalf("Execute while a SELECT streams: %d, %v", n, err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// Writes through Query still run, once, on the writable connection.
+	var got []any
+	err := db.Query(ctx, "INSERT INTO kv VALUES ('r', '1') RETURNING key", func(_ []string, row []any) error { got = append(got, row...); return nil })
+	if err != nil || fmt.Sprint(got) != "[r]" {
+		t.Fatalf("INSERT … RETURNING through Query = %v, %v", got, err)
+	}
+	if err := db.Query(ctx, "DELETE FROM kv WHERE key = 'r'", func([]string, []any) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Get(ctx, "", "r"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("r after DELETE through Query: %v", err)
+	}
+}
+
+func TestDB_QueryColumns(t *testing.T) {
+	db := openDB(t, store.Options{})
+	var calls []string
+	err := db.QueryColumns(ctx, "SELECT key AS k, value FROM kv WHERE 0", func(cols []string, row []any) error {
+		calls = append(calls, fmt.Sprint(cols, row == nil))
+		return nil
+	})
+	if err != nil || fmt.Sprint(calls) != "[[k value] true]" {
+		t.Fatalf("empty result: calls %v, %v; want one with the columns and a nil row", calls, err)
+	}
+	calls = nil
+	err = db.QueryColumns(ctx, "SELECT 1 AS one", func(cols []string, row []any) error {
+		calls = append(calls, fmt.Sprint(cols, row))
+		return nil
+	})
+	if err != nil || fmt.Sprint(calls) != "[[one] [1]]" {
+		t.Fatalf("one row: calls %v, %v; want just the row", calls, err)
+	}
+}

@@ -215,7 +215,7 @@ func (tx *Tx) Find(index, value string, limit int, fn func(key, value string) er
 	if err := tx.check(false); err != nil {
 		return err
 	}
-	return find(tx.ctx, tx.q, index, value, limit, fn)
+	return find(tx.ctx, tx.q, index, value, limit, nil, func(h Hit) error { return fn(h.Key, h.Value) })
 }
 
 // FindRange calls fn for keys whose indexed value is within r (see DB.FindRange).
@@ -223,5 +223,5 @@ func (tx *Tx) FindRange(index string, r Range, fn func(key, value string) error)
 	if err := tx.check(false); err != nil {
 		return err
 	}
-	return findRange(tx.ctx, tx.q, index, r, fn)
+	return findRange(tx.ctx, tx.q, index, r, func(h Hit) error { return fn(h.Key, h.Value) })
 }

@@ -150,6 +150,18 @@ func cliSuite(t *testing.T, base ...string) {
 		if r := must(t, exitOK, "", a("index", "range", "n", "--ge", "3", "--desc", "--values")...); r.stdout != "m:b\t{\"fw\":\"tflite\",\"n\":20}\nm:a\t{\"fw\":\"onnx\",\"n\":3}\n" {
 			t.Fatalf("range = %q", r.stdout)
 		}
+		// Paging: the last line printed with --indexed is where the next page starts.
+		must(t, exitOK, "", a("kv", "set", "m:c", `{"fw":"onnx","n":3}`)...)
+		if r := must(t, exitOK, "", a("index", "range", "n", "--limit", "1", "--indexed")...); r.stdout != "3\tm:a\n" {
+			t.Fatalf("range page 1 = %q", r.stdout)
+		}
+		if r := must(t, exitOK, "", a("index", "range", "n", "--limit", "1", "--indexed", "--after-value", "3", "--after-key", "m:a")...); r.stdout != "3\tm:c\n" {
+			t.Fatalf("range page 2 = %q", r.stdout)
+		}
+		if r := must(t, exitOK, "", a("index", "find", "fw", "onnx", "--after", "m:a")...); r.stdout != "m:c\n" {
+			t.Fatalf("find --after = %q", r.stdout)
+		}
+		must(t, exitUsage, "", a("index", "range", "n", "--after-key", "m:a")...)
 		if r := must(t, exitOK, "", a("index", "ls")...); !strings.Contains(r.stdout, "btree") || !strings.Contains(r.stdout, "$.fw") {
 			t.Fatalf("ls = %q", r.stdout)
 		}
@@ -220,6 +232,12 @@ func TestCLI_Usage(t *testing.T) {
 		{"kv", "get", "--bogus-flag", "k"},
 		{"blob", "store"},
 		{"run", "extra-arg"},
+		// gRPC strings must be UTF-8: a usage error naming the argument, not a marshaling failure.
+		{"kv", "set", "k", "v\xffw"},
+		{"kv", "get", "k\xff"},
+		{"index", "find", "ix", "\xff"},
+		{"index", "range", "ix", "--ge", "\xff"},
+		{"query", "SELECT '\xff'"},
 	} {
 		r := must(t, exitUsage, "", append([]string{"--data-dir", dir}, args...)...)
 		if !strings.HasPrefix(r.stderr, "buffdbd: ") {

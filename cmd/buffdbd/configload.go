@@ -116,7 +116,7 @@ var configKeys = []configKey{
 		field: func(c *Config) any { return &c.HuggingFace.Token }},
 	{name: "huggingface.concurrency", usage: "files downloaded in parallel",
 		field: func(c *Config) any { return &c.HuggingFace.Concurrency }},
-	{name: "huggingface.rate_limit", usage: "download bandwidth cap in bytes per second (e.g. 2MiB); 0 unlimited",
+	{name: "huggingface.rate_limit", usage: "download bandwidth cap in bytes per second over all fetches (e.g. 2MiB); 0 unlimited",
 		field: func(c *Config) any { return &c.HuggingFace.RateLimit }},
 	{name: "huggingface.offline", usage: "never contact the Hub; resolve from the local cache",
 		field: func(c *Config) any { return &c.HuggingFace.Offline }},

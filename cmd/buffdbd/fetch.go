@@ -19,6 +19,7 @@ import (
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -225,6 +226,13 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 		cacheDir = filepath.Join(cfg.DataDir, "cache")
 	}
 	ua := "buffdbd/" + firstNonEmpty(readBuildInfo().Version, "devel")
+	// huggingface.rate_limit caps the bandwidth of all fetches together: it is there to leave the
+	// device's link to its other traffic, which a limit per fetch would not do once several run.
+	// The burst admits one full read buffer (1 MiB, the engine's default).
+	var shared *rate.Limiter
+	if cfg.HuggingFace.RateLimit > 0 {
+		shared = rate.NewLimiter(rate.Limit(cfg.HuggingFace.RateLimit), 1<<20)
+	}
 	return func(req *registrypb.FetchRequest) (*huggingface.Fetcher, error) {
 		hf := cfg.HuggingFace
 		endpoint := firstNonEmpty(req.GetEndpoint(), hf.Endpoint, huggingface.DefaultEndpoint)
@@ -248,16 +256,13 @@ func fetcherFactory(ctx context.Context, reg *registry.Service, cfg Config, log 
 		if req.GetConcurrency() > 0 {
 			conc = int(req.GetConcurrency())
 		}
-		rate := int64(hf.RateLimit)
-		if req.GetMaxRate() > 0 {
-			rate = int64(req.GetMaxRate())
-		}
 		f, err := huggingface.New(reg, huggingface.Options{
 			Client: huggingface.ClientOptions{
 				Endpoint: endpoint,
 				Token:    token, UserAgent: ua, Observer: obs,
 			},
-			Engine:   huggingface.EngineOptions{Concurrency: conc, MaxRate: rate},
+			// A request's own rate limits that fetch further; it cannot lift the shared cap.
+			Engine:   huggingface.EngineOptions{Concurrency: conc, MaxRate: int64(req.GetMaxRate()), SharedRate: shared},
 			CacheDir: filepath.Join(cacheDir, "hf"),
 			Observer: obs,
 			Logger:   log.With("component", "fetch"),
@@ -407,6 +412,11 @@ type fetchProgress struct {
 // nothing until warmed up.
 const ewmaAge = 30
 
+// maxFileBars caps the per-file lines on a terminal: with up to 256 connections more files can be
+// arriving at once than a terminal has lines, and mpb redraws every line at each refresh. The
+// overall bar counts them all.
+const maxFileBars = 16
+
 // plainInterval spaces progress lines when stderr is not a terminal: often enough to show life in
 // a journal, rarely enough not to flood it.
 const plainInterval = 5 * time.Second
@@ -441,11 +451,18 @@ func (fp *fetchProgress) update(p huggingface.Progress) {
 				mpb.AppendDecorators(decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", ewmaAge), decor.Name(" ETA "), decor.EwmaETA(decor.ET_STYLE_GO, ewmaAge)))
 		}
 		fp.total.EwmaSetCurrent(p.DoneBytes, 500*time.Millisecond)
+		for path, b := range fp.bars {
+			if b.Completed() {
+				delete(fp.bars, path) // off the screen already (BarRemoveOnComplete)
+			}
+		}
 		for _, f := range p.Files {
 			b := fp.bars[f.Path]
 			if b == nil {
-				if f.Done >= f.Size && f.Size > 0 {
-					continue // already complete from an earlier run: no line needed
+				// A line only for a file that is arriving: not for the thousands of a repository
+				// of small files still waiting for a connection, nor one complete already.
+				if f.Done == 0 || f.Done >= f.Size || len(fp.bars) >= maxFileBars {
+					continue
 				}
 				b = fp.p.AddBar(f.Size, mpb.BarRemoveOnComplete(),
 					mpb.PrependDecorators(decor.Name("  "+f.Path+" ", decor.WCSyncSpaceR), decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")),

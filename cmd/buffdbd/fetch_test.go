@@ -4,9 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/vbauerster/mpb/v8"
+
+	"github.com/buffdb/buffdbd/huggingface"
 	"github.com/buffdb/buffdbd/huggingface/hubtest"
 )
 
@@ -212,5 +218,85 @@ func TestFetchCmd_DaemonTokenStaysOnItsEndpoint(t *testing.T) {
 	}
 	if seen := tokensSeen(hubs["other"]); seen["Bearer hf_operator"] || !seen["Bearer hf_client"] {
 		t.Fatalf("another endpoint saw Authorization %v, want only the client's token", seen)
+	}
+}
+
+// TestFetchProgress_ManySmallFiles: on a terminal, a repository of thousands of small files shows
+// lines only for the files being downloaded, not one for every file still waiting its turn.
+func TestFetchProgress_ManySmallFiles(t *testing.T) {
+	var term bytes.Buffer
+	fp := newFetchProgress(&term, io.Discard, false)
+	fp.tty, fp.p = true, mpb.New(mpb.WithOutput(&term), mpb.WithWidth(80))
+	p := huggingface.Progress{Phase: "downloading", Repo: "org/model", Revision: "main", TotalBytes: 3000 * 100}
+	for i := range 3000 {
+		f := huggingface.FileProgress{Path: fmt.Sprintf("shards/f%04d.txt", i), Size: 100}
+		switch {
+		case i < 100:
+			f.Done = 100 // done
+		case i < 108:
+			f.Done = 50 // downloading
+		}
+		p.Files = append(p.Files, f)
+		p.DoneBytes += f.Done
+	}
+	fp.update(p)
+	live := 0
+	for _, b := range fp.bars {
+		if !b.Completed() {
+			live++
+		}
+	}
+	fp.finish()
+	if live > maxFileBars {
+		t.Fatalf("%d per-file progress lines for 8 files downloading, want at most %d", live, maxFileBars)
+	}
+}
+
+// TestFetchCmd_RateLimitCapsAllFetches: huggingface.rate_limit leaves the device's link to its
+// other traffic, so it caps the daemon's fetches together, and a request's --max-rate (here higher)
+// cannot lift it. Two fetches of 1 MiB at a 512 KiB/s cap need at least 2 s once the 1 MiB burst is
+// spent; with a limit per fetch (or the request's) each fits in its own burst and both finish at once.
+func TestFetchCmd_RateLimitCapsAllFetches(t *testing.T) {
+	for _, k := range []string{"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "BUFFDBD_CONFIG"} {
+		t.Setenv(k, "")
+	}
+	hub := hubtest.New()
+	t.Cleanup(hub.Close)
+	for i, repo := range []string{"org/a", "org/b"} {
+		hub.AddRepo(repo, hubtest.RepoOptions{})
+		hub.Commit(repo, "main", []hubtest.FileSpec{{Path: "w.bin", Content: hubtest.Random(uint64(10+i), 1<<20), LFS: true}})
+	}
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.DataDir = dir
+	cfg.GRPC.Listen = []string{"127.0.0.1:0"}
+	cfg.HTTP.Listen = ""
+	cfg.HuggingFace.Endpoint = hub.Endpoint()
+	cfg.HuggingFace.RateLimit = 512 << 10
+	m := NewMain(cfg, nil)
+	if err := m.Open(context.Background()); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { m.Close(context.Background()) })
+
+	start := time.Now()
+	errs := make(chan string, 2)
+	for _, args := range [][]string{{"hf:org/a"}, {"hf:org/b", "--max-rate", "100MB"}} {
+		go func() {
+			code, out, errw := runCLI(t, append([]string{"--data-dir", dir, "fetch"}, args...)...)
+			if code != exitOK {
+				errs <- fmt.Sprintf("fetch %v: exit %d\n%s%s", args, code, out, errw)
+				return
+			}
+			errs <- ""
+		}()
+	}
+	for range 2 {
+		if msg := <-errs; msg != "" {
+			t.Fatal(msg)
+		}
+	}
+	if took := time.Since(start); took < 1500*time.Millisecond {
+		t.Fatalf("2 MiB fetched in %v under a 512 KiB/s cap with a 1 MiB burst; want ≥ 2 s", took)
 	}
 }

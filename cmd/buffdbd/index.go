@@ -28,7 +28,7 @@ func newIndexCreateCmd(g *globalFlags) *cobra.Command {
 		Short: "Create an index and backfill it from existing keys; prints how many keys it indexed",
 		Example: `  buffdbd index create by-framework --json-path '$.framework' --prefix 'model:'
   buffdbd index create by-size --type btree --kind number --json-path '$.size'`,
-		Args: exactArgs(1),
+		Args: textArgs(exactArgs(1)),
 		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
 			def := &indexpb.IndexDefinition{Name: args[0], Unique: unique, JsonPath: jsonPath, KeyPrefix: prefix}
 			switch typ {
@@ -66,7 +66,7 @@ func newIndexCreateCmd(g *globalFlags) *cobra.Command {
 
 func newIndexDropCmd(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
-		Use: "drop <NAME>", Short: "Drop an index", Args: exactArgs(1),
+		Use: "drop <NAME>", Short: "Drop an index", Args: textArgs(exactArgs(1)),
 		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
 			_, err := c.DropIndex(cmd.Context(), &indexpb.DropIndexRequest{Name: args[0]})
 			return err
@@ -103,34 +103,43 @@ func orDash(s string) string {
 func newIndexFindCmd(g *globalFlags) *cobra.Command {
 	var limit uint64
 	var values bool
+	var after string
 	cmd := &cobra.Command{
-		Use: "find <NAME> <VALUE>", Short: "Print the keys whose indexed value equals VALUE", Args: exactArgs(2),
+		Use: "find <NAME> <VALUE>", Short: "Print the keys whose indexed value equals VALUE, in key order", Args: textArgs(exactArgs(2)),
 		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
-			s, err := c.Find(cmd.Context(), &indexpb.FindRequest{Index: args[0], Value: args[1], Limit: limit})
+			req := &indexpb.FindRequest{Index: args[0], Value: args[1], Limit: limit}
+			if cmd.Flags().Changed("after") {
+				req.AfterKey = &after
+			}
+			s, err := c.Find(cmd.Context(), req)
 			if err != nil {
 				return err
 			}
-			return printKeys(cmd.OutOrStdout(), s, values)
+			return printKeys(cmd.OutOrStdout(), s, values, false)
 		}),
 	}
 	cmd.Flags().Uint64Var(&limit, "limit", 0, "print at most this many keys (0: all)")
 	cmd.Flags().BoolVar(&values, "values", false, "print each key's value after a tab")
+	cmd.Flags().StringVar(&after, "after", "", "only keys after this one (the last key of the previous page)")
 	return cmd
 }
 
 func newIndexRangeCmd(g *globalFlags) *cobra.Command {
-	var gt, ge, lt, le string
+	var gt, ge, lt, le, afterValue, afterKey string
 	var limit uint64
-	var desc, values bool
+	var desc, values, indexed bool
 	cmd := &cobra.Command{
 		Use:     "range <NAME>",
 		Short:   "Print keys whose indexed value is within bounds (btree indexes), in value order",
 		Example: `  buffdbd index range by-size --ge 100 --lt 1000 --limit 10`,
-		Args:    exactArgs(1),
+		Args:    textArgs(exactArgs(1)),
 		RunE: withClient(g, indexpb.NewIndexClient, func(cmd *cobra.Command, c indexpb.IndexClient, args []string) error {
 			fl := cmd.Flags()
 			if fl.Changed("gt") && fl.Changed("ge") || fl.Changed("lt") && fl.Changed("le") {
 				return usagef("give at most one lower bound (--gt/--ge) and one upper bound (--lt/--le)")
+			}
+			if fl.Changed("after-value") != fl.Changed("after-key") {
+				return usagef("give both --after-value and --after-key (from the last line of the previous page, printed with --indexed)")
 			}
 			req := &indexpb.FindRangeRequest{Index: args[0], Limit: limit, Descending: desc}
 			switch {
@@ -145,11 +154,14 @@ func newIndexRangeCmd(g *globalFlags) *cobra.Command {
 			case fl.Changed("le"):
 				req.Upper = &indexpb.Bound{Value: le, Inclusive: true}
 			}
+			if fl.Changed("after-key") {
+				req.After = &indexpb.Cursor{IndexedValue: afterValue, Key: afterKey}
+			}
 			s, err := c.FindRange(cmd.Context(), req)
 			if err != nil {
 				return err
 			}
-			return printKeys(cmd.OutOrStdout(), s, values)
+			return printKeys(cmd.OutOrStdout(), s, values, indexed)
 		}),
 	}
 	fl := cmd.Flags()
@@ -159,12 +171,16 @@ func newIndexRangeCmd(g *globalFlags) *cobra.Command {
 	fl.StringVar(&le, "le", "", "upper bound, inclusive")
 	fl.Uint64Var(&limit, "limit", 0, "print at most this many keys (0: all)")
 	fl.BoolVar(&desc, "desc", false, "highest values first")
+	fl.BoolVar(&indexed, "indexed", false, "print each key's indexed value before it, after a tab")
+	fl.StringVar(&afterValue, "after-value", "", "resume after this indexed value (with --after-key)")
+	fl.StringVar(&afterKey, "after-key", "", "resume after this key at --after-value (the previous page's last key)")
 	fl.BoolVar(&values, "values", false, "print each key's value after a tab")
 	return cmd
 }
 
-// printKeys streams keys (and optionally values) as the server sends them.
-func printKeys(w io.Writer, s grpc.ServerStreamingClient[indexpb.FindResponse], values bool) error {
+// printKeys streams keys as the server sends them, optionally preceded by their indexed value and
+// followed by their value (tab-separated).
+func printKeys(w io.Writer, s grpc.ServerStreamingClient[indexpb.FindResponse], values, indexed bool) error {
 	out := bufio.NewWriter(w)
 	defer out.Flush()
 	for {
@@ -174,6 +190,9 @@ func printKeys(w io.Writer, s grpc.ServerStreamingClient[indexpb.FindResponse], 
 		}
 		if err != nil {
 			return err
+		}
+		if indexed {
+			fmt.Fprintf(out, "%s\t", r.GetIndexedValue())
 		}
 		if values {
 			fmt.Fprintf(out, "%s\t%s\n", r.GetKey(), r.GetValue())

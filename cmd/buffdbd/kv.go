@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -15,7 +17,7 @@ func newKVCmd(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "kv", Short: "Get, set, delete and compare key-value pairs"}
 	cmd.AddCommand(
 		&cobra.Command{
-			Use: "get <KEY>", Short: "Print the value of KEY", Args: exactArgs(1),
+			Use: "get <KEY>", Short: "Print the value of KEY", Args: textArgs(exactArgs(1)),
 			RunE: withClient(g, kvpb.NewKvClient, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
 				resp, err := roundTrip(cmd.Context(), c.Get, &kvpb.GetRequest{Key: args[0]})
 				if err != nil {
@@ -26,21 +28,21 @@ func newKVCmd(g *globalFlags) *cobra.Command {
 			}),
 		},
 		&cobra.Command{
-			Use: "set <KEY> <VALUE>", Short: "Store VALUE under KEY", Args: exactArgs(2),
+			Use: "set <KEY> <VALUE>", Short: "Store VALUE under KEY", Args: textArgs(exactArgs(2)),
 			RunE: withClient(g, kvpb.NewKvClient, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
 				_, err := roundTrip(cmd.Context(), c.Set, &kvpb.SetRequest{Key: args[0], Value: args[1]})
 				return err
 			}),
 		},
 		&cobra.Command{
-			Use: "delete <KEY>", Short: "Delete KEY", Args: exactArgs(1),
+			Use: "delete <KEY>", Short: "Delete KEY", Args: textArgs(exactArgs(1)),
 			RunE: withClient(g, kvpb.NewKvClient, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
 				_, err := roundTrip(cmd.Context(), c.Delete, &kvpb.DeleteRequest{Key: args[0]})
 				return err
 			}),
 		},
 		&cobra.Command{
-			Use: "eq <KEY>...", Short: "Exit 0 if every KEY has the same value, 1 if not", Args: minArgs(1),
+			Use: "eq <KEY>...", Short: "Exit 0 if every KEY has the same value, 1 if not", Args: textArgs(minArgs(1)),
 			RunE: withClient(g, kvpb.NewKvClient, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
 				return checkResult(cmd)(sendAll(cmd.Context(), c.Eq, args, func(k string) *kvpb.EqRequest {
 					return &kvpb.EqRequest{Key: k}
@@ -48,7 +50,7 @@ func newKVCmd(g *globalFlags) *cobra.Command {
 			}),
 		},
 		&cobra.Command{
-			Use: "not-eq <KEY>...", Short: "Exit 0 if the KEYs' values are pairwise different, 1 if not", Args: minArgs(1),
+			Use: "not-eq <KEY>...", Short: "Exit 0 if the KEYs' values are pairwise different, 1 if not", Args: textArgs(minArgs(1)),
 			RunE: withClient(g, kvpb.NewKvClient, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
 				return checkResult(cmd)(sendAll(cmd.Context(), c.NotEq, args, func(k string) *kvpb.NotEqRequest {
 					return &kvpb.NotEqRequest{Key: k}
@@ -108,5 +110,29 @@ func checkResult(cmd *cobra.Command) func(ok bool, err error) error {
 			return errFalse
 		}
 		return nil
+	}
+}
+
+// textArgs wraps an argument validator for commands whose arguments and flags travel as protobuf
+// strings (keys, values, index names, SQL): those must be UTF-8, and the gRPC client would fail
+// with an "error while marshaling" that points at the daemon's log instead of at the argument.
+func textArgs(next cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := next(cmd, args); err != nil {
+			return err
+		}
+		for i, a := range args {
+			if !utf8.ValidString(a) {
+				return usagef("argument %d (%q) is not valid UTF-8; keys, values, names and SQL must be", i+1, a)
+			}
+		}
+		var err error
+		local := cmd.LocalFlags() // not the global ones: --data-dir and friends are paths, any bytes
+		cmd.Flags().Visit(func(f *pflag.Flag) {
+			if err == nil && local.Lookup(f.Name) != nil && f.Value.Type() == "string" && !utf8.ValidString(f.Value.String()) {
+				err = usagef("--%s (%q) is not valid UTF-8", f.Name, f.Value.String())
+			}
+		})
+		return err
 	}
 }

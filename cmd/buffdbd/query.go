@@ -35,7 +35,7 @@ func newQueryCmd(g *globalFlags) *cobra.Command {
 a JSON array of objects (--json) or CSV with a header line (--csv). The Query service is read-only
 unless the daemon runs with --query-writes; --execute runs a statement through Execute and prints
 the number of rows changed.`,
-		Args: exactArgs(1),
+		Args: textArgs(exactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if f.json && f.csv {
 				return usagef("--json and --csv exclude each other")

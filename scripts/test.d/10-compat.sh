@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # BuffDB client compatibility: starts a real buffdbd on a temporary data directory, listening on a
 # free port on both [::1] and 127.0.0.1 (as BuffDB's clients use both forms), then runs the Node
-# (@grpc/grpc-js) and Python (Debian's python3-grpcio) clients in tests/compat against each address.
+# (@grpc/grpc-js) and Python (Debian's python3-grpcio) clients in tests/compat against each address:
+# BuffDB's examples, then (semantics.py) transactions, indexes and the Query service's Any mapping.
 # Exits non-zero if any client fails or the daemon does not shut down cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -42,6 +43,7 @@ fail=0
 for a in "${addrs[@]}"; do
   node tests/compat/node/compat.js "$a" || fail=1
   /usr/bin/python3 tests/compat/python/compat.py "$a" || fail=1
+  /usr/bin/python3 tests/compat/python/semantics.py "$a" || fail=1
 done
 
 # The CLI reaches the same daemon over the data directory's socket and sees the clients' writes.

@@ -459,6 +459,8 @@ type FindRequest struct {
 	// limit caps the keys returned; 0 means no limit.
 	Limit         uint64  `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	TransactionId *string `protobuf:"bytes,4,opt,name=transaction_id,json=transactionId,proto3,oneof" json:"transaction_id,omitempty"`
+	// after_key resumes a paged Find: only keys after it (the previous page's last key) are returned.
+	AfterKey      *string `protobuf:"bytes,5,opt,name=after_key,json=afterKey,proto3,oneof" json:"after_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -521,6 +523,13 @@ func (x *FindRequest) GetTransactionId() string {
 	return ""
 }
 
+func (x *FindRequest) GetAfterKey() string {
+	if x != nil && x.AfterKey != nil {
+		return *x.AfterKey
+	}
+	return ""
+}
+
 type Bound struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Value         string                 `protobuf:"bytes,1,opt,name=value,proto3" json:"value,omitempty"`
@@ -573,6 +582,59 @@ func (x *Bound) GetInclusive() bool {
 	return false
 }
 
+// Cursor is a position in FindRange's order (indexed value, then key).
+type Cursor struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	IndexedValue  string                 `protobuf:"bytes,1,opt,name=indexed_value,json=indexedValue,proto3" json:"indexed_value,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Cursor) Reset() {
+	*x = Cursor{}
+	mi := &file_index_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Cursor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Cursor) ProtoMessage() {}
+
+func (x *Cursor) ProtoReflect() protoreflect.Message {
+	mi := &file_index_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Cursor.ProtoReflect.Descriptor instead.
+func (*Cursor) Descriptor() ([]byte, []int) {
+	return file_index_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Cursor) GetIndexedValue() string {
+	if x != nil {
+		return x.IndexedValue
+	}
+	return ""
+}
+
+func (x *Cursor) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
 type FindRangeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Index string                 `protobuf:"bytes,1,opt,name=index,proto3" json:"index,omitempty"`
@@ -582,13 +644,17 @@ type FindRangeRequest struct {
 	Limit         uint64  `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
 	Descending    bool    `protobuf:"varint,5,opt,name=descending,proto3" json:"descending,omitempty"`
 	TransactionId *string `protobuf:"bytes,6,opt,name=transaction_id,json=transactionId,proto3,oneof" json:"transaction_id,omitempty"`
+	// after resumes a paged FindRange: only entries after this position in the result order (the
+	// previous page's last indexed_value and key). Keys sharing an indexed value are neither lost
+	// nor repeated across pages, which moving a bound cannot do.
+	After         *Cursor `protobuf:"bytes,7,opt,name=after,proto3,oneof" json:"after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FindRangeRequest) Reset() {
 	*x = FindRangeRequest{}
-	mi := &file_index_proto_msgTypes[9]
+	mi := &file_index_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +666,7 @@ func (x *FindRangeRequest) String() string {
 func (*FindRangeRequest) ProtoMessage() {}
 
 func (x *FindRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_index_proto_msgTypes[9]
+	mi := &file_index_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +679,7 @@ func (x *FindRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindRangeRequest.ProtoReflect.Descriptor instead.
 func (*FindRangeRequest) Descriptor() ([]byte, []int) {
-	return file_index_proto_rawDescGZIP(), []int{9}
+	return file_index_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FindRangeRequest) GetIndex() string {
@@ -658,18 +724,28 @@ func (x *FindRangeRequest) GetTransactionId() string {
 	return ""
 }
 
+func (x *FindRangeRequest) GetAfter() *Cursor {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
 type FindResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// value is the key's current value (saves a Get per key).
-	Value         string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Value string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// indexed_value is what the index holds for the key: the string, or the number in its shortest
+	// exact form ("10", "2.5", "+Inf"). With key it is the cursor to resume after this entry.
+	IndexedValue  string `protobuf:"bytes,3,opt,name=indexed_value,json=indexedValue,proto3" json:"indexed_value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FindResponse) Reset() {
 	*x = FindResponse{}
-	mi := &file_index_proto_msgTypes[10]
+	mi := &file_index_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +757,7 @@ func (x *FindResponse) String() string {
 func (*FindResponse) ProtoMessage() {}
 
 func (x *FindResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_index_proto_msgTypes[10]
+	mi := &file_index_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +770,7 @@ func (x *FindResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindResponse.ProtoReflect.Descriptor instead.
 func (*FindResponse) Descriptor() ([]byte, []int) {
-	return file_index_proto_rawDescGZIP(), []int{10}
+	return file_index_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FindResponse) GetKey() string {
@@ -707,6 +783,13 @@ func (x *FindResponse) GetKey() string {
 func (x *FindResponse) GetValue() string {
 	if x != nil {
 		return x.Value
+	}
+	return ""
+}
+
+func (x *FindResponse) GetIndexedValue() string {
+	if x != nil {
+		return x.IndexedValue
 	}
 	return ""
 }
@@ -734,16 +817,22 @@ const file_index_proto_rawDesc = "" +
 	"\x11DropIndexResponse\"\x14\n" +
 	"\x12ListIndexesRequest\"N\n" +
 	"\x13ListIndexesResponse\x127\n" +
-	"\aindexes\x18\x01 \x03(\v2\x1d.buffdb.index.IndexDefinitionR\aindexes\"\x8e\x01\n" +
+	"\aindexes\x18\x01 \x03(\v2\x1d.buffdb.index.IndexDefinitionR\aindexes\"\xbe\x01\n" +
 	"\vFindRequest\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\tR\x05index\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x14\n" +
 	"\x05limit\x18\x03 \x01(\x04R\x05limit\x12*\n" +
-	"\x0etransaction_id\x18\x04 \x01(\tH\x00R\rtransactionId\x88\x01\x01B\x11\n" +
-	"\x0f_transaction_id\";\n" +
+	"\x0etransaction_id\x18\x04 \x01(\tH\x00R\rtransactionId\x88\x01\x01\x12 \n" +
+	"\tafter_key\x18\x05 \x01(\tH\x01R\bafterKey\x88\x01\x01B\x11\n" +
+	"\x0f_transaction_idB\f\n" +
+	"\n" +
+	"_after_key\";\n" +
 	"\x05Bound\x12\x14\n" +
 	"\x05value\x18\x01 \x01(\tR\x05value\x12\x1c\n" +
-	"\tinclusive\x18\x02 \x01(\bR\tinclusive\"\x91\x02\n" +
+	"\tinclusive\x18\x02 \x01(\bR\tinclusive\"?\n" +
+	"\x06Cursor\x12#\n" +
+	"\rindexed_value\x18\x01 \x01(\tR\findexedValue\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"\xcc\x02\n" +
 	"\x10FindRangeRequest\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\tR\x05index\x12.\n" +
 	"\x05lower\x18\x02 \x01(\v2\x13.buffdb.index.BoundH\x00R\x05lower\x88\x01\x01\x12.\n" +
@@ -752,13 +841,16 @@ const file_index_proto_rawDesc = "" +
 	"\n" +
 	"descending\x18\x05 \x01(\bR\n" +
 	"descending\x12*\n" +
-	"\x0etransaction_id\x18\x06 \x01(\tH\x02R\rtransactionId\x88\x01\x01B\b\n" +
+	"\x0etransaction_id\x18\x06 \x01(\tH\x02R\rtransactionId\x88\x01\x01\x12/\n" +
+	"\x05after\x18\a \x01(\v2\x14.buffdb.index.CursorH\x03R\x05after\x88\x01\x01B\b\n" +
 	"\x06_lowerB\b\n" +
 	"\x06_upperB\x11\n" +
-	"\x0f_transaction_id\"6\n" +
+	"\x0f_transaction_idB\b\n" +
+	"\x06_after\"[\n" +
 	"\fFindResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value* \n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12#\n" +
+	"\rindexed_value\x18\x03 \x01(\tR\findexedValue* \n" +
 	"\tIndexType\x12\b\n" +
 	"\x04HASH\x10\x00\x12\t\n" +
 	"\x05BTREE\x10\x01*#\n" +
@@ -787,7 +879,7 @@ func file_index_proto_rawDescGZIP() []byte {
 }
 
 var file_index_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_index_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_index_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_index_proto_goTypes = []any{
 	(IndexType)(0),              // 0: buffdb.index.IndexType
 	(ValueKind)(0),              // 1: buffdb.index.ValueKind
@@ -800,8 +892,9 @@ var file_index_proto_goTypes = []any{
 	(*ListIndexesResponse)(nil), // 8: buffdb.index.ListIndexesResponse
 	(*FindRequest)(nil),         // 9: buffdb.index.FindRequest
 	(*Bound)(nil),               // 10: buffdb.index.Bound
-	(*FindRangeRequest)(nil),    // 11: buffdb.index.FindRangeRequest
-	(*FindResponse)(nil),        // 12: buffdb.index.FindResponse
+	(*Cursor)(nil),              // 11: buffdb.index.Cursor
+	(*FindRangeRequest)(nil),    // 12: buffdb.index.FindRangeRequest
+	(*FindResponse)(nil),        // 13: buffdb.index.FindResponse
 }
 var file_index_proto_depIdxs = []int32{
 	0,  // 0: buffdb.index.IndexDefinition.type:type_name -> buffdb.index.IndexType
@@ -810,21 +903,22 @@ var file_index_proto_depIdxs = []int32{
 	2,  // 3: buffdb.index.ListIndexesResponse.indexes:type_name -> buffdb.index.IndexDefinition
 	10, // 4: buffdb.index.FindRangeRequest.lower:type_name -> buffdb.index.Bound
 	10, // 5: buffdb.index.FindRangeRequest.upper:type_name -> buffdb.index.Bound
-	3,  // 6: buffdb.index.Index.CreateIndex:input_type -> buffdb.index.CreateIndexRequest
-	5,  // 7: buffdb.index.Index.DropIndex:input_type -> buffdb.index.DropIndexRequest
-	7,  // 8: buffdb.index.Index.ListIndexes:input_type -> buffdb.index.ListIndexesRequest
-	9,  // 9: buffdb.index.Index.Find:input_type -> buffdb.index.FindRequest
-	11, // 10: buffdb.index.Index.FindRange:input_type -> buffdb.index.FindRangeRequest
-	4,  // 11: buffdb.index.Index.CreateIndex:output_type -> buffdb.index.CreateIndexResponse
-	6,  // 12: buffdb.index.Index.DropIndex:output_type -> buffdb.index.DropIndexResponse
-	8,  // 13: buffdb.index.Index.ListIndexes:output_type -> buffdb.index.ListIndexesResponse
-	12, // 14: buffdb.index.Index.Find:output_type -> buffdb.index.FindResponse
-	12, // 15: buffdb.index.Index.FindRange:output_type -> buffdb.index.FindResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	11, // 6: buffdb.index.FindRangeRequest.after:type_name -> buffdb.index.Cursor
+	3,  // 7: buffdb.index.Index.CreateIndex:input_type -> buffdb.index.CreateIndexRequest
+	5,  // 8: buffdb.index.Index.DropIndex:input_type -> buffdb.index.DropIndexRequest
+	7,  // 9: buffdb.index.Index.ListIndexes:input_type -> buffdb.index.ListIndexesRequest
+	9,  // 10: buffdb.index.Index.Find:input_type -> buffdb.index.FindRequest
+	12, // 11: buffdb.index.Index.FindRange:input_type -> buffdb.index.FindRangeRequest
+	4,  // 12: buffdb.index.Index.CreateIndex:output_type -> buffdb.index.CreateIndexResponse
+	6,  // 13: buffdb.index.Index.DropIndex:output_type -> buffdb.index.DropIndexResponse
+	8,  // 14: buffdb.index.Index.ListIndexes:output_type -> buffdb.index.ListIndexesResponse
+	13, // 15: buffdb.index.Index.Find:output_type -> buffdb.index.FindResponse
+	13, // 16: buffdb.index.Index.FindRange:output_type -> buffdb.index.FindResponse
+	12, // [12:17] is the sub-list for method output_type
+	7,  // [7:12] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_index_proto_init() }
@@ -833,14 +927,14 @@ func file_index_proto_init() {
 		return
 	}
 	file_index_proto_msgTypes[7].OneofWrappers = []any{}
-	file_index_proto_msgTypes[9].OneofWrappers = []any{}
+	file_index_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_index_proto_rawDesc), len(file_index_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
