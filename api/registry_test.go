@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1058,4 +1059,136 @@ func TestRegistry_PushFileHashes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestRegistry_PushFileChanged: a source file rewritten in place (same size) while it is pushed
+// fails the push with ErrChanged naming it, and nothing is published. Before, the push failed with
+// the server's "received bytes do not hash to the offered digest", which did not say why.
+func TestRegistry_PushFileChanged(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	src := t.TempDir()
+	data := randBytes(41, 12<<20)
+	writeFiles(t, src, map[string][]byte{"m.bin": data})
+	path := filepath.Join(src, "m.bin")
+	var once sync.Once
+	_, err := e.client.Push(context.Background(), src, registry.PushOptions{
+		Info: registry.ModelInfo{Name: "m", Version: "v1"},
+		Progress: func(done, total int64) {
+			once.Do(func() { // the first chunk is on its way: rewrite the rest of the file
+				f, err := os.OpenFile(path, os.O_WRONLY, 0)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				f.WriteAt(randBytes(42, 8<<20), 4<<20)
+				f.Close()
+				// A later time than the listing saw, whatever the clock's granularity.
+				later := time.Now().Add(time.Minute)
+				os.Chtimes(path, later, later)
+			})
+		},
+	})
+	if !errors.Is(err, registry.ErrChanged) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("push of a file rewritten midway: err = %v, want ErrChanged naming %s", err, path)
+	}
+	if _, err := e.rpc.Show(context.Background(), &registrypb.ShowRequest{Ref: "m:v1"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("show after the failed push: %v, want NotFound", err)
+	}
+}
+
+// droppingLink relays connections to addr and closes each one once more than after bytes went
+// through it (either way), like a flaky link that loses its connection every few seconds. It
+// returns the address to dial and the count of connections dropped.
+func droppingLink(t testing.TB, addr string, after int64) (string, *atomic.Int32) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var dropped atomic.Int32
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", addr)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			var moved atomic.Int64
+			var once sync.Once
+			drop := func() { once.Do(func() { c.Close(); s.Close() }) }
+			relay := func(dst, src net.Conn) {
+				defer drop()
+				buf := make([]byte, 16<<10)
+				for {
+					k, err := src.Read(buf)
+					if k > 0 {
+						if moved.Add(int64(k)) > after {
+							dropped.Add(1)
+							return
+						}
+						if _, err := dst.Write(buf[:k]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}
+			go relay(s, c)
+			go relay(c, s)
+		}
+	}()
+	return l.Addr().String(), &dropped
+}
+
+// TestRegistry_FlakyLink: over a link that drops every few MB, a push and a pull resume on each
+// new connection and finish with the exact bytes, with Retries bounding only failures in a row.
+// Before, a pull resumed a cut file at its last whole chunk, so a link dropping before a chunk (up
+// to 4 MiB) was through fetched the same chunk forever and gave up; a push whose connection broke
+// under its sender ended with ErrIncomplete or a bare context error, which it did not retry; and
+// both gave up after Retries connections however far each got.
+func TestRegistry_FlakyLink(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	addr := e.conn.Target()
+	files := map[string][]byte{"w.bin": randBytes(51, 24<<20), "config.json": []byte(`{"a":1}`)}
+	src := t.TempDir()
+	writeFiles(t, src, files)
+	push(t, e, src, "m", "v0") // for the pull, over a good link
+	dial := func(link string) *registry.Client {
+		cc, err := grpc.NewClient(link, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return registry.NewClient(cc)
+	}
+
+	t.Run("Push", func(t *testing.T) {
+		link, dropped := droppingLink(t, addr, 5<<20) // more than the largest chunk
+		src := t.TempDir()
+		writeFiles(t, src, map[string][]byte{"w.bin": randBytes(52, 24<<20)})
+		res, err := dial(link).Push(context.Background(), src, registry.PushOptions{
+			Info: registry.ModelInfo{Name: "n", Version: "v1"}, Retries: 2})
+		if err != nil || dropped.Load() < 3 {
+			t.Fatalf("push over a link dropping every 5 MiB: %v (%d drops, %d attempts)", err, dropped.Load(), res.Attempts)
+		}
+	})
+	t.Run("Pull", func(t *testing.T) {
+		link, dropped := droppingLink(t, addr, 3<<20) // less than the largest chunk
+		out := t.TempDir()
+		res, err := dial(link).Pull(context.Background(), "m:v0", out, registry.PullOptions{Retries: 2})
+		if err != nil || dropped.Load() < 3 {
+			t.Fatalf("pull over a link dropping every 3 MiB: %v (%d drops, %d attempts)", err, dropped.Load(), res.Attempts)
+		}
+		assertTree(t, out, files)
+		if res.BytesReceived+res.BytesLocal != res.Bytes {
+			t.Fatalf("received %d + local %d bytes for a %d-byte version", res.BytesReceived, res.BytesLocal, res.Bytes)
+		}
+	})
 }

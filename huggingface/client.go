@@ -93,8 +93,9 @@ func NewClient(o ClientOptions) (*Client, error) {
 	}, nil
 }
 
-// Endpoint returns the Hub base URL in use.
-func (c *Client) Endpoint() string { return c.endpoint.String() }
+// Endpoint returns the Hub base URL in use, without credentials a mirror's URL may carry
+// (user:password@): it ends up in model metadata and messages.
+func (c *Client) Endpoint() string { return redact(c.endpoint) }
 
 // File is one file of a repository revision, as listed by the Hub.
 type File struct {

@@ -125,3 +125,30 @@ func TestFetcher_HostileListing(t *testing.T) {
 		})
 	}
 }
+
+// TestFetcher_EndpointCredentialsNotStored: a mirror's credentials in the endpoint URL
+// (https://user:pass@mirror/...) are for the mirror, not for the model's metadata, which every
+// registry client can read.
+func TestFetcher_EndpointCredentialsNotStored(t *testing.T) {
+	e := newFetchEnv(t)
+	e.hub.AddRepo("org/model", hubtest.RepoOptions{})
+	sha := commitFiles(e.hub, "org/model", "main", map[string][]byte{"config.json": []byte("{}")})
+	endpoint := strings.Replace(e.hub.Endpoint(), "http://", "http://mirror-user:s3cret@", 1)
+	f, err := huggingface.New(e.reg, huggingface.Options{
+		Client:   huggingface.ClientOptions{Endpoint: endpoint, Backoff: fastBackoff},
+		CacheDir: e.cache,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Fetch(t.Context(), huggingface.Request{Ref: huggingface.Ref{Repo: "org/model", Revision: "main"}}); err != nil {
+		t.Fatal(err)
+	}
+	vi, err := e.reg.Show(t.Context(), registry.Ref{Name: "org/model", Version: sha})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := vi.Info.Parameters["source_url"]; strings.Contains(u, "s3cret") || u != e.hub.Endpoint()+"/org/model/tree/"+sha {
+		t.Fatalf("source_url = %q, want it without the endpoint's credentials", u)
+	}
+}

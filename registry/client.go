@@ -60,8 +60,9 @@ const (
 type PushOptions struct {
 	Info    ModelInfo // Name and Version required
 	Aliases []string
-	// Retries is how many times a transient failure (connection lost, server restarting) restarts
-	// the push, which then sends only what the server is missing. 0: no retry.
+	// Retries is how many times in a row a transient failure (connection lost, server restarting)
+	// restarts the push, which then sends only what the server is missing; an attempt that finds
+	// more chunks stored than any before starts the count again. 0: no retry.
 	Retries  int
 	Progress Progress
 }
@@ -98,10 +99,30 @@ func (c *Client) Push(ctx context.Context, src string, opts PushOptions) (PushRe
 	for _, f := range files {
 		res.Bytes += f.size
 	}
+	durable := int64(-1) // the most chunk bytes the server said it had, in any attempt
 	for attempt := 0; ; attempt++ {
-		res.Attempts = attempt + 1
+		res.Attempts++
 		err := c.pushOnce(ctx, files, opts, &res)
-		if err == nil || !retryable(ctx, err) || attempt >= opts.Retries {
+		if err != nil {
+			if f := changedFile(files); f != nil {
+				// Say what happened, not what it broke downstream: the server refuses bytes that
+				// do not hash to the digest offered for them (re-read after the file changed).
+				return res, fmt.Errorf("%s %w; nothing was published (push again once it is completely written)", f.abs, ErrChanged)
+			}
+		}
+		if err == nil || !retryable(ctx, err) {
+			return res, err
+		}
+		if res.BytesReused > durable {
+			// Opts.Retries bounds failures in a row: an attempt that finds more chunks stored
+			// than any before it shows the last ones moved forward, and a long push over a link
+			// that drops every few minutes must not give up after the eleventh connection.
+			if durable >= 0 {
+				attempt = 0
+			}
+			durable = res.BytesReused
+		}
+		if attempt >= opts.Retries {
 			return res, err
 		}
 		if err := sleepBackoff(ctx, attempt); err != nil {
@@ -168,6 +189,17 @@ func listLocal(src string) ([]*localFile, error) {
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].rel < files[j].rel })
 	return files, nil
+}
+
+// changedFile returns the first of files whose size or modification time differs from when it
+// was listed (or that is gone), nil if none.
+func changedFile(files []*localFile) *localFile {
+	for _, f := range files {
+		if st, err := os.Stat(f.abs); err != nil || st.Size() != f.size || !st.ModTime().Equal(f.mtime) {
+			return f
+		}
+	}
+	return nil
 }
 
 // offerItem is an offer awaiting its answer; commit marks the end.
@@ -306,10 +338,31 @@ func (c *Client) pushOnce(parent context.Context, files []*localFile, opts PushO
 		return recvErr
 	case parent.Err() != nil:
 		return status.FromContextError(parent.Err()).Err()
+	case errors.Is(serr, io.EOF):
+		// The stream broke under the sender (a lost connection) before the receiver saw why; the
+		// receiver has stopped, so its status can be read now. It used to be reported as
+		// ErrIncomplete or context.Canceled, neither of which the retry loop resumes after.
+		return brokenStream(stream)
 	case recvErr != nil:
 		return recvErr
 	}
 	return fmt.Errorf("%w: push ended before the server confirmed the commit", ErrIncomplete)
+}
+
+// brokenStream returns the status of a push stream whose Send failed with io.EOF: the server's
+// error, or the transport's (UNAVAILABLE for a lost connection). A stream that ends without
+// either is reported UNAVAILABLE too, so that the push resumes.
+func brokenStream(stream registrypb.Registry_PushClient) error {
+	for {
+		_, err := stream.Recv()
+		if err == nil {
+			continue // answers already on their way
+		}
+		if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+			return status.Error(codes.Unavailable, "push stream broke before the server confirmed the commit")
+		}
+		return err
+	}
 }
 
 // sendLoop is the only caller of stream.Send during a push: it sends control messages as soon as
@@ -397,7 +450,7 @@ func produceOffers(ctx context.Context, files []*localFile, serverHashes bool, s
 			return err
 		}
 		if st.Size() != f.size || !st.ModTime().Equal(f.mtime) {
-			return fmt.Errorf("%s changed during the push", f.abs)
+			return fmt.Errorf("%s %w", f.abs, ErrChanged)
 		}
 		if err := send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_FileBegin{FileBegin: &registrypb.FileBegin{
 			Path: f.rel, Size: uint64(f.size)}}}); err != nil {
@@ -418,6 +471,12 @@ func produceOffers(ctx context.Context, files []*localFile, serverHashes bool, s
 		if f.chunks == nil || (!serverHashes && !f.hashed) {
 			if err := chunkFile(ctx, f, !serverHashes, offer); err != nil {
 				return err
+			}
+			// A write while the file was read leaves chunks of two contents, each hashed as
+			// read, so every digest checks out: only the file's metadata tells.
+			if changedFile([]*localFile{f}) != nil {
+				f.chunks = nil
+				return fmt.Errorf("%s %w", f.abs, ErrChanged)
 			}
 		} else {
 			var off int64

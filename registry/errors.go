@@ -40,6 +40,10 @@ var (
 	ErrClosed = errors.New("registry closed")
 	// ErrBusy: another pull is writing into the same directory.
 	ErrBusy = errors.New("directory busy")
+	// ErrChanged: Client.Push found a source file written to (size or modification time changed)
+	// while it was pushed. Nothing was published: the server verifies every chunk against the
+	// digest offered for it, and a file read while written would mix two contents.
+	ErrChanged = errors.New("changed during the push")
 )
 
 // classifyIO wraps an out-of-space error from the filesystem with ErrDiskFull so callers (and the

@@ -42,6 +42,36 @@ func clearWritten(f *os.File) error {
 	return err
 }
 
+// ownerAttr is the extended attribute of a partial file naming the sha256 of the file it becomes.
+// A pull resuming a partial file of that same content may trust all of its written bytes, not
+// only its whole chunks (see Pull).
+const ownerAttr = "user.buffdbd.sha256"
+
+// markOwner records that f's bytes are the file hashing to sum.
+func markOwner(f *os.File, sum Digest) error {
+	return unix.Fsetxattr(int(f.Fd()), ownerAttr, []byte(sum.String()), 0)
+}
+
+// clearOwner removes the owner mark, once f is complete.
+func clearOwner(f *os.File) error {
+	err := unix.Fremovexattr(int(f.Fd()), ownerAttr)
+	if errors.Is(err, unix.ENODATA) {
+		return nil
+	}
+	return err
+}
+
+// ownerMark returns the sha256 recorded on the partial file at path, if any.
+func ownerMark(path string) (Digest, bool) {
+	buf := make([]byte, 2*len(Digest{})+1)
+	n, err := unix.Getxattr(path, ownerAttr, buf)
+	if err != nil {
+		return Digest{}, false
+	}
+	var d Digest
+	return d, d.UnmarshalText(buf[:n]) == nil
+}
+
 // writtenMark returns the written length recorded on the partial file at path, if any.
 func writtenMark(path string) (int64, bool) {
 	buf := make([]byte, 32)

@@ -24,7 +24,8 @@ const PartialSuffix = ".buffdbd-partial"
 
 // PullOptions configure Pull.
 type PullOptions struct {
-	// Retries is how many times a transient failure resumes the pull. 0: no retry.
+	// Retries is how many times in a row a transient failure resumes the pull; an attempt that
+	// received bytes starts the count again. 0: no retry.
 	Retries int
 	// NoDelta disables reuse of chunks found in files already in the output directory.
 	NoDelta  bool
@@ -96,10 +97,26 @@ func (c *Client) Pull(ctx context.Context, ref string, dir string, opts PullOpti
 		}
 	}
 	pinned := fmt.Sprintf("%s:%s", info.Name, info.Version) // an alias may move mid-pull; the version cannot
+	ours := map[string]bool{}
+	kept := int64(-1) // the most bytes an attempt found on disk to start from
 	for attempt := 0; ; attempt++ {
-		res.Attempts = attempt + 1
-		err := c.pullOnce(ctx, pinned, dir, files, local, complete, opts, &res)
-		if err == nil || !retryable(ctx, err) || attempt >= opts.Retries {
+		res.Attempts++
+		var start int64
+		err := c.pullOnce(ctx, pinned, dir, files, local, complete, ours, &start, opts, &res)
+		if err == nil || !retryable(ctx, err) {
+			return res, err
+		}
+		if start > kept {
+			// Opts.Retries bounds failures in a row: on a link that drops every few minutes, a
+			// pull that moves forward on every connection must not give up after the eleventh.
+			// An attempt that starts further than any before shows the last one moved forward;
+			// that cannot go on forever, the version's size bounding it.
+			if kept >= 0 {
+				attempt = 0
+			}
+			kept = start
+		}
+		if attempt >= opts.Retries {
 			return res, err
 		}
 		if err := sleepBackoff(ctx, attempt); err != nil {
@@ -193,8 +210,10 @@ func verifiedPrefix(path string, f *File, n int64) int64 {
 	return off
 }
 
+// pullOnce is one attempt of Pull. ours holds the paths whose partial files an earlier attempt of
+// this Pull wrote (after keeping only what it verified): all their bytes are this version's.
 func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, local map[Digest]localChunk,
-	complete map[string]bool, opts PullOptions, res *PullResult) error {
+	complete map[string]bool, ours map[string]bool, start *int64, opts PullOptions, res *PullResult) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	req := &registrypb.PullRequest{Ref: ref}
@@ -221,9 +240,16 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 			if w, ok := writtenMark(partial); ok {
 				off = min(off, w) // preallocated: the length is the full size, the mark what is written
 			}
-			off = verifiedPrefix(partial, f, off)
+			// A partial file this pull wrote, or one marked as this file's (same sha256), is resumed
+			// from its last written byte. Any other is trusted only as far as its whole chunks hash
+			// right: on a link that drops before a chunk (up to 4 MiB) is through, resuming at chunk
+			// boundaries fetched the same chunk again on every connection and never finished.
+			if sum, ok := ownerMark(partial); !ours[f.Path] && (!ok || sum != f.SHA256) {
+				off = verifiedPrefix(partial, f, off)
+			}
 		}
 		jobs = append(jobs, job{f: f, partial: partial, offset: off})
+		*start += off
 		req.Ranges = append(req.Ranges, &registrypb.FileRange{Path: f.Path, Offset: uint64(off)})
 	}
 	progress := func(n int64) {
@@ -232,6 +258,7 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 			opts.Progress(done, res.Bytes)
 		}
 	}
+	*start += done
 	progress(0)
 	if len(jobs) > 0 {
 		stream, err := c.rpc.Pull(ctx, req)
@@ -258,7 +285,7 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 		}
 		rd := &pieceReader{stream: stream}
 		for _, j := range jobs {
-			if err := pullFile(ctx, j.f, idx[j.f.Path], j.partial, j.offset, local, rd, res, progress); err != nil {
+			if err := pullFile(ctx, j.f, idx[j.f.Path], j.partial, j.offset, local, rd, res, progress, ours); err != nil {
 				return fmt.Errorf("pull %s: %w", j.f.Path, err)
 			}
 		}
@@ -388,7 +415,7 @@ type piece struct {
 // hashes first), from local chunks where listed and from the stream otherwise, then verifies the
 // sha256 and fsyncs. A mismatch removes the partial file so the next attempt starts clean.
 func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset int64, local map[Digest]localChunk,
-	rd *pieceReader, res *PullResult, progress func(int64)) (err error) {
+	rd *pieceReader, res *PullResult, progress func(int64), ours map[string]bool) (err error) {
 	if err := os.MkdirAll(filepath.Dir(partial), 0o755); err != nil {
 		return err
 	}
@@ -406,12 +433,22 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 		if _, err := io.CopyN(h, out, offset); err != nil {
 			return fmt.Errorf("re-read partial file: %w", err)
 		}
-		res.BytesLocal += offset
+		if !ours[f.Path] { // else counted when this pull received or copied them
+			res.BytesLocal += offset
+		}
 		progress(offset)
 	}
 	if err := out.Truncate(offset); err != nil {
 		return err
 	}
+	// From here on the file holds only this file's bytes: tell later attempts, and later pulls
+	// where the filesystem keeps extended attributes (best effort: without, they resume at whole
+	// chunks).
+	ours[f.Path] = true
+	owned := markOwner(out, f.SHA256) == nil
+	// A written mark left by an earlier attempt that preallocated would outlive this one if it
+	// does not (less than preallocMin left): its length is then the truth.
+	_ = clearWritten(out)
 	if _, err := out.Seek(offset, io.SeekStart); err != nil {
 		return err
 	}
@@ -478,7 +515,13 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 	}
 	if err := verifySum(h, f); err != nil {
 		_ = os.Remove(partial)
+		delete(ours, f.Path)
 		return err
+	}
+	if owned {
+		if err := clearOwner(out); err != nil {
+			return err
+		}
 	}
 	if prealloc {
 		if err := clearWritten(out); err != nil {
