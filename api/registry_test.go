@@ -1192,3 +1192,20 @@ func TestRegistry_FlakyLink(t *testing.T) {
 		}
 	})
 }
+
+// TestRegistry_PullLongFileName: a file whose name is near NAME_MAX (254 bytes here) is pulled;
+// before, its partial file (name + ".buffdbd-partial") was too long a name to create, so a version
+// that pushed fine failed every pull with ENAMETOOLONG.
+func TestRegistry_PullLongFileName(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	long := strings.Repeat("n", 250) + ".bin"
+	files := map[string][]byte{long: randBytes(61, 6<<20), "d/" + long: []byte("small"), "config.json": []byte("{}")}
+	src := t.TempDir()
+	writeFiles(t, src, files)
+	push(t, e, src, "m", "v1")
+	out := t.TempDir()
+	if _, err := e.client.Pull(context.Background(), "m:v1", out, registry.PullOptions{}); err != nil {
+		t.Fatalf("pull of a version with a %d-byte file name: %v", len(long), err)
+	}
+	assertTree(t, out, files)
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -693,4 +694,70 @@ func TestOpenStore_DatabaseLost(t *testing.T) {
 		}
 		db.Close()
 	})
+}
+
+func TestRunDaemon_SignalDuringStartup(t *testing.T) {
+	// systemctl stop while the store opens (migrations can take a while on a big store) is a
+	// requested stop, not a failure: exit 0, or systemd marks the unit failed. The store is left
+	// as it was and opens normally afterwards.
+	cfg := DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.GRPC.Listen = []string{"127.0.0.1:0"}
+	cfg.GRPC.Socket = socketNone
+	cfg.HTTP.Listen = ""
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the signal arrived before the store was open
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	if err := runDaemon(ctx, cfg, log, nil); err != nil {
+		t.Fatalf("runDaemon: %v, want nil; log:\n%s", err, logs.String())
+	}
+	if !strings.Contains(logs.String(), "stopped before serving") {
+		t.Fatalf("log:\n%s", logs.String())
+	}
+	m := newTestMain(t, func(c *Config) { c.DataDir = cfg.DataDir })
+	if err := m.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRun_LogReaderGoneKeepsServing(t *testing.T) {
+	// The daemon's stderr is a pipe whose reader exits (a log shipper restarting): logging fails,
+	// the daemon goes on serving and still shuts down cleanly.
+	n := listenNotify(t)
+	dir := t.TempDir()
+	cmd := exec.Command(buffdbdBin, "run", "--config", os.DevNull, "--data-dir", dir, "--listen", "127.0.0.1:0",
+		"--http-listen", "127.0.0.1:0", "--socket", "none", "--log-format", "json")
+	cmd.Env = cleanEnv("NOTIFY_SOCKET="+n.path, "HOME="+dir)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	defer func() { cmd.Process.Kill(); <-exited }()
+	grpcAddr, _, err := parseReady(n.waitFor(t, "READY=1", exited))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close() // the reader is gone; every later log line hits a broken pipe
+
+	cmd.Process.Signal(syscall.SIGHUP) // logs at once
+	n.waitFor(t, "RELOADING=1", exited)
+	n.waitFor(t, "READY=1", exited)
+	resp, err := healthpb.NewHealthClient(dialGRPC(t, grpcAddr)).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health with a broken log pipe: %v %v", resp, err)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	n.waitFor(t, "STOPPING=1", exited)
+	<-exited
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit %d (%v), want 0", code, cmd.ProcessState)
+	}
 }

@@ -643,6 +643,10 @@ Configuration comes from flags, then BUFFDBD_* environment variables, then the c
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
+			// A log pipe whose reader went away (a restarted log shipper, `buffdbd run | logger`)
+			// must cost log lines, not the daemon: Go's default for SIGPIPE on stderr is to die
+			// on the spot, with no drain. Ignored, the write fails with EPIPE and slog drops it.
+			signal.Ignore(syscall.SIGPIPE)
 			cfg, file, warnings, err := LoadConfig(cmd.Flags())
 			if err != nil {
 				return err
@@ -746,6 +750,12 @@ func (r *reloader) reload(running *Config, log *slog.Logger, sd *systemd) {
 func runDaemon(ctx context.Context, cfg Config, log *slog.Logger, r *reloader) error {
 	m := NewMain(cfg, log)
 	if err := m.Open(ctx); err != nil {
+		if ctx.Err() != nil {
+			// SIGTERM while the store opened (migrations can take a while): a requested stop,
+			// not a failure, or systemd marks the unit failed. Open closed what it had opened.
+			log.Info("stopped before serving", "reason", "signal during startup", "err", err)
+			return nil
+		}
 		return err
 	}
 	log.Info("effective configuration", m.Config.maskedAttrs()...)
