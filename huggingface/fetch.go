@@ -171,13 +171,20 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	res.Version = commit
 
 	// One fetch per commit at a time: two would write the same partial files. The second waits,
-	// then finds the version published.
+	// then finds the version published. The flock keeps out other processes sharing the cache
+	// directory; the in-process lock comes first because waiting on it wakes at once, where
+	// waiting on the flock polls.
 	dir := filepath.Join(f.o.CacheDir, filepath.FromSlash(ref.Repo), commit)
 	unlock, err := lockStaging(ctx, dir)
 	if err != nil {
 		return res, err
 	}
 	defer unlock()
+	funlock, err := flockStaging(ctx, dir)
+	if err != nil {
+		return res, err
+	}
+	defer funlock()
 	have, err := f.reg.HasVersion(ctx, ref.Repo, commit)
 	if err != nil {
 		return res, fmt.Errorf("check registry for %s:%s: %w", ref.Repo, commit, err)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -663,5 +664,39 @@ func TestFetcher_StagedFileDamaged(t *testing.T) {
 	}
 	if got := pullAll(t, e.reg, "org/big", sha); !bytes.Equal(got["model.safetensors"], w) {
 		t.Fatal("published file differs")
+	}
+}
+
+// TestFetcher_StagingLockedByAnotherProcess: a process sharing the cache directory (another data
+// directory, the same cache_dir) that is fetching the same commit holds its staging directory; a
+// fetch waits for it instead of writing the same partial files, then goes ahead.
+func TestFetcher_StagingLockedByAnotherProcess(t *testing.T) {
+	e := newFetchEnv(t)
+	e.hub.AddRepo("org/model", hubtest.RepoOptions{})
+	w := randomBytes(30, 300<<10)
+	sha := commitFiles(e.hub, "org/model", "main", map[string][]byte{"model.safetensors": w})
+	dir := filepath.Join(e.cache, "org", "model", sha)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	other, err := os.Open(dir) // flock locks belong to open files: this one stands for the other process
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(other.Fd()), syscall.LOCK_EX); err != nil {
+		t.Skipf("no flock here: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_, err = e.fetcher(t, "").Fetch(ctx, huggingface.Request{Ref: huggingface.Ref{Repo: "org/model", Revision: "main"}})
+	if !errors.Is(err, context.DeadlineExceeded) || e.hub.BytesServed() != 0 {
+		t.Fatalf("fetch while another process holds the staging directory: err %v, %d bytes downloaded; want it waiting", err, e.hub.BytesServed())
+	}
+	other.Close()
+	if _, err := e.fetch(t, "", "hf:org/model"); err != nil {
+		t.Fatal(err)
+	}
+	if got := pullAll(t, e.reg, "org/model", sha); !bytes.Equal(got["model.safetensors"], w) {
+		t.Fatal("published bytes differ")
 	}
 }

@@ -50,6 +50,7 @@ const (
 	maxNameLen     = 200  // Hugging Face repo ids are at most 96 chars each side of the '/'.
 	maxVersionLen  = 128  // room for a 40-hex commit id plus a readable prefix.
 	maxPathLen     = 4096 // PATH_MAX on Linux.
+	maxSegmentLen  = 255  // NAME_MAX of Linux filesystems: a longer file name could not be pulled.
 	maxFiles       = 100000
 	maxDescription = 64 << 10
 	maxParams      = 256
@@ -149,6 +150,9 @@ func CleanPath(p string) (string, error) {
 			return "", fmt.Errorf("%w: file path %q has an empty segment", ErrInvalid, p)
 		case ".", "..":
 			return "", fmt.Errorf("%w: file path %q has a %q segment", ErrInvalid, p, part)
+		}
+		if len(part) > maxSegmentLen {
+			return "", fmt.Errorf("%w: file path %q has a name of %d bytes, longer than %d", ErrInvalid, p, len(part), maxSegmentLen)
 		}
 	}
 	if strings.HasSuffix(p, PartialSuffix) {

@@ -39,13 +39,15 @@ func TestValidateName(t *testing.T) {
 }
 
 func TestCleanPath(t *testing.T) {
-	for _, p := range []string{"model.bin", "onnx/model.onnx", "a b/c.json", "ünicode.txt"} {
+	long := strings.Repeat("x", 255) // NAME_MAX: the longest file name Linux filesystems hold
+	for _, p := range []string{"model.bin", "onnx/model.onnx", "a b/c.json", "ünicode.txt", long, "d/" + long} {
 		if got, err := registry.CleanPath(p); err != nil || got != p {
 			t.Errorf("CleanPath(%q) = %q, %v", p, got, err)
 		}
 	}
 	for _, p := range []string{"", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", "a\\b", "a\x00b", "a\nb", "..", "\xff",
-		"w.buffdbd-partial", "d/w.buffdbd-partial"} { // a pull's name for its unfinished file w
+		"w.buffdbd-partial", "d/w.buffdbd-partial", // a pull's name for its unfinished file w
+		long + "x", long + "x/a", "d/" + strings.Repeat("ü", 128)} { // a segment no pull could create
 		if _, err := registry.CleanPath(p); !errors.Is(err, registry.ErrInvalid) {
 			t.Errorf("CleanPath(%q) = %v, want ErrInvalid", p, err)
 		}

@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
@@ -125,6 +126,21 @@ func (c *Client) Pull(ctx context.Context, ref string, dir string, opts PullOpti
 	}
 }
 
+// partialPath is where a pull into dir writes the file at rel until the version is verified:
+// beside it (so the rename stays on one filesystem), named rel + PartialSuffix, or, where that
+// would be longer than a file name may be (a name of 240 bytes or more, which pushed fine and then
+// failed every pull with ENAMETOOLONG), a fixed-length name derived from the file's name. Either
+// ends in PartialSuffix, which no file of a version may (CleanPath), so none is taken for another.
+func partialPath(dir, rel string) string {
+	final := filepath.Join(dir, filepath.FromSlash(rel))
+	base := filepath.Base(final)
+	if len(base)+len(PartialSuffix) <= maxSegmentLen {
+		return final + PartialSuffix
+	}
+	sum := sha256.Sum256([]byte(base))
+	return filepath.Join(filepath.Dir(final), "."+hex.EncodeToString(sum[:16])+PartialSuffix)
+}
+
 // indexLocal chunks the regular files under dir (not partial files) and records where each chunk
 // the version wants can be read locally.
 func indexLocal(ctx context.Context, dir string, files []File, wanted map[Digest]bool, local map[Digest]localChunk, complete map[string]bool) error {
@@ -233,7 +249,7 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 			done += f.Size
 			continue
 		}
-		partial := filepath.Join(dir, filepath.FromSlash(f.Path)) + PartialSuffix
+		partial := partialPath(dir, f.Path)
 		var off int64
 		if st, err := os.Stat(partial); err == nil && st.Mode().IsRegular() && st.Size() <= f.Size {
 			off = st.Size()

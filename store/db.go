@@ -149,6 +149,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxOpenTx == 0 {
 		o.MaxOpenTx = defaultMaxOpenTx
 	}
+	if o.MaxQueryValueBytes == 0 {
+		o.MaxQueryValueBytes = 64 << 20 // the API's default largest message is 65 MiB
+	}
 	if o.GCInterval == 0 {
 		o.GCInterval = time.Hour // orphans only appear after abandoned uploads; hourly bounds their space cheaply
 	}
@@ -162,6 +165,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("store options: transaction timeouts must be > 0: %w", ErrInvalid)
 	case o.MaxOpenTx < 0:
 		return o, fmt.Errorf("store options: MaxOpenTx must be > 0: %w", ErrInvalid)
+	case o.MaxQueryValueBytes < 0:
+		return o, fmt.Errorf("store options: MaxQueryValueBytes must be > 0: %w", ErrInvalid)
 	case o.Durability != DurabilitySync && o.Durability != DurabilityProcess:
 		return o, fmt.Errorf("store options: unknown durability %d: %w", o.Durability, ErrInvalid)
 	}

@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"math"
 	"regexp"
 	"strings"
 	"time"
@@ -209,6 +210,15 @@ func (db *DB) queryConn(ctx context.Context, write bool) (*sql.Conn, func(), err
 		unlock()
 		return nil, nil, err
 	}
+	// The length limit is the store's own again when the connection goes back to the pool: its
+	// reads of the whole value of a key must not depend on this client's cap.
+	maxLen := int(min(db.opts.MaxQueryValueBytes, math.MaxInt32))
+	oldLen, err := sqlite.Limit(conn, sqlite3.SQLITE_LIMIT_LENGTH, maxLen)
+	if err != nil {
+		conn.Close()
+		unlock()
+		return nil, nil, err
+	}
 	if err := authorize(conn, denyTxControl); err != nil {
 		conn.Close()
 		unlock()
@@ -219,7 +229,8 @@ func (db *DB) queryConn(ctx context.Context, write bool) (*sql.Conn, func(), err
 		// (its BEGINs must work). If that fails, the connection must not be reused.
 		// Nor may it go back holding a temporary object the authorizer did not catch (a trigger
 		// named temp.x on a main table is authorized as a main one): see denyTxControl.
-		if authorize(conn, nil) != nil || hasTempObjects(conn) {
+		_, lerr := sqlite.Limit(conn, sqlite3.SQLITE_LIMIT_LENGTH, oldLen)
+		if authorize(conn, nil) != nil || hasTempObjects(conn) || lerr != nil {
 			conn.Raw(func(any) error { return driver.ErrBadConn })
 		}
 		conn.Close()

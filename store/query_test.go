@@ -397,3 +397,33 @@ func TestDB_QueryColumns(t *testing.T) {
 		t.Fatalf("one row: calls %v, %v; want just the row", calls, err)
 	}
 }
+
+// TestDB_QueryValueLimit: raw SQL cannot build (or read) a value larger than MaxQueryValueBytes, so
+// one cheap read-only statement cannot make the daemon allocate gigabytes; the store's own reads
+// on the same pooled connections keep SQLite's limit.
+func TestDB_QueryValueLimit(t *testing.T) {
+	db := openDB(t, store.Options{QueryWrites: true, MaxQueryValueBytes: 1 << 20})
+	big := strings.Repeat("x", 2<<20)
+	if err := db.Set(ctx, "", "big", big); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"SELECT randomblob(900000000)", "SELECT length(printf('%.*c', 900000000, 'x'))",
+		"SELECT zeroblob(2000000) || 'x'", "SELECT value FROM kv WHERE key = 'big'"} {
+		err := db.Query(ctx, q, func([]string, []any) error { return nil })
+		if !errors.Is(err, store.ErrTooLarge) {
+			t.Fatalf("Query(%s) err = %v, want ErrTooLarge", q, err)
+		}
+	}
+	if _, err := db.Execute(ctx, "UPDATE kv SET value = value || value WHERE key = 'big'"); !errors.Is(err, store.ErrTooLarge) {
+		t.Fatalf("Execute building a 4 MiB value: %v, want ErrTooLarge", err)
+	}
+	var n int64
+	if err := db.Query(ctx, "SELECT length(randomblob(1000))", func(_ []string, r []any) error { n = r[0].(int64); return nil }); err != nil || n != 1000 {
+		t.Fatalf("small value: %d, %v", n, err)
+	}
+	for range 5 { // more reads than idle pooled connections: none keeps the raw SQL cap
+		if v, err := db.Get(ctx, "", "big"); err != nil || len(v) != len(big) {
+			t.Fatalf("Get of a value over the raw SQL cap: %d bytes, %v", len(v), err)
+		}
+	}
+}

@@ -145,6 +145,8 @@ func mapErr(err error) error {
 			msg = msg[:i]
 		}
 		return fmt.Errorf("%s: %w", msg, ErrInUse)
+	case code&0xff == sqlite3.SQLITE_TOOBIG:
+		return fmt.Errorf("%w: %v (raw SQL values are capped at the largest message the API sends)", ErrTooLarge, err)
 	case code&0xff == sqlite3.SQLITE_FULL:
 		// Both wrapped: txLost must still see that SQLite rolled the transaction back.
 		return fmt.Errorf("%w: %w", ErrNoSpace, err)

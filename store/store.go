@@ -87,6 +87,12 @@ type Options struct {
 	MaxOpenTx int
 	// QueryWrites lets Query write and enables Execute. Default false: SQLite itself refuses writes.
 	QueryWrites bool
+	// MaxQueryValueBytes caps any string or blob that raw SQL (Query, Execute) builds or reads
+	// (SQLite's SQLITE_LIMIT_LENGTH on its connection); beyond it the statement fails with
+	// ErrTooLarge. One cheap statement like SELECT randomblob(900000000) otherwise makes the daemon
+	// allocate gigabytes — enough to get it killed on an edge device — for a result no gRPC message
+	// could carry. Set it to the API's largest message. Default 64 MiB.
+	MaxQueryValueBytes int64
 	// Migrations are extra numbered schema steps from packages layered on the store (the registry),
 	// applied after the store's own, each once, in a transaction.
 	Migrations []Migration

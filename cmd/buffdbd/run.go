@@ -67,8 +67,10 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*store.DB, er
 		MaxTxTimeout:     cfg.Store.MaxTxTimeout,
 		MaxOpenTx:        cfg.Store.MaxOpenTx,
 		QueryWrites:      cfg.Store.QueryWrites,
-		Migrations:       storeMigrations,
-		Logger:           log,
+		// A raw SQL value no response could carry is refused before it is built.
+		MaxQueryValueBytes: int64(cfg.GRPC.MaxMessageBytes),
+		Migrations:         storeMigrations,
+		Logger:             log,
 	})
 	if err != nil && !errors.Is(err, store.ErrNoSpace) {
 		// On a full disk SQLite often fails before any write it would report as SQLITE_FULL: growing
