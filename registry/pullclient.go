@@ -26,7 +26,7 @@ const PartialSuffix = ".buffdbd-partial"
 // PullOptions configure Pull.
 type PullOptions struct {
 	// Retries is how many times in a row a transient failure resumes the pull; an attempt that
-	// received bytes starts the count again. 0: no retry.
+	// kept more bytes than any before starts the count again. 0: no retry.
 	Retries int
 	// NoDelta disables reuse of chunks found in files already in the output directory.
 	NoDelta  bool
