@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/buffdb/buffdbd/api"
@@ -1100,12 +1101,29 @@ func TestRegistry_PushFileChanged(t *testing.T) {
 // through it (either way), like a flaky link that loses its connection every few seconds. It
 // returns the address to dial and the count of connections dropped.
 func droppingLink(t testing.TB, addr string, after int64) (string, *atomic.Int32) {
+	return flakyLink(t, addr, after, false)
+}
+
+// flakyLink is droppingLink, or with stall, a link whose connections fall silent instead (no
+// bytes, no FIN, until the test ends), as behind a NAT that forgot them.
+func flakyLink(t testing.TB, addr string, after int64, stall bool) (string, *atomic.Int32) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
+	stop := make(chan struct{})
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		l.Close()
+		close(stop)
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
 	var dropped atomic.Int32
 	go func() {
 		for {
@@ -1118,6 +1136,9 @@ func droppingLink(t testing.TB, addr string, after int64) (string, *atomic.Int32
 				c.Close()
 				continue
 			}
+			mu.Lock()
+			conns = append(conns, c, s)
+			mu.Unlock()
 			var moved atomic.Int64
 			var once sync.Once
 			drop := func() { once.Do(func() { c.Close(); s.Close() }) }
@@ -1129,6 +1150,9 @@ func droppingLink(t testing.TB, addr string, after int64) (string, *atomic.Int32
 					if k > 0 {
 						if moved.Add(int64(k)) > after {
 							dropped.Add(1)
+							if stall {
+								<-stop
+							}
 							return
 						}
 						if _, err := dst.Write(buf[:k]); err != nil {
@@ -1208,4 +1232,55 @@ func TestRegistry_PullLongFileName(t *testing.T) {
 		t.Fatalf("pull of a version with a %d-byte file name: %v", len(long), err)
 	}
 	assertTree(t, out, files)
+}
+
+// TestRegistry_ServerKeepalive: a push whose client went silent mid-stream (a stalled link: no
+// bytes, no FIN) is ended by the server's keepalive, so its upload session stops counting as live
+// and GC can collect it. Before, the server kept such a stream for grpc-go's default two hours.
+func TestRegistry_ServerKeepalive(t *testing.T) {
+	dir := t.TempDir()
+	db, reg := openRegistry(t, dir, registry.Options{SessionTTL: time.Nanosecond})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// grpc-go's shortest: one second without a frame, one second for the ping's answer.
+	srv := api.NewServer(db, api.Options{Keepalive: keepalive.ServerParameters{Time: time.Second, Timeout: time.Second}})
+	srv.Register(&registrypb.Registry_ServiceDesc, api.NewRegistry(reg, nil))
+	go srv.Serve(l)
+	t.Cleanup(func() {
+		srv.Shutdown(context.Background())
+		reg.Close()
+		checkIntegrity(t, db)
+		db.Close()
+	})
+	link, stalled := flakyLink(t, l.Addr().String(), 4<<20, true)
+	cc, err := grpc.NewClient(link, grpc.WithTransportCredentials(insecure.NewCredentials())) // no client keepalive
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"w.bin": randBytes(71, 16<<20)})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go registry.NewClient(cc).Push(ctx, src, registry.PushOptions{Info: registry.ModelInfo{Name: "m", Version: "v1"}})
+	for stalled.Load() == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The session expired at once (TTL 1 ns) but is not collected while its push is live.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		res, err := reg.CollectGarbage(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Sessions == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a push behind a stalled link still holds its session after a minute of server keepalive at 1 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

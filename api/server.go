@@ -41,7 +41,18 @@ type Options struct {
 	StreamInterceptors []grpc.StreamServerInterceptor
 	// ServerOptions are appended to the server's options (e.g. keepalive settings).
 	ServerOptions []grpc.ServerOption
+	// Keepalive sets when the server pings a silent client and how long it waits for the answer
+	// before closing the connection; zero fields take DefaultKeepalive's.
+	Keepalive keepalive.ServerParameters
 }
+
+// DefaultKeepalive is the server's keepalive: a connection silent for a minute is pinged, and
+// closed if the answer takes over 20 s. Without it, a client gone behind a link that went silent
+// (a NAT that forgot the connection, a stalled middlebox: no FIN, no RST, and TCP keepalive
+// answered by the middlebox) kept its push, pull or watch running on the server for grpc-go's
+// default of two hours: an upload session never collected, chunks pinned against GC and
+// eviction, flow-controlled bytes held in memory. Every gRPC client answers pings on its own.
+var DefaultKeepalive = keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}
 
 // Server is buffdbd's gRPC server: the store's services, health and reflection on one *grpc.Server.
 // Register more services with Register before Serve.
@@ -64,6 +75,13 @@ func NewServer(db *store.DB, opts Options) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	ka := opts.Keepalive
+	if ka.Time <= 0 {
+		ka.Time = DefaultKeepalive.Time
+	}
+	if ka.Timeout <= 0 {
+		ka.Timeout = DefaultKeepalive.Timeout
+	}
 	unary := append(append([]grpc.UnaryServerInterceptor{}, opts.UnaryInterceptors...), recoverUnary(log))
 	streams := append(append([]grpc.StreamServerInterceptor{}, opts.StreamInterceptors...), recoverStream(log))
 	sopts := append([]grpc.ServerOption{
@@ -80,6 +98,7 @@ func NewServer(db *store.DB, opts Options) *Server {
 		// stream, and answers more with GOAWAY too_many_pings, killing every stream of the
 		// connection. Pings are cheap; allow them up to twice a second, idle or not.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 500 * time.Millisecond, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(ka),
 	}, opts.ServerOptions...)
 
 	s := &Server{grpc: grpc.NewServer(sopts...), health: health.NewServer(), log: log}

@@ -10,11 +10,18 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/singleflight"
 )
 
 // readinessCheck reports nil when the daemon can serve: store open, migrations applied, not
 // shutting down. It must be cheap; /readyz and the systemd watchdog call it.
 type readinessCheck func(ctx context.Context) error
+
+// readyTimeout bounds /readyz's check (a variable so tests need not wait for it).
+var readyTimeout = 5 * time.Second
+
+// errReadyTimeout is /readyz's answer when the store did not answer within readyTimeout.
+var errReadyTimeout = errors.New("store did not answer within the readiness timeout")
 
 // errShuttingDown is what readiness reports once shutdown began, so load balancers drain first.
 var errShuttingDown = errors.New("shutting down")
@@ -38,9 +45,29 @@ func newHTTPHandler(reg *prometheus.Registry, ready readinessCheck, log *slog.Lo
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	// One readiness check at a time, shared by concurrent probes and bounded by readyTimeout: a
+	// store on a hung disk blocks inside SQLite's I/O where no context reaches, and /readyz then
+	// never answered; a probe that gets no answer learns less than one that gets 503.
+	var checks singleflight.Group
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if err := ready(r.Context()); err != nil {
+		ch := checks.DoChan("ready", func() (any, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+			defer cancel()
+			return nil, ready(ctx)
+		})
+		t := time.NewTimer(readyTimeout)
+		defer t.Stop()
+		var err error
+		select {
+		case res := <-ch:
+			err = res.Err
+		case <-t.C:
+			err = errReadyTimeout
+		case <-r.Context().Done():
+			return
+		}
+		if err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
 			return

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
@@ -135,5 +136,52 @@ func TestStoreCollector_ErrorIsScrapeError(t *testing.T) {
 	_, body = get(t, base+"/metrics")
 	if !strings.Contains(body, "promhttp_metric_handler_errors_total{cause=\"gathering\"} 1") {
 		t.Fatalf("gathering error not counted:\n%s", body)
+	}
+}
+
+func TestHTTPHandler_HungStore(t *testing.T) {
+	// A store on a hung disk blocks inside SQLite's I/O, where no context reaches; the stand-ins
+	// below ignore their context the same way. /metrics must still serve everything else and
+	// /readyz must answer 503, not hang.
+	defer func(s, r time.Duration) { statsTimeout, readyTimeout = s, r }(statsTimeout, readyTimeout)
+	statsTimeout, readyTimeout = 20*time.Millisecond, 20*time.Millisecond
+	release := make(chan struct{})
+	m := newMetrics(readBuildInfo())
+	m.registry.MustRegister(newStoreCollector(func(context.Context) (storeStats, error) {
+		<-release
+		return storeStats{Keys: 7}, nil
+	}))
+	base := startHTTP(t, newHTTPHandler(m.registry, func(context.Context) error {
+		<-release
+		return nil
+	}, discardLogger()))
+	// The bound only ends a broken test (the handlers hung forever before the fix).
+	client := &http.Client{Timeout: 60 * time.Second}
+	fetch := func(path string) (int, string) {
+		t.Helper()
+		resp, err := client.Get(base + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for range 2 { // the second scrape finds the first call still stuck and does not add one
+		code, body := fetch("/metrics")
+		if code != 200 || !strings.Contains(body, "buffdbd_build_info") || !strings.Contains(body, "go_goroutines") ||
+			strings.Contains(body, "buffdbd_store_keys") {
+			t.Fatalf("/metrics with a hung store: %d\n%s", code, body)
+		}
+		if code, body := fetch("/readyz"); code != 503 || !strings.Contains(body, "did not answer") {
+			t.Fatalf("/readyz with a hung store: %d %q", code, body)
+		}
+	}
+	close(release) // the disk answers again
+	if code, body := fetch("/readyz"); code != 200 {
+		t.Fatalf("/readyz after the store answered: %d %q", code, body)
+	}
+	if _, body := fetch("/metrics"); !strings.Contains(body, "buffdbd_store_keys 7\n") {
+		t.Fatalf("/metrics after the store answered:\n%s", body)
 	}
 }

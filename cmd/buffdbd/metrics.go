@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -84,8 +86,11 @@ func (m *metrics) initialize() { m.grpc.initialize(servedServices) }
 type storeStats = store.Stats
 
 // statsTimeout bounds one scrape's store query; Prometheus' default scrape timeout is 10 s and a
-// slow SD card should not make the whole scrape fail.
-const statsTimeout = 5 * time.Second
+// slow SD card should not make the whole scrape fail. A variable so tests need not wait for it.
+var statsTimeout = 5 * time.Second
+
+// errStatsTimeout is a scrape-time stats call still running at statsTimeout.
+var errStatsTimeout = errors.New("store did not answer in time; stats skipped from this scrape")
 
 // gauge is one scrape-time gauge read from a stats snapshot of type S.
 type gauge[S any] struct {
@@ -99,6 +104,8 @@ type statsCollector[S any] struct {
 	stats  func(context.Context) (S, error)
 	gauges []gauge[S]
 	descs  []*prometheus.Desc
+	// calls runs one stats call at a time, shared by concurrent scrapes (see snapshot).
+	calls singleflight.Group
 }
 
 func newStatsCollector[S any](subsystem string, stats func(context.Context) (S, error), gauges []gauge[S]) *statsCollector[S] {
@@ -116,10 +123,33 @@ func (c *statsCollector[S]) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
+// snapshot runs the stats call, giving up on it after statsTimeout. The context alone does not
+// bound it: a store on a hung disk (a dying SD card, a frozen filesystem) blocks inside SQLite's
+// I/O where no context reaches, and the whole scrape then failed at promhttp's timeout: no Go,
+// process or gRPC metrics either, just when an operator needs them to see what is stuck. The
+// abandoned call goes on in the background and later scrapes wait on it rather than pile up more.
+func (c *statsCollector[S]) snapshot() (S, error) {
+	ch := c.calls.DoChan("stats", func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), statsTimeout)
+		defer cancel()
+		return c.stats(ctx)
+	})
+	t := time.NewTimer(statsTimeout)
+	defer t.Stop()
+	var zero S
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return zero, r.Err
+		}
+		return r.Val.(S), nil
+	case <-t.C:
+		return zero, errStatsTimeout
+	}
+}
+
 func (c *statsCollector[S]) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), statsTimeout)
-	defer cancel()
-	s, err := c.stats(ctx)
+	s, err := c.snapshot()
 	for i, g := range c.gauges {
 		if err != nil {
 			// Served as a scrape error (HTTP handler ContinueOnError) rather than stale zeros.
