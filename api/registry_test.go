@@ -1284,3 +1284,33 @@ func TestRegistry_ServerKeepalive(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestRegistry_EvictionSkipsFreeVersions: eviction passes over a least recently used version
+// whose chunks other versions keep anyway (evicting it frees nothing) and evicts the next one that
+// frees space. Before, the free one was evicted too, lost for nothing.
+func TestRegistry_EvictionSkipsFreeVersions(t *testing.T) {
+	const size = 3 << 20
+	e := startRegistry(t, registry.Options{MaxBytes: 3*size + size/2})
+	src := func(seed uint64) string {
+		d := t.TempDir()
+		writeFiles(t, d, map[string][]byte{"m.bin": randBytes(seed, size)})
+		return d
+	}
+	x := src(1)
+	push(t, e, x, "m", "v1")
+	push(t, e, src(2), "m", "v2")
+	push(t, e, x, "m", "v3") // v1's bytes again: v1 now costs nothing while v3 stays
+	push(t, e, src(4), "m", "v4")
+	push(t, e, src(5), "m", "v5") // over budget by one version's size
+	vs, err := e.reg.ListVersions(context.Background(), "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range vs {
+		got = append(got, v.Version)
+	}
+	if !slices.Equal(got, []string{"v1", "v3", "v4", "v5"}) {
+		t.Fatalf("versions after v5: %v, want only v2 evicted (evicting v1 frees nothing)", got)
+	}
+}

@@ -155,15 +155,40 @@ func (s *Service) enforceBudget(tx *store.Tx, keepName, keepVersion string, res 
 		if used <= s.opts.MaxBytes {
 			return nil
 		}
-		var victim Ref
-		found := false
+		var candidates []Ref
 		err = tx.Query(`SELECT name, version FROM reg_versions v WHERE pinned = 0
 				AND NOT (name = ? AND version = ?)
 				AND NOT EXISTS (SELECT 1 FROM reg_aliases a WHERE a.name = v.name AND a.version = v.version)
-				ORDER BY last_used LIMIT 1`, []any{keepName, keepVersion},
-			func(scan func(...any) error) error { found = true; return scan(&victim.Name, &victim.Version) })
+				ORDER BY last_used`, []any{keepName, keepVersion},
+			func(scan func(...any) error) error {
+				var r Ref
+				if err := scan(&r.Name, &r.Version); err != nil {
+					return err
+				}
+				candidates = append(candidates, r)
+				return nil
+			})
 		if err != nil {
 			return err
+		}
+		found := len(candidates) > 0
+		var victim Ref
+		if found {
+			// The least recently used version that frees something: one whose chunks all stay
+			// referenced by other versions costs nothing to keep, and evicting it lost it for
+			// nothing. If none frees anything alone (candidates sharing chunks among themselves),
+			// the least recently used goes, which may free the next.
+			victim = candidates[0]
+			for _, c := range candidates {
+				n, err := uniqueBytes(tx, c)
+				if err != nil {
+					return err
+				}
+				if n > 0 {
+					victim = c
+					break
+				}
+			}
 		}
 		if !found {
 			var others int
@@ -187,6 +212,17 @@ func (s *Service) enforceBudget(tx *store.Tx, keepName, keepVersion string, res 
 		res.evicted = append(res.evicted, victim)
 		res.freed += freed
 	}
+}
+
+// uniqueBytes is the size of the chunks v references that no other published version does: what
+// evicting it takes off usedBytes.
+func uniqueBytes(tx *store.Tx, v Ref) (int64, error) {
+	var n int64
+	err := tx.Query(`SELECT COALESCE(SUM(c.size), 0) FROM reg_chunks c
+			WHERE c.sha256 IN (SELECT chunk FROM reg_refs WHERE name = ? AND version = ?)
+			AND NOT EXISTS (SELECT 1 FROM reg_refs r WHERE r.chunk = c.sha256 AND NOT (r.name = ? AND r.version = ?))`,
+		[]any{v.Name, v.Version, v.Name, v.Version}, func(scan func(...any) error) error { return scan(&n) })
+	return n, err
 }
 
 // usedBytes is the size of the distinct chunks referenced by published versions.
