@@ -1206,11 +1206,21 @@ func TestRegistry_FlakyLink(t *testing.T) {
 	t.Run("Pull", func(t *testing.T) {
 		link, dropped := droppingLink(t, addr, 3<<20) // less than the largest chunk
 		out := t.TempDir()
-		res, err := dial(link).Pull(context.Background(), "m:v0", out, registry.PullOptions{Retries: 2})
+		var last, backwards int64 // progress must not restart from 0 on each connection
+		res, err := dial(link).Pull(context.Background(), "m:v0", out, registry.PullOptions{Retries: 2,
+			Progress: func(done, total int64) {
+				if done < last {
+					backwards = last - done
+				}
+				last = done
+			}})
 		if err != nil || dropped.Load() < 3 {
 			t.Fatalf("pull over a link dropping every 3 MiB: %v (%d drops, %d attempts)", err, dropped.Load(), res.Attempts)
 		}
 		assertTree(t, out, files)
+		if backwards > 0 {
+			t.Errorf("progress went back by %d bytes on a resume", backwards)
+		}
 		if res.BytesReceived+res.BytesLocal != res.Bytes {
 			t.Fatalf("received %d + local %d bytes for a %d-byte version", res.BytesReceived, res.BytesLocal, res.Bytes)
 		}

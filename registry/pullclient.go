@@ -265,7 +265,7 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 			}
 		}
 		jobs = append(jobs, job{f: f, partial: partial, offset: off})
-		*start += off
+		done += off // reported at once: progress shown after a resume starts where it is, not at 0
 		req.Ranges = append(req.Ranges, &registrypb.FileRange{Path: f.Path, Offset: uint64(off)})
 	}
 	progress := func(n int64) {
@@ -274,7 +274,7 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 			opts.Progress(done, res.Bytes)
 		}
 	}
-	*start += done
+	*start = done
 	progress(0)
 	if len(jobs) > 0 {
 		stream, err := c.rpc.Pull(ctx, req)
@@ -452,7 +452,6 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 		if !ours[f.Path] { // else counted when this pull received or copied them
 			res.BytesLocal += offset
 		}
-		progress(offset)
 	}
 	if err := out.Truncate(offset); err != nil {
 		return err
