@@ -1324,3 +1324,55 @@ func TestRegistry_EvictionSkipsFreeVersions(t *testing.T) {
 		t.Fatalf("versions after v5: %v, want only v2 evicted (evicting v1 frees nothing)", got)
 	}
 }
+
+// refusingLink relays connections to addr except the first n, which it closes at once, like a
+// link that is down for a moment.
+func refusingLink(t testing.TB, addr string, n int32) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		var seen int32
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			if seen++; seen <= n {
+				c.Close()
+				continue
+			}
+			s, err := net.Dial("tcp", addr)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() { io.Copy(s, c); s.Close() }()
+			go func() { io.Copy(c, s); c.Close() }()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// TestRegistry_PullRetriesResolve: a pull started while the link is down retries resolving the
+// reference as it retries the transfer. Before, the first Show failed the pull at once.
+func TestRegistry_PullRetriesResolve(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	files := map[string][]byte{"m.bin": []byte("weights")}
+	src := t.TempDir()
+	writeFiles(t, src, files)
+	push(t, e, src, "m", "v1")
+	cc, err := grpc.NewClient(refusingLink(t, e.conn.Target(), 2), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	out := t.TempDir()
+	if _, err := registry.NewClient(cc).Pull(context.Background(), "m", out, registry.PullOptions{Retries: 5}); err != nil {
+		t.Fatalf("pull over a link down for two connections: %v", err)
+	}
+	assertTree(t, out, files)
+}

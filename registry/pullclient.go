@@ -61,7 +61,18 @@ func (c *Client) Pull(ctx context.Context, ref string, dir string, opts PullOpti
 	if err != nil {
 		return res, err
 	}
-	show, err := c.rpc.Show(ctx, &registrypb.ShowRequest{Ref: r.String()})
+	// Resolving the reference is retried like the transfer: a pull started while the link is
+	// down for a moment (or the daemon restarts) used to fail at once, unlike a push.
+	var show *registrypb.ShowResponse
+	for attempt := 0; ; attempt++ {
+		show, err = c.rpc.Show(ctx, &registrypb.ShowRequest{Ref: r.String()})
+		if err == nil || !retryable(ctx, err) || attempt >= opts.Retries {
+			break
+		}
+		if err := sleepBackoff(ctx, attempt); err != nil {
+			return res, err
+		}
+	}
 	if err != nil {
 		return res, err
 	}

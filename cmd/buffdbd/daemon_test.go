@@ -761,3 +761,50 @@ func TestRun_LogReaderGoneKeepsServing(t *testing.T) {
 		t.Fatalf("exit %d (%v), want 0", code, cmd.ProcessState)
 	}
 }
+
+func TestMain_StaleSocketLink(t *testing.T) {
+	// The service keeps its socket in /run/buffdbd and links it into the data directory. After a
+	// crash or reboot the link dangles; a daemon started by hand on that directory (socket in
+	// the data directory) replaces it. A link to a live daemon's socket is still refused, and a
+	// link to a regular file is left alone.
+	t.Setenv("RUNTIME_DIRECTORY", "")
+	dir := t.TempDir()
+	link := filepath.Join(dir, "buffdbd.sock")
+	if err := os.Symlink(filepath.Join(t.TempDir(), "gone", "buffdbd.sock"), link); err != nil {
+		t.Fatal(err)
+	}
+	m := newTestMain(t, func(c *Config) { c.DataDir = dir; c.GRPC.Socket = "" })
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("%s after start: %v %v, want the daemon's socket", link, fi, err)
+	}
+
+	other := t.TempDir()
+	if err := os.Symlink(link, filepath.Join(other, "buffdbd.sock")); err != nil {
+		t.Fatal(err)
+	}
+	cfg := m.Config
+	cfg.DataDir, cfg.HTTP.Listen = other, ""
+	m2 := NewMain(cfg, discardLogger())
+	if err := m2.Open(context.Background()); !errors.As(err, new(alreadyServingError)) {
+		m2.Close(context.Background())
+		t.Fatalf("Open over a link to a live socket: %v, want alreadyServingError", err)
+	}
+
+	file := filepath.Join(t.TempDir(), "notes.txt")
+	if err := os.WriteFile(file, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	third := t.TempDir()
+	if err := os.Symlink(file, filepath.Join(third, "buffdbd.sock")); err != nil {
+		t.Fatal(err)
+	}
+	cfg.DataDir = third
+	m3 := NewMain(cfg, discardLogger())
+	if err := m3.Open(context.Background()); err == nil || !strings.Contains(err.Error(), "is not a socket") {
+		m3.Close(context.Background())
+		t.Fatalf("Open over a link to a file: %v, want a refusal", err)
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {
+		t.Fatalf("the linked file: %q %v", b, err)
+	}
+}

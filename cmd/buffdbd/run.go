@@ -505,6 +505,19 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("socket path %s is longer than the 107 bytes a unix socket allows; set grpc.socket to a shorter path or %q", path, socketNone)
 	}
 	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSymlink != 0 && staleSocketLink(path) {
+			// The link linkSocket leaves in the data directory when the service (socket in
+			// /run/buffdbd) crashed or the machine rebooted; `buffdbd run` by hand on that
+			// directory then refused to start. Only a link to a socket or to nothing is replaced.
+			if daemonAnswers(path) {
+				return nil, alreadyServingError{path}
+			}
+			if err := os.Remove(path); err != nil {
+				return nil, fmt.Errorf("remove stale socket link: %w", err)
+			}
+		}
+	}
+	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
 			// A typo in grpc.socket must not cost the operator a file.
 			return nil, fmt.Errorf("socket path %s exists and is not a socket (%s); refusing to replace it", path, fileKind(fi))
@@ -521,6 +534,12 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen on socket %s: %w", path, err)
 	}
 	return l, nil
+}
+
+// staleSocketLink reports whether the symbolic link path points at a socket or at nothing.
+func staleSocketLink(path string) bool {
+	fi, err := os.Stat(path)
+	return errors.Is(err, os.ErrNotExist) || (err == nil && fi.Mode()&os.ModeSocket != 0)
 }
 
 // fileKind names what fi is, for an error about a path that should have been a socket.
