@@ -27,7 +27,7 @@ const maxAPIBody = 64 << 20
 // ClientOptions configure NewClient. Zero fields take the documented defaults.
 type ClientOptions struct {
 	Endpoint  string // Hub base URL; default DefaultEndpoint
-	Token     string // bearer token; sent only to the Endpoint's host
+	Token     string // bearer token, surrounding white space ignored; sent only to the Endpoint's host
 	UserAgent string // default "buffdbd"
 	// Transport carries every request; default a clone of http.DefaultTransport with compression
 	// disabled (we always send Accept-Encoding: identity so a CDN honours Range) and HTTP/1.1
@@ -81,8 +81,10 @@ func NewClient(o ClientOptions) (*Client, error) {
 	}
 	return &Client{
 		endpoint: u,
-		token:    o.Token,
-		ua:       ua,
+		// As huggingface_hub does: a token read from a file or pasted keeps its line end, which
+		// no header may carry (the request would fail before reaching the network).
+		token: strings.TrimSpace(o.Token),
+		ua:    ua,
 		// Redirects are followed by hand: metadata lives on the redirect responses themselves,
 		// and the token must never follow a redirect to another host.
 		http: &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error {

@@ -898,13 +898,25 @@ func (rw *rangeWriter) close() {
 	}
 }
 
-// readFull fills p like io.ReadFull, resetting the stall timer whenever bytes arrive.
+// pieceWait bounds how long bytes wait in a connection's buffer for more before they are written.
+// On a fast link the buffer fills in milliseconds and pieces stay whole buffers (few, big, direct
+// writes); on a slow one (a cellular link shared by 8 connections gives each tens of KB/s) a 1 MiB
+// buffer takes tens of seconds to fill, and until written its bytes are not in the progress
+// display, the journal or a resume.
+const pieceWait = 250 * time.Millisecond
+
+// readFull fills p like io.ReadFull, resetting the stall timer whenever bytes arrive, but returns
+// what it has (with a nil error) once the first of those bytes has waited pieceWait.
 func readFull(r io.Reader, p []byte, timer *time.Timer, stall time.Duration) (int, error) {
 	n := 0
+	var first time.Time
 	for n < len(p) {
 		m, err := r.Read(p[n:])
 		if m > 0 {
 			timer.Reset(stall)
+			if n == 0 {
+				first = time.Now()
+			}
 		}
 		n += m
 		if err != nil {
@@ -912,6 +924,9 @@ func readFull(r io.Reader, p []byte, timer *time.Timer, stall time.Duration) (in
 				return n, nil
 			}
 			return n, err
+		}
+		if n > 0 && time.Since(first) >= pieceWait {
+			return n, nil
 		}
 	}
 	return n, nil

@@ -379,6 +379,15 @@ func TestFetcher_Errors(t *testing.T) {
 			t.Fatal("the token never reached the Hub")
 		}
 	})
+	// A token pasted with its line end (a file edited on Windows, an env file with a trailing
+	// space) is the token: header values cannot carry CR or LF, and the request failed before
+	// reaching the network, retried as if offline.
+	t.Run("OKTokenWithLineEnd", func(t *testing.T) {
+		res, err := e.fetch(t, " hf_alice\r\n", "hf:org/gated")
+		if err != nil || res.Offline || res.Version != gsha {
+			t.Fatalf("token with a line end: %+v, %v", res, err)
+		}
+	})
 	t.Run("ErrUnauthorized", func(t *testing.T) {
 		e.hub.AddRepo("org/public", hubtest.RepoOptions{})
 		commitFiles(e.hub, "org/public", "main", map[string][]byte{"a": []byte("a")})
