@@ -230,6 +230,13 @@ func LoadConfig(fs *pflag.FlagSet) (cfg Config, file string, warnings []string, 
 			return cfg, file, warnings, configErrorf("%s: %v (from %s)", k.name, err, source(v, fs, k, file))
 		}
 	}
+	tokenInFile := false
+	for _, k := range configKeys {
+		if k.name == "huggingface.token" {
+			tokenInFile = cfg.HuggingFace.Token != "" && strings.HasPrefix(source(v, fs, k, file), "config file ")
+		}
+	}
+	warnings = append(warnings, secretFileWarnings(cfg, file, tokenInFile)...)
 	if err := cfg.Validate(); err != nil {
 		var ce *configError
 		if errors.As(err, &ce) && ce.key != "" {
@@ -361,6 +368,32 @@ func unknownEnv(environ []string) []string {
 		}
 	}
 	slices.Sort(warn)
+	return warn
+}
+
+// secretFileWarnings names the files holding the Hugging Face token that every local user may
+// read: the config file when the token is written in it (tokenInFile), and huggingface.token_file.
+// Warnings, not errors: a fleet installed with the old modes keeps running, and the operator is
+// told, at every start and `config check`, what to change.
+func secretFileWarnings(cfg Config, file string, tokenInFile bool) []string {
+	var warn []string
+	readable := func(path string) (os.FileMode, bool) {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return 0, false // unreadable or missing: CheckFiles reports what matters
+		}
+		return fi.Mode().Perm(), fi.Mode().Perm()&0o004 != 0
+	}
+	if tokenInFile {
+		if mode, ok := readable(file); ok {
+			warn = append(warn, fmt.Sprintf("config file %s holds huggingface.token and every local user can read it (mode %04o): chmod 0640 it (owner root, group buffdbd), or move the token to huggingface.token_file", file, mode))
+		}
+	}
+	if f := cfg.HuggingFace.TokenFile; f != "" {
+		if mode, ok := readable(f); ok {
+			warn = append(warn, fmt.Sprintf("huggingface.token_file %s is readable by every local user (mode %04o): chmod 0640 it (owner root, group buffdbd)", f, mode))
+		}
+	}
 	return warn
 }
 

@@ -469,3 +469,51 @@ func TestConfigShow_MasksSecrets(t *testing.T) {
 		t.Fatalf("config show:\n%s", stdout.String())
 	}
 }
+
+func TestLoadConfig_WorldReadableTokenWarns(t *testing.T) {
+	// A token any local user can read is worth a warning at every start and config check; the
+	// same token in a private file, or from the environment, is not.
+	isolateEnv(t)
+	tokenFile := filepath.Join(t.TempDir(), "hf-token")
+	if err := os.WriteFile(tokenFile, []byte("hf_filetoken\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inline := writeFile(t, "huggingface:\n  token: hf_inline\n")
+	if err := os.Chmod(inline, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  string
+		want []string
+	}{
+		{"InlineWorldReadable", []string{"--config", inline}, "", []string{"config file " + inline + " holds huggingface.token and every local user can read it (mode 0644)"}},
+		{"TokenFileWorldReadable", []string{"--config", writeFile(t, "huggingface:\n  token_file: "+tokenFile+"\n")}, "",
+			[]string{"huggingface.token_file " + tokenFile + " is readable by every local user (mode 0644)"}},
+		{"InlinePrivate", []string{"--config", writeFile(t, "huggingface:\n  token: hf_inline\n")}, "", nil},
+		{"EnvOverridesFile", []string{"--config", inline}, "hf_env", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("BUFFDBD_HUGGINGFACE_TOKEN", tc.env)
+			if tc.env == "" {
+				os.Unsetenv("BUFFDBD_HUGGINGFACE_TOKEN")
+			}
+			_, warnings, err := loadWith(t, tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(warnings) != len(tc.want) {
+				t.Fatalf("warnings = %q, want %q", warnings, tc.want)
+			}
+			for i, w := range tc.want {
+				if !strings.HasPrefix(warnings[i], w) {
+					t.Fatalf("warning %q, want prefix %q", warnings[i], w)
+				}
+				if strings.Contains(warnings[i], "hf_") {
+					t.Fatalf("a warning shows the token: %q", warnings[i])
+				}
+			}
+		})
+	}
+}
