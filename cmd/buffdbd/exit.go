@@ -101,6 +101,9 @@ func reportError(w io.Writer, err error) int {
 	}
 	hint := ""
 	switch {
+	case strings.Contains(msg, sqliteNotADB) || strings.Contains(msg, sqliteMalformed):
+		// Restart=on-failure retries this every few seconds forever; the log must say what to do.
+		hint = "the store's database file (buffdb.sqlite in the data directory) is damaged: restore it from a backup, or salvage what is readable with sqlite3's .recover into a new file; buffdbd does not start on it and never replaces it"
 	case errors.Is(err, store.ErrLocked):
 		// The CLI's own lockedError (conn.go) carries a fuller hint; this covers any other path.
 		hint = "another buffdbd process has this data directory open; connect to its daemon (--socket or --addr) or wait for it to finish"
@@ -149,6 +152,14 @@ func oneLine(msg string) string {
 	}
 	return b.String()
 }
+
+// SQLite's messages for a database file that is not one (SQLITE_NOTADB, 26) or whose pages are
+// damaged (SQLITE_CORRUPT, 11). The store passes them through unclassified, and only cmd formats
+// them, so the hint keys on SQLite's own fixed wording.
+const (
+	sqliteNotADB    = "file is not a database (26)"
+	sqliteMalformed = "database disk image is malformed (11)"
+)
 
 // grpcPrefix is how grpc-go's status errors format their code.
 var grpcPrefix = regexp.MustCompile(`rpc error: code = [A-Za-z]+ desc = `)

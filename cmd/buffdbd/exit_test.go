@@ -147,3 +147,42 @@ func TestExecute_JournalPriority(t *testing.T) {
 		t.Fatalf("stderr under journald = %q, want the error at priority 3", got)
 	}
 }
+
+func TestExecute_CorruptDatabaseHint(t *testing.T) {
+	// A damaged database file stops the store from opening; the message says what to do about it.
+	for _, tc := range []struct {
+		name   string
+		damage func(db string) error
+	}{
+		{"Header", func(db string) error {
+			f, err := os.OpenFile(db, os.O_WRONLY, 0)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			_, err = f.WriteAt(bytes.Repeat([]byte{0xA5}, 100), 0)
+			return err
+		}},
+		{"Truncated", func(db string) error { return os.Truncate(db, 1000) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			args := []string{"kv", "set", "k", "v", "--config", os.DevNull, "--data-dir", dir}
+			if code := execute(context.Background(), args, strings.NewReader(""), io.Discard, io.Discard); code != 0 {
+				t.Fatalf("kv set: exit %d", code)
+			}
+			db := filepath.Join(dir, "buffdb.sqlite")
+			os.Remove(db + "-wal")
+			os.Remove(db + "-shm")
+			if err := tc.damage(db); err != nil {
+				t.Fatal(err)
+			}
+			var stderr bytes.Buffer
+			code := execute(context.Background(), []string{"kv", "get", "k", "--config", os.DevNull, "--data-dir", dir},
+				strings.NewReader(""), io.Discard, &stderr)
+			if code != exitError || !strings.Contains(stderr.String(), "hint: the store's database file (buffdb.sqlite in the data directory) is damaged") {
+				t.Fatalf("exit %d, stderr:\n%s", code, stderr.String())
+			}
+		})
+	}
+}
