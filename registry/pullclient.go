@@ -26,7 +26,7 @@ const PartialSuffix = ".buffdbd-partial"
 // PullOptions configure Pull.
 type PullOptions struct {
 	// Retries is how many times in a row a transient failure resumes the pull; an attempt that
-	// received bytes starts the count again. 0: no retry.
+	// kept more bytes than any before starts the count again. 0: no retry.
 	Retries int
 	// NoDelta disables reuse of chunks found in files already in the output directory.
 	NoDelta  bool
@@ -540,9 +540,7 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 		return err
 	}
 	if err := verifySum(h, f); err != nil {
-		_ = os.Remove(partial)
-		delete(ours, f.Path)
-		return err
+		return keepSound(out, partial, f, ours, err)
 	}
 	if owned {
 		if err := clearOwner(out); err != nil {
@@ -619,6 +617,38 @@ func pullChunks(ctx context.Context, f *File, fileIdx int, offset int64, local m
 		cs = ce
 	}
 	return nil
+}
+
+// keepSound handles a pulled file that failed its sha256 (err): it finds the first chunk whose
+// bytes are wrong, keeps the partial file up to it and names it. Removing the whole partial file,
+// as before, made every later pull transfer the whole file again, all the way to the same failure
+// when the registry's copy of a chunk is damaged (a pull does not re-hash what it sends): gigabytes
+// over a slow link, each time, with no word of which chunk or what to do.
+func keepSound(out *os.File, partial string, f *File, ours map[string]bool, err error) error {
+	good := verifiedPrefix(partial, f, f.Size)
+	if good >= f.Size { // every chunk is right and the file is not: nothing worth keeping
+		_ = os.Remove(partial)
+		delete(ours, f.Path)
+		return err
+	}
+	var bad ChunkRef
+	var off int64
+	for _, c := range f.Chunks {
+		if off == good {
+			bad = c
+			break
+		}
+		off += c.Size
+	}
+	if terr := out.Truncate(good); terr != nil {
+		_ = os.Remove(partial)
+		delete(ours, f.Path)
+		return err
+	}
+	_ = clearWritten(out) // its length is what is written now
+	return fmt.Errorf("%w: %s: bytes %d to %d (chunk %s) arrived damaged; the %d bytes before them are kept for the next pull."+
+		" If the registry's copy is damaged, `buffdbd model verify` there reports it and pushing the version again repairs it",
+		ErrChecksum, f.Path, good, good+bad.Size, bad.SHA256, good)
 }
 
 func verifySum(h hash.Hash, f *File) error {
