@@ -185,6 +185,11 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 		return res, err
 	}
 	defer funlock()
+	// removeStale judges a staging directory by its modification time, which a resume does not
+	// change (its partial files are one level down): without this, a fetch resuming a directory
+	// left weeks ago would have it removed under it when another commit's fetch finishes.
+	now := time.Now()
+	os.Chtimes(dir, now, now)
 	have, err := f.reg.HasVersion(ctx, ref.Repo, commit)
 	if err != nil {
 		return res, fmt.Errorf("check registry for %s:%s: %w", ref.Repo, commit, err)

@@ -709,3 +709,50 @@ func TestFetcher_StagingLockedByAnotherProcess(t *testing.T) {
 		t.Fatal("published bytes differ")
 	}
 }
+
+// TestFetcher_ResumedStagingNotStale: a fetch resuming a staging directory left long ago (a
+// device offline for weeks) is not taken for abandoned by another commit's fetch finishing
+// meanwhile, which prunes stale staging directories of the repository.
+func TestFetcher_ResumedStagingNotStale(t *testing.T) {
+	e := newFetchEnv(t)
+	e.hub.AddRepo("org/model", hubtest.RepoOptions{})
+	old := randomBytes(31, 512<<10)
+	oldSHA := commitFiles(e.hub, "org/model", "old", map[string][]byte{"model.safetensors": old})
+	commitFiles(e.hub, "org/model", "main", map[string][]byte{"config.json": []byte("{}")})
+	stage := filepath.Join(e.cache, "org", "model", oldSHA)
+	if err := os.MkdirAll(filepath.Join(stage, "partial"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	weeksAgo := time.Now().Add(-30 * 24 * time.Hour)
+	if err := os.Chtimes(stage, weeksAgo, weeksAgo); err != nil {
+		t.Fatal(err)
+	}
+	// The old commit takes about a second: two 256 KiB ranges at 128 KiB/s each, after the
+	// emulator's 64 KiB burst.
+	e.hub.Throttle(128 << 10)
+	slow, err := huggingface.New(e.reg, huggingface.Options{
+		Client:   huggingface.ClientOptions{Endpoint: e.hub.Endpoint(), Backoff: fastBackoff},
+		Engine:   huggingface.EngineOptions{Concurrency: 2, RangeSize: 256 << 10, BufferSize: 16 << 10},
+		CacheDir: e.cache,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := slow.Fetch(context.Background(), huggingface.Request{Ref: huggingface.Ref{Repo: "org/model", Revision: "old"}})
+		errc <- err
+	}()
+	for e.hub.BytesServed() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := e.fetch(t, "", "hf:org/model@main"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("resumed fetch after another commit's fetch pruned stale staging: %v", err)
+	}
+	if got := pullAll(t, e.reg, "org/model", oldSHA); !bytes.Equal(got["model.safetensors"], old) {
+		t.Fatal("published bytes differ")
+	}
+}
