@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
+	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
 	"github.com/buffdb/buffdbd/registry"
 )
 
@@ -806,5 +807,35 @@ func TestMain_StaleSocketLink(t *testing.T) {
 	}
 	if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {
 		t.Fatalf("the linked file: %q %v", b, err)
+	}
+}
+
+func TestMain_CloseEndsRegistryWatches(t *testing.T) {
+	// However the shutdown starts (here Close itself, as after a failed listener, not the signal
+	// context), registry Watch streams end at once instead of holding the graceful stop until its
+	// deadline (an hour here: only the test's bound would end it).
+	m := newTestMain(t, nil)
+	conn := dialGRPC(t, tcpAddr(m))
+	watch, err := registrypb.NewRegistryClient(conn).Watch(context.Background(), &registrypb.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := watch.Recv(); err != nil || ev.Kind != registrypb.WatchEvent_READY {
+		t.Fatalf("watch: %v %v", ev, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- m.Close(ctx) }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Close waited on the registry watcher")
+	}
+	if _, err := watch.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("watch end: %v, want Unavailable", err)
 	}
 }

@@ -207,6 +207,8 @@ type Main struct {
 	httpAddr net.Addr
 	systemd  *systemd
 	ready    atomic.Bool
+	// endServices cancels the context the layered services were built with (see Open).
+	endServices context.CancelFunc
 	// draining is set when shutdown begins, before health turns NOT_SERVING (endHealthWatches).
 	draining atomic.Bool
 	// readyDB is the store while serving, nil before and once shutdown begins; readiness uses it
@@ -259,6 +261,10 @@ func (m *Main) Open(ctx context.Context) (err error) {
 		m.metrics.registerStore(m.DB.Stats)
 		ctx = withObservers(ctx, m.metrics)
 	}
+	// The services' context ends when Close begins, whatever started it (a signal, a failed
+	// listener, a test): the registry then ends its Watch streams, which would otherwise hold the
+	// graceful stop for its whole timeout.
+	ctx, m.endServices = context.WithCancel(ctx)
 	if m.Services, err = buildServices(ctx, m.DB, m.Config, m.Logger, m.ServerOptions); err != nil {
 		return err
 	}
@@ -445,6 +451,9 @@ func (m *Main) Close(ctx context.Context) error {
 	}
 	m.systemd.stopWatchdog()
 	m.draining.Store(true)
+	if m.endServices != nil {
+		m.endServices()
+	}
 	if m.Services != nil {
 		m.Services.srv.Shutdown(ctx)
 	}
