@@ -311,7 +311,7 @@ func classifyFetchError(err error, ref huggingface.Ref, hasToken bool) error {
 			fe.hint = "pass --token (or set HF_TOKEN) for an account that was granted access to " + ref.Repo
 		}
 	case errors.Is(err, huggingface.ErrUnauthorized):
-		fe.code, fe.hint = exitUnauthorized, "the token is invalid or expired; create a new one in your Hub settings (settings/tokens)"
+		fe.code, fe.hint = exitUnauthorized, "the token is invalid, expired, or (a fine-grained token) not allowed to read this repository; check it in your Hub settings (settings/tokens)"
 	case errors.Is(err, huggingface.ErrRateLimited):
 		fe.code, fe.hint = exitRateLimited, "wait a few minutes, or pass a token (authenticated users get higher limits)"
 	case errors.Is(err, huggingface.ErrOffline):
