@@ -70,8 +70,8 @@ func TestRegistry_PushPull(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertTree(t, out, files)
-	if pr.BytesReceived != pr.Bytes {
-		t.Errorf("pull into an empty dir received %d of %d bytes", pr.BytesReceived, pr.Bytes)
+	if dup := int64(len(files["onnx/dup-of-model.onnx"])); pr.BytesReceived != pr.Bytes-dup || pr.BytesLocal != dup {
+		t.Errorf("pull into an empty dir received %d and copied %d of %d bytes; want all but the duplicate received", pr.BytesReceived, pr.BytesLocal, pr.Bytes)
 	}
 
 	show, err := e.rpc.Show(context.Background(), &registrypb.ShowRequest{Ref: "org/bert:v1"})
@@ -1422,4 +1422,35 @@ func TestRegistry_PullDamagedChunkKeepsTheRest(t *testing.T) {
 		t.Fatalf("pull after repair received %d bytes, want the %d after the kept prefix", res.BytesReceived, uint64(len(data))-before)
 	}
 	assertTree(t, out, map[string][]byte{"m.bin": data})
+}
+
+// TestRegistry_PullIdenticalFilesOnce: files of a version with the same content (hard links,
+// copies) cross the link once; the others are copied locally. Before, each was transferred.
+func TestRegistry_PullIdenticalFilesOnce(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	same := randBytes(95, 6<<20)
+	other := randBytes(96, 1<<20)
+	files := map[string][]byte{"a.bin": same, "b/copy.bin": same, "c.bin": other, "d/copy2.bin": same, "empty": {}, "empty2": {}}
+	src := t.TempDir()
+	writeFiles(t, src, files)
+	push(t, e, src, "dup", "v1")
+	out := t.TempDir()
+	res, err := e.client.Pull(context.Background(), "dup:v1", out, registry.PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, files)
+	if want := int64(len(same) + len(other)); res.BytesReceived != want {
+		t.Fatalf("received %d bytes, want %d: each distinct file once", res.BytesReceived, want)
+	}
+	// Again into a directory holding a.bin only: the copies come from it, nothing is transferred.
+	out = t.TempDir()
+	writeFiles(t, out, map[string][]byte{"a.bin": same})
+	if res, err = e.client.Pull(context.Background(), "dup:v1", out, registry.PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, files)
+	if want := int64(len(other)); res.BytesReceived != want {
+		t.Fatalf("received %d bytes, want %d", res.BytesReceived, want)
+	}
 }

@@ -251,16 +251,29 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 		f       *File
 		partial string
 		offset  int64
+		// copyOf, if set, is where an earlier file of the version with the same content is
+		// (complete, or this attempt's verified partial file): this one is copied from it, not
+		// transferred. Identical files (hard links, copies) crossed the link once each before.
+		copyOf string
 	}
 	var jobs []job
 	var done int64
+	bySum := map[Digest]string{}
 	for i := range files {
 		f := &files[i]
 		if complete[f.Path] {
 			done += f.Size
+			if _, ok := bySum[f.SHA256]; !ok {
+				bySum[f.SHA256] = filepath.Join(dir, filepath.FromSlash(f.Path))
+			}
 			continue
 		}
 		partial := partialPath(dir, f.Path)
+		if src, ok := bySum[f.SHA256]; ok && f.Size > 0 {
+			jobs = append(jobs, job{f: f, partial: partial, copyOf: src})
+			continue
+		}
+		bySum[f.SHA256] = partial
 		var off int64
 		if st, err := os.Stat(partial); err == nil && st.Mode().IsRegular() && st.Size() <= f.Size {
 			off = st.Size()
@@ -287,7 +300,7 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 	}
 	*start = done
 	progress(0)
-	if len(jobs) > 0 {
+	if len(req.Ranges) > 0 { // none would mean every file
 		stream, err := c.rpc.Pull(ctx, req)
 		if err != nil {
 			return err
@@ -312,6 +325,9 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 		}
 		rd := &pieceReader{stream: stream}
 		for _, j := range jobs {
+			if j.copyOf != "" {
+				continue
+			}
 			if err := pullFile(ctx, j.f, idx[j.f.Path], j.partial, j.offset, local, rd, res, progress, ours); err != nil {
 				return fmt.Errorf("pull %s: %w", j.f.Path, err)
 			}
@@ -321,6 +337,15 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 				err = fmt.Errorf("%w: server sent more data than the manifest describes", ErrInvalid)
 			}
 			return err
+		}
+	}
+	for _, j := range jobs {
+		if j.copyOf != "" {
+			if err := copyDuplicate(j.copyOf, j.partial, j.f); err != nil {
+				return fmt.Errorf("pull %s: %w", j.f.Path, err)
+			}
+			res.BytesLocal += j.f.Size
+			progress(j.f.Size)
 		}
 	}
 	// Every file is verified and durable under its partial name: move them into place. First make
@@ -617,6 +642,38 @@ func pullChunks(ctx context.Context, f *File, fileIdx int, offset int64, local m
 		cs = ce
 	}
 	return nil
+}
+
+// copyDuplicate writes the partial file of f from src, a verified file of the same content,
+// checks its sha256 on the way and fsyncs it.
+func copyDuplicate(src, partial string, f *File) (err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	if err := os.MkdirAll(filepath.Dir(partial), 0o755); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	_, _ = clearWritten(out), clearOwner(out) // marks an earlier pull may have left: the copy is whole
+	h := sha256.New()
+	if _, err := io.CopyN(io.MultiWriter(out, h), in, f.Size); err != nil {
+		return fmt.Errorf("copy from %s: %w", src, err)
+	}
+	if err := verifySum(h, f); err != nil {
+		_ = os.Remove(partial)
+		return err
+	}
+	return out.Sync()
 }
 
 // keepSound handles a pulled file that failed its sha256 (err): it finds the first chunk whose
