@@ -20,5 +20,5 @@ func freeBytes(dir string) int64 {
 	if err := unix.Statfs(dir, &st); err != nil {
 		return -1
 	}
-	return int64(st.Bavail) * st.Bsize
+	return int64(st.Bavail) * int64(st.Bsize) // Bsize is int32 on 32-bit ARM
 }
