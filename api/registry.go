@@ -139,7 +139,7 @@ func (s *registryService) pull(req *registrypb.PullRequest, stream registrypb.Re
 	if err != nil {
 		return err
 	}
-	pr := registry.PullRequest{Ref: ref, Have: make(map[registry.Digest]bool, len(req.HaveChunks))}
+	pr := registry.PullRequest{Ref: ref, Have: make(map[registry.Digest]bool, len(req.HaveChunks)), Once: req.SendChunksOnce}
 	for _, h := range req.HaveChunks {
 		d, err := registry.DigestFromBytes(h)
 		if err != nil {
@@ -156,7 +156,7 @@ func (s *registryService) pull(req *registrypb.PullRequest, stream registrypb.Re
 	_, err = s.reg.Pull(stream.Context(), pr, registry.PullSink{
 		Manifest: func(info registry.ModelInfo, m *registry.Manifest) error {
 			return stream.Send(&registrypb.PullResponse{Msg: &registrypb.PullResponse_Manifest{Manifest: &registrypb.PullManifest{
-				Info: registry.InfoToProto(info), Files: registry.FilesToProto(m.Files)}}})
+				Info: registry.InfoToProto(info), Files: registry.FilesToProto(m.Files), SendsChunksOnce: req.SendChunksOnce}}})
 		},
 		// The piece's buffer goes to the transport without a copy (Codec) and back to the pull
 		// once written.

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/buffdb/buffdbd/api"
 	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
@@ -1452,5 +1453,97 @@ func TestRegistry_PullIdenticalFilesOnce(t *testing.T) {
 	assertTree(t, out, files)
 	if want := int64(len(other)); res.BytesReceived != want {
 		t.Fatalf("received %d bytes, want %d", res.BytesReceived, want)
+	}
+}
+
+// TestRegistry_PullRepeatedChunksOnce: chunks repeated within a version (a sparse file's zeros,
+// the shared start of two different files) cross the link once, also over a link that keeps
+// dropping. Before, every occurrence was sent.
+func TestRegistry_PullRepeatedChunksOnce(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	x := randBytes(97, 6<<20)
+	files := map[string][]byte{
+		"sparse.bin": append(make([]byte, 24<<20), randBytes(98, 1<<20)...),
+		"a.bin":      x,
+		"b.bin":      append(append([]byte{}, x...), randBytes(99, 2<<20)...),
+	}
+	src := t.TempDir()
+	writeFiles(t, src, files)
+	push(t, e, src, "rep", "v1")
+	show, err := e.rpc.Show(context.Background(), &registrypb.ShowRequest{Ref: "rep:v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	distinct := map[string]uint64{}
+	for _, f := range show.Files {
+		for _, c := range f.Chunks {
+			distinct[string(c.Sha256)] = c.Size
+		}
+	}
+	var want int64
+	for _, n := range distinct {
+		want += int64(n)
+	}
+	out := t.TempDir()
+	res, err := e.client.Pull(context.Background(), "rep:v1", out, registry.PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, files)
+	if res.BytesReceived != want || res.BytesReceived+res.BytesLocal != res.Bytes {
+		t.Fatalf("received %d (local %d) of %d bytes; want each of the %d distinct chunk bytes once", res.BytesReceived, res.BytesLocal, res.Bytes, want)
+	}
+
+	link, dropped := droppingLink(t, e.conn.Target(), 3<<20)
+	cc, err := grpc.NewClient(link, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	out = t.TempDir()
+	if _, err := registry.NewClient(cc).Pull(context.Background(), "rep:v1", out, registry.PullOptions{Retries: 3}); err != nil {
+		t.Fatalf("pull over a link dropping every 3 MiB: %v (%d drops)", err, dropped.Load())
+	}
+	assertTree(t, out, files)
+}
+
+// oldPuller makes a client's pulls look like a client without send_chunks_once.
+type oldPuller struct{ grpc.ClientStream }
+
+func (s oldPuller) SendMsg(m any) error {
+	if r, ok := m.(*registrypb.PullRequest); ok {
+		r = proto.Clone(r).(*registrypb.PullRequest)
+		r.SendChunksOnce = false
+		m = r
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
+// TestRegistry_PullRepeatedChunksOldServer: a server that does not honour send_chunks_once (its
+// manifest does not say it does) sends every occurrence, and the client takes them all.
+func TestRegistry_PullRepeatedChunksOldServer(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	files := map[string][]byte{"sparse.bin": append(make([]byte, 16<<20), 1)}
+	src := t.TempDir()
+	writeFiles(t, src, files)
+	push(t, e, src, "rep", "v1")
+	cc, err := grpc.NewClient(e.conn.Target(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+			streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			s, err := streamer(ctx, desc, cc, method, opts...)
+			return oldPuller{s}, err
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	out := t.TempDir()
+	res, err := registry.NewClient(cc).Pull(context.Background(), "rep:v1", out, registry.PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, files)
+	if res.BytesReceived != res.Bytes {
+		t.Fatalf("received %d of %d bytes from a server sending every occurrence", res.BytesReceived, res.Bytes)
 	}
 }

@@ -24,6 +24,9 @@ type PullRequest struct {
 	// Ranges restricts the transfer to byte ranges of files (resume from an offset, or a range
 	// read). Empty means every file, whole.
 	Ranges []FileRange
+	// Once sends each chunk's bytes at most once: a later occurrence of a chunk already sent
+	// whole in this pull is skipped like a chunk in Have (the client copies it).
+	Once bool
 }
 
 // FileRange is a byte range of one file; Length <= 0 means to the end of the file.
@@ -158,6 +161,7 @@ func (s *Service) Pull(ctx context.Context, req PullRequest, sink PullSink) (st 
 	}
 	perr := make(chan error, 1)
 	var skipped int64
+	sentWhole := map[Digest]bool{} // for req.Once
 	go func() {
 		defer close(ordered)
 		defer close(reads)
@@ -172,10 +176,13 @@ func (s *Service) Pull(ctx context.Context, req PullRequest, sink PullSink) (st 
 						cs = ce
 						continue
 					}
-					if req.Have[c.SHA256] {
+					if req.Have[c.SHA256] || (req.Once && sentWhole[c.SHA256]) {
 						skipped += to - from
 						cs = ce
 						continue
+					}
+					if from == cs && to == ce {
+						sentWhole[c.SHA256] = true
 					}
 					err := s.queueChunk(rctx, c, sp.file, cs, from-cs, to-cs, free, func(pr *pieceRead) error {
 						select {

@@ -301,6 +301,14 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 	*start = done
 	progress(0)
 	if len(req.Ranges) > 0 { // none would mean every file
+		// Repeated chunks (a sparse file's zeros, a layer shared by two files) cross the link
+		// once, unless repeats inside one file would have to be held in memory beyond holdMax.
+		req.SendChunksOnce = true
+		for _, j := range jobs {
+			if j.copyOf == "" && heldBytes(j.f, j.offset, local) > holdMax {
+				req.SendChunksOnce = false
+			}
+		}
 		stream, err := c.rpc.Pull(ctx, req)
 		if err != nil {
 			return err
@@ -323,14 +331,17 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 		for i, f := range got {
 			idx[f.Path] = i
 		}
+		once := newSentOnce()
+		once.enabled = req.SendChunksOnce && first.GetManifest().GetSendsChunksOnce()
 		rd := &pieceReader{stream: stream}
 		for _, j := range jobs {
 			if j.copyOf != "" {
 				continue
 			}
-			if err := pullFile(ctx, j.f, idx[j.f.Path], j.partial, j.offset, local, rd, res, progress, ours); err != nil {
+			if err := pullFile(ctx, j.f, idx[j.f.Path], j.partial, j.offset, local, rd, res, progress, ours, once); err != nil {
 				return fmt.Errorf("pull %s: %w", j.f.Path, err)
 			}
+			once.fileDone()
 		}
 		if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
 			if err == nil {
@@ -467,7 +478,7 @@ type piece struct {
 // hashes first), from local chunks where listed and from the stream otherwise, then verifies the
 // sha256 and fsyncs. A mismatch removes the partial file so the next attempt starts clean.
 func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset int64, local map[Digest]localChunk,
-	rd *pieceReader, res *PullResult, progress func(int64), ours map[string]bool) (err error) {
+	rd *pieceReader, res *PullResult, progress func(int64), ours map[string]bool, once *sentOnce) (err error) {
 	if err := os.MkdirAll(filepath.Dir(partial), 0o755); err != nil {
 		return err
 	}
@@ -554,7 +565,7 @@ func pullFile(ctx context.Context, f *File, fileIdx int, partial string, offset 
 		wq <- piece{p, rb}
 		hq <- piece{p, rb}
 	}
-	err = pullChunks(ctx, f, fileIdx, offset, local, rd, res, progress, emit)
+	err = pullChunks(ctx, f, fileIdx, offset, local, rd, res, progress, emit, once, partial)
 	close(wq)
 	close(hq)
 	<-hdone
@@ -602,9 +613,10 @@ const pullQueue = 8
 // pullChunks produces f's bytes from offset on, in order: local chunks are read from disk, the
 // others taken from the stream.
 func pullChunks(ctx context.Context, f *File, fileIdx int, offset int64, local map[Digest]localChunk,
-	rd *pieceReader, res *PullResult, progress func(int64), emit func([]byte, *recvBuf)) error {
+	rd *pieceReader, res *PullResult, progress func(int64), emit func([]byte, *recvBuf), once *sentOnce, partial string) error {
+	last := once.recurring(f, offset, local)
 	var cs int64
-	for _, ch := range f.Chunks {
+	for i, ch := range f.Chunks {
 		ce := cs + ch.Size
 		if ce <= offset {
 			cs = ce
@@ -620,6 +632,20 @@ func pullChunks(ctx context.Context, f *File, fileIdx int, offset int64, local m
 			cs = ce
 			continue
 		}
+		if once.skips(ch.SHA256) {
+			if err := once.copy(ch.SHA256, from-cs, ce-from, emit); err != nil {
+				return err
+			}
+			res.BytesLocal += ce - from
+			progress(ce - from)
+			cs = ce
+			continue
+		}
+		var hold []byte // the chunk's bytes, kept for its later occurrences in this file
+		whole := from == cs
+		if whole && once.on() && last[ch.SHA256] > i {
+			hold = make([]byte, 0, ch.Size)
+		}
 		for pos := from; pos < ce; {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -632,6 +658,9 @@ func pullChunks(ctx context.Context, f *File, fileIdx int, offset int64, local m
 				return fmt.Errorf("%w: got bytes of file %d at %d, expected file %d at %d", ErrInvalid, d.File, d.Offset, fileIdx, pos)
 			}
 			n := min(int64(len(d.Data)), ce-pos)
+			if hold != nil {
+				hold = append(hold, d.Data[:n]...)
+			}
 			emit(d.Data[:n], rb) // rb is recycled only once the writer and hasher are done with it
 			d.Data = d.Data[n:]
 			d.Offset += uint64(n)
@@ -639,9 +668,125 @@ func pullChunks(ctx context.Context, f *File, fileIdx int, offset int64, local m
 			res.BytesReceived += n
 			progress(n)
 		}
+		if whole {
+			once.received(ch, partial, cs, hold)
+		}
 		cs = ce
 	}
 	return nil
+}
+
+// holdMax bounds the bytes of repeated chunks a pull keeps in memory to write them again later in
+// the same file (a sparse file's zero chunk: one chunk). A version needing more is pulled without
+// send_chunks_once, every occurrence transferred, rather than with unbounded memory.
+const holdMax = 64 << 20
+
+// sentOnce mirrors, on the client, which chunks a server honouring send_chunks_once skips (a
+// chunk sent whole earlier in the stream) and where their bytes are: in memory while the file
+// that received them is written, then in that file's verified partial file. A nil *sentOnce, or
+// one not turned on, skips nothing.
+type sentOnce struct {
+	enabled bool
+	sent    map[Digest]bool
+	held    map[Digest][]byte     // this file's repeated chunks
+	pending map[Digest]localChunk // this file's chunks, for the next files once it is verified
+	disk    map[Digest]localChunk // earlier files' chunks
+}
+
+func newSentOnce() *sentOnce {
+	return &sentOnce{sent: map[Digest]bool{}, held: map[Digest][]byte{}, pending: map[Digest]localChunk{}, disk: map[Digest]localChunk{}}
+}
+
+func (o *sentOnce) on() bool { return o != nil && o.enabled }
+
+// recurring returns, for f from offset on, the last index of each chunk that is neither local
+// nor skipped: a chunk received whole before that index is held until then.
+func (o *sentOnce) recurring(f *File, offset int64, local map[Digest]localChunk) map[Digest]int {
+	if !o.on() {
+		return nil
+	}
+	last := map[Digest]int{}
+	var cs int64
+	for i, ch := range f.Chunks {
+		ce := cs + ch.Size
+		if ce > offset && !o.sent[ch.SHA256] {
+			if _, ok := local[ch.SHA256]; !ok {
+				last[ch.SHA256] = i
+			}
+		}
+		cs = ce
+	}
+	return last
+}
+
+// heldBytes is what recurring would make a pull of f (from offset) hold at most.
+func heldBytes(f *File, offset int64, local map[Digest]localChunk) int64 {
+	seen := map[Digest]int{}
+	sizes := map[Digest]int64{}
+	var cs int64
+	for _, ch := range f.Chunks {
+		ce := cs + ch.Size
+		if _, ok := local[ch.SHA256]; ce > offset && !ok {
+			seen[ch.SHA256]++
+			sizes[ch.SHA256] = ch.Size
+		}
+		cs = ce
+	}
+	var n int64
+	for d, k := range seen {
+		if k > 1 {
+			n += sizes[d]
+		}
+	}
+	return n
+}
+
+func (o *sentOnce) skips(d Digest) bool { return o.on() && o.sent[d] }
+
+// received records a chunk that arrived whole at offset off of the file whose partial file is
+// partial; hold, if not nil, holds its bytes.
+func (o *sentOnce) received(ch ChunkRef, partial string, off int64, hold []byte) {
+	if !o.on() {
+		return
+	}
+	o.sent[ch.SHA256] = true
+	if hold != nil {
+		o.held[ch.SHA256] = hold
+	}
+	if _, ok := o.pending[ch.SHA256]; !ok {
+		o.pending[ch.SHA256] = localChunk{path: partial, off: off, size: ch.Size}
+	}
+}
+
+// fileDone is called once the current file is verified and synced: its chunks can be read back
+// from it, and the held bytes are dropped.
+func (o *sentOnce) fileDone() {
+	if !o.on() {
+		return
+	}
+	for d, lc := range o.pending {
+		if _, ok := o.disk[d]; !ok {
+			o.disk[d] = lc
+		}
+	}
+	clear(o.pending)
+	clear(o.held)
+}
+
+// copy emits n bytes, skip bytes into chunk d, from where the chunk was received.
+func (o *sentOnce) copy(d Digest, skip, n int64, emit func([]byte, *recvBuf)) error {
+	if b, ok := o.held[d]; ok {
+		for p := b[skip : skip+n]; len(p) > 0; {
+			k := min(len(p), PullPieceSize)
+			emit(p[:k:k], nil) // read-only: the writer and hasher only read it
+			p = p[k:]
+		}
+		return nil
+	}
+	if lc, ok := o.disk[d]; ok {
+		return copyLocal(lc, skip, n, emit)
+	}
+	return fmt.Errorf("%w: the server skipped chunk %s as sent before, but it was not received whole", ErrInvalid, d)
 }
 
 // copyDuplicate writes the partial file of f from src, a verified file of the same content,

@@ -1431,12 +1431,18 @@ func (x *FileRange) GetLength() uint64 {
 }
 
 type PullRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
-	HaveChunks    [][]byte               `protobuf:"bytes,2,rep,name=have_chunks,json=haveChunks,proto3" json:"have_chunks,omitempty"` // sha256 of chunks the client already holds
-	Ranges        []*FileRange           `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`                           // empty = every file, whole; else in manifest order
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Ref        string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	HaveChunks [][]byte               `protobuf:"bytes,2,rep,name=have_chunks,json=haveChunks,proto3" json:"have_chunks,omitempty"` // sha256 of chunks the client already holds
+	Ranges     []*FileRange           `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`                           // empty = every file, whole; else in manifest order
+	// Send the bytes of each chunk at most once in this stream: a later occurrence of a chunk
+	// already sent whole (a range starting inside it does not count) is skipped like a chunk in
+	// have_chunks, and the client copies it from where it wrote it. A sparse file's zeros or a
+	// layer repeated across files then cross the link once. Servers that honour it say so in
+	// PullManifest.sends_chunks_once; older ones send every occurrence.
+	SendChunksOnce bool `protobuf:"varint,4,opt,name=send_chunks_once,json=sendChunksOnce,proto3" json:"send_chunks_once,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PullRequest) Reset() {
@@ -1488,6 +1494,13 @@ func (x *PullRequest) GetRanges() []*FileRange {
 		return x.Ranges
 	}
 	return nil
+}
+
+func (x *PullRequest) GetSendChunksOnce() bool {
+	if x != nil {
+		return x.SendChunksOnce
+	}
+	return false
 }
 
 type PullResponse struct {
@@ -1573,11 +1586,12 @@ func (*PullResponse_Manifest) isPullResponse_Msg() {}
 func (*PullResponse_Data) isPullResponse_Msg() {}
 
 type PullManifest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Info          *ModelInfo             `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
-	Files         []*File                `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Info            *ModelInfo             `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	Files           []*File                `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
+	SendsChunksOnce bool                   `protobuf:"varint,3,opt,name=sends_chunks_once,json=sendsChunksOnce,proto3" json:"sends_chunks_once,omitempty"` // the request's send_chunks_once is honoured
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PullManifest) Reset() {
@@ -1622,6 +1636,13 @@ func (x *PullManifest) GetFiles() []*File {
 		return x.Files
 	}
 	return nil
+}
+
+func (x *PullManifest) GetSendsChunksOnce() bool {
+	if x != nil {
+		return x.SendsChunksOnce
+	}
+	return false
 }
 
 type PullData struct {
@@ -3204,19 +3225,21 @@ const file_registry_proto_rawDesc = "" +
 	"\tFileRange\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x16\n" +
-	"\x06length\x18\x03 \x01(\x04R\x06length\"t\n" +
+	"\x06length\x18\x03 \x01(\x04R\x06length\"\x9e\x01\n" +
 	"\vPullRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1f\n" +
 	"\vhave_chunks\x18\x02 \x03(\fR\n" +
 	"haveChunks\x122\n" +
-	"\x06ranges\x18\x03 \x03(\v2\x1a.buffdb.registry.FileRangeR\x06ranges\"\x83\x01\n" +
+	"\x06ranges\x18\x03 \x03(\v2\x1a.buffdb.registry.FileRangeR\x06ranges\x12(\n" +
+	"\x10send_chunks_once\x18\x04 \x01(\bR\x0esendChunksOnce\"\x83\x01\n" +
 	"\fPullResponse\x12;\n" +
 	"\bmanifest\x18\x01 \x01(\v2\x1d.buffdb.registry.PullManifestH\x00R\bmanifest\x12/\n" +
 	"\x04data\x18\x02 \x01(\v2\x19.buffdb.registry.PullDataH\x00R\x04dataB\x05\n" +
-	"\x03msg\"k\n" +
+	"\x03msg\"\x97\x01\n" +
 	"\fPullManifest\x12.\n" +
 	"\x04info\x18\x01 \x01(\v2\x1a.buffdb.registry.ModelInfoR\x04info\x12+\n" +
-	"\x05files\x18\x02 \x03(\v2\x15.buffdb.registry.FileR\x05files\"J\n" +
+	"\x05files\x18\x02 \x03(\v2\x15.buffdb.registry.FileR\x05files\x12*\n" +
+	"\x11sends_chunks_once\x18\x03 \x01(\bR\x0fsendsChunksOnce\"J\n" +
 	"\bPullData\x12\x12\n" +
 	"\x04file\x18\x01 \x01(\rR\x04file\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x12\n" +
