@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -46,6 +47,9 @@ func yamlValue(k configKey, cfg *Config, mask bool) string {
 		if mask && k.secret && s != "" {
 			s = maskedSecret
 		}
+		if mask {
+			s = maskURLUser(s)
+		}
 		q, _ := json.Marshal(s)
 		return string(q)
 	case *[]string:
@@ -53,6 +57,17 @@ func yamlValue(k configKey, cfg *Config, mask bool) string {
 		return strings.ReplaceAll(string(q), `","`, `", "`)
 	}
 	return formatValue(p)
+}
+
+// maskURLUser masks the user information of a URL value (https://user:token@mirror/): mirrors
+// that take credentials in the URL make the endpoint a secret, though the key is not one.
+func maskURLUser(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil || u.Host == "" {
+		return s
+	}
+	u.User = nil // url.User would percent-encode the mask
+	return strings.Replace(u.String(), "://", "://"+maskedSecret+"@", 1)
 }
 
 // maskedAttrs is the effective configuration as log attributes, secrets masked, for the startup log.

@@ -386,12 +386,16 @@ func TestConfig_resolveDirs(t *testing.T) {
 func TestWriteConfigYAML_MasksSecrets(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.HuggingFace.Token = "hf_supersecret"
+	cfg.HuggingFace.Endpoint = "https://mirror-user:supersecret@mirror.example/hf"
 	var buf bytes.Buffer
 	if err := writeConfigYAML(&buf, cfg, true); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(buf.String(), "supersecret") || !strings.Contains(buf.String(), `token: "`+maskedSecret+`"`) {
 		t.Fatalf("token not masked:\n%s", buf.String())
+	}
+	if !strings.Contains(buf.String(), `endpoint: "https://`+maskedSecret+`@mirror.example/hf"`) {
+		t.Fatalf("endpoint credentials not masked:\n%s", buf.String())
 	}
 	for _, a := range cfg.maskedAttrs() {
 		if s, ok := a.(string); ok && strings.Contains(s, "supersecret") {
