@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -244,9 +245,6 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	req := &registrypb.PullRequest{Ref: ref}
-	for sum := range local {
-		req.HaveChunks = append(req.HaveChunks, sum[:])
-	}
 	type job struct {
 		f       *File
 		partial string
@@ -299,6 +297,44 @@ func (c *Client) pullOnce(ctx context.Context, ref, dir string, files []File, lo
 		}
 	}
 	*start = done
+	// The whole chunks in the kept prefix of a resumed partial file are on disk too: a chunk
+	// repeated further on (a sparse file's zeros) is then copied rather than sent again, also when
+	// the link drops before the stream gets to send one of them whole.
+	needed := map[Digest]bool{} // chunks this attempt must otherwise receive
+	for _, j := range jobs {
+		var cs int64
+		for _, ch := range j.f.Chunks {
+			if cs+ch.Size > j.offset && j.copyOf == "" {
+				needed[ch.SHA256] = true
+			}
+			cs += ch.Size
+		}
+	}
+	local = maps.Clone(local) // this attempt's: the caller's map is every attempt's
+	if local == nil {
+		local = map[Digest]localChunk{}
+	}
+	for _, j := range jobs {
+		var cs int64
+		for _, ch := range j.f.Chunks {
+			if j.copyOf != "" || cs+ch.Size > j.offset {
+				break
+			}
+			if _, ok := local[ch.SHA256]; needed[ch.SHA256] && !ok {
+				// Hashed first: a kept prefix is trusted for its own file (the file's sha256
+				// checks it), but a damaged chunk copied into another file would fail that one,
+				// pull after pull, before the damaged file got to its own check.
+				lc := localChunk{path: j.partial, off: cs, size: ch.Size}
+				if chunkHashes(lc, ch.SHA256) {
+					local[ch.SHA256] = lc
+				}
+			}
+			cs += ch.Size
+		}
+	}
+	for sum := range local {
+		req.HaveChunks = append(req.HaveChunks, sum[:])
+	}
 	progress(0)
 	if len(req.Ranges) > 0 { // none would mean every file
 		// Repeated chunks (a sparse file's zeros, a layer shared by two files) cross the link
@@ -787,6 +823,22 @@ func (o *sentOnce) copy(d Digest, skip, n int64, emit func([]byte, *recvBuf)) er
 		return copyLocal(lc, skip, n, emit)
 	}
 	return fmt.Errorf("%w: the server skipped chunk %s as sent before, but it was not received whole", ErrInvalid, d)
+}
+
+// chunkHashes reports whether the bytes at lc hash to sum.
+func chunkHashes(lc localChunk, sum Digest) bool {
+	f, err := os.Open(lc.path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, lc.off, lc.size)); err != nil {
+		return false
+	}
+	var got Digest
+	h.Sum(got[:0])
+	return got == sum
 }
 
 // copyDuplicate writes the partial file of f from src, a verified file of the same content,
