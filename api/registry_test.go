@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,6 +28,7 @@ import (
 	"github.com/buffdb/buffdbd/api"
 	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
 	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
+	"github.com/buffdb/buffdbd/internal/linktest"
 	"github.com/buffdb/buffdbd/registry"
 	"github.com/buffdb/buffdbd/store"
 )
@@ -1098,80 +1098,6 @@ func TestRegistry_PushFileChanged(t *testing.T) {
 	}
 }
 
-// droppingLink relays connections to addr and closes each one once more than after bytes went
-// through it (either way), like a flaky link that loses its connection every few seconds. It
-// returns the address to dial and the count of connections dropped.
-func droppingLink(t testing.TB, addr string, after int64) (string, *atomic.Int32) {
-	return flakyLink(t, addr, after, false)
-}
-
-// flakyLink is droppingLink, or with stall, a link whose connections fall silent instead (no
-// bytes, no FIN, until the test ends), as behind a NAT that forgot them.
-func flakyLink(t testing.TB, addr string, after int64, stall bool) (string, *atomic.Int32) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := make(chan struct{})
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		l.Close()
-		close(stop)
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	var dropped atomic.Int32
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, c, s)
-			mu.Unlock()
-			var moved atomic.Int64
-			var once sync.Once
-			drop := func() { once.Do(func() { c.Close(); s.Close() }) }
-			relay := func(dst, src net.Conn) {
-				defer drop()
-				buf := make([]byte, 16<<10)
-				for {
-					k, err := src.Read(buf)
-					if k > 0 {
-						if moved.Add(int64(k)) > after {
-							dropped.Add(1)
-							if stall {
-								<-stop
-							}
-							return
-						}
-						if _, err := dst.Write(buf[:k]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}
-			go relay(s, c)
-			go relay(c, s)
-		}
-	}()
-	return l.Addr().String(), &dropped
-}
-
 // TestRegistry_FlakyLink: over a link that drops every few MB, a push and a pull resume on each
 // new connection and finish with the exact bytes, with Retries bounding only failures in a row.
 // Before, a pull resumed a cut file at its last whole chunk, so a link dropping before a chunk (up
@@ -1195,28 +1121,28 @@ func TestRegistry_FlakyLink(t *testing.T) {
 	}
 
 	t.Run("Push", func(t *testing.T) {
-		link, dropped := droppingLink(t, addr, 5<<20) // more than the largest chunk
+		link := linktest.Start(t, addr, linktest.Options{After: 5 << 20}) // more than the largest chunk
 		src := t.TempDir()
 		writeFiles(t, src, map[string][]byte{"w.bin": randBytes(52, 24<<20)})
-		res, err := dial(link).Push(context.Background(), src, registry.PushOptions{
+		res, err := dial(link.Addr).Push(context.Background(), src, registry.PushOptions{
 			Info: registry.ModelInfo{Name: "n", Version: "v1"}, Retries: 2})
-		if err != nil || dropped.Load() < 3 {
-			t.Fatalf("push over a link dropping every 5 MiB: %v (%d drops, %d attempts)", err, dropped.Load(), res.Attempts)
+		if err != nil || link.Failed() < 3 {
+			t.Fatalf("push over a link dropping every 5 MiB: %v (%d drops, %d attempts)", err, link.Failed(), res.Attempts)
 		}
 	})
 	t.Run("Pull", func(t *testing.T) {
-		link, dropped := droppingLink(t, addr, 3<<20) // less than the largest chunk
+		link := linktest.Start(t, addr, linktest.Options{After: 3 << 20}) // less than the largest chunk
 		out := t.TempDir()
 		var last, backwards int64 // progress must not restart from 0 on each connection
-		res, err := dial(link).Pull(context.Background(), "m:v0", out, registry.PullOptions{Retries: 2,
+		res, err := dial(link.Addr).Pull(context.Background(), "m:v0", out, registry.PullOptions{Retries: 2,
 			Progress: func(done, total int64) {
 				if done < last {
 					backwards = last - done
 				}
 				last = done
 			}})
-		if err != nil || dropped.Load() < 3 {
-			t.Fatalf("pull over a link dropping every 3 MiB: %v (%d drops, %d attempts)", err, dropped.Load(), res.Attempts)
+		if err != nil || link.Failed() < 3 {
+			t.Fatalf("pull over a link dropping every 3 MiB: %v (%d drops, %d attempts)", err, link.Failed(), res.Attempts)
 		}
 		assertTree(t, out, files)
 		if backwards > 0 {
@@ -1265,8 +1191,8 @@ func TestRegistry_ServerKeepalive(t *testing.T) {
 		checkIntegrity(t, db)
 		db.Close()
 	})
-	link, stalled := flakyLink(t, l.Addr().String(), 4<<20, true)
-	cc, err := grpc.NewClient(link, grpc.WithTransportCredentials(insecure.NewCredentials())) // no client keepalive
+	link := linktest.Start(t, l.Addr().String(), linktest.Options{After: 4 << 20, Stall: true})
+	cc, err := grpc.NewClient(link.Addr, grpc.WithTransportCredentials(insecure.NewCredentials())) // no client keepalive
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1276,7 +1202,7 @@ func TestRegistry_ServerKeepalive(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go registry.NewClient(cc).Push(ctx, src, registry.PushOptions{Info: registry.ModelInfo{Name: "m", Version: "v1"}})
-	for stalled.Load() == 0 {
+	for link.Failed() == 0 {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// The session expired at once (TTL 1 ns) but is not collected while its push is live.
@@ -1326,38 +1252,6 @@ func TestRegistry_EvictionSkipsFreeVersions(t *testing.T) {
 	}
 }
 
-// refusingLink relays connections to addr except the first n, which it closes at once, like a
-// link that is down for a moment.
-func refusingLink(t testing.TB, addr string, n int32) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		var seen int32
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			if seen++; seen <= n {
-				c.Close()
-				continue
-			}
-			s, err := net.Dial("tcp", addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			go func() { io.Copy(s, c); s.Close() }()
-			go func() { io.Copy(c, s); c.Close() }()
-		}
-	}()
-	return l.Addr().String()
-}
-
 // TestRegistry_PullRetriesResolve: a pull started while the link is down retries resolving the
 // reference as it retries the transfer. Before, the first Show failed the pull at once.
 func TestRegistry_PullRetriesResolve(t *testing.T) {
@@ -1366,7 +1260,7 @@ func TestRegistry_PullRetriesResolve(t *testing.T) {
 	src := t.TempDir()
 	writeFiles(t, src, files)
 	push(t, e, src, "m", "v1")
-	cc, err := grpc.NewClient(refusingLink(t, e.conn.Target(), 2), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(linktest.Start(t, e.conn.Target(), linktest.Options{Refuse: 2}).Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1494,8 +1388,8 @@ func TestRegistry_PullRepeatedChunksOnce(t *testing.T) {
 		t.Fatalf("received %d (local %d) of %d bytes; want each of the %d distinct chunk bytes once", res.BytesReceived, res.BytesLocal, res.Bytes, want)
 	}
 
-	link, dropped := droppingLink(t, e.conn.Target(), 3<<20)
-	cc, err := grpc.NewClient(link, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	link := linktest.Start(t, e.conn.Target(), linktest.Options{After: 3 << 20})
+	cc, err := grpc.NewClient(link.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1503,13 +1397,13 @@ func TestRegistry_PullRepeatedChunksOnce(t *testing.T) {
 	out = t.TempDir()
 	res, err = registry.NewClient(cc).Pull(context.Background(), "rep:v1", out, registry.PullOptions{Retries: 3})
 	if err != nil {
-		t.Fatalf("pull over a link dropping every 3 MiB: %v (%d drops)", err, dropped.Load())
+		t.Fatalf("pull over a link dropping every 3 MiB: %v (%d drops)", err, link.Failed())
 	}
 	assertTree(t, out, files)
 	// A resumed attempt copies the repeats from the whole chunks its partial files kept, even when
 	// the link drops before a repeated chunk gets through whole in one connection.
 	if res.BytesReceived > res.Bytes/2 {
-		t.Fatalf("over a link dropping every 3 MiB: received %d of %d bytes (%d distinct), %d drops", res.BytesReceived, res.Bytes, want, dropped.Load())
+		t.Fatalf("over a link dropping every 3 MiB: received %d of %d bytes (%d distinct), %d drops", res.BytesReceived, res.Bytes, want, link.Failed())
 	}
 }
 

@@ -26,6 +26,7 @@ import (
 
 	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
 	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
+	"github.com/buffdb/buffdbd/internal/linktest"
 	"github.com/buffdb/buffdbd/store"
 )
 
@@ -292,48 +293,6 @@ func verifyAcked(t testing.TB, conn *grpc.ClientConn, a *acked) {
 	b.CloseSend()
 }
 
-// slowLink is a TCP proxy to addr whose downstream direction (server to client) carries about
-// rate bytes per second: a slow link, so that a transfer can be interrupted midway.
-func slowLink(t testing.TB, addr string, rate int) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			go func() { io.Copy(s, c); s.Close() }()
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := s.Read(buf)
-					if n > 0 {
-						if _, err := c.Write(buf[:n]); err != nil {
-							return
-						}
-						time.Sleep(time.Duration(n) * time.Second / time.Duration(rate))
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return l.Addr().String()
-}
-
 // TestModelPull_KilledClientResumes kills -9 a `model pull` midway and runs it again: the second
 // pull keeps what the first wrote (the partial file, preallocated where the filesystem allows,
 // records its written prefix), fetches the rest, and the file is exactly the pushed one.
@@ -354,7 +313,7 @@ func TestModelPull_KilledClientResumes(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "out")
 	partial := filepath.Join(out, "model.bin.buffdbd-partial")
-	pull := exec.Command(buffdbdBin, "--addr", slowLink(t, p.addr, 64<<20), "model", "pull", "m:v1", "-o", out)
+	pull := exec.Command(buffdbdBin, "--addr", linktest.Start(t, p.addr, linktest.Options{DownRate: 64 << 20}).Addr, "model", "pull", "m:v1", "-o", out)
 	if err := pull.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -4,14 +4,13 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/buffdb/buffdbd/internal/linktest"
 )
 
 // modelSuite drives the model commands the way a user does; base selects the store or daemon.
@@ -136,69 +135,10 @@ func TestProgress_PlainLines(t *testing.T) {
 	}
 }
 
-// stallingLink relays connections to addr; the first one stops relaying for good once more than
-// after bytes went through it (either way), without closing anything: a half-open link, as a NAT
-// that dropped the connection's state or a stuck middlebox leaves it. Later connections relay
-// normally. It returns the address to dial and a count of connections accepted.
-func stallingLink(t testing.TB, addr string, after int64) (string, *atomic.Int32) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	stop := make(chan struct{})
-	t.Cleanup(func() {
-		close(stop)
-		l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	var accepted atomic.Int32
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			n := accepted.Add(1)
-			s, err := net.Dial("tcp", addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, c, s)
-			mu.Unlock()
-			var moved atomic.Int64
-			relay := func(dst, src net.Conn) {
-				buf := make([]byte, 16<<10)
-				for {
-					k, err := src.Read(buf)
-					if k > 0 {
-						if n == 1 && moved.Add(int64(k)) > after {
-							<-stop // stalled: neither bytes nor FIN from now on
-							return
-						}
-						if _, err := dst.Write(buf[:k]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						dst.Close()
-						return
-					}
-				}
-			}
-			go relay(s, c)
-			go relay(c, s)
-		}
-	}()
-	return l.Addr().String(), &accepted
+// stallingLink relays connections to addr; the first one falls silent for good after 4 MiB (no
+// bytes, no FIN), as a NAT that dropped the connection's state leaves it. Later ones relay normally.
+func stallingLink(t testing.TB, addr string) *linktest.Link {
+	return linktest.Start(t, addr, linktest.Options{After: 4 << 20, Stall: true, Faulty: func(n int32) bool { return n == 1 }})
 }
 
 // TestModel_StalledLinkResumes: a push and a pull whose connection goes silent mid-transfer (no
@@ -224,19 +164,19 @@ func TestModel_StalledLinkResumes(t *testing.T) {
 	os.WriteFile(filepath.Join(src, "model.bin"), data, 0o644)
 
 	t.Run("Push", func(t *testing.T) {
-		link, conns := stallingLink(t, addr, 4<<20)
-		r := must(t, exitOK, "", "--addr", link, "model", "push", src, "--name", "m", "--version", "v1")
-		if !strings.Contains(r.stdout, "pushed m:v1") || conns.Load() < 2 {
-			t.Fatalf("push over a stalling link: %d connections, stdout %q", conns.Load(), r.stdout)
+		link := stallingLink(t, addr)
+		r := must(t, exitOK, "", "--addr", link.Addr, "model", "push", src, "--name", "m", "--version", "v1")
+		if !strings.Contains(r.stdout, "pushed m:v1") || link.Accepted() < 2 {
+			t.Fatalf("push over a stalling link: %d connections, stdout %q", link.Accepted(), r.stdout)
 		}
 	})
 	t.Run("Pull", func(t *testing.T) {
-		link, conns := stallingLink(t, addr, 4<<20)
+		link := stallingLink(t, addr)
 		out := t.TempDir()
-		must(t, exitOK, "", "--addr", link, "model", "pull", "m:v1", "-o", out)
+		must(t, exitOK, "", "--addr", link.Addr, "model", "pull", "m:v1", "-o", out)
 		got, err := os.ReadFile(filepath.Join(out, "model.bin"))
-		if err != nil || !bytes.Equal(got, data) || conns.Load() < 2 {
-			t.Fatalf("pull over a stalling link: %d connections, file differs: %v", conns.Load(), err)
+		if err != nil || !bytes.Equal(got, data) || link.Accepted() < 2 {
+			t.Fatalf("pull over a stalling link: %d connections, file differs: %v", link.Accepted(), err)
 		}
 	})
 }
