@@ -73,7 +73,12 @@ func freePort(t testing.TB) string {
 // startProc starts the real binary on dir and waits until its health check reports SERVING.
 func startProc(t testing.TB, dir string) *daemonProc {
 	t.Helper()
-	addr := freePort(t)
+	return startProcAt(t, dir, freePort(t))
+}
+
+// startProcAt is startProc listening on addr, e.g. a restart on the address clients know.
+func startProcAt(t testing.TB, dir, addr string) *daemonProc {
+	t.Helper()
 	p := &daemonProc{addr: addr, log: &bytes.Buffer{}}
 	p.cmd = exec.Command(buffdbdBin, "run", "--data-dir", dir, "--listen", addr, "--http-listen=")
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log

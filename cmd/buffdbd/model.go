@@ -493,10 +493,14 @@ func newModelVerifyCmd(g *globalFlags) *cobra.Command {
 }
 
 func newModelWatchCmd(g *globalFlags) *cobra.Command {
-	return &cobra.Command{
+	var reconnect bool
+	cmd := &cobra.Command{
 		Use:   "watch [NAME]",
 		Short: "Print version and alias changes as they happen (all models, or one)",
-		Args:  rangeArgs(0, 1),
+		Long: "Print version and alias changes as they happen, one line each: time, kind, model, version=, alias=, previous=.\n" +
+			"When the connection is lost (the daemon restarts, the link drops) the watch reconnects and prints a\n" +
+			"'resync' line: changes made meanwhile were not reported, so re-read the state you depend on.",
+		Args: rangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cc, err := dial(cmd, g)
 			if err != nil {
@@ -509,29 +513,30 @@ func newModelWatchCmd(g *globalFlags) *cobra.Command {
 				return errors.New("model watch needs a running daemon (start one with buffdbd run, or give --addr): " +
 					"without one, this command would hold the data directory and see no change")
 			}
-			c := registry.NewClient(cc)
-			req := &registrypb.WatchRequest{}
+			opts := registry.WatchOptions{Retries: -1}
 			if len(args) == 1 {
-				req.Name = args[0]
+				opts.Name = args[0]
 			}
-			stream, err := c.RPC().Watch(cmd.Context(), req)
-			if err != nil {
-				return err
+			if !reconnect {
+				opts.Retries = 0
 			}
 			w := cmd.OutOrStdout()
-			for {
-				ev, err := stream.Recv()
-				if err != nil {
-					return err
-				}
-				if ev.Kind == registrypb.WatchEvent_READY {
-					continue
-				}
+			line := func(kind, name, version, alias, previous string) {
 				fmt.Fprintf(w, "%s %s %s version=%s alias=%s previous=%s\n", time.Now().UTC().Format(time.RFC3339),
-					strings.ToLower(ev.Kind.String()), ev.Name, dash(ev.Version), dash(ev.Alias), dash(ev.Previous))
+					kind, dash(name), dash(version), dash(alias), dash(previous))
 			}
+			opts.Resync = func() error {
+				line("resync", opts.Name, "", "", "")
+				return nil
+			}
+			return registry.NewClient(cc).Watch(cmd.Context(), opts, func(ev *registrypb.WatchEvent) error {
+				line(strings.ToLower(ev.Kind.String()), ev.Name, ev.Version, ev.Alias, ev.Previous)
+				return nil
+			})
 		},
 	}
+	cmd.Flags().BoolVar(&reconnect, "reconnect", true, "reconnect after a lost connection (and print a resync line) instead of exiting")
+	return cmd
 }
 
 func newGCCmd(g *globalFlags) *cobra.Command {

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -179,4 +182,87 @@ func TestModel_StalledLinkResumes(t *testing.T) {
 			t.Fatalf("pull over a stalling link: %d connections, file differs: %v", link.Accepted(), err)
 		}
 	})
+}
+
+// TestModelWatch_Reconnects: `model watch` follows the registry across a daemon restart. It
+// reconnects, says resync (what changed while it was down was not reported), and reports later
+// changes. Before, it exited with "registry closed", and a script reading it stopped following.
+func TestModelWatch_Reconnects(t *testing.T) {
+	dir := t.TempDir()
+	p := startProc(t, dir)
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "model.bin"), []byte("weights v1"), 0o644)
+
+	watch := exec.Command(buffdbdBin, "--addr", p.addr, "model", "watch", "m")
+	out, err := watch.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	watch.Stderr = &stderr
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { watch.Process.Kill(); watch.Wait() })
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	// next returns the next line with the given kind (after the timestamp), skipping others.
+	next := func(kind string) string {
+		t.Helper()
+		timeout := time.After(time.Minute) // a hang guard, not a measurement
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("watch exited waiting for %q; stderr: %s", kind, stderr.String())
+				}
+				if f := strings.Fields(l); len(f) > 2 && f[1] == kind {
+					return l
+				}
+			case <-timeout:
+				t.Fatalf("no %q line from watch; stderr: %s", kind, stderr.String())
+			}
+		}
+	}
+	// The watch is open once a change made now is reported: tag until one is.
+	must(t, exitOK, "", "--addr", p.addr, "model", "push", src, "--name", "m", "--version", "v1")
+	reported := func() bool { // a line for the tag just set, within a moment
+		for wait := time.After(200 * time.Millisecond); ; {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("watch exited; stderr: %s", stderr.String())
+				}
+				if strings.Contains(l, " alias_set m version=v1 alias=a") {
+					return true
+				}
+			case <-wait:
+				return false
+			}
+		}
+	}
+	for i := 0; ; i++ {
+		must(t, exitOK, "", "--addr", p.addr, "model", "tag", "m:v1", fmt.Sprintf("a%d", i))
+		if reported() {
+			break
+		}
+	}
+
+	p.kill(t)
+	p = startProcAt(t, dir, p.addr)
+	t.Cleanup(func() { p.kill(t) })
+	if l := next("resync"); !strings.Contains(l, " m version=- ") {
+		t.Fatalf("resync line = %q", l)
+	}
+	os.WriteFile(filepath.Join(src, "model.bin"), []byte("weights v2"), 0o644)
+	must(t, exitOK, "", "--addr", p.addr, "model", "push", src, "--name", "m", "--version", "v2")
+	if l := next("published"); !strings.Contains(l, " m version=v2 ") {
+		t.Fatalf("published line after the restart = %q", l)
+	}
 }
