@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -35,6 +36,7 @@ type Config struct {
 	Registry    RegistryConfig
 	HuggingFace HuggingFaceConfig
 	Log         LogConfig
+	Client      ClientConfig
 }
 
 // GRPCConfig configures the gRPC listeners.
@@ -46,6 +48,26 @@ type GRPCConfig struct {
 	Socket string
 	// MaxMessageBytes caps one gRPC message in either direction.
 	MaxMessageBytes ByteSize
+	// TLSCertFile and TLSKeyFile (PEM) make every TCP listener serve TLS only; the unix socket
+	// stays plaintext. Both or neither.
+	TLSCertFile, TLSKeyFile string
+	// TLSClientCAFile (PEM bundle), with a certificate, requires clients to present a certificate
+	// signed by one of these CAs (mutual TLS).
+	TLSClientCAFile string
+}
+
+// ClientConfig configures how CLI commands dial a daemon given by --addr (host:port).
+type ClientConfig struct {
+	// TLS dials with TLS, verifying the daemon against the system's roots or TLSCAFile.
+	TLS bool
+	// TLSCAFile (PEM bundle) verifies the daemon's certificate; it implies TLS.
+	TLSCAFile string
+	// TLSCertFile and TLSKeyFile are the client's certificate for a daemon that requires one;
+	// they imply TLS.
+	TLSCertFile, TLSKeyFile string
+	// TLSServerName is the name to verify the daemon's certificate against, when it is not the
+	// host of --addr (an IP address, a tunnel).
+	TLSServerName string
 }
 
 // HTTPConfig configures the HTTP listener serving /metrics, /healthz and /readyz.
@@ -189,6 +211,13 @@ func (c Config) CheckFiles() error {
 			return keyErrorf("huggingface.token_file", "%v", err)
 		}
 	}
+	if _, err := newServerTLS(c.GRPC, slog.New(slog.DiscardHandler)); err != nil {
+		var ke *configError
+		if errors.As(err, &ke) {
+			return err
+		}
+		return keyErrorf("grpc.tls_cert_file", "%v", err)
+	}
 	return nil
 }
 
@@ -224,6 +253,18 @@ func (c Config) Validate() error {
 			}
 			if len(c.GRPC.Listen) == 0 && c.GRPC.Socket == socketNone {
 				return keyErrorf("grpc.listen", "empty and grpc.socket is %q: nothing to serve on", socketNone)
+			}
+			return nil
+		},
+		func() error {
+			if (c.GRPC.TLSCertFile == "") != (c.GRPC.TLSKeyFile == "") {
+				return keyErrorf("grpc.tls_cert_file", "and grpc.tls_key_file: %v", errTLSPair)
+			}
+			if c.GRPC.TLSClientCAFile != "" && c.GRPC.TLSCertFile == "" {
+				return keyErrorf("grpc.tls_client_ca_file", "needs grpc.tls_cert_file and grpc.tls_key_file: client certificates are checked over TLS")
+			}
+			if (c.Client.TLSCertFile == "") != (c.Client.TLSKeyFile == "") {
+				return keyErrorf("client.tls_cert_file", "and client.tls_key_file: %v", errTLSPair)
 			}
 			return nil
 		},

@@ -47,8 +47,18 @@ func dial(cmd *cobra.Command, g *globalFlags) (*clientConn, error) {
 	}
 	// CLI commands run under memory_limit too: a push, pull or fetch allocates as the daemon does.
 	gotune.LimitMemory(int64(cfg.MemoryLimit))
+	creds := insecure.NewCredentials()
+	if g.addr != "" && !strings.HasPrefix(g.addr, "unix:") { // a socket is plaintext, guarded by its permissions
+		tc, err := clientTLS(cfg.Client)
+		if err != nil {
+			return nil, err
+		}
+		if tc != nil {
+			creds = tc
+		}
+	}
 	dialOpts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(int(cfg.GRPC.MaxMessageBytes)),
 			grpc.MaxCallSendMsgSize(int(cfg.GRPC.MaxMessageBytes)),

@@ -108,7 +108,7 @@ func reportError(w io.Writer, err error) int {
 		// The CLI's own lockedError (conn.go) carries a fuller hint; this covers any other path.
 		hint = "another buffdbd process has this data directory open; connect to its daemon (--socket or --addr) or wait for it to finish"
 	case code == codes.Unavailable:
-		hint = "is the daemon running and reachable (check --addr)?"
+		hint = unavailableHint(msg)
 	case code == codes.Canceled || errors.Is(err, context.Canceled):
 		msg = "interrupted"
 	case code == codes.ResourceExhausted:
@@ -182,4 +182,21 @@ func resourceExhaustedHint(err error, msg string) string {
 		return "the Hugging Face Hub is rate limiting this client: retry later, or set a token (huggingface.token_file)"
 	}
 	return ""
+}
+
+// unavailableHint names the likeliest reason a daemon could not be reached. grpc-go reports TLS
+// trouble as UNAVAILABLE with the transport's own words, which users rarely connect with a flag.
+func unavailableHint(msg string) string {
+	switch {
+	case strings.Contains(msg, "x509:") || strings.Contains(msg, "certificate signed by unknown authority"):
+		return "the daemon's certificate was not trusted: pass --tls-ca with the CA that signed it (and --tls-server-name if it names another host)"
+	case strings.Contains(msg, "certificate required") || strings.Contains(msg, "bad certificate") ||
+		strings.Contains(msg, "unknown certificate authority"):
+		return "the daemon admits only clients with a certificate: pass --tls-client-cert and --tls-client-key (signed by the daemon's grpc.tls_client_ca_file)"
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		return "the daemon does not speak TLS on that address: drop --tls/--tls-ca"
+	case strings.Contains(msg, "server preface"):
+		return "is the daemon running and reachable (check --addr)? If it serves TLS, pass --tls or --tls-ca FILE"
+	}
+	return "is the daemon running and reachable (check --addr)?"
 }

@@ -239,6 +239,10 @@ func (m *Main) Open(ctx context.Context) (err error) {
 		return err
 	}
 	m.instrument()
+	tlsFiles, err := newServerTLS(m.Config.GRPC, m.Logger)
+	if err != nil {
+		return err
+	}
 	// Bind the socket first: a daemon already serving this data directory answers on it, and
 	// refusing here gives a clearer message than the store's lock would.
 	if m.socket = socketPath(m.Config); m.socket != "" {
@@ -283,6 +287,12 @@ func (m *Main) Open(ctx context.Context) (err error) {
 				continue
 			}
 			return fmt.Errorf("listen on %s: %w", a, err)
+		}
+		if tlsFiles != nil {
+			l = tlsFiles.listener(l)
+		} else if !isLoopback(a) {
+			m.Logger.Warn("gRPC listens beyond loopback without TLS: anyone who can reach it can read and change the store;"+
+				" set grpc.tls_cert_file and grpc.tls_key_file (and grpc.tls_client_ca_file to admit only clients with a certificate)", "addr", a)
 		}
 		m.listeners = append(m.listeners, l)
 	}

@@ -2,7 +2,8 @@
 # BuffDB client compatibility: starts a real buffdbd on a temporary data directory, listening on a
 # free port on both [::1] and 127.0.0.1 (as BuffDB's clients use both forms), then runs the Node
 # (@grpc/grpc-js) and Python (Debian's python3-grpcio) clients in tests/compat against each address:
-# BuffDB's examples, then (semantics.py) transactions, indexes and the Query service's Any mapping.
+# BuffDB's examples, then (semantics.py) transactions, indexes and the Query service's Any mapping;
+# then a second daemon serving mutual TLS with openssl-made certificates (tls.py and the CLI).
 # Exits non-zero if any client fails or the daemon does not shut down cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -53,5 +54,36 @@ grep -qx '{ offset: 6 }' <<<"$("$work/buffdbd" --data-dir "$work/data" blob get 
 kill -TERM "$pid"
 if ! wait "$pid"; then echo "compat: daemon did not exit 0 on SIGTERM"; cat "$work/daemon.log"; fail=1; fi
 pid=""
-[ "$fail" -eq 0 ] && echo "compat: ok (${addrs[*]})"
+
+# Mutual TLS, with certificates made by openssl as an operator would: the Python client and the
+# CLI (--addr with --tls-ca and a client certificate) get in; without a certificate they do not.
+pki="$work/pki"; mkdir "$pki"
+newkey=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+openssl req -x509 "${newkey[@]}" -keyout "$pki/ca.key" -out "$pki/ca.crt" -subj /CN=compat-ca -days 1 2>/dev/null
+issue() { # name, extensions
+  openssl req "${newkey[@]}" -keyout "$pki/$1.key" -out "$pki/$1.csr" -subj "/CN=$1" 2>/dev/null
+  printf '%b' "$2" >"$pki/$1.ext"
+  openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -out "$pki/$1.crt" -days 1 -extfile "$pki/$1.ext" 2>/dev/null
+}
+issue server 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth'
+issue device 'extendedKeyUsage=clientAuth'
+tport=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$work/buffdbd" run --data-dir "$work/tls-data" --listen "127.0.0.1:$tport" --http-listen= \
+  --tls-cert "$pki/server.crt" --tls-key "$pki/server.key" --tls-client-ca "$pki/ca.crt" >"$work/tls.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 200); do
+  grep -q "buffdbd serving" "$work/tls.log" 2>/dev/null && break
+  kill -0 "$pid" 2>/dev/null || { cat "$work/tls.log"; echo "compat: TLS daemon exited early"; exit 1; }
+  sleep 0.05
+done
+/usr/bin/python3 tests/compat/python/tls.py "127.0.0.1:$tport" "$pki/ca.crt" "$pki/device.crt" "$pki/device.key" || fail=1
+tlscli=("$work/buffdbd" --addr "127.0.0.1:$tport" --tls-ca "$pki/ca.crt")
+[ "$("${tlscli[@]}" --tls-client-cert "$pki/device.crt" --tls-client-key "$pki/device.key" kv get python-tls)" = "over mutual TLS" ] || {
+  echo "compat: CLI over mutual TLS did not read the Python client's value"; fail=1; }
+if "${tlscli[@]}" kv get python-tls >/dev/null 2>&1; then echo "compat: CLI without a client certificate got in"; fail=1; fi
+kill -TERM "$pid"
+if ! wait "$pid"; then echo "compat: TLS daemon did not exit 0 on SIGTERM"; cat "$work/tls.log"; fail=1; fi
+pid=""
+[ "$fail" -eq 0 ] && echo "compat: ok (${addrs[*]}, and mutual TLS)"
 exit "$fail"
