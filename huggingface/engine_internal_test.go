@@ -357,10 +357,12 @@ func testJournalWithoutPartial(t *testing.T, damage func(part string) error) {
 	e := newEngine(fx.client, o, nil, dir, fx.repo, fx.commit)
 	part, _ := e.partialPaths("w.bin")
 	// A complete run leaves nothing; simulate an interrupted one by cancelling after some bytes.
+	// Both connections stall after 40 KiB, so the cancel cannot come too late however slowly
+	// this goroutine is scheduled (a throttle left the race to the machine's load).
 	ctx, cancel := context.WithCancel(context.Background())
-	fx.hub.Throttle(256 << 10)
+	fx.hub.StallNext(2, 40<<10, time.Hour)
 	go func() {
-		for fx.hub.BytesServed() < 100<<10 {
+		for fx.hub.BytesServed() < 80<<10 {
 			time.Sleep(time.Millisecond)
 		}
 		cancel()
@@ -369,7 +371,6 @@ func testJournalWithoutPartial(t *testing.T, damage func(part string) error) {
 	if err := e.download(ctx, tk); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
-	fx.hub.Throttle(0)
 	if err := damage(part); err != nil {
 		t.Fatal(err)
 	}
