@@ -31,14 +31,20 @@ fi
 listen=()
 for a in "${addrs[@]}"; do listen+=(--listen "$a"); done
 
-"$work/buffdbd" run --data-dir "$work/data" "${listen[@]}" --http-listen= >"$work/daemon.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 200); do
-  grep -q "buffdbd serving" "$work/daemon.log" 2>/dev/null && break
-  kill -0 "$pid" 2>/dev/null || { cat "$work/daemon.log"; echo "compat: daemon exited early"; exit 1; }
-  sleep 0.05
-done
-grep -q "buffdbd serving" "$work/daemon.log" || { cat "$work/daemon.log"; echo "compat: daemon not ready"; exit 1; }
+# start LOG ARGS...: runs the daemon with ARGS, logging to LOG, and waits until it serves.
+start() {
+  local log=$1; shift
+  "$work/buffdbd" run --http-listen= "$@" >"$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 200); do
+    grep -q "buffdbd serving" "$log" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { cat "$log"; echo "compat: daemon exited early"; exit 1; }
+    sleep 0.05
+  done
+  cat "$log"; echo "compat: daemon not ready"; exit 1
+}
+
+start "$work/daemon.log" --data-dir "$work/data" "${listen[@]}"
 
 fail=0
 for a in "${addrs[@]}"; do
@@ -69,14 +75,8 @@ issue() { # name, extensions
 issue server 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth'
 issue device 'extendedKeyUsage=clientAuth'
 tport=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$work/buffdbd" run --data-dir "$work/tls-data" --listen "127.0.0.1:$tport" --http-listen= \
-  --tls-cert "$pki/server.crt" --tls-key "$pki/server.key" --tls-client-ca "$pki/ca.crt" >"$work/tls.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 200); do
-  grep -q "buffdbd serving" "$work/tls.log" 2>/dev/null && break
-  kill -0 "$pid" 2>/dev/null || { cat "$work/tls.log"; echo "compat: TLS daemon exited early"; exit 1; }
-  sleep 0.05
-done
+start "$work/tls.log" --data-dir "$work/tls-data" --listen "127.0.0.1:$tport" \
+  --tls-cert "$pki/server.crt" --tls-key "$pki/server.key" --tls-client-ca "$pki/ca.crt"
 /usr/bin/python3 tests/compat/python/tls.py "127.0.0.1:$tport" "$pki/ca.crt" "$pki/device.crt" "$pki/device.key" || fail=1
 tlscli=("$work/buffdbd" --addr "127.0.0.1:$tport" --tls-ca "$pki/ca.crt")
 [ "$("${tlscli[@]}" --tls-client-cert "$pki/device.crt" --tls-client-key "$pki/device.key" kv get python-tls)" = "over mutual TLS" ] || {
