@@ -85,6 +85,7 @@ func startProcAt(t testing.TB, dir, addr string) *daemonProc {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { p.kill(t) }) // a test that fails before its own kill leaves no daemon behind
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -104,11 +105,14 @@ func startProcAt(t testing.TB, dir, addr string) *daemonProc {
 	}
 }
 
+// kill SIGKILLs the daemon and waits for it; killing it again does nothing.
 func (p *daemonProc) kill(t testing.TB) {
 	t.Helper()
 	p.cmd.Process.Kill()
 	p.cmd.Wait()
-	p.conn.Close()
+	if p.conn != nil {
+		p.conn.Close()
+	}
 }
 
 // acked is what a client has seen acknowledged: it must survive any crash.

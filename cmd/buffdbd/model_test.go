@@ -256,7 +256,6 @@ func TestModelWatch_Reconnects(t *testing.T) {
 
 	p.kill(t)
 	p = startProcAt(t, dir, p.addr)
-	t.Cleanup(func() { p.kill(t) })
 	if l := next("resync"); !strings.Contains(l, " m version=- ") {
 		t.Fatalf("resync line = %q", l)
 	}
