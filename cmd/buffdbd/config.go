@@ -211,14 +211,8 @@ func (c Config) CheckFiles() error {
 			return keyErrorf("huggingface.token_file", "%v", err)
 		}
 	}
-	if _, err := newServerTLS(c.GRPC, slog.New(slog.DiscardHandler)); err != nil {
-		var ke *configError
-		if errors.As(err, &ke) {
-			return err
-		}
-		return keyErrorf("grpc.tls_cert_file", "%v", err)
-	}
-	return nil
+	_, err := newServerTLS(c.GRPC, slog.New(slog.DiscardHandler)) // errors name their key
+	return err
 }
 
 // readTokenFile reads a token file: its content without surrounding whitespace, which must not be
@@ -258,13 +252,13 @@ func (c Config) Validate() error {
 		},
 		func() error {
 			if (c.GRPC.TLSCertFile == "") != (c.GRPC.TLSKeyFile == "") {
-				return keyErrorf("grpc.tls_cert_file", "and grpc.tls_key_file: %v", errTLSPair)
+				return keyErrorf("grpc.tls_cert_file", "set it and grpc.tls_key_file together, or neither")
 			}
 			if c.GRPC.TLSClientCAFile != "" && c.GRPC.TLSCertFile == "" {
 				return keyErrorf("grpc.tls_client_ca_file", "needs grpc.tls_cert_file and grpc.tls_key_file: client certificates are checked over TLS")
 			}
 			if (c.Client.TLSCertFile == "") != (c.Client.TLSKeyFile == "") {
-				return keyErrorf("client.tls_cert_file", "and client.tls_key_file: %v", errTLSPair)
+				return keyErrorf("client.tls_cert_file", "set it and client.tls_key_file together, or neither")
 			}
 			return nil
 		},

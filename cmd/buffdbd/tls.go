@@ -42,7 +42,7 @@ func newServerTLS(c GRPCConfig, log *slog.Logger) (*serverTLS, error) {
 	s := &serverTLS{certFile: c.TLSCertFile, keyFile: c.TLSKeyFile, clientCAFile: c.TLSClientCAFile, log: log}
 	stamp, err := s.fileStamp()
 	if err != nil {
-		return nil, err
+		return nil, keyErrorf("grpc.tls_cert_file", "%v", err)
 	}
 	if s.config, err = s.load(); err != nil {
 		return nil, err
@@ -179,6 +179,3 @@ func isLoopback(addr string) bool {
 // errClientCertRequired fails a handshake with a daemon that asks for a client certificate when
 // none is configured.
 var errClientCertRequired = errors.New("the daemon requires a client certificate (certificate required)")
-
-// errTLSPair is the validation error of a certificate without its key or the reverse.
-var errTLSPair = errors.New("set both or neither")
