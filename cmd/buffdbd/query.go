@@ -49,6 +49,10 @@ the number of rows changed.`,
 			default:
 				return usagef("--target must be kv or blob, got %q", f.target)
 			}
+			if f.execute {
+				// A write may start a store; a read of a new, empty one is a mistyped directory.
+				cmd.Annotations = createsStoreAnnotation
+			}
 			cc, err := dial(cmd, g)
 			if err != nil {
 				return err
