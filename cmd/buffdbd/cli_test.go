@@ -125,6 +125,16 @@ func cliSuite(t *testing.T, base ...string) {
 		if strings.Join(strings.Fields(r.stdout), "") != `[{"inf":"+Inf","ninf":"-Inf"}]` {
 			t.Fatalf("--json of infinities = %q", r.stdout)
 		}
+		// Repeated column names become distinct keys, named as SQLite names the columns of the same
+		// result used as a subquery (there it makes them unique itself).
+		dup := "SELECT 1 AS a, 2 AS a, 3 AS 'a:1', 4 AS b, 5 AS a"
+		r = must(t, exitOK, "", a("query", "--json", dup)...)
+		if got := strings.Join(strings.Fields(r.stdout), ""); got != `[{"a":1,"a:1":2,"a:2":3,"b":4,"a:3":5}]` {
+			t.Fatalf("--json of repeated columns = %s", got)
+		}
+		if sub := must(t, exitOK, "", a("query", "--json", "SELECT * FROM ("+dup+")")...); sub.stdout != r.stdout {
+			t.Fatalf("--json keys %s differ from SQLite's subquery column names %s", r.stdout, sub.stdout)
+		}
 		r = must(t, exitOK, "", a("query", "--csv", q)...)
 		if r.stdout != "one,two,three\n1,two,\n10,twenty,3.5\n" {
 			t.Fatalf("--csv = %q", r.stdout)
