@@ -160,6 +160,11 @@ func indexLocal(ctx context.Context, dir string, files []File, wanted map[Digest
 	for i := range files {
 		byPath[files[i].Path] = &files[i]
 	}
+	// WalkDir does not follow a root that is a symbolic link (a directory named through a link to
+	// the version being served): it reported nothing in it, and the whole version was transferred.
+	if r, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = r
+	}
 	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if p == dir && errors.Is(err, fs.ErrNotExist) {
