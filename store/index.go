@@ -231,6 +231,10 @@ func (db *DB) refreshIndexTriggers(ctx context.Context) (err error) {
 			err = e
 		}
 	}()
+	// The store's own triggers on kv (text.go), in the same transaction: one write lock per Open.
+	if changed, err = refreshTextTriggers(ctx, c); err != nil {
+		return err
+	}
 	type index struct {
 		id  int64
 		def IndexDef

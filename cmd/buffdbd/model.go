@@ -122,8 +122,9 @@ func newModelPushCmd(g *globalFlags) *cobra.Command {
 	var inShape, outShape string
 	var retries int
 	cmd := &cobra.Command{
-		Use:   "push <DIR|FILE> --name N --version V",
-		Short: "Push a model version (a file, or every file under a directory)",
+		Use:         "push <DIR|FILE> --name N --version V",
+		Annotations: createsStoreAnnotation,
+		Short:       "Push a model version (a file, or every file under a directory)",
 		Long: `Push uploads a model version. Only chunks the registry does not already have are sent, and an
 interrupted push resumes where it stopped (run the same command again). The version becomes
 visible, with the "latest" alias and any --alias, only once every byte is stored and verified.`,
@@ -470,7 +471,7 @@ func newModelTagCmd(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "tag <NAME:VERSION> <ALIAS>",
 		Short: "Point ALIAS (e.g. production) at a version, atomically",
-		Args:  exactArgs(2),
+		Args:  refArgs(2, 2),
 		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
 			ref, err := registry.ParseRef(args[0])
 			if err != nil {
