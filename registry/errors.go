@@ -44,6 +44,9 @@ var (
 	ErrClosed = errors.New("registry closed")
 	// ErrBusy: another pull is writing into the same directory.
 	ErrBusy = errors.New("directory busy")
+	// ErrNotLink: Client.PullLink was given a path that exists and is not a symbolic link (a
+	// directory holding a model, say); it is left as it is.
+	ErrNotLink = errors.New("not a symbolic link")
 	// ErrChanged: Client.Push found a source file written to (size or modification time changed)
 	// while it was pushed. Nothing was published: the server verifies every chunk against the
 	// digest offered for it, and a file read while written would mix two contents.
