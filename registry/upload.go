@@ -315,7 +315,13 @@ func (u *Upload) offer(ctx context.Context, sum [32]byte, size int64, resume boo
 				data: make(chan []byte, chunkQueue)}
 			cw.resume = resume
 			if resume {
-				if prefix := u.s.loadPartial(u.session, sum, size); prefix != nil {
+				// The longer of what a cut stream kept on disk and what a stream still open (whose
+				// connection may be gone unnoticed) has received.
+				prefix := u.s.loadPartial(u.session, sum, size)
+				if live := u.s.receivedPart(u.session, sum); len(live) > len(prefix) {
+					prefix = live
+				}
+				if prefix != nil {
 					cw.from = int64(len(prefix))
 					cw.got = cw.from
 					cw.kept = [][]byte{prefix}
@@ -375,7 +381,7 @@ func (u *Upload) Write(p []byte) error {
 		if u.resumable {
 			// Pieces are the stream's own (decoded into fresh buffers), so keeping them costs no
 			// copy: at most one chunk's worth, that of the chunk being received.
-			cw.kept = append(cw.kept, piece)
+			u.s.keepPiece(u, cw, piece)
 		}
 		if err := u.deliver(cw, piece); err != nil {
 			return err
@@ -385,7 +391,9 @@ func (u *Upload) Write(p []byte) error {
 			if cw.hdata != nil {
 				close(cw.hdata)
 			}
-			cw.kept = nil
+			if u.resumable {
+				u.s.dropKept(u, cw)
+			}
 			u.needs = u.needs[1:]
 			u.stats.ChunksReceived++
 		}
@@ -626,16 +634,17 @@ func (u *Upload) Close() {
 	u.writers.Wait()
 	u.s.unpin(u.pinned)
 	u.pinned = nil
-	if !u.released && u.resumable && !u.committed && !u.drop && len(u.needs) > 0 {
+	if !u.released && u.resumable && len(u.needs) > 0 {
 		// Keep what arrived of the chunk the push was cut in, while the session is still live
 		// here (GC leaves a live session's partial files alone).
-		if cw := u.needs[0]; cw.got > cw.from {
+		if cw := u.needs[0]; cw.got > cw.from && !u.committed && !u.drop {
+			// No lock: only this goroutine appends to cw.kept, and it is done.
 			if err := u.s.savePartial(u.session, cw.sum, cw.kept); err != nil {
 				u.s.log.Warn("keep the part received of a chunk cut mid-push; the next push sends it whole",
 					"chunk", Digest(cw.sum).String(), "err", err)
 			}
-			cw.kept = nil
 		}
+		u.s.dropKept(u, u.needs[0])
 	}
 	if !u.released {
 		u.released = true

@@ -254,6 +254,43 @@ func TestUpload_OfferResumable(t *testing.T) {
 		ups[1].Close()
 		checkPublished(t, s, "m", c)
 	})
+	// A stream whose connection went silent is not closed until keepalive finds it, and has kept
+	// nothing on disk until then: a new stream of the session resumes from what it received.
+	t.Run("FromAnOpenStream", func(t *testing.T) {
+		s, _, dir := openServiceDir(t, registry.Options{})
+		c := newResumeChunk(7)
+		const cut = 300 << 10
+		ctx := context.Background()
+		stalled, err := s.OpenUpload(ctx, registry.ModelInfo{Name: "m", Version: "v1"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stalled.Close()
+		if err := stalled.BeginFile("f", int64(len(c.data))); err != nil {
+			t.Fatal(err)
+		}
+		if need, from, err := stalled.OfferResumable(ctx, c.sum, int64(len(c.data))); err != nil || !need || from != 0 {
+			t.Fatalf("offer = %v %d %v", need, from, err)
+		}
+		if err := stalled.Write(c.data[:cut/2]); err != nil {
+			t.Fatal(err)
+		}
+		if err := stalled.Write(c.data[cut/2 : cut]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := finishPush(t, s, "m", c, cut); err != nil {
+			t.Fatal(err)
+		}
+		checkPublished(t, s, "m", c)
+		// The stalled stream ends at last; what it keeps is collected with its session.
+		stalled.Close()
+		if res, err := s.CollectGarbage(ctx); err != nil || res.Partials != 1 {
+			t.Fatalf("GC after the stalled stream ended: %+v, %v; want its partial chunk collected", res, err)
+		}
+		if ents, err := os.ReadDir(filepath.Join(dir, "uploads")); err != nil || len(ents) != 0 {
+			t.Fatalf("uploads after GC: %v, %v", ents, err)
+		}
+	})
 	// The Offer of an older sender is answered as before: the whole chunk.
 	t.Run("OfferAsksForWholeChunk", func(t *testing.T) {
 		s := openService(t, registry.Options{})

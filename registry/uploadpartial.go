@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,9 +28,13 @@ import (
 // what makes the prefix trustworthy: a file damaged on disk, cut by a crash or tampered with no
 // longer matches it and is dropped (the client is then asked for the whole chunk). It is written
 // to a temp file, fsynced and renamed into place, and the directory fsynced, before the Upload
-// that wrote it ends, so a prefix the server offers to resume from is durable. The bytes are
-// written once, when the stream breaks, not while they arrive: a push that is not cut writes its
-// chunks once, as before. A server killed mid-chunk loses that chunk's progress, nothing else.
+// that wrote it ends, so a prefix the server offers to resume from the file is durable. The bytes
+// are written once, when the stream breaks, not while they arrive: a push that is not cut writes
+// its chunks once, as before. A server killed mid-chunk loses that chunk's progress, nothing else.
+//
+// A stream whose connection is gone unnoticed (a stalled link, until keepalive ends it) has
+// written no file yet; a new stream of its session resumes from the pieces it holds in memory
+// (Service.receiving) when they are more.
 //
 // The whole chunk is still verified against its sha256 when the rest arrives, as every received
 // chunk is, so no corrupt chunk is ever stored. Partial files are removed when their chunk is
@@ -48,6 +54,51 @@ func (s *Service) uploadsPath() string { return filepath.Join(s.db.Dir(), upload
 
 func (s *Service) partialPath(session string, sum Digest) string {
 	return filepath.Join(s.uploadsPath(), session, hex.EncodeToString(sum[:]))
+}
+
+// partKey names a chunk of an upload session.
+type partKey struct {
+	session string
+	sum     Digest
+}
+
+// receivedPart returns the part of a chunk that another open Upload of session has received so
+// far, nil if none is receiving it.
+func (s *Service) receivedPart(session string, sum Digest) []byte {
+	s.recvMu.Lock()
+	cw := s.receiving[partKey{session, sum}]
+	var pieces [][]byte
+	if cw != nil {
+		pieces = slices.Clone(cw.kept) // the pieces themselves are never written again
+	}
+	s.recvMu.Unlock()
+	if len(pieces) == 0 {
+		return nil
+	}
+	return bytes.Join(pieces, nil)
+}
+
+// keepPiece adds a received piece to the kept part of cw, which Upload u is receiving, and
+// announces cw as received by u if no other Upload of the session is receiving that chunk.
+func (s *Service) keepPiece(u *Upload, cw *chunkWrite, piece []byte) {
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
+	cw.kept = append(cw.kept, piece)
+	k := partKey{u.session, cw.sum}
+	if s.receiving[k] == nil {
+		s.receiving[k] = cw
+	}
+}
+
+// dropKept forgets the kept part of cw (stored, or kept in its partial file).
+func (s *Service) dropKept(u *Upload, cw *chunkWrite) {
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
+	cw.kept = nil
+	k := partKey{u.session, cw.sum}
+	if s.receiving[k] == cw {
+		delete(s.receiving, k)
+	}
 }
 
 // loadPartial returns the kept prefix of a chunk of size bytes for session, nil if there is none

@@ -1284,8 +1284,9 @@ type ChunkAnswer struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Need  bool                   `protobuf:"varint,1,opt,name=need,proto3" json:"need,omitempty"`
 	// With need, to a client that set PushOpen.resume_in_chunk: how many of the chunk's first bytes
-	// the server already holds, durably, from an interrupted push; the client sends the rest. It is
-	// always less than the chunk's size. The server verifies the whole chunk against its sha256.
+	// the server already holds from an interrupted push of the version (kept on disk, or received
+	// by a stream of it the server still has open); the client sends the rest. It is always less
+	// than the chunk's size. The server verifies the whole chunk against its sha256.
 	Offset        uint64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
