@@ -26,6 +26,10 @@ var (
 	// ErrChecksum: received or stored bytes do not match their sha256 (a file, a chunk, or a chunk
 	// found corrupt on disk by Verify).
 	ErrChecksum = errors.New("sha256 mismatch")
+	// ErrResumeMismatch: a chunk completed from the part an interrupted push left did not hash to
+	// its digest: the sender that left that part sent wrong bytes. The part was dropped, so pushing
+	// again sends the chunk whole; worth retrying, unlike ErrChecksum.
+	ErrResumeMismatch = errors.New("resumed chunk does not hash to its digest")
 	// ErrAliased: a delete was refused because an alias points at the version (use force).
 	ErrAliased = errors.New("version is aliased")
 	// ErrPinned: eviction or a non-forced delete was refused because the version is pinned.

@@ -110,6 +110,9 @@ func New(db *store.DB, opts Options) (*Service, error) {
 	if err != nil && !errors.Is(err, store.ErrExists) {
 		s.log.Warn("create the registry's framework index; framework filters scan the version table instead", "err", err)
 	}
+	// Partly received chunks of sessions that ended while the daemon was down, and temp files of
+	// partial chunks a crash cut: nothing writes them yet.
+	s.sweepPartials(context.Background(), 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
 	s.every(ctx, opts.GCInterval, "gc", func(ctx context.Context) error {
@@ -189,7 +192,7 @@ func resultClass(err error) string {
 		return "ok"
 	case isAny(err, ErrInvalid, ErrNotFound, ErrExists, ErrAliased, ErrPinned, ErrTooLarge):
 		return "invalid"
-	case isAny(err, ErrChecksum):
+	case isAny(err, ErrChecksum, ErrResumeMismatch):
 		return "checksum"
 	case isAny(err, ErrBudget, ErrDiskFull):
 		return "budget"
