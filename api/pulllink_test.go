@@ -261,7 +261,7 @@ func TestClient_PullLink_Prune(t *testing.T) {
 	root := filepath.Join(parent, ".m.versions")
 	own := filepath.Join(parent, "own-v2")
 	r1 := pullLink(t, e, "m:v1", link, registry.LinkOptions{})
-	if r1.Dir != filepath.Join(root, "m", "v1") || r1.Target != filepath.Join(".m.versions", "m", "v1") {
+	if r1.Dir != filepath.Join(root, "m:v1") || r1.Target != filepath.Join(".m.versions", "m:v1") {
 		t.Fatalf("version directory %s, link target %s", r1.Dir, r1.Target)
 	}
 	writeFiles(t, filepath.Join(root, "m", "mine"), map[string][]byte{"x": []byte("user's")})
@@ -284,8 +284,10 @@ func TestClient_PullLink_Prune(t *testing.T) {
 	assertTree(t, own, vs["v2"])
 	assertTree(t, filepath.Join(root, "m", "mine"), map[string][]byte{"x": []byte("user's")})
 	assertTree(t, filepath.Join(root, "other"), map[string][]byte{"y": []byte("user's")})
-	if ents, _ := os.ReadDir(filepath.Join(root, "m")); len(ents) != 3 { // mine, v4, v5
-		t.Errorf("versions left: %v", ents)
+	for v, want := range map[string]bool{"v1": false, "v2": false, "v3": false, "v4": true, "v5": true} {
+		if _, err := os.Stat(filepath.Join(root, "m:"+v)); (err == nil) != want {
+			t.Errorf("version directory of %s: %v, want it there: %v", v, err, want)
+		}
 	}
 
 	all := filepath.Join(t.TempDir(), "all")
@@ -350,4 +352,93 @@ func TestClient_PullLink_OutputIsLinkTarget(t *testing.T) {
 		t.Fatalf("pull into the link's target: %v, want ErrInvalid", err)
 	}
 	assertTree(t, link+"/", vs["A"])
+}
+
+// TestClient_PullLink_PrunesAbandoned: the directory of a pull that did not complete is removed by
+// a later switch that began after it, not by one that was running alongside it.
+func TestClient_PullLink_PrunesAbandoned(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	linkVersions(t, e, "A", "B", "C")
+	link := filepath.Join(t.TempDir(), "m")
+	pullLink(t, e, "m:A", link, registry.LinkOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	rb, err := e.client.PullLink(ctx, "m:B", link, registry.LinkOptions{PullOptions: registry.PullOptions{Progress: func(done, total int64) {
+		if done > 0 {
+			cancel()
+		}
+	}}})
+	if err == nil {
+		t.Fatal("the cancelled pull succeeded")
+	}
+	if _, err := os.Stat(rb.Dir); err != nil {
+		t.Fatalf("the cancelled pull's directory: %v", err)
+	}
+	rc := pullLink(t, e, "m:C", link, registry.LinkOptions{})
+	if len(rc.Removed) != 1 || rc.Removed[0] != rb.Dir {
+		t.Fatalf("the switch to C removed %v, want the abandoned %s", rc.Removed, rb.Dir)
+	}
+	if _, err := os.Stat(rb.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the abandoned directory: %v", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(rb.Dir)); len(ents) != 3 { // the bookkeeping, A, C
+		t.Errorf("versions directory holds %d entries, want 3", len(ents))
+	}
+}
+
+// TestClient_PullLink_NestedModelNames: model org's version m and model org/m's versions, switched
+// on one link, have directories of their own: neither is pulled into the other's, which is served.
+func TestClient_PullLink_NestedModelNames(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	outer := map[string][]byte{"o.bin": randBytes(501, 1<<20)}
+	inner := map[string][]byte{"i.bin": randBytes(502, 1<<20)}
+	for _, m := range []struct {
+		name, version string
+		files         map[string][]byte
+	}{{"org", "m", outer}, {"org/m", "v1", inner}} {
+		src := t.TempDir()
+		writeFiles(t, src, m.files)
+		push(t, e, src, m.name, m.version)
+	}
+	link := filepath.Join(t.TempDir(), "serving")
+	ro := pullLink(t, e, "org:m", link, registry.LinkOptions{})
+	ri := pullLink(t, e, "org/m:v1", link, registry.LinkOptions{})
+	assertTree(t, link+"/", inner)
+	assertTree(t, ro.Dir, outer)
+	if within := strings.HasPrefix(ri.Dir, ro.Dir+string(filepath.Separator)); within {
+		t.Fatalf("org/m:v1 went into %s, inside org:m's %s", ri.Dir, ro.Dir)
+	}
+}
+
+// TestClient_PullLink_NotIntoServed: a versions directory or -o directory in what the link points to
+// (or the link itself) is refused before anything is written there.
+func TestClient_PullLink_NotIntoServed(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	vs := linkVersions(t, e, "A", "B")
+	link := filepath.Join(t.TempDir(), "m")
+	ra := pullLink(t, e, "m:A", link, registry.LinkOptions{})
+	for _, o := range []registry.LinkOptions{
+		{VersionsDir: link}, {VersionsDir: filepath.Join(link, "v")}, {VersionsDir: ra.Dir},
+		{Dir: link}, {Dir: filepath.Join(link, "sub")}, {Dir: filepath.Join(ra.Dir, "sub")},
+	} {
+		if _, err := e.client.PullLink(context.Background(), "m:B", link, o); !errors.Is(err, registry.ErrInvalid) {
+			t.Errorf("PullLink with %+v: %v, want ErrInvalid", o, err)
+		}
+	}
+	assertTree(t, link+"/", vs["A"])
+}
+
+// TestClient_PullLink_RemovesStaleTempLink: a temporary link a crash left beside the link (between
+// creating it and renaming it over the link) is removed by the next switch.
+func TestClient_PullLink_RemovesStaleTempLink(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	linkVersions(t, e, "A")
+	parent := t.TempDir()
+	stale := filepath.Join(parent, ".m.buffdbd-link-0123456789abcdef")
+	if err := os.Symlink("nowhere", stale); err != nil {
+		t.Fatal(err)
+	}
+	pullLink(t, e, "m:A", filepath.Join(parent, "m"), registry.LinkOptions{})
+	if _, err := os.Lstat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stale temporary link: %v", err)
+	}
 }

@@ -126,9 +126,22 @@ func (c *Client) pullInto(ctx context.Context, dir string, seeds []string, files
 		if err := indexLocal(ctx, dir, files, wanted, local, complete); err != nil {
 			return err
 		}
+		// The seeds are chunked only for what dir lacks: a rollback to a version whose directory
+		// is complete does not hash the version being served (seconds per GB on a small ARM core).
+		missing := map[Digest]bool{}
+		for _, f := range files {
+			for _, ch := range f.Chunks {
+				if _, ok := local[ch.SHA256]; !ok && !complete[f.Path] {
+					missing[ch.SHA256] = true
+				}
+			}
+		}
 		for _, s := range seeds {
+			if len(missing) == 0 {
+				break
+			}
 			// A seed's files are a source of chunks only: a file there is not in place here.
-			if err := indexLocal(ctx, s, files, wanted, local, map[string]bool{}); err != nil {
+			if err := indexLocal(ctx, s, files, missing, local, map[string]bool{}); err != nil {
 				return err
 			}
 		}

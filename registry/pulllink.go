@@ -20,7 +20,7 @@ import (
 type LinkOptions struct {
 	PullOptions
 	// Dir, if set, is the directory the version is pulled into. It is the caller's: PullLink never
-	// removes it. Empty: VersionsDir/<name>/<version>.
+	// removes it. Empty: VersionsDir/<name>:<version>.
 	Dir string
 	// VersionsDir holds the version directories PullLink creates. Empty: beside the link (not in
 	// it, where a server reading the link's directory would see a version being pulled), named
@@ -55,7 +55,7 @@ const (
 // atomically: a process that opens files through link sees the previous version or this one,
 // whole, never a mix and never a missing file. It is how a serving process switches versions.
 //
-// The version is pulled into opts.Dir or VersionsDir/<name>/<version>, verified and fsynced like
+// The version is pulled into opts.Dir or VersionsDir/<name>:<version>, verified and fsynced like
 // Pull; chunks are also taken from the files of the directory link points to, so only what
 // changed crosses the network. Then a new symbolic link is created beside link and renamed over it
 // (rename(2) replaces a link atomically, where `ln -sfn` removes it first), and the directory is
@@ -101,18 +101,30 @@ func (c *Client) PullLink(ctx context.Context, ref, link string, opts LinkOption
 	if root, err = filepath.Abs(root); err != nil {
 		return res, err
 	}
-	rel := filepath.Join(filepath.FromSlash(info.Name), info.Version) // the directory's name in root
+	// <name>:<version>, as in a reference: ':' is in no name or version, so the directory of one
+	// version is never inside another's (with <name>/<version>, model org's version m would hold
+	// model org/m's versions).
+	rel := filepath.FromSlash(info.Name) + ":" + info.Version // the directory's name in root
 	res.Dir = filepath.Join(root, rel)
 	if opts.Dir != "" {
 		rel = ""
 		if res.Dir, err = filepath.Abs(opts.Dir); err != nil {
 			return res, err
 		}
-		if cur := linkTarget(link); cur != nil {
-			if st, err := os.Stat(res.Dir); err == nil && os.SameFile(st, cur) {
-				return res, fmt.Errorf("%w: %s is the directory %s points to: pulling into it would change the files being served; pull into another directory",
-					ErrInvalid, res.Dir, link)
-			}
+	}
+	// Neither the versions directory nor the version's may be in what the link points to: the
+	// version served would change under the pull, and the link come to point into itself.
+	served := ""
+	if linkTarget(link) != nil {
+		served, _ = filepath.EvalSymlinks(link)
+	}
+	for _, p := range []string{root, res.Dir} {
+		if p == res.Dir && rel != "" {
+			continue // in root; the same version's directory may be the one served (a repair)
+		}
+		if within(link, p) || served != "" && within(served, resolveExisting(p)) {
+			return res, fmt.Errorf("%w: %s is in the directory %s points to: pulling there would change the files being served; pull elsewhere",
+				ErrInvalid, p, link)
 		}
 	}
 	if err := os.MkdirAll(parent, 0o755); err != nil {
@@ -214,7 +226,17 @@ func (c *Client) switchLink(link, root, rel string, startGen uint64, keep int, r
 	if r, err := filepath.Rel(parent, res.Dir); err == nil && filepath.IsLocal(r) {
 		res.Target = r
 	}
-	tmp := filepath.Join(parent, shortName("."+filepath.Base(link)+".buffdbd-link-"+randomHex()))
+	// A temporary link a crash left between its creation and its rename: hidden, but beside the
+	// link, where a server scanning the directory would see it.
+	tmpPrefix := "." + filepath.Base(link) + ".buffdbd-link-"
+	if ents, err := os.ReadDir(parent); err == nil {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), tmpPrefix) && e.Type()&fs.ModeSymlink != 0 {
+				_ = os.Remove(filepath.Join(parent, e.Name()))
+			}
+		}
+	}
+	tmp := filepath.Join(parent, shortName(tmpPrefix+randomHex()))
 	if err := os.Symlink(res.Target, tmp); err != nil {
 		return trash, err
 	}
@@ -251,6 +273,27 @@ func (c *Client) switchLink(link, root, rel string, startGen uint64, keep int, r
 		trash = append(trash, m.to)
 	}
 	return trash, st.save(root)
+}
+
+// within reports whether p is dir or inside it, by their names.
+func within(dir, p string) bool {
+	r, err := filepath.Rel(dir, p)
+	return err == nil && (r == "." || filepath.IsLocal(r))
+}
+
+// resolveExisting returns p with the symbolic links in its longest existing prefix resolved.
+func resolveExisting(p string) string {
+	var rest []string
+	for q := p; ; q = filepath.Dir(q) {
+		if r, err := filepath.EvalSymlinks(q); err == nil {
+			slices.Reverse(rest)
+			return filepath.Join(append([]string{r}, rest...)...)
+		}
+		if q == filepath.Dir(q) {
+			return p
+		}
+		rest = append(rest, filepath.Base(q))
+	}
 }
 
 // checkLink returns an error wrapping ErrNotLink if link exists and is not a symbolic link.

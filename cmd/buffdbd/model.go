@@ -186,7 +186,7 @@ reused chunk by chunk, an interrupted pull resumes (run it again), and files app
 after every file of the version has been verified against its sha256. Files in DIR that the version
 does not contain are left alone.
 
-With --link PATH, the version is pulled into a directory of its own (--versions DIR/<name>/<version>,
+With --link PATH, the version is pulled into a directory of its own (--versions DIR/<name>:<version>,
 by default beside PATH in .<PATH's name>.versions, or -o DIR), reusing the chunks of the version PATH
 points to, and then the symbolic link PATH is switched to it atomically: a serving process reading
 through PATH sees the old version or the new one, never a mix. The previous version's directory is

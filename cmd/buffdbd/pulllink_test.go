@@ -28,14 +28,14 @@ func linkSuite(t *testing.T, base ...string) {
 	parent := t.TempDir()
 	link := filepath.Join(parent, "m")
 	r := must(t, exitOK, "", a("model", "pull", "org/m:v1", "--link", link)...)
-	if want := link + " -> " + filepath.Join(".m.versions", "org", "m", "v1") + "\n"; !strings.Contains(r.stdout, want) {
+	if want := link + " -> " + filepath.Join(".m.versions", "org", "m:v1") + "\n"; !strings.Contains(r.stdout, want) {
 		t.Fatalf("stdout %q lacks %q", r.stdout, want)
 	}
 	if b, _ := os.ReadFile(filepath.Join(link, "config.json")); string(b) != `{"v":"v1"}` {
 		t.Fatalf("config.json through the link = %q", b)
 	}
 	r = must(t, exitOK, "", a("model", "pull", "org/m@latest", "--link", link)...)
-	if !strings.Contains(r.stdout, "(was "+filepath.Join(parent, ".m.versions", "org", "m", "v1")+")") || strings.Contains(r.stdout, "reused 0 B") {
+	if !strings.Contains(r.stdout, "(was "+filepath.Join(parent, ".m.versions", "org", "m:v1")+")") || strings.Contains(r.stdout, "reused 0 B") {
 		t.Fatalf("switch to v2: %q; want the previous version named and its chunks reused", r.stdout)
 	}
 	if b, _ := os.ReadFile(filepath.Join(link, "w.bin")); !bytes.Equal(b, v2) {
@@ -91,7 +91,7 @@ func TestModelPullLink_KilledKeepsLink(t *testing.T) {
 	if out, err := exec.Command(buffdbdBin, "--addr", p.addr, "model", "pull", "m:v1", "--link", link).CombinedOutput(); err != nil {
 		t.Fatalf("pull v1: %v\n%s", err, out)
 	}
-	partial := filepath.Join(filepath.Dir(link), ".m.versions", "m", "v2", "model.bin.buffdbd-partial")
+	partial := filepath.Join(filepath.Dir(link), ".m.versions", "m:v2", "model.bin.buffdbd-partial")
 	slow := linktest.Start(t, p.addr, linktest.Options{DownRate: 8 << 20})
 	pull := exec.Command(buffdbdBin, "--addr", slow.Addr, "model", "pull", "m:v2", "--link", link)
 	if err := pull.Start(); err != nil {
