@@ -37,13 +37,23 @@ func TestRegistry_PushResumesInsideChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cc.Close()
+	var last, backwards int64 // progress must not restart from 0 on each connection
 	res, err := registry.NewClient(cc).Push(context.Background(), src, registry.PushOptions{
-		Info: registry.ModelInfo{Name: "m", Version: "v1"}, Retries: 3})
+		Info: registry.ModelInfo{Name: "m", Version: "v1"}, Retries: 3,
+		Progress: func(done, total int64) {
+			if done < last {
+				backwards = max(backwards, last-done)
+			}
+			last = done
+		}})
 	if err != nil {
 		t.Fatalf("push over a link dropping every 1 MiB: %v (%d drops, %d attempts)", err, link.Failed(), res.Attempts)
 	}
 	if link.Failed() < 4 {
 		t.Fatalf("the link dropped %d connections; the test needs several cuts inside chunks", link.Failed())
+	}
+	if backwards > 0 || last != int64(len(data)) {
+		t.Errorf("progress went back by up to %d bytes on a resume, and ended at %d of %d", backwards, last, len(data))
 	}
 	out := t.TempDir()
 	if _, err := e.client.Pull(context.Background(), "m:v1", out, registry.PullOptions{}); err != nil {

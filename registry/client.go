@@ -71,7 +71,9 @@ type PushOptions struct {
 	// restarts the push, which then sends only what the server is missing (down to the rest of a
 	// chunk the connection broke in, from a server that keeps it); an attempt that finds more
 	// stored than any before starts the count again. 0: no retry.
-	Retries  int
+	Retries int
+	// Progress, if set, is called as bytes are sent or found stored; across attempts it only
+	// moves forward.
 	Progress Progress
 }
 
@@ -109,6 +111,17 @@ func (c *Client) Push(ctx context.Context, src string, opts PushOptions) (PushRe
 	res.Files = len(files)
 	for _, f := range files {
 		res.Bytes += f.size
+	}
+	if report := opts.Progress; report != nil {
+		// Each attempt counts up from 0 again through what the server already holds: reported
+		// as is, a progress display would run backwards on every reconnection.
+		best := int64(-1)
+		opts.Progress = func(done, total int64) {
+			if done > best {
+				best = done
+				report(done, total)
+			}
+		}
 	}
 	durable := int64(-1) // the most chunk bytes the server said it had, in any attempt
 	piece := PullPieceSize
