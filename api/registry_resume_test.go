@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	registrypb "github.com/buffdb/buffdbd/api/proto/registrypb"
 	"github.com/buffdb/buffdbd/internal/linktest"
@@ -168,4 +169,50 @@ func TestRegistry_PushResumeCompat(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertTree(t, out, map[string][]byte{"w.bin": data})
+}
+
+// oldServerStream removes resume_in_chunk from PushOpen, so the server answers as one from before
+// the field, which ignores it.
+type oldServerStream struct{ grpc.ClientStream }
+
+func (s oldServerStream) SendMsg(m any) error {
+	if open := m.(interface{ GetOpen() *registrypb.PushOpen }).GetOpen(); open != nil {
+		open = proto.Clone(open).(*registrypb.PushOpen)
+		open.ResumeInChunk = false
+		m = &registrypb.PushRequest{Msg: &registrypb.PushRequest_Open{Open: open}}
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
+// TestRegistry_PushResumeOldServer: to a server that does not resume inside chunks, the client
+// sends cut chunks whole again, over a link that carries a whole chunk per connection.
+func TestRegistry_PushResumeOldServer(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	data := randBytes(93, 16<<20)
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"w.bin": data})
+	link := linktest.Start(t, e.conn.Target(), linktest.Options{After: 5 << 20}) // more than the largest chunk
+	cc, err := grpc.NewClient(link.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+			streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			s, err := streamer(ctx, desc, cc, method, opts...)
+			return oldServerStream{s}, err
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	res, err := registry.NewClient(cc).Push(context.Background(), src, registry.PushOptions{
+		Info: registry.ModelInfo{Name: "m", Version: "v1"}, Retries: 3})
+	if err != nil || link.Failed() < 2 || res.BytesResumed != 0 {
+		t.Fatalf("push to an old server over a link dropping every 5 MiB: %v (%d drops, %d resumed)", err, link.Failed(), res.BytesResumed)
+	}
+	out := t.TempDir()
+	if _, err := e.client.Pull(context.Background(), "m:v1", out, registry.PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, map[string][]byte{"w.bin": data})
+	if ents, err := os.ReadDir(filepath.Join(e.dir, "uploads")); err == nil && len(ents) != 0 {
+		t.Errorf("a push that did not resume inside chunks left partial chunks: %v", ents)
+	}
 }
