@@ -352,8 +352,10 @@ func (u *Upload) offer(ctx context.Context, sum [32]byte, size int64, resume boo
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-// Write delivers bytes of the needed chunks in offer order; a piece may span chunks. ErrInvalid if
-// no chunk bytes are expected.
+// Write delivers bytes of the needed chunks in offer order (of a chunk answered from an offset by
+// OfferResumable, from there); a piece may span chunks. The Upload keeps p without copying it
+// (the payload writer consumes it later, and the part of a chunk being received is kept for a
+// resume), so the caller must not modify p afterwards. ErrInvalid if no chunk bytes are expected.
 func (u *Upload) Write(p []byte) error {
 	if err := u.check(); err != nil {
 		return err
