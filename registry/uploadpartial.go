@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -105,8 +106,7 @@ func (s *Service) dropKept(u *Upload, cw *chunkWrite) {
 // worth resuming. A partial file that does not verify (damaged on disk, cut by a crash, or not a
 // proper prefix of a chunk that size) is removed: the chunk is then sent whole.
 func (s *Service) loadPartial(session string, sum Digest, size int64) []byte {
-	p := s.partialPath(session, sum)
-	b, err := os.ReadFile(p)
+	b, err := readPartial(s.partialPath(session, sum), size)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			s.log.Warn("read a partly received chunk; asking for it whole", "chunk", sum.String(), "err", err)
@@ -121,6 +121,22 @@ func (s *Service) loadPartial(session string, sum Digest, size int64) []byte {
 		return nil
 	}
 	return b[:n:n]
+}
+
+// readPartial reads a partial file of a chunk of size bytes, or as much of it as a proper one
+// can hold (a longer one fails to verify; it is not read whole into memory).
+func readPartial(path string, size int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, size+sha256.Size)
+	n, err := io.ReadFull(f, b)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return nil, err
+	}
+	return b[:n], nil
 }
 
 // savePartial durably keeps the first bytes of a chunk (the concatenation of pieces) for session,
