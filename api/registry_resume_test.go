@@ -1,8 +1,10 @@
 package api_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"os"
@@ -73,6 +75,62 @@ func TestRegistry_PushResumesInsideChunks(t *testing.T) {
 	}
 }
 
+// rawPush drives one Push stream message by message, as a client of any version could.
+type rawPush struct {
+	t      *testing.T
+	stream registrypb.Registry_PushClient
+}
+
+// startRawPush opens a push of name:v1 with one file of size bytes and offers its first chunk.
+func startRawPush(t *testing.T, rpc registrypb.RegistryClient, resume bool, size int, chunk []byte) *rawPush {
+	t.Helper()
+	stream, err := rpc.Push(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &rawPush{t: t, stream: stream}
+	sum := sha256.Sum256(chunk)
+	p.send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Open{Open: &registrypb.PushOpen{
+		Info: &registrypb.ModelInfo{Name: "m", Version: "v1"}, ResumeInChunk: resume}}})
+	p.send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_FileBegin{FileBegin: &registrypb.FileBegin{Path: "w.bin", Size: uint64(size)}}})
+	p.send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Offer{Offer: &registrypb.ChunkOffer{Sha256: sum[:], Size: uint64(len(chunk))}}})
+	if resp, err := stream.Recv(); err != nil || resp.GetOpened() == nil {
+		t.Fatalf("open: %v, %v", resp, err)
+	}
+	return p
+}
+
+func (p *rawPush) send(m *registrypb.PushRequest) {
+	p.t.Helper()
+	if err := p.stream.Send(m); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func (p *rawPush) data(b []byte) {
+	p.t.Helper()
+	p.send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Data{Data: &registrypb.ChunkData{Data: b}}})
+}
+
+func (p *rawPush) answer() *registrypb.ChunkAnswer {
+	p.t.Helper()
+	resp, err := p.stream.Recv()
+	if err != nil || resp.GetAnswer() == nil {
+		p.t.Fatalf("answer: %v, %v", resp, err)
+	}
+	return resp.GetAnswer()
+}
+
+// cut ends the stream before its commit, as a client whose connection broke after the bytes
+// it sent arrived, and waits for the server's answer.
+func (p *rawPush) cut() {
+	p.t.Helper()
+	p.stream.CloseSend()
+	if _, err := p.stream.Recv(); status.Code(err) != codes.InvalidArgument {
+		p.t.Fatalf("a push stream ended before its commit: %v", err)
+	}
+}
+
 // TestRegistry_PushResumeCompat: a client that does not resume inside chunks (before
 // PushOpen.resume_in_chunk) is asked for whole chunks even where a cut push left part of one,
 // and its push completes.
@@ -80,60 +138,21 @@ func TestRegistry_PushResumeCompat(t *testing.T) {
 	e := startRegistry(t, registry.Options{})
 	data := randBytes(92, 1<<20+999)
 	sum := sha256.Sum256(data)
-	info := &registrypb.ModelInfo{Name: "m", Version: "v1"}
-	open := func(ctx context.Context, resume bool) registrypb.Registry_PushClient {
-		t.Helper()
-		stream, err := e.rpc.Push(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range []*registrypb.PushRequest{
-			{Msg: &registrypb.PushRequest_Open{Open: &registrypb.PushOpen{Info: info, ResumeInChunk: resume}}},
-			{Msg: &registrypb.PushRequest_FileBegin{FileBegin: &registrypb.FileBegin{Path: "w.bin", Size: uint64(len(data))}}},
-			{Msg: &registrypb.PushRequest_Offer{Offer: &registrypb.ChunkOffer{Sha256: sum[:], Size: uint64(len(data))}}},
-		} {
-			if err := stream.Send(m); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if _, err := stream.Recv(); err != nil { // opened
-			t.Fatal(err)
-		}
-		return stream
-	}
-	answer := func(stream registrypb.Registry_PushClient) *registrypb.ChunkAnswer {
-		t.Helper()
-		resp, err := stream.Recv()
-		if err != nil || resp.GetAnswer() == nil {
-			t.Fatalf("answer: %v, %v", resp, err)
-		}
-		return resp.GetAnswer()
-	}
-	data1 := func(b []byte) *registrypb.PushRequest {
-		return &registrypb.PushRequest{Msg: &registrypb.PushRequest_Data{Data: &registrypb.ChunkData{Data: b}}}
-	}
 
 	// A resuming client's stream ends after 600 KiB of the chunk.
-	stream := open(context.Background(), true)
-	if a := answer(stream); !a.Need || a.Offset != 0 {
+	p := startRawPush(t, e.rpc, true, len(data), data)
+	if a := p.answer(); !a.Need || a.Offset != 0 {
 		t.Fatalf("first answer %v", a)
 	}
-	if err := stream.Send(data1(data[:600<<10])); err != nil {
-		t.Fatal(err)
-	}
-	stream.CloseSend()
-	if _, err := stream.Recv(); status.Code(err) != codes.InvalidArgument {
-		t.Fatalf("a push stream ended before its commit: %v", err)
-	}
+	p.data(data[:600<<10])
+	p.cut()
 	// The daemon has kept the bytes once it asks a resuming client for the rest only; the
 	// status may reach the client before the daemon's handler has finished. This waits on
 	// state, not on time.
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		stream := open(context.Background(), true)
-		a := answer(stream)
-		stream.CloseSend()
-		for _, err := stream.Recv(); err == nil; _, err = stream.Recv() {
-		}
+		p := startRawPush(t, e.rpc, true, len(data), data)
+		a := p.answer()
+		p.cut()
 		if a.Offset == 600<<10 {
 			break
 		}
@@ -144,24 +163,19 @@ func TestRegistry_PushResumeCompat(t *testing.T) {
 	}
 
 	// An older client is asked for the whole chunk, and its push completes.
-	stream = open(context.Background(), false)
-	if a := answer(stream); !a.Need || a.Offset != 0 {
+	p = startRawPush(t, e.rpc, false, len(data), data)
+	if a := p.answer(); !a.Need || a.Offset != 0 {
 		t.Fatalf("answer to a client that does not resume inside chunks: %v", a)
 	}
-	for _, m := range []*registrypb.PushRequest{
-		data1(data[:1<<20]), data1(data[1<<20:]),
-		{Msg: &registrypb.PushRequest_FileEnd{FileEnd: &registrypb.FileEnd{Sha256: sum[:]}}},
-		{Msg: &registrypb.PushRequest_Commit{Commit: &registrypb.Commit{}}},
-	} {
-		if err := stream.Send(m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	resp, err := stream.Recv()
+	p.data(data[:1<<20])
+	p.data(data[1<<20:])
+	p.send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_FileEnd{FileEnd: &registrypb.FileEnd{Sha256: sum[:]}}})
+	p.send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Commit{Commit: &registrypb.Commit{}}})
+	resp, err := p.stream.Recv()
 	if err != nil || resp.GetCommitted() == nil || resp.GetCommitted().BytesReceived != uint64(len(data)) {
 		t.Fatalf("commit: %v, %v", resp, err)
 	}
-	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+	if _, err := p.stream.Recv(); !errors.Is(err, io.EOF) {
 		t.Fatalf("after commit: %v", err)
 	}
 	out := t.TempDir()
@@ -169,6 +183,62 @@ func TestRegistry_PushResumeCompat(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertTree(t, out, map[string][]byte{"w.bin": data})
+}
+
+// TestRegistry_KillDaemonKeepsPartialChunk: the part of a chunk a cut push left survives a
+// SIGKILL of the daemon, and the push resumes from it after the restart.
+func TestRegistry_KillDaemonKeepsPartialChunk(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts daemons")
+	}
+	dir := t.TempDir()
+	data := randBytes(94, 6<<20)
+	first, _, err := registry.NewChunker(bytes.NewReader(data)).Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const cut = 600 << 10
+	if len(first) <= cut {
+		t.Fatalf("the test needs a first chunk over %d bytes, got %d", cut, len(first))
+	}
+	first = bytes.Clone(first)
+	d := startDaemon(t, dir, 0)
+	p := startRawPush(t, d.rpc, true, len(data), first)
+	if a := p.answer(); !a.Need || a.Offset != 0 {
+		t.Fatalf("first answer %v", a)
+	}
+	p.data(first[:cut])
+	p.cut()
+	sum := sha256.Sum256(first)
+	kept := filepath.Join(dir, "uploads", "*", hex.EncodeToString(sum[:]))
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if m, _ := filepath.Glob(kept); len(m) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon never kept the part received of a cut chunk")
+		}
+	}
+	d.kill()
+
+	d = startDaemon(t, dir, 0)
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"w.bin": data})
+	res, err := d.client.Push(context.Background(), src, registry.PushOptions{Info: registry.ModelInfo{Name: "m", Version: "v1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.BytesResumed != cut || res.BytesSent != int64(len(data))-cut {
+		t.Errorf("push after a restart resumed %d and sent %d bytes; want %d and %d", res.BytesResumed, res.BytesSent, cut, len(data)-cut)
+	}
+	out := t.TempDir()
+	if _, err := d.client.Pull(context.Background(), "m:v1", out, registry.PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, map[string][]byte{"w.bin": data})
+	if ents, err := os.ReadDir(filepath.Join(dir, "uploads")); err != nil || len(ents) != 0 {
+		t.Errorf("partial chunks left after the push: %v, %v", ents, err)
+	}
 }
 
 // oldServerStream removes resume_in_chunk from PushOpen, so the server answers as one from before
