@@ -170,7 +170,7 @@ visible, with the "latest" alias and any --alias, only once every byte is stored
 	f.StringArrayVar(&aliases, "alias", nil, "alias to point at this version once published, e.g. canary (repeatable)")
 	f.StringVar(&inShape, "input-shape", "", "input shape, comma-separated, -1 for dynamic (e.g. -1,3,224,224)")
 	f.StringVar(&outShape, "output-shape", "", "output shape, comma-separated")
-	f.IntVar(&retries, "retries", 10, "how many times to resume after a lost connection")
+	f.IntVar(&retries, "retries", 10, "how many lost connections in a row to resume after (an attempt that gets further starts the count again)")
 	return cmd
 }
 
@@ -251,7 +251,7 @@ removed (--keep). A PATH that exists and is not a symbolic link is refused.`,
 	cmd.Flags().StringVar(&link, "link", "", "symbolic link to switch atomically to the pulled version")
 	cmd.Flags().StringVar(&versions, "versions", "", "with --link: where version directories are created (default: .<link name>.versions beside the link)")
 	cmd.Flags().IntVar(&keep, "keep", 2, "with --link: version directories to keep, counting the link's target (0: all)")
-	cmd.Flags().IntVar(&retries, "retries", 10, "how many times to resume after a lost connection")
+	cmd.Flags().IntVar(&retries, "retries", 10, "how many lost connections in a row to resume after (an attempt that gets further starts the count again)")
 	cmd.Flags().BoolVar(&noDelta, "no-delta", false, "do not reuse chunks of files already in the output directory (or the link's target)")
 	return cmd
 }
