@@ -42,6 +42,8 @@ type LinkResult struct {
 	Previous string
 	// Removed lists the old version directories removed (see LinkOptions.Keep).
 	Removed []string
+	// Unchanged: SwitchLink found the link pointing to the directory already and did nothing.
+	Unchanged bool
 }
 
 // Names inside a versions directory that no model name can take ('+' is not allowed in names):
