@@ -420,7 +420,9 @@ func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, f *file, s
 			w.(http.Flusher).Flush()
 			panic(http.ErrAbortHandler) // closes the connection mid-body
 		}
-		if st.after >= 0 && sent >= st.after {
+		// A stall at the very end of the body would hold a complete response open, and the
+		// connection with it, though the client has every byte and reuses the connection.
+		if st.after >= 0 && sent >= st.after && off < end {
 			w.(http.Flusher).Flush()
 			select {
 			case <-time.After(st.d):
