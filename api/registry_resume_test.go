@@ -359,3 +359,55 @@ func TestRegistry_PushPiecesAfterACut(t *testing.T) {
 		t.Errorf("after a cut: %d messages of at most 64 KiB, %d larger; want both", small, large)
 	}
 }
+
+// TestRegistry_PushForgedPartRetried: a chunk completed from a kept part that verifies against its
+// own checksum but holds wrong bytes fails ABORTED, never stored; the client's retry sends the
+// chunk whole and the push completes.
+func TestRegistry_PushForgedPartRetried(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	data := randBytes(96, 3<<20)
+	first, _, err := registry.NewChunker(bytes.NewReader(data)).Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first = bytes.Clone(first)
+	const cut = 500 << 10
+	p := startRawPush(t, e.rpc, true, len(data), first)
+	if a := p.answer(); !a.Need || a.Offset != 0 {
+		t.Fatalf("first answer %v", a)
+	}
+	p.data(first[:cut])
+	p.cut()
+	sum := sha256.Sum256(first)
+	var kept string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if m, _ := filepath.Glob(filepath.Join(e.dir, "uploads", "*", hex.EncodeToString(sum[:]))); len(m) == 1 {
+			kept = m[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon never kept the part received of a cut chunk")
+		}
+	}
+	forged := bytes.Clone(first[:cut])
+	forged[12345] ^= 0x80
+	check := sha256.Sum256(forged)
+	if err := os.WriteFile(kept, append(forged, check[:]...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"w.bin": data})
+	res, err := e.client.Push(context.Background(), src, registry.PushOptions{Info: registry.ModelInfo{Name: "m", Version: "v1"}, Retries: 1})
+	if err != nil || res.Attempts != 2 {
+		t.Fatalf("push after a forged part: %v in %d attempts; want success in 2", err, res.Attempts)
+	}
+	out := t.TempDir()
+	if _, err := e.client.Pull(context.Background(), "m:v1", out, registry.PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, map[string][]byte{"w.bin": data})
+	vr, err := e.rpc.Verify(context.Background(), &registrypb.VerifyRequest{})
+	if err != nil || len(vr.Corrupt) != 0 {
+		t.Fatalf("verify after the push: %v, %v", vr, err)
+	}
+}
