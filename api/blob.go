@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -22,6 +23,9 @@ func (s *blobService) Get(stream grpc.BidiStreamingServer[blobpb.GetRequest, blo
 		func(ctx context.Context, req *blobpb.GetRequest) func(context.Context) (*blobpb.GetResponse, error) {
 			return readAsync(r, func() (*blobpb.GetResponse, error) {
 				b, err := s.db.GetBlob(ctx, req.GetTransactionId(), req.GetId())
+				if err == nil && b.Metadata != nil {
+					err = checkUTF8(fmt.Sprintf("metadata of blob %d", req.GetId()), *b.Metadata)
+				}
 				if err != nil {
 					return nil, err
 				}

@@ -3,7 +3,9 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -35,6 +37,24 @@ var errorCodes = []ErrorCode{
 	{store.ErrAborted, codes.Aborted},
 	{store.ErrCorrupt, codes.DataLoss},
 	{store.ErrClosed, codes.Unavailable},
+	// Stored text no proto3 string can carry; retrying will not help until it is rewritten.
+	{errNotUTF8, codes.DataLoss},
+}
+
+// errNotUTF8: a stored key, value or blob metadata is not valid UTF-8, so it cannot be sent as the
+// proto3 string the API promises (marshalling would fail the stream with an opaque INTERNAL). The
+// store's own writes never make one from a request; raw SQL or an outside tool can
+// (CAST(x'ff' AS TEXT), or a BLOB stored before the store refused them).
+var errNotUTF8 = errors.New("stored text is not valid UTF-8")
+
+// checkUTF8 returns errNotUTF8 naming what (e.g. `key "k"`) unless every s is valid UTF-8.
+func checkUTF8(what string, s ...string) error {
+	for _, v := range s {
+		if !utf8.ValidString(v) {
+			return fmt.Errorf("%s: %w (written by raw SQL?); write it again or delete it", what, errNotUTF8)
+		}
+	}
+	return nil
 }
 
 // addErrorCodes puts entries in the table ahead of the store's. It exists so that other files of

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"math"
 
 	"google.golang.org/grpc"
@@ -52,9 +53,21 @@ func (s *indexService) ListIndexes(ctx context.Context, _ *indexpb.ListIndexesRe
 	return res, nil
 }
 
-// hit is the wire form of a store hit.
-func hit(h store.Hit) *indexpb.FindResponse {
-	return &indexpb.FindResponse{Key: h.Key, Value: h.Value, IndexedValue: h.Indexed}
+// hit is the wire form of a store hit; errNotUTF8 if one of its strings cannot be sent.
+func hit(h store.Hit) (*indexpb.FindResponse, error) {
+	if err := checkUTF8(fmt.Sprintf("index hit %q", h.Key), h.Key, h.Value, h.Indexed); err != nil {
+		return nil, err
+	}
+	return &indexpb.FindResponse{Key: h.Key, Value: h.Value, IndexedValue: h.Indexed}, nil
+}
+
+// sendHit sends h on stream.
+func sendHit(stream grpc.ServerStreamingServer[indexpb.FindResponse], h store.Hit) error {
+	r, err := hit(h)
+	if err != nil {
+		return err
+	}
+	return stream.Send(r)
 }
 
 // Find streams matching keys as the store finds them; the result set is never held in memory.
@@ -64,7 +77,7 @@ func (s *indexService) Find(req *indexpb.FindRequest, stream grpc.ServerStreamin
 		return streamError(s.service, "index.Find", stream, err)
 	}
 	err = s.db.Find(stream.Context(), req.GetTransactionId(), req.GetIndex(), req.GetValue(), limit, req.AfterKey,
-		func(h store.Hit) error { return stream.Send(hit(h)) })
+		func(h store.Hit) error { return sendHit(stream, h) })
 	if err != nil {
 		return streamError(s.service, "index.Find", stream, err)
 	}
@@ -88,7 +101,7 @@ func (s *indexService) FindRange(req *indexpb.FindRangeRequest, stream grpc.Serv
 		r.After = &store.Cursor{Indexed: c.GetIndexedValue(), Key: c.GetKey()}
 	}
 	err = s.db.FindRange(stream.Context(), req.GetTransactionId(), req.GetIndex(), r,
-		func(h store.Hit) error { return stream.Send(hit(h)) })
+		func(h store.Hit) error { return sendHit(stream, h) })
 	if err != nil {
 		return streamError(s.service, "index.FindRange", stream, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 
@@ -27,6 +28,9 @@ func (s *kvService) Get(stream grpc.BidiStreamingServer[kvpb.GetRequest, kvpb.Ge
 	return serveBidi(s.service, "kv.Get", stream,
 		func(ctx context.Context, req *kvpb.GetRequest) func(context.Context) (*kvpb.GetResponse, error) {
 			v, err := s.db.Get(ctx, req.GetTransactionId(), req.GetKey())
+			if err == nil {
+				err = checkUTF8(fmt.Sprintf("value of key %q", req.GetKey()), v)
+			}
 			if err != nil {
 				return ready[kvpb.GetResponse](nil, err)
 			}

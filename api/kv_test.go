@@ -6,9 +6,13 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/buffdb/buffdbd/api"
+	blobpb "github.com/buffdb/buffdbd/api/proto/blobpb"
+	indexpb "github.com/buffdb/buffdbd/api/proto/indexpb"
 	kvpb "github.com/buffdb/buffdbd/api/proto/kvpb"
+	querypb "github.com/buffdb/buffdbd/api/proto/querypb"
 	"github.com/buffdb/buffdbd/store"
 )
 
@@ -226,4 +230,51 @@ func TestKv_EqNotEq(t *testing.T) {
 		_, err = notEq("missing2")
 		wantCode(t, err, codes.NotFound, "missing2")
 	})
+}
+
+func TestKv_GetRawSQLText(t *testing.T) {
+	// GetResponse.value is a proto3 string. A raw BLOB write is refused naming the column, and a
+	// value that is not UTF-8 (only a deliberate CAST can store one) is DATA_LOSS naming the key,
+	// not an INTERNAL marshalling failure.
+	ts := newTestServer(t, store.Options{QueryWrites: true}, api.Options{})
+	kv := kvpb.NewKvClient(ts.conn)
+	q := querypb.NewQueryClient(ts.conn)
+	setKV(t, kv, "k", "hello")
+	_, err := bidi(t, q.Execute, &querypb.RawQuery{Query: "UPDATE kv SET value = x'00ff' WHERE key = 'k'"})
+	wantCode(t, err, codes.InvalidArgument, "kv.value must be TEXT")
+	got, err := bidi(t, kv.Get, &kvpb.GetRequest{Key: "k"})
+	if err != nil || len(got) != 1 || got[0].GetValue() != "hello" {
+		t.Fatalf("Get(k) = %v, %v", got, err)
+	}
+	if _, err := bidi(t, q.Execute, &querypb.RawQuery{Query: "INSERT INTO kv VALUES ('bad', CAST(x'ff41' AS TEXT))"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = bidi(t, kv.Get, &kvpb.GetRequest{Key: "bad"})
+	wantCode(t, err, codes.DataLoss, `value of key "bad"`, "not valid UTF-8")
+
+	// The same for the other strings read from the store: index hits and blob metadata.
+	ix := indexpb.NewIndexClient(ts.conn)
+	if _, err := ix.CreateIndex(context.Background(), &indexpb.CreateIndexRequest{
+		Index: &indexpb.IndexDefinition{Name: "whole", Type: indexpb.IndexType_BTREE}}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ix.FindRange(context.Background(), &indexpb.FindRangeRequest{Index: "whole"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.Recv(); err != nil || r.GetKey() != "k" {
+		t.Fatalf("first hit = %v, %v; want k", r, err)
+	}
+	_, err = s.Recv()
+	wantCode(t, err, codes.DataLoss, `index hit "bad"`, "not valid UTF-8")
+	b := blobpb.NewBlobClient(ts.conn)
+	ids, err := bidi(t, b.Store, &blobpb.StoreRequest{Bytes: []byte("x"), Metadata: proto.String("m")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bidi(t, q.Execute, &querypb.RawQuery{Query: "UPDATE blob SET metadata = CAST(x'ff' AS TEXT)"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = bidi(t, b.Get, &blobpb.GetRequest{Id: ids[0].GetId()})
+	wantCode(t, err, codes.DataLoss, fmt.Sprintf("metadata of blob %d", ids[0].GetId()), "not valid UTF-8")
 }

@@ -29,6 +29,8 @@ var _ = addErrorCodes(
 	ErrorCode{registry.ErrIncomplete, codes.FailedPrecondition},
 	// A watcher that fell behind should re-read state and watch again: the retryable code.
 	ErrorCode{registry.ErrWatchLagged, codes.Aborted},
+	// Kept bytes of a cut chunk that did not verify were dropped: a new push sends it whole.
+	ErrorCode{registry.ErrResumeMismatch, codes.Aborted},
 	ErrorCode{registry.ErrClosed, codes.Unavailable},
 )
 
@@ -95,10 +97,17 @@ func (s *registryService) push(stream registrypb.Registry_PushServer) error {
 				return err
 			}
 			var need bool
-			if need, err = up.Offer(ctx, sum, int64(m.Offer.Size)); err != nil {
+			var from int64
+			if open.ResumeInChunk {
+				need, from, err = up.OfferResumable(ctx, sum, int64(m.Offer.Size))
+			} else {
+				need, err = up.Offer(ctx, sum, int64(m.Offer.Size))
+			}
+			if err != nil {
 				return err
 			}
-			err = stream.Send(&registrypb.PushResponse{Msg: &registrypb.PushResponse_Answer{Answer: &registrypb.ChunkAnswer{Need: need}}})
+			err = stream.Send(&registrypb.PushResponse{Msg: &registrypb.PushResponse_Answer{Answer: &registrypb.ChunkAnswer{
+				Need: need, Offset: uint64(from)}}})
 		case *registrypb.PushRequest_Data:
 			err = up.Write(m.Data.Data)
 		case *registrypb.PushRequest_FileEnd:

@@ -49,6 +49,19 @@ type Progress func(done, total int64)
 // 4096 limit.
 const pushWindow = 64
 
+// cutPieceSize is the data message of a push's attempts after a connection broke. The server
+// keeps the part of a cut chunk it received in whole messages, and a message cut in flight is
+// lost: over a link that drops every MiB, 1 MiB messages (PullPieceSize, which the first attempt
+// sends to keep the per-message cost of a fast push low) would rarely get one through. 64 KiB
+// loses little at a cut and costs nothing a flaky link would notice (a few bytes of framing).
+// Once an attempt has sent cutPieceRecover bytes, the link has shown it carries far more than a
+// message per connection, and the attempt goes back to PullPieceSize: a cut then loses at most
+// one message of what it carried, and a fast push is not slowed for its whole rest by one blip.
+const (
+	cutPieceSize    = 64 << 10
+	cutPieceRecover = 16 << 20
+)
+
 // retryBackoff bounds the wait between attempts after a transient failure: short enough to resume
 // quickly after a blip, long enough not to hammer a server that is restarting.
 const (
@@ -61,9 +74,12 @@ type PushOptions struct {
 	Info    ModelInfo // Name and Version required
 	Aliases []string
 	// Retries is how many times in a row a transient failure (connection lost, server restarting)
-	// restarts the push, which then sends only what the server is missing; an attempt that finds
-	// more chunks stored than any before starts the count again. 0: no retry.
-	Retries  int
+	// restarts the push, which then sends only what the server is missing (down to the rest of a
+	// chunk the connection broke in, from a server that keeps it); an attempt that finds more
+	// stored than any before starts the count again. 0: no retry.
+	Retries int
+	// Progress, if set, is called as bytes are sent or found stored; across attempts it only
+	// moves forward.
 	Progress Progress
 }
 
@@ -74,7 +90,10 @@ type PushResult struct {
 	Bytes       int64 // total file bytes
 	BytesSent   int64 // chunk bytes sent over the wire (all attempts)
 	BytesReused int64 // chunk bytes the server already had (last attempt)
-	Attempts    int
+	// BytesResumed are bytes of needed chunks the server kept from an earlier, cut attempt and the
+	// last attempt did not send again.
+	BytesResumed int64
+	Attempts     int
 }
 
 type localFile struct {
@@ -99,10 +118,22 @@ func (c *Client) Push(ctx context.Context, src string, opts PushOptions) (PushRe
 	for _, f := range files {
 		res.Bytes += f.size
 	}
+	if report := opts.Progress; report != nil {
+		// Each attempt counts up from 0 again through what the server already holds: reported
+		// as is, a progress display would run backwards on every reconnection.
+		best := int64(-1)
+		opts.Progress = func(done, total int64) {
+			if done > best {
+				best = done
+				report(done, total)
+			}
+		}
+	}
 	durable := int64(-1) // the most chunk bytes the server said it had, in any attempt
+	piece := PullPieceSize
 	for attempt := 0; ; attempt++ {
 		res.Attempts++
-		err := c.pushOnce(ctx, files, opts, &res)
+		err := c.pushOnce(ctx, files, opts, piece, &res)
 		if err != nil {
 			if f := changedFile(files); f != nil {
 				// Say what happened, not what it broke downstream: the server refuses bytes that
@@ -113,14 +144,15 @@ func (c *Client) Push(ctx context.Context, src string, opts PushOptions) (PushRe
 		if err == nil || !retryable(ctx, err) {
 			return res, err
 		}
-		if res.BytesReused > durable {
-			// Opts.Retries bounds failures in a row: an attempt that finds more chunks stored
-			// than any before it shows the last ones moved forward, and a long push over a link
-			// that drops every few minutes must not give up after the eleventh connection.
+		if held := res.BytesReused + res.BytesResumed; held > durable {
+			// Opts.Retries bounds failures in a row: an attempt that finds more stored than any
+			// before it (whole chunks, or the part of a chunk cut mid-transfer) shows the last
+			// ones moved forward, and a long push over a link that drops every few minutes must
+			// not give up after the eleventh connection.
 			if durable >= 0 {
 				attempt = 0
 			}
-			durable = res.BytesReused
+			durable = held
 		}
 		if attempt >= opts.Retries {
 			return res, err
@@ -128,6 +160,7 @@ func (c *Client) Push(ctx context.Context, src string, opts PushOptions) (PushRe
 		if err := sleepBackoff(ctx, attempt); err != nil {
 			return res, err
 		}
+		piece = cutPieceSize
 	}
 }
 
@@ -207,10 +240,12 @@ type offerItem struct {
 	f      *localFile
 	off    int64
 	size   int64
+	from   int64 // the server holds the chunk's first from bytes: send the rest
 	commit bool
 }
 
-func (c *Client) pushOnce(parent context.Context, files []*localFile, opts PushOptions, res *PushResult) error {
+// pushOnce makes one attempt of a push, sending chunk data in messages of piece bytes.
+func (c *Client) pushOnce(parent context.Context, files []*localFile, opts PushOptions, piece int, res *PushResult) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	stream, err := c.rpc.Push(ctx)
@@ -219,7 +254,7 @@ func (c *Client) pushOnce(parent context.Context, files []*localFile, opts PushO
 	}
 	info := opts.Info
 	if err := stream.Send(&registrypb.PushRequest{Msg: &registrypb.PushRequest_Open{Open: &registrypb.PushOpen{
-		Info: InfoToProto(info), Aliases: opts.Aliases}}}); err != nil {
+		Info: InfoToProto(info), Aliases: opts.Aliases, ResumeInChunk: true}}}); err != nil {
 		return streamErr(stream, err)
 	}
 	first, err := stream.Recv()
@@ -229,15 +264,25 @@ func (c *Client) pushOnce(parent context.Context, files []*localFile, opts PushO
 	if first.GetOpened() == nil {
 		return fmt.Errorf("%w: server answered push open with %T", ErrInvalid, first.Msg)
 	}
-	res.BytesReused = 0
+	res.BytesReused, res.BytesResumed = 0, 0
 	var pmu sync.Mutex
 	var done int64
-	progress := func(n int64, sent bool) {
+	sent := func(n int64) {
 		pmu.Lock()
 		defer pmu.Unlock()
 		done += n
-		if sent {
-			res.BytesSent += n
+		res.BytesSent += n
+		if opts.Progress != nil {
+			opts.Progress(done, res.Bytes)
+		}
+	}
+	// held counts bytes the server already has: whole chunks, or the part of a cut one.
+	held := func(n int64, resumed bool) {
+		pmu.Lock()
+		defer pmu.Unlock()
+		done += n
+		if resumed {
+			res.BytesResumed += n
 		} else {
 			res.BytesReused += n
 		}
@@ -255,7 +300,7 @@ func (c *Client) pushOnce(parent context.Context, files []*localFile, opts PushO
 	inflight := make(chan offerItem, pushWindow)
 	senderDone := make(chan error, 1)
 	go func() {
-		err := sendLoop(ctx, stream, ctrl, jobs, func(n int64) { progress(n, true) })
+		err := sendLoop(ctx, stream, ctrl, jobs, piece, sent)
 		if err != nil {
 			cancel() // unblocks the receiver's Recv; the send error is reported below
 		}
@@ -315,8 +360,16 @@ func (c *Client) pushOnce(parent context.Context, files []*localFile, opts PushO
 			break
 		}
 		if !ans.Need {
-			progress(it.size, false)
+			held(it.size, false)
 			continue
+		}
+		if ans.Offset > 0 {
+			if ans.Offset >= uint64(it.size) {
+				recvErr = fmt.Errorf("%w: server holds %d bytes of a %d-byte chunk yet asks for it", ErrInvalid, ans.Offset, it.size)
+				break
+			}
+			it.from = int64(ans.Offset)
+			held(it.from, true)
 		}
 		if !queue(it) {
 			break
@@ -367,9 +420,10 @@ func brokenStream(stream registrypb.Registry_PushClient) error {
 
 // sendLoop is the only caller of stream.Send during a push: it sends control messages as soon as
 // they are queued (also between the pieces of a chunk), then the data of needed chunks in answer
-// order, and Commit after the last of them. It returns when jobs yields the commit, or on error.
+// order, in messages of piece bytes (PullPieceSize once cutPieceRecover bytes are sent), and
+// Commit after the last of them. It returns when jobs yields the commit, or on error.
 func sendLoop(ctx context.Context, stream registrypb.Registry_PushClient, ctrl <-chan *registrypb.PushRequest,
-	jobs <-chan offerItem, sent func(int64)) error {
+	jobs <-chan offerItem, piece int, sent func(int64)) error {
 	drain := func() error {
 		for {
 			select {
@@ -383,6 +437,11 @@ func sendLoop(ctx context.Context, stream registrypb.Registry_PushClient, ctrl <
 		}
 	}
 	buf := make([]byte, PullPieceSize)
+	var total int64 // sent in this attempt
+	counted := func(n int64) {
+		total += n
+		sent(n)
+	}
 	for {
 		if err := drain(); err != nil {
 			return err
@@ -403,12 +462,16 @@ func sendLoop(ctx context.Context, stream registrypb.Registry_PushClient, ctrl <
 				}
 				return stream.CloseSend()
 			}
-			if err := sendChunkData(it, buf, func(m *registrypb.PushRequest) error {
+			n := piece
+			if total >= cutPieceRecover {
+				n = PullPieceSize
+			}
+			if err := sendChunkData(it, buf[:n], func(m *registrypb.PushRequest) error {
 				if err := drain(); err != nil {
 					return err
 				}
 				return stream.Send(m)
-			}, sent); err != nil {
+			}, counted); err != nil {
 				return err
 			}
 		case <-ctx.Done():
@@ -417,14 +480,15 @@ func sendLoop(ctx context.Context, stream registrypb.Registry_PushClient, ctrl <
 	}
 }
 
-// sendChunkData re-reads a needed chunk from its file and sends it in PullPieceSize pieces.
+// sendChunkData re-reads a needed chunk from its file and sends it, from it.from on, in pieces
+// of len(buf).
 func sendChunkData(it offerItem, buf []byte, send func(*registrypb.PushRequest) error, sent func(int64)) error {
 	f, err := os.Open(it.f.abs)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	for off := int64(0); off < it.size; {
+	for off := it.from; off < it.size; {
 		n := min(int64(len(buf)), it.size-off)
 		if _, err := f.ReadAt(buf[:n], it.off+off); err != nil {
 			return fmt.Errorf("read %s: %w (did it change during the push?)", it.f.abs, err)

@@ -26,6 +26,10 @@ var (
 	// ErrChecksum: received or stored bytes do not match their sha256 (a file, a chunk, or a chunk
 	// found corrupt on disk by Verify).
 	ErrChecksum = errors.New("sha256 mismatch")
+	// ErrResumeMismatch: a chunk completed from the part an interrupted push left did not hash to
+	// its digest: the sender that left that part sent wrong bytes. The part was dropped, so pushing
+	// again sends the chunk whole; worth retrying, unlike ErrChecksum.
+	ErrResumeMismatch = errors.New("resumed chunk does not hash to its digest")
 	// ErrAliased: a delete was refused because an alias points at the version (use force).
 	ErrAliased = errors.New("version is aliased")
 	// ErrPinned: eviction or a non-forced delete was refused because the version is pinned.
@@ -40,6 +44,9 @@ var (
 	ErrClosed = errors.New("registry closed")
 	// ErrBusy: another pull is writing into the same directory.
 	ErrBusy = errors.New("directory busy")
+	// ErrNotLink: Client.PullLink was given a path that exists and is not a symbolic link (a
+	// directory holding a model, say); it is left as it is.
+	ErrNotLink = errors.New("not a symbolic link")
 	// ErrChanged: Client.Push found a source file written to (size or modification time changed)
 	// while it was pushed. Nothing was published: the server verifies every chunk against the
 	// digest offered for it, and a file read while written would mix two contents.

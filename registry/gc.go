@@ -18,6 +18,10 @@ type GCResult struct {
 	Bytes     int64 // their bytes
 	Files     int64 // payload files the store removed
 	FileBytes int64
+	// Partials are files of partly received chunks removed: those of ended sessions, and temp
+	// files a crash left.
+	Partials     int64
+	PartialBytes int64
 }
 
 // CollectGarbage removes expired upload sessions, then chunks nothing references (no published
@@ -87,6 +91,9 @@ func (s *Service) CollectGarbage(ctx context.Context) (GCResult, error) {
 	if err != nil {
 		return GCResult{}, fmt.Errorf("registry gc: %w", err)
 	}
+	// The partly received chunks of sessions that ended (expired above, committed, or dropped by
+	// a crash before their directory was).
+	res.Partials, res.PartialBytes = s.sweepPartials(ctx, partialTmpAge)
 	sr, err := s.db.CollectGarbage(ctx)
 	if err != nil {
 		return res, fmt.Errorf("registry gc: payload files: %w", err)
@@ -95,7 +102,8 @@ func (s *Service) CollectGarbage(ctx context.Context) (GCResult, error) {
 	if f := s.opts.Metrics.GC; f != nil {
 		f(res)
 	}
-	s.log.Info("registry gc", "sessions", res.Sessions, "chunks", res.Chunks, "bytes", res.Bytes, "files", res.Files)
+	s.log.Info("registry gc", "sessions", res.Sessions, "chunks", res.Chunks, "bytes", res.Bytes, "files", res.Files,
+		"partials", res.Partials)
 	return res, nil
 }
 

@@ -57,10 +57,28 @@ type localChunk struct {
 // other files of dir (e.g. the previous version) are copied locally instead of downloaded; partial
 // files left by an interrupted pull are resumed from their length.
 func (c *Client) Pull(ctx context.Context, ref string, dir string, opts PullOptions) (PullResult, error) {
+	res, files, err := c.resolve(ctx, ref, opts)
+	if err != nil {
+		return res, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return res, err
+	}
+	unlock, err := lockPullDir(dir)
+	if err != nil {
+		return res, err
+	}
+	defer unlock()
+	err = c.pullInto(ctx, dir, nil, files, opts, &res)
+	return res, err
+}
+
+// resolve looks ref up (retried like the transfer) and returns the version's info and files.
+func (c *Client) resolve(ctx context.Context, ref string, opts PullOptions) (PullResult, []File, error) {
 	var res PullResult
 	r, err := ParseRef(ref)
 	if err != nil {
-		return res, err
+		return res, nil, err
 	}
 	// Resolving the reference is retried like the transfer: a pull started while the link is
 	// down for a moment (or the daemon restarts) used to fail at once, unlike a push.
@@ -71,29 +89,29 @@ func (c *Client) Pull(ctx context.Context, ref string, dir string, opts PullOpti
 			break
 		}
 		if err := sleepBackoff(ctx, attempt); err != nil {
-			return res, err
+			return res, nil, err
 		}
 	}
 	if err != nil {
-		return res, err
+		return res, nil, err
 	}
 	info := InfoFromProto(show.Info)
 	files, err := FilesFromProto(show.Files)
 	if err != nil {
-		return res, fmt.Errorf("manifest of %s: %w", ref, err)
+		return res, nil, fmt.Errorf("manifest of %s: %w", ref, err)
 	}
 	res.Info, res.Files = info, len(files)
 	for _, f := range files {
 		res.Bytes += f.Size
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return res, err
-	}
-	unlock, err := lockPullDir(dir)
-	if err != nil {
-		return res, err
-	}
-	defer unlock()
+	return res, files, nil
+}
+
+// pullInto pulls the version res describes into dir, which the caller has locked. Besides the files
+// already in dir, the files under each of seeds (e.g. the version a link points to) are a source
+// of chunks the version shares with them.
+func (c *Client) pullInto(ctx context.Context, dir string, seeds []string, files []File, opts PullOptions, res *PullResult) error {
+	info := res.Info
 	wanted := map[Digest]bool{}
 	for _, f := range files {
 		for _, ch := range f.Chunks {
@@ -106,7 +124,26 @@ func (c *Client) Pull(ctx context.Context, ref string, dir string, opts PullOpti
 	complete := map[string]bool{}
 	if !opts.NoDelta {
 		if err := indexLocal(ctx, dir, files, wanted, local, complete); err != nil {
-			return res, err
+			return err
+		}
+		// The seeds are chunked only for what dir lacks: a rollback to a version whose directory
+		// is complete does not hash the version being served (seconds per GB on a small ARM core).
+		missing := map[Digest]bool{}
+		for _, f := range files {
+			for _, ch := range f.Chunks {
+				if _, ok := local[ch.SHA256]; !ok && !complete[f.Path] {
+					missing[ch.SHA256] = true
+				}
+			}
+		}
+		for _, s := range seeds {
+			if len(missing) == 0 {
+				break
+			}
+			// A seed's files are a source of chunks only: a file there is not in place here.
+			if err := indexLocal(ctx, s, files, missing, local, map[string]bool{}); err != nil {
+				return err
+			}
 		}
 	}
 	pinned := fmt.Sprintf("%s:%s", info.Name, info.Version) // an alias may move mid-pull; the version cannot
@@ -115,9 +152,9 @@ func (c *Client) Pull(ctx context.Context, ref string, dir string, opts PullOpti
 	for attempt := 0; ; attempt++ {
 		res.Attempts++
 		var start int64
-		err := c.pullOnce(ctx, pinned, dir, files, local, complete, ours, &start, opts, &res)
+		err := c.pullOnce(ctx, pinned, dir, files, local, complete, ours, &start, opts, res)
 		if err == nil || !retryable(ctx, err) {
-			return res, err
+			return err
 		}
 		if start > kept {
 			// Opts.Retries bounds failures in a row: on a link that drops every few minutes, a
@@ -130,10 +167,10 @@ func (c *Client) Pull(ctx context.Context, ref string, dir string, opts PullOpti
 			kept = start
 		}
 		if attempt >= opts.Retries {
-			return res, err
+			return err
 		}
 		if err := sleepBackoff(ctx, attempt); err != nil {
-			return res, err
+			return err
 		}
 	}
 }
@@ -159,6 +196,11 @@ func indexLocal(ctx context.Context, dir string, files []File, wanted map[Digest
 	byPath := map[string]*File{}
 	for i := range files {
 		byPath[files[i].Path] = &files[i]
+	}
+	// WalkDir does not follow a root that is a symbolic link (a directory named through a link to
+	// the version being served): it reported nothing in it, and the whole version was transferred.
+	if r, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = r
 	}
 	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {

@@ -64,6 +64,14 @@ type Service struct {
 	// in this process is still using, however long it has been running.
 	live map[string]int
 
+	// receiving is, per upload session and chunk, the chunk an open Upload of the session is
+	// receiving (guarded by recvMu, as are those chunks' kept pieces). A new stream of the session
+	// that offers the chunk resumes from the part received so far: the stream it replaces may not
+	// have noticed yet that its connection is gone (a stalled link is found by keepalive only
+	// after a minute or more), and until it does, it has written no partial file.
+	recvMu    sync.Mutex
+	receiving map[partKey]*chunkWrite
+
 	// eventMu makes watchers see changes in commit order: each change that emits events (publish,
 	// delete, alias set or removed) holds it from before its transaction until its events are
 	// published. Without it two concurrent alias moves could commit in one order and be announced
@@ -95,13 +103,15 @@ func New(db *store.DB, opts Options) (*Service, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Service{
-		db:     db,
-		opts:   opts,
-		log:    opts.Logger,
-		pins:   map[[32]byte]int{},
-		live:   map[string]int{},
-		watch:  newHub(),
-		closed: make(chan struct{}),
+		db:   db,
+		opts: opts,
+		log:  opts.Logger,
+		pins: map[[32]byte]int{},
+		live: map[string]int{},
+
+		receiving: map[partKey]*chunkWrite{},
+		watch:     newHub(),
+		closed:    make(chan struct{}),
 	}
 	// The framework filter of ListModels uses a store secondary index over the ModelInfo JSON, which
 	// BuffDB clients can query too (buffdb.index.Index Find "registry_framework" "onnx").
@@ -110,6 +120,9 @@ func New(db *store.DB, opts Options) (*Service, error) {
 	if err != nil && !errors.Is(err, store.ErrExists) {
 		s.log.Warn("create the registry's framework index; framework filters scan the version table instead", "err", err)
 	}
+	// Partly received chunks of sessions that ended while the daemon was down, and temp files of
+	// partial chunks a crash cut: nothing writes them yet.
+	s.sweepPartials(context.Background(), 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
 	s.every(ctx, opts.GCInterval, "gc", func(ctx context.Context) error {
@@ -189,7 +202,7 @@ func resultClass(err error) string {
 		return "ok"
 	case isAny(err, ErrInvalid, ErrNotFound, ErrExists, ErrAliased, ErrPinned, ErrTooLarge):
 		return "invalid"
-	case isAny(err, ErrChecksum):
+	case isAny(err, ErrChecksum, ErrResumeMismatch):
 		return "checksum"
 	case isAny(err, ErrBudget, ErrDiskFull):
 		return "budget"

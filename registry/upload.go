@@ -43,7 +43,10 @@ type Upload struct {
 	dirs    map[string]bool // every directory of a path in paths
 	// published are the files of the version when it is already published (nil if not): a re-push
 	// must send exactly these.
-	published   []File
+	published []File
+	// resumable: the client sends a needed chunk from the offset OfferResumable answered, so the
+	// part of a chunk cut mid-transfer is kept for the next push (uploadpartial.go).
+	resumable   bool
 	cur         *File // between BeginFile and EndFile
 	curOff      int64
 	curVerified bool                     // the current file's sha256 is vouched for by Import's caller: not re-hashed
@@ -77,6 +80,9 @@ type UploadStats struct {
 	BytesReceived  int64
 	ChunksReused   int64
 	BytesReused    int64
+	// BytesResumed are bytes of needed chunks that an interrupted push had sent and this Upload
+	// did not receive again (OfferResumable).
+	BytesResumed int64
 }
 
 // Concurrency of background chunk writers per upload. Each writer fsyncs its own payload file
@@ -105,6 +111,10 @@ type chunkWrite struct {
 	heal    bool // the stored copy is marked corrupt: these bytes replace its payload file
 	size    int64
 	got     int64
+	from    int64       // bytes kept by an interrupted push (kept[0]): the client sends the rest
+	kept    [][]byte    // the bytes received so far, to keep if the push is cut mid-chunk (resumable)
+	started bool        // the payload writer runs
+	resume  bool        // offered by OfferResumable: its partial file goes once it is stored
 	data    chan []byte // to the payload writer
 	hdata   chan []byte // to the file hasher
 	written chan struct{}
@@ -261,39 +271,70 @@ func (u *Upload) beginFile(path string, size int64, verified bool) error {
 // Offer announces the next chunk of the current file and reports whether its bytes must be sent
 // (false: the registry already has it, or this upload already received it).
 func (u *Upload) Offer(ctx context.Context, sum [32]byte, size int64) (need bool, err error) {
+	need, _, err = u.offer(ctx, sum, size, false)
+	return need, err
+}
+
+// OfferResumable is Offer for a sender that can send a needed chunk from an offset on: from is
+// how many of the chunk's first bytes an interrupted push of this session left (verified against
+// the checksum they were kept with, always less than size), and Write then takes the rest. Once
+// it is called, the part of a chunk received when the Upload is closed uncommitted is kept for
+// the next push (see uploadpartial.go). The whole chunk is verified against sum as any other;
+// ErrResumeMismatch (at Commit, or from a later call) if it fails where a kept part was used.
+func (u *Upload) OfferResumable(ctx context.Context, sum [32]byte, size int64) (need bool, from int64, err error) {
+	u.resumable = true
+	return u.offer(ctx, sum, size, true)
+}
+
+func (u *Upload) offer(ctx context.Context, sum [32]byte, size int64, resume bool) (need bool, from int64, err error) {
 	if err := u.check(); err != nil {
-		return false, err
+		return false, 0, err
 	}
 	if u.cur == nil {
-		return false, fmt.Errorf("%w: chunk offered outside a file", ErrInvalid)
+		return false, 0, fmt.Errorf("%w: chunk offered outside a file", ErrInvalid)
 	}
 	if size <= 0 || size > MaxChunkSize {
-		return false, fmt.Errorf("%w: chunk of %d bytes (limit %d)", ErrTooLarge, size, MaxChunkSize)
+		return false, 0, fmt.Errorf("%w: chunk of %d bytes (limit %d)", ErrTooLarge, size, MaxChunkSize)
 	}
 	if u.curOff+size > u.cur.Size {
-		return false, fmt.Errorf("%w: chunks of %s exceed its declared size %d", ErrInvalid, u.cur.Path, u.cur.Size)
+		return false, 0, fmt.Errorf("%w: chunks of %s exceed its declared size %d", ErrInvalid, u.cur.Path, u.cur.Size)
 	}
 	cw := u.offered[sum]
 	if cw != nil && cw.size != size {
-		return false, fmt.Errorf("%w: chunk %s offered with sizes %d and %d", ErrInvalid, Digest(sum), cw.size, size)
+		return false, 0, fmt.Errorf("%w: chunk %s offered with sizes %d and %d", ErrInvalid, Digest(sum), cw.size, size)
 	}
 	u.cur.Chunks = append(u.cur.Chunks, ChunkRef{SHA256: sum, Size: size})
 	u.curOff += size
 	if cw == nil {
 		have, corrupt, err := u.s.haveChunk(ctx, sum)
 		if err != nil {
-			return false, err
+			return false, 0, err
 		}
 		if !have {
 			cw = &chunkWrite{sum: sum, size: size, known: u.imported, heal: corrupt, written: make(chan struct{}),
 				data: make(chan []byte, chunkQueue)}
+			cw.resume = resume
+			if resume {
+				// The longer of what a cut stream kept on disk and what a stream still open (whose
+				// connection may be gone unnoticed) has received.
+				prefix := u.s.loadPartial(u.session, sum, size)
+				if live := u.s.receivedPart(u.session, sum); len(live) > len(prefix) {
+					prefix = live
+				}
+				if prefix != nil {
+					cw.from = int64(len(prefix))
+					cw.got = cw.from
+					cw.kept = [][]byte{prefix}
+					u.stats.BytesResumed += cw.from
+				}
+			}
 			u.offered[sum] = cw
 			u.needs = append(u.needs, cw)
 			if u.curVerified {
-				return true, nil
+				return true, cw.from, nil
 			}
 			cw.hdata = make(chan []byte, chunkQueue)
-			return true, u.enqueue(hashItem{chunk: cw})
+			return true, cw.from, u.enqueue(hashItem{chunk: cw})
 		}
 		u.pinned = append(u.pinned, sum)
 		cw = &chunkWrite{sum: sum, size: size, written: closedChan}
@@ -304,15 +345,17 @@ func (u *Upload) Offer(ctx context.Context, sum [32]byte, size int64) (need bool
 	u.stats.ChunksReused++
 	u.stats.BytesReused += size
 	if u.curVerified {
-		return false, nil
+		return false, 0, nil
 	}
-	return false, u.enqueue(hashItem{chunk: &chunkWrite{sum: sum, size: size, written: cw.written}})
+	return false, 0, u.enqueue(hashItem{chunk: &chunkWrite{sum: sum, size: size, written: cw.written}})
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-// Write delivers bytes of the needed chunks in offer order; a piece may span chunks. ErrInvalid if
-// no chunk bytes are expected.
+// Write delivers bytes of the needed chunks in offer order (of a chunk answered from an offset by
+// OfferResumable, from there); a piece may span chunks. The Upload keeps p without copying it
+// (the payload writer consumes it later, and the part of a chunk being received is kept for a
+// resume), so the caller must not modify p afterwards. ErrInvalid if no chunk bytes are expected.
 func (u *Upload) Write(p []byte) error {
 	if err := u.check(); err != nil {
 		return err
@@ -322,35 +365,58 @@ func (u *Upload) Write(p []byte) error {
 			return fmt.Errorf("%w: %d chunk bytes sent that no offer asked for", ErrInvalid, len(p))
 		}
 		cw := u.needs[0]
-		if cw.got == 0 {
+		if !cw.started {
+			cw.started = true
 			u.startWriter(cw, nil, nil)
+			if cw.from > 0 {
+				// The part kept by an interrupted push goes first, to be verified with the rest.
+				if err := u.deliver(cw, cw.kept[0]); err != nil {
+					return err
+				}
+			}
 		}
 		n := min(int64(len(p)), cw.size-cw.got)
 		piece := p[:n]
 		p = p[n:]
 		cw.got += n
 		u.stats.BytesReceived += n
-		if err := u.send(cw.data, piece); err != nil {
-			return err
+		if u.resumable {
+			// Pieces are the stream's own (decoded into fresh buffers), so keeping them costs no
+			// copy: at most one chunk's worth, that of the chunk being received.
+			u.s.keepPiece(u, cw, piece)
 		}
-		if cw.hdata != nil {
-			// The file hasher lags the writers when the client is fast (it also hashes, in order,
-			// the stored bytes of chunks the server had): what waits for it is bounded in bytes,
-			// not only per chunk, or a fast client would fill memory with finished chunks' bytes.
-			if u.hashWait.Acquire(u.abortCtx, hashWeight(piece)) != nil {
-				return u.failure()
-			}
-			if err := u.send(cw.hdata, piece); err != nil {
-				return err
-			}
+		if err := u.deliver(cw, piece); err != nil {
+			return err
 		}
 		if cw.got == cw.size {
 			close(cw.data)
 			if cw.hdata != nil {
 				close(cw.hdata)
 			}
+			if u.resumable {
+				u.s.dropKept(u, cw)
+			}
 			u.needs = u.needs[1:]
 			u.stats.ChunksReceived++
+		}
+	}
+	return nil
+}
+
+// deliver passes a piece of a needed chunk to its payload writer and to the file hasher.
+func (u *Upload) deliver(cw *chunkWrite, piece []byte) error {
+	if err := u.send(cw.data, piece); err != nil {
+		return err
+	}
+	if cw.hdata != nil {
+		// The file hasher lags the writers when the client is fast (it also hashes, in order,
+		// the stored bytes of chunks the server had): what waits for it is bounded in bytes,
+		// not only per chunk, or a fast client would fill memory with finished chunks' bytes.
+		if u.hashWait.Acquire(u.abortCtx, hashWeight(piece)) != nil {
+			return u.failure()
+		}
+		if err := u.send(cw.hdata, piece); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -377,6 +443,7 @@ func (u *Upload) WriteChunk(data []byte, release func()) error {
 	}
 	u.needs = u.needs[1:]
 	cw.got = cw.size
+	cw.started = true
 	u.stats.BytesReceived += cw.size
 	u.stats.ChunksReceived++
 	u.startWriter(cw, data, release)
@@ -442,7 +509,16 @@ func (u *Upload) startWriter(cw *chunkWrite, whole []byte, release func()) {
 			err = u.s.recordChunk(ctx, u.session, pending)
 			pending.Release()
 		}
-		if errors.Is(err, store.ErrCorrupt) {
+		if cw.resume && (err == nil || cw.from > 0 && errors.Is(err, store.ErrCorrupt)) {
+			// Stored, or its kept part is wrong (it verified against its own checksum, so the
+			// sender that left it sent wrong bytes): either way, it is not to be resumed from.
+			u.s.removePartial(u.session, cw.sum)
+		}
+		switch {
+		case errors.Is(err, store.ErrCorrupt) && cw.from > 0:
+			err = fmt.Errorf("%w: chunk %s (%d bytes kept from an interrupted push, %d received now); the kept bytes were dropped: push again to send it whole",
+				ErrResumeMismatch, Digest(cw.sum), cw.from, cw.size-cw.from)
+		case errors.Is(err, store.ErrCorrupt):
 			err = fmt.Errorf("%w: chunk %s: received bytes do not hash to the offered digest", ErrChecksum, Digest(cw.sum))
 		}
 		if err != nil {
@@ -527,6 +603,7 @@ func (u *Upload) Commit(ctx context.Context) (ModelInfo, error) {
 	}
 	u.committed = true
 	u.s.afterPublish(res)
+	u.s.removeSessionPartials(u.session)
 	return res.info, nil
 }
 
@@ -559,6 +636,18 @@ func (u *Upload) Close() {
 	u.writers.Wait()
 	u.s.unpin(u.pinned)
 	u.pinned = nil
+	if !u.released && u.resumable && len(u.needs) > 0 {
+		// Keep what arrived of the chunk the push was cut in, while the session is still live
+		// here (GC leaves a live session's partial files alone).
+		if cw := u.needs[0]; cw.got > cw.from && !u.committed && !u.drop {
+			// No lock: only this goroutine appends to cw.kept, and it is done.
+			if err := u.s.savePartial(u.session, cw.sum, cw.kept); err != nil {
+				u.s.log.Warn("keep the part received of a chunk cut mid-push; the next push sends it whole",
+					"chunk", Digest(cw.sum).String(), "err", err)
+			}
+		}
+		u.s.dropKept(u, u.needs[0])
+	}
 	if !u.released {
 		u.released = true
 		u.s.pinMu.Lock()
@@ -569,6 +658,7 @@ func (u *Upload) Close() {
 		if u.drop {
 			err := u.s.db.Update(context.Background(), func(tx *store.Tx) error { return deleteSessionTx(tx, u.session) })
 			if err == nil {
+				u.s.removeSessionPartials(u.session)
 				_, err = u.s.CollectGarbage(context.Background())
 			}
 			if err != nil {

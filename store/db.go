@@ -152,6 +152,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxQueryValueBytes == 0 {
 		o.MaxQueryValueBytes = 64 << 20 // the API's default largest message is 65 MiB
 	}
+	if o.StalledReadWALBytes == 0 {
+		o.StalledReadWALBytes = defaultStalledReadWALBytes
+	}
 	if o.GCInterval == 0 {
 		o.GCInterval = time.Hour // orphans only appear after abandoned uploads; hourly bounds their space cheaply
 	}

@@ -231,6 +231,10 @@ func (db *DB) refreshIndexTriggers(ctx context.Context) (err error) {
 			err = e
 		}
 	}()
+	// The store's own triggers on kv (text.go), in the same transaction: one write lock per Open.
+	if changed, err = refreshTextTriggers(ctx, c); err != nil {
+		return err
+	}
 	type index struct {
 		id  int64
 		def IndexDef
@@ -493,7 +497,9 @@ func (db *DB) Find(ctx context.Context, txID, index, value string, limit int, af
 			return find(ctx, q, index, value, limit, after, emit)
 		}, fn)
 	}
-	return db.readView(ctx, func(q querier) error { return find(ctx, q, index, value, limit, after, fn) })
+	return streamRead(ctx, db, func(ctx context.Context, emit func(Hit) error) error {
+		return db.readView(ctx, func(q querier) error { return find(ctx, q, index, value, limit, after, emit) })
+	}, hitSize, fn)
 }
 
 func find(ctx context.Context, q querier, index, value string, limit int, after *string, fn func(Hit) error) error {
@@ -581,7 +587,9 @@ func (db *DB) FindRange(ctx context.Context, txID, index string, r Range, fn fun
 			return findRange(ctx, q, index, r, emit)
 		}, fn)
 	}
-	return db.readView(ctx, func(q querier) error { return findRange(ctx, q, index, r, fn) })
+	return streamRead(ctx, db, func(ctx context.Context, emit func(Hit) error) error {
+		return db.readView(ctx, func(q querier) error { return findRange(ctx, q, index, r, emit) })
+	}, hitSize, fn)
 }
 
 func findRange(ctx context.Context, q querier, index string, r Range, fn func(Hit) error) error {

@@ -65,3 +65,75 @@ func TestDB_Delete(t *testing.T) {
 		}
 	})
 }
+
+func TestDB_RawSQLText(t *testing.T) {
+	// kv keys and values, and blob metadata, are strings on the wire (proto3: UTF-8): raw SQL must
+	// not store a BLOB there (the API checks UTF-8 where it sends them, see api's tests).
+	db := openDB(t, store.Options{QueryWrites: true})
+	if err := db.Set(ctx, "", "k", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.StoreBlob(ctx, "", []byte("data"), ptr("meta")); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("ErrInvalid", func(t *testing.T) {
+		for _, tc := range []struct{ sql, column string }{
+			{"UPDATE kv SET value = x'00ff' WHERE key = 'k'", "kv.value"},
+			{"INSERT INTO kv VALUES ('b', x'6869')", "kv.value"},
+			{"INSERT OR REPLACE INTO kv VALUES ('k', x'6869')", "kv.value"},
+			{"INSERT INTO kv VALUES (x'ff', 'v')", "kv.key"},
+			{"UPDATE kv SET key = x'6b32' WHERE key = 'k'", "kv.key"},
+			{"UPDATE blob SET metadata = x'ff'", "blob.metadata"},
+			{"INSERT INTO blob(size, sha256, data, metadata) VALUES (1, x'00', x'00', x'00')", "blob.metadata"},
+		} {
+			_, err := db.Execute(ctx, tc.sql)
+			if !errors.Is(err, store.ErrInvalid) || !strings.Contains(err.Error(), tc.column+" must be TEXT") {
+				t.Errorf("Execute(%s) = %v, want ErrInvalid naming %s", tc.sql, err, tc.column)
+			}
+		}
+		if v, err := db.Get(ctx, "", "k"); err != nil || v != "hello" {
+			t.Fatalf("Get(k) = %q, %v; want the value before the refused writes", v, err)
+		}
+		// Numbers become TEXT by the column's affinity: still allowed.
+		if _, err := db.Execute(ctx, "INSERT INTO kv VALUES ('n', 42)"); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := db.Get(ctx, "", "n"); err != nil || v != "42" {
+			t.Fatalf("Get(n) = %q, %v", v, err)
+		}
+	})
+}
+
+func TestDB_RawSQLTextMigrated(t *testing.T) {
+	// A store an older buffdbd made has no checks and may hold BLOB values raw SQL stored then:
+	// opening it adds the checks without touching those rows.
+	dir := t.TempDir()
+	db := openAt(t, dir, store.Options{QueryWrites: true})
+	for _, q := range []string{
+		"DROP TRIGGER kv_text_ins", "DROP TRIGGER kv_text_upd", "DROP TRIGGER blob_text_ins", "DROP TRIGGER blob_text_upd",
+		"INSERT INTO kv VALUES ('utf8', x'6869'), ('bytes', x'00ff')",
+	} {
+		if _, err := db.Execute(ctx, q); err != nil {
+			t.Fatalf("Execute(%s): %v", q, err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db = openAt(t, dir, store.Options{QueryWrites: true})
+	if v, err := db.Get(ctx, "", "utf8"); err != nil || v != "hi" {
+		t.Fatalf("Get(utf8) = %q, %v", v, err)
+	}
+	if v, err := db.Get(ctx, "", "bytes"); err != nil || v != "\x00\xff" {
+		t.Fatalf("Get(bytes) = %q, %v", v, err)
+	}
+	if _, err := db.Execute(ctx, "UPDATE kv SET value = x'00' WHERE key = 'utf8'"); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("raw BLOB write after the upgrade: err = %v, want ErrInvalid", err)
+	}
+	if err := db.Set(ctx, "", "bytes", "fixed"); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := db.Get(ctx, "", "bytes"); err != nil || v != "fixed" {
+		t.Fatalf("Get(bytes) after Set = %q, %v", v, err)
+	}
+}

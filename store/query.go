@@ -63,6 +63,19 @@ func (db *DB) rawQuery(ctx context.Context, sql string, emptyColumns bool, fn fu
 // query runs one statement of raw SQL on a read-only or (write) a writable connection; with
 // emptyColumns a statement that ends without rows reports its columns with a nil row.
 func (db *DB) query(ctx context.Context, write bool, sql string, emptyColumns bool, fn func(columns []string, row []any) error) error {
+	if write {
+		// Holds the write lock, so the WAL cannot grow meanwhile: nothing for streamRead to bound.
+		return db.runQuery(ctx, true, sql, emptyColumns, fn)
+	}
+	return streamRead(ctx, db, func(ctx context.Context, emit func(queryRow) error) error {
+		return db.runQuery(ctx, false, sql, emptyColumns, func(cols []string, row []any) error {
+			return emit(queryRow{cols, row})
+		})
+	}, rowSize, func(r queryRow) error { return fn(r.cols, r.row) })
+}
+
+// runQuery is query on the caller's goroutine.
+func (db *DB) runQuery(ctx context.Context, write bool, sql string, emptyColumns bool, fn func(columns []string, row []any) error) error {
 	conn, release, err := db.queryConn(ctx, write)
 	if err != nil {
 		return err

@@ -145,6 +145,12 @@ func mapErr(err error) error {
 			msg = msg[:i]
 		}
 		return fmt.Errorf("%s: %w", msg, ErrInUse)
+	case code == sqlite3.SQLITE_CONSTRAINT_TRIGGER && strings.Contains(err.Error(), invalidMarker):
+		msg := err.Error()[strings.Index(err.Error(), invalidMarker)+len(invalidMarker):]
+		if i := strings.LastIndex(msg, " ("); i > 0 { // SQLite's " (1811)" code suffix
+			msg = msg[:i]
+		}
+		return fmt.Errorf("%s: %w", msg, ErrInvalid)
 	case code&0xff == sqlite3.SQLITE_TOOBIG:
 		return fmt.Errorf("%w: %v (raw SQL values are capped at the largest message the API sends)", ErrTooLarge, err)
 	case code&0xff == sqlite3.SQLITE_FULL:

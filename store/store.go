@@ -23,7 +23,8 @@ var (
 	// ErrTooLarge: an input exceeds a configured limit.
 	ErrTooLarge = errors.New("too large")
 	// ErrAborted: a pipelined write was not applied because an earlier write on the same Writer failed,
-	// or a transaction was rolled back by its timeout.
+	// a transaction was rolled back by its timeout, or a streaming read whose consumer stalled was
+	// ended (Options.StalledReadWALBytes).
 	ErrAborted = errors.New("aborted")
 	// ErrInUse: the write would remove or change something a layered package still relies on (a
 	// blob holding a registry chunk); the package's triggers refuse it (see InUseMarker).
@@ -96,6 +97,12 @@ type Options struct {
 	// Migrations are extra numbered schema steps from packages layered on the store (the registry),
 	// applied after the store's own, each once, in a transaction.
 	Migrations []Migration
+	// StalledReadWALBytes bounds what a streaming read outside a transaction (Query, Find,
+	// FindRange) whose consumer is not taking its rows may cost: while it is open SQLite cannot
+	// checkpoint the WAL past its snapshot, and the WAL grows with every write. When the WAL is
+	// larger than this and the read has waited for its consumer, the read ends with ErrAborted.
+	// Default 256 MiB; negative disables (the WAL then grows for as long as a client stalls).
+	StalledReadWALBytes int64
 	// GCInterval is how often the janitor collects orphaned payload files (abandoned uploads, failed
 	// unlinks). Default 1h; negative disables (Open and CollectGarbage still collect).
 	GCInterval time.Duration

@@ -47,9 +47,10 @@ the blob has none); --mode all prints the metadata line, then the data.`,
 	cmd.AddCommand(
 		get,
 		&cobra.Command{
-			Use:   "store <FILE|-> [METADATA]",
-			Short: "Store FILE (or stdin for -) as a new blob and print its id",
-			Args:  rangeArgs(1, 2),
+			Use:         "store <FILE|-> [METADATA]",
+			Annotations: createsStoreAnnotation,
+			Short:       "Store FILE (or stdin for -) as a new blob and print its id",
+			Args:        rangeArgs(1, 2),
 			RunE: withClient(g, blobpb.NewBlobClient, func(cmd *cobra.Command, c blobpb.BlobClient, args []string) error {
 				data, err := readInput(cmd, args[0])
 				if err != nil {

@@ -125,6 +125,16 @@ func cliSuite(t *testing.T, base ...string) {
 		if strings.Join(strings.Fields(r.stdout), "") != `[{"inf":"+Inf","ninf":"-Inf"}]` {
 			t.Fatalf("--json of infinities = %q", r.stdout)
 		}
+		// Repeated column names become distinct keys, named as SQLite names the columns of the same
+		// result used as a subquery (there it makes them unique itself).
+		dup := "SELECT 1 AS a, 2 AS a, 3 AS 'a:1', 4 AS b, 5 AS a"
+		r = must(t, exitOK, "", a("query", "--json", dup)...)
+		if got := strings.Join(strings.Fields(r.stdout), ""); got != `[{"a":1,"a:1":2,"a:2":3,"b":4,"a:3":5}]` {
+			t.Fatalf("--json of repeated columns = %s", got)
+		}
+		if sub := must(t, exitOK, "", a("query", "--json", "SELECT * FROM ("+dup+")")...); sub.stdout != r.stdout {
+			t.Fatalf("--json keys %s differ from SQLite's subquery column names %s", r.stdout, sub.stdout)
+		}
 		r = must(t, exitOK, "", a("query", "--csv", q)...)
 		if r.stdout != "one,two,three\n1,two,\n10,twenty,3.5\n" {
 			t.Fatalf("--csv = %q", r.stdout)
@@ -351,6 +361,7 @@ func TestResolveDataDir(t *testing.T) {
 func TestCLI_ModelWatchNeedsDaemon(t *testing.T) {
 	// In-process it would hold the data directory (no daemon could start) and never see a change.
 	dir := t.TempDir()
+	must(t, exitOK, "", "--data-dir", dir, "kv", "set", "k", "v")
 	r := must(t, exitError, "", "--data-dir", dir, "model", "watch")
 	if !strings.Contains(r.stderr, "needs a running daemon") {
 		t.Fatalf("stderr %q", r.stderr)
@@ -497,6 +508,7 @@ func TestCLI_TokenFileChecked(t *testing.T) {
 	good := filepath.Join(dir, "token")
 	os.WriteFile(good, []byte("hf_abc\n"), 0o600)
 	data := filepath.Join(dir, "data")
+	must(t, exitOK, "", "--data-dir", data, "kv", "set", "other", "v")
 	for _, f := range []string{filepath.Join(dir, "missing"), empty} {
 		for _, args := range [][]string{{"config", "check"}, {"run", "--listen", "127.0.0.1:0", "--http-listen="}} {
 			r := must(t, exitConfig, "", append([]string{"--data-dir", data, "--huggingface-token-file", f}, args...)...)
@@ -544,4 +556,46 @@ func TestCLI_RootRefusesServiceDataDir(t *testing.T) {
 	if r := runLine(t, "", "--data-dir", dir, "run", "--listen", "127.0.0.1:0", "--http-listen="); r.code != exitError || !strings.Contains(r.stderr, "belongs to user") {
 		t.Fatalf("run: exit %d, stderr %q", r.code, r.stderr)
 	}
+}
+
+func TestCLI_NoStore(t *testing.T) {
+	// A mistyped --data-dir must not answer "empty" or "not found" from a store the command just
+	// created there, nor leave one behind.
+	reads := [][]string{
+		{"kv", "get", "k"}, {"kv", "eq", "a", "b"}, {"kv", "delete", "k"}, {"blob", "get", "1"},
+		{"index", "ls"}, {"index", "find", "i", "v"}, {"query", "SELECT 1"},
+		{"model", "ls"}, {"model", "show", "m:1"}, {"model", "verify"}, {"model", "rm", "m:1"},
+		{"model", "watch"}, {"gc"},
+	}
+	for _, tc := range []struct {
+		name, why string
+		dir       func(t *testing.T) string
+	}{
+		{"Missing", "does not exist", func(t *testing.T) string { return filepath.Join(t.TempDir(), "typo") }},
+		{"Empty", "holds no buffdb.sqlite", func(t *testing.T) string { return t.TempDir() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := tc.dir(t)
+			for _, args := range reads {
+				r := must(t, exitError, "", append([]string{"--data-dir", dir}, args...)...)
+				if !strings.Contains(r.stderr, "no store in "+dir+" (the directory "+tc.why+")") || !strings.Contains(r.stderr, "hint: check --data-dir") {
+					t.Fatalf("%v: stderr %q", args, r.stderr)
+				}
+				if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
+					t.Fatalf("%v: left %d entries in %s, e.g. %s", args, len(ents), dir, ents[0].Name())
+				}
+			}
+			// Commands that add data create the store, as before.
+			must(t, exitOK, "", "--data-dir", dir, "kv", "set", "k", "v")
+			if r := must(t, exitOK, "", "--data-dir", dir, "kv", "get", "k"); r.stdout != "v\n" {
+				t.Fatalf("kv get = %q", r.stdout)
+			}
+		})
+	}
+	t.Run("QueryExecuteCreates", func(t *testing.T) {
+		t.Setenv("BUFFDBD_STORE_QUERY_WRITES", "true")
+		dir := filepath.Join(t.TempDir(), "new")
+		must(t, exitOK, "", "--data-dir", dir, "query", "--execute", "CREATE TABLE scratch(x)")
+		must(t, exitOK, "", "--data-dir", dir, "query", "SELECT * FROM scratch")
+	})
 }

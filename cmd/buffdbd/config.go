@@ -88,6 +88,10 @@ type StoreConfig struct {
 	MaxTxTimeout time.Duration
 	// QueryWrites lets the Query service write and enables Execute.
 	QueryWrites bool
+	// StalledReadWALBytes ends a streaming read (Query, index Find/FindRange outside a
+	// transaction) whose client is not taking its rows once the write-ahead log has grown past
+	// it: the open read keeps the log from being checkpointed. 0 disables.
+	StalledReadWALBytes ByteSize
 }
 
 // RegistryConfig configures the model registry.
@@ -161,6 +165,8 @@ func DefaultConfig() Config {
 			DefaultTxTimeout: 30 * time.Second,
 			MaxTxTimeout:     5 * time.Minute,
 			QueryWrites:      false,
+			// Four times the log's journal_size_limit: writes alone keep it near that (store/stream.go).
+			StalledReadWALBytes: 256 * MiB,
 		},
 		Registry: RegistryConfig{
 			// Fits on a 32 GB edge SD card next to the OS.
@@ -290,6 +296,7 @@ func (c Config) Validate() error {
 			return keyErrorf("store.durability", "must be \"sync\" or \"process\", got %q", c.Store.Durability)
 		},
 		func() error { return positive("store.max_open_tx", c.Store.MaxOpenTx) },
+		func() error { return notNegative("store.stalled_read_wal_bytes", c.Store.StalledReadWALBytes) },
 		func() error { return positive("store.default_tx_timeout", c.Store.DefaultTxTimeout) },
 		func() error {
 			if c.Store.MaxTxTimeout < c.Store.DefaultTxTimeout {

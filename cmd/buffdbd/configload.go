@@ -106,6 +106,8 @@ var configKeys = []configKey{
 		field: func(c *Config) any { return &c.Store.MaxTxTimeout }},
 	{name: "store.query_writes", flag: "query-writes", usage: "let the Query service write and enable Execute",
 		field: func(c *Config) any { return &c.Store.QueryWrites }},
+	{name: "store.stalled_read_wal_bytes", usage: "end a Query or index read whose client stops taking rows once the write-ahead log grows past this (e.g. 256MiB); 0 disables",
+		field: func(c *Config) any { return &c.Store.StalledReadWALBytes }},
 	{name: "registry.max_bytes", usage: "disk budget for model versions (e.g. 20GiB)",
 		field: func(c *Config) any { return &c.Registry.MaxBytes }},
 	{name: "registry.gc_interval", usage: "how often unreferenced chunks and expired uploads are collected",

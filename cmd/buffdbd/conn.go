@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -77,7 +78,66 @@ func dial(cmd *cobra.Command, g *globalFlags) (*clientConn, error) {
 			return remote("unix://"+sock, dialOpts)
 		}
 	}
+	if !createsStore(cmd) {
+		if err := checkStoreExists(cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
 	return local(cmd.Context(), cfg, dialOpts, cmd.ErrOrStderr())
+}
+
+// createsStoreKey is the cobra annotation of a command that may create a new store when it finds
+// none: one that adds data (kv set, blob store, index create, model push, fetch, query --execute).
+// Every other command needs what an existing store holds, so on an empty new one it could only
+// answer "empty" or "not found", which after a mistyped --data-dir misleads and leaves a store
+// behind. Opt-in, so a new command that forgets to say does not litter.
+const createsStoreKey = "buffdbd/creates-store"
+
+// createsStoreAnnotation marks a command that creates the store (see createsStoreKey).
+var createsStoreAnnotation = map[string]string{createsStoreKey: "true"}
+
+func createsStore(cmd *cobra.Command) bool { return cmd.Annotations[createsStoreKey] == "true" }
+
+// noStoreError refuses a command that only reads, or changes what exists, on a data directory
+// holding no store. It carries its own sentence and hint (see reportError).
+type noStoreError struct {
+	dir, why string
+}
+
+func (e *noStoreError) Error() string {
+	return fmt.Sprintf("no store in %s (%s) and no daemon is serving it", e.dir, e.why)
+}
+
+// ExitCode is exitError, not exitNotFound: nothing asked for was looked up, and a script treating
+// 3 as "key absent" must not go on to write into a mistyped directory.
+func (e *noStoreError) ExitCode() int { return exitError }
+
+// Hint names the likely causes: a mistyped directory, another configuration, a daemon not running.
+func (e *noStoreError) Hint() string {
+	return "check --data-dir (or data_dir, BUFFDBD_DATA_DIR, --config); to reach a daemon, start it or pass --socket or --addr;" +
+		" a command that adds data (kv set, blob store, model push, fetch) creates a new store"
+}
+
+// checkStoreExists reports a data directory that does not exist or holds no database file. A
+// store that was opened once always has one (and checkDatabaseNotLost deals with a lost one).
+// Other errors (permissions) are left for opening the store to report with its own wording.
+func checkStoreExists(dir string) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return &noStoreError{dir: dir, why: "the directory does not exist"}
+	case err == nil && !fi.IsDir():
+		return &noStoreError{dir: dir, why: "it is not a directory"}
+	case err != nil:
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(dir, storeDBFile)); errors.Is(err, os.ErrNotExist) {
+		if err := checkDatabaseNotLost(dir); err != nil {
+			return err // payload files without their database: say so, not "no store"
+		}
+		return &noStoreError{dir: dir, why: "the directory holds no " + storeDBFile}
+	}
+	return nil
 }
 
 // clientKeepalive makes a command notice a link that went silent: a NAT or firewall that dropped

@@ -22,13 +22,13 @@ func TestOpenStore_DiskFull(t *testing.T) {
 	}
 	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
 	dir := filepath.Join(mnt, "data")
-	run := func() (int, string) {
+	run := func(args ...string) (int, string) {
 		var stderr bytes.Buffer
-		code := execute(context.Background(), []string{"kv", "get", "k", "--config", os.DevNull, "--data-dir", dir},
+		code := execute(context.Background(), append(args, "--config", os.DevNull, "--data-dir", dir),
 			strings.NewReader(""), io.Discard, &stderr)
 		return code, stderr.String()
 	}
-	if code, stderr := run(); code != exitNotFound {
+	if code, stderr := run("kv", "set", "k", "v"); code != exitOK {
 		t.Fatalf("on an empty disk: exit %d, stderr %s", code, stderr)
 	}
 	// Fill the filesystem to the last byte.
@@ -45,7 +45,7 @@ func TestOpenStore_DiskFull(t *testing.T) {
 	if free := freeBytes(dir); free != 0 {
 		t.Fatalf("%d bytes still free", free)
 	}
-	code, stderr := run()
+	code, stderr := run("kv", "get", "k")
 	if code != exitError || !strings.Contains(stderr, "no space left on the data directory's disk (0 bytes free)") ||
 		!strings.Contains(stderr, "hint: the filesystem holding the data directory is full") {
 		t.Fatalf("on a full disk: exit %d, stderr:\n%s", code, stderr)

@@ -73,8 +73,9 @@ type fetchFlags struct {
 func newFetchCmd(g *globalFlags) *cobra.Command {
 	var f fetchFlags
 	cmd := &cobra.Command{
-		Use:   "fetch hf:<org/name>[@<revision>]",
-		Short: "Download a Hugging Face Hub model revision into the registry",
+		Use:         "fetch hf:<org/name>[@<revision>]",
+		Annotations: createsStoreAnnotation,
+		Short:       "Download a Hugging Face Hub model revision into the registry",
 		Long: `fetch downloads a Hugging Face Hub repository at a revision (branch, tag, refs/pr/N or commit;
 default main), verifies every file (sha256 for LFS files, git blob sha1 otherwise) and publishes it
 as registry version <org/name>:<commit>, with the revision as an alias ('/' becomes '+', so

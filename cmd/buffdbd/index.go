@@ -24,8 +24,9 @@ func newIndexCreateCmd(g *globalFlags) *cobra.Command {
 	var typ, kind, jsonPath, prefix string
 	var unique bool
 	cmd := &cobra.Command{
-		Use:   "create <NAME>",
-		Short: "Create an index and backfill it from existing keys; prints how many keys it indexed",
+		Use:         "create <NAME>",
+		Annotations: createsStoreAnnotation,
+		Short:       "Create an index and backfill it from existing keys; prints how many keys it indexed",
 		Example: `  buffdbd index create by-framework --json-path '$.framework' --prefix 'model:'
   buffdbd index create by-size --type btree --kind number --json-path '$.size'`,
 		Args: textArgs(exactArgs(1)),

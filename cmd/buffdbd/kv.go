@@ -29,6 +29,7 @@ func newKVCmd(g *globalFlags) *cobra.Command {
 		},
 		&cobra.Command{
 			Use: "set <KEY> <VALUE>", Short: "Store VALUE under KEY", Args: textArgs(exactArgs(2)),
+			Annotations: createsStoreAnnotation,
 			RunE: withClient(g, kvpb.NewKvClient, func(cmd *cobra.Command, c kvpb.KvClient, args []string) error {
 				_, err := roundTrip(cmd.Context(), c.Set, &kvpb.SetRequest{Key: args[0], Value: args[1]})
 				return err

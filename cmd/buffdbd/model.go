@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -121,8 +122,9 @@ func newModelPushCmd(g *globalFlags) *cobra.Command {
 	var inShape, outShape string
 	var retries int
 	cmd := &cobra.Command{
-		Use:   "push <DIR|FILE> --name N --version V",
-		Short: "Push a model version (a file, or every file under a directory)",
+		Use:         "push <DIR|FILE> --name N --version V",
+		Annotations: createsStoreAnnotation,
+		Short:       "Push a model version (a file, or every file under a directory)",
 		Long: `Push uploads a model version. Only chunks the registry does not already have are sent, and an
 interrupted push resumes where it stopped (run the same command again). The version becomes
 visible, with the "latest" alias and any --alias, only once every byte is stored and verified.`,
@@ -168,44 +170,113 @@ visible, with the "latest" alias and any --alias, only once every byte is stored
 	f.StringArrayVar(&aliases, "alias", nil, "alias to point at this version once published, e.g. canary (repeatable)")
 	f.StringVar(&inShape, "input-shape", "", "input shape, comma-separated, -1 for dynamic (e.g. -1,3,224,224)")
 	f.StringVar(&outShape, "output-shape", "", "output shape, comma-separated")
-	f.IntVar(&retries, "retries", 10, "how many times to resume after a lost connection")
+	f.IntVar(&retries, "retries", 10, "how many lost connections in a row to resume after (an attempt that gets further starts the count again)")
 	return cmd
 }
 
 func newModelPullCmd(g *globalFlags) *cobra.Command {
-	var out string
-	var retries int
+	var out, link, versions string
+	var retries, keep int
 	var noDelta bool
 	cmd := &cobra.Command{
-		Use:   "pull <REF> -o <DIR>",
+		Use:   "pull <REF> (-o <DIR> | --link <PATH>)",
 		Short: "Pull a model version (name, name:version or name@alias) into a directory",
 		Long: `Pull downloads a model version into DIR. Files already in DIR (e.g. the previous version) are
 reused chunk by chunk, an interrupted pull resumes (run it again), and files appear in DIR only
 after every file of the version has been verified against its sha256. Files in DIR that the version
-does not contain are left alone.`,
+does not contain are left alone.
+
+With --link PATH, the version is pulled into a directory of its own (--versions DIR/<name>:<version>,
+by default beside PATH in .<PATH's name>.versions, or -o DIR), reusing the chunks of the version PATH
+points to, and then the symbolic link PATH is switched to it atomically: a serving process reading
+through PATH sees the old version or the new one, never a mix. The previous version's directory is
+kept (pulling it again switches back without a download); older ones this command created are
+removed (--keep). A PATH that exists and is not a symbolic link is refused.`,
 		Args: refArgs(1, 1),
 		PreRunE: func(cmd *cobra.Command, args []string) error {
-			if out == "" {
-				return usagef("-o/--output is required")
+			if out == "" && link == "" {
+				return usagef("-o/--output or --link is required")
+			}
+			if link == "" && (cmd.Flags().Changed("keep") || versions != "") {
+				return usagef("--keep and --versions go with --link")
+			}
+			if out != "" && versions != "" {
+				return usagef("-o/--output and --versions exclude each other: -o names the version's directory itself")
+			}
+			if keep == 1 || keep < 0 {
+				return usagef("--keep %d: keep at least 2 version directories (the link's target and the previous one), or 0 to keep every one", keep)
 			}
 			return nil
 		},
 		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
 			p := newProgress(cmd.ErrOrStderr(), "pull "+args[0])
-			res, err := c.Pull(cmd.Context(), args[0], out, registry.PullOptions{Retries: retries, NoDelta: noDelta, Progress: p.update})
+			opts := registry.PullOptions{Retries: retries, NoDelta: noDelta, Progress: p.update}
+			if link == "" {
+				res, err := c.Pull(cmd.Context(), args[0], out, opts)
+				p.finish(err == nil)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "pulled %s:%s into %s: %d files, %s; received %s, reused %s locally\n",
+					res.Info.Name, res.Info.Version, out, res.Files, ibytes(res.Bytes), ibytes(res.BytesReceived), ibytes(res.BytesLocal))
+				return nil
+			}
+			k := keep
+			if k == 0 {
+				k = -1 // --keep 0: every version
+			}
+			res, err := c.PullLink(cmd.Context(), args[0], link, registry.LinkOptions{PullOptions: opts, Dir: out, VersionsDir: versions, Keep: k})
 			p.finish(err == nil)
+			if errors.Is(err, registry.ErrNotLink) {
+				return &notLinkError{link: link, err: err}
+			}
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s:%s into %s: %d files, %s; received %s, reused %s locally\n",
-				res.Info.Name, res.Info.Version, out, res.Files, ibytes(res.Bytes), ibytes(res.BytesReceived), ibytes(res.BytesLocal))
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "pulled %s:%s into %s: %d files, %s; received %s, reused %s locally\n",
+				res.Info.Name, res.Info.Version, res.Dir, res.Files, ibytes(res.Bytes), ibytes(res.BytesReceived), ibytes(res.BytesLocal))
+			prev := ""
+			if res.Previous != "" {
+				prev = " (was " + res.Previous + ")"
+			}
+			fmt.Fprintf(w, "%s -> %s%s\n", link, res.Target, prev)
+			for _, d := range res.Removed {
+				fmt.Fprintf(w, "removed %s\n", d)
+			}
 			return nil
 		}),
 	}
-	cmd.Flags().StringVarP(&out, "output", "o", "", "output directory (required)")
-	cmd.Flags().IntVar(&retries, "retries", 10, "how many times to resume after a lost connection")
-	cmd.Flags().BoolVar(&noDelta, "no-delta", false, "do not reuse chunks of files already in the output directory")
+	cmd.Flags().StringVarP(&out, "output", "o", "", "output directory (required without --link; with it, the version's directory)")
+	cmd.Flags().StringVar(&link, "link", "", "symbolic link to switch atomically to the pulled version")
+	cmd.Flags().StringVar(&versions, "versions", "", "with --link: where version directories are created (default: .<link name>.versions beside the link)")
+	cmd.Flags().IntVar(&keep, "keep", 2, "with --link: version directories to keep, counting the link's target (0: all)")
+	cmd.Flags().IntVar(&retries, "retries", 10, "how many lost connections in a row to resume after (an attempt that gets further starts the count again)")
+	cmd.Flags().BoolVar(&noDelta, "no-delta", false, "do not reuse chunks of files already in the output directory (or the link's target)")
 	return cmd
+}
+
+// notLinkError reports a --link path that is a directory or file: its own sentence and a hint to
+// turn it into a link without a download (see reportError).
+type notLinkError struct {
+	link string
+	err  error
+}
+
+func (e *notLinkError) Error() string {
+	return e.err.Error() + " (--link switches a symbolic link, and replaces nothing else)"
+}
+
+func (e *notLinkError) Unwrap() error { return e.err }
+
+// ExitCode is exitError: the command line was well formed; the file system is not as it expects.
+func (e *notLinkError) ExitCode() int { return exitError }
+
+// Hint shows how to make the path a link while keeping its files as the delta source.
+func (e *notLinkError) Hint() string {
+	l := strings.TrimSuffix(e.link, "/")
+	return fmt.Sprintf("to keep serving it and reuse its files: mv %[1]s %[1]s.orig && ln -s %[2]s.orig %[1]s, then pull again (buffdbd never removes %[1]s.orig)",
+		l, filepath.Base(l))
 }
 
 func newModelLsCmd(g *globalFlags) *cobra.Command {
@@ -400,7 +471,7 @@ func newModelTagCmd(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "tag <NAME:VERSION> <ALIAS>",
 		Short: "Point ALIAS (e.g. production) at a version, atomically",
-		Args:  exactArgs(2),
+		Args:  refArgs(2, 2),
 		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
 			ref, err := registry.ParseRef(args[0])
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -48,6 +49,10 @@ the number of rows changed.`,
 				target = querypb.TargetStore_BLOB
 			default:
 				return usagef("--target must be kv or blob, got %q", f.target)
+			}
+			if f.execute {
+				// A write may start a store; a read of a new, empty one is a mistyped directory.
+				cmd.Annotations = createsStoreAnnotation
 			}
 			cc, err := dial(cmd, g)
 			if err != nil {
@@ -248,20 +253,27 @@ func (p *csvPrinter) end(cols []string) error {
 }
 
 // jsonPrinter streams a JSON array, one object per row; bytes are base64 (encoding/json's rule),
-// non-finite floats strings.
+// non-finite floats strings. Keys are the column names made unique (uniqueColumns).
 type jsonPrinter struct {
 	w     io.Writer
 	count int
+	keys  [][]byte // the encoded keys, computed at the first row
 }
 
 func (p *jsonPrinter) row(cols []string, vals []any) error {
+	if p.keys == nil {
+		for _, c := range uniqueColumns(cols) {
+			k, _ := json.Marshal(c)
+			p.keys = append(p.keys, k)
+		}
+	}
 	// An ordered object keeps the columns in SELECT order, which a map would not.
 	buf := []byte("{")
 	for i, v := range vals {
 		if i > 0 {
 			buf = append(buf, ',')
 		}
-		k, _ := json.Marshal(cols[i])
+		k := p.keys[i]
 		if f, ok := v.(float64); ok && (math.IsInf(f, 0) || math.IsNaN(f)) {
 			v = strconv.FormatFloat(f, 'g', -1, 64) // JSON has no infinities: "+Inf", "-Inf", "NaN", as the table prints
 		}
@@ -279,6 +291,32 @@ func (p *jsonPrinter) row(cols []string, vals []any) error {
 	p.count++
 	_, err := fmt.Fprintf(p.w, "%s%s", prefix, buf)
 	return err
+}
+
+// uniqueColumns renames repeated column names as SQLite names the columns of the same result
+// used as a subquery or in CREATE TABLE AS (sqlite3ColumnsFromExprList): a repeat loses any
+// ":digits" suffix and gets ":1", ":2", ... until unique; `SELECT 1 AS a, 2 AS a` gives a, a:1.
+// A JSON object with two "a" keys is legal but ambiguous: most parsers (jq, Python, JavaScript)
+// keep only the last, silently losing a column. (After three collisions on one name SQLite tries
+// random numbers; this counts on, so the output is deterministic.)
+func uniqueColumns(cols []string) []string {
+	out := make([]string, len(cols))
+	seen := make(map[string]bool, len(cols))
+	for i, c := range cols {
+		for n := 1; seen[c]; n++ {
+			base := c
+			if c != "" {
+				// SQLite looks for the ':' before trailing digits at index 1 or later, or at 0.
+				if j := len(strings.TrimRight(c[1:], "0123456789")); c[j] == ':' {
+					base = c[:j]
+				}
+			}
+			c = base + ":" + strconv.Itoa(n)
+		}
+		seen[c] = true
+		out[i] = c
+	}
+	return out
 }
 
 func (p *jsonPrinter) end([]string) error {

@@ -61,12 +61,17 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*store.DB, er
 	if err := checkDatabaseNotLost(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	walLimit := int64(cfg.Store.StalledReadWALBytes)
+	if walLimit == 0 {
+		walLimit = -1 // the configuration's 0 disables; the store's 0 means its default
+	}
 	db, err := store.Open(ctx, cfg.DataDir, store.Options{
-		Durability:       d,
-		DefaultTxTimeout: cfg.Store.DefaultTxTimeout,
-		MaxTxTimeout:     cfg.Store.MaxTxTimeout,
-		MaxOpenTx:        cfg.Store.MaxOpenTx,
-		QueryWrites:      cfg.Store.QueryWrites,
+		Durability:          d,
+		DefaultTxTimeout:    cfg.Store.DefaultTxTimeout,
+		MaxTxTimeout:        cfg.Store.MaxTxTimeout,
+		MaxOpenTx:           cfg.Store.MaxOpenTx,
+		QueryWrites:         cfg.Store.QueryWrites,
+		StalledReadWALBytes: walLimit,
 		// A raw SQL value no response could carry is refused before it is built.
 		MaxQueryValueBytes: int64(cfg.GRPC.MaxMessageBytes),
 		Migrations:         storeMigrations,

@@ -824,9 +824,14 @@ func (*PushRequest_Commit) isPushRequest_Msg() {}
 // PushOpen starts (or resumes) the upload of info.name / info.version. blob_ids and created_at are
 // set by the server (created_at is kept if given).
 type PushOpen struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Info          *ModelInfo             `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
-	Aliases       []string               `protobuf:"bytes,2,rep,name=aliases,proto3" json:"aliases,omitempty"` // set with latest when the version is published
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Info    *ModelInfo             `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	Aliases []string               `protobuf:"bytes,2,rep,name=aliases,proto3" json:"aliases,omitempty"` // set with latest when the version is published
+	// The client sends a needed chunk from ChunkAnswer.offset on: the server may answer an offer
+	// with the part of the chunk it kept from an interrupted push, so a link that drops before a
+	// whole chunk is through still gets a push through. Servers before this field ignore it and
+	// never set the offset; clients that do not set it are always asked for whole chunks.
+	ResumeInChunk bool `protobuf:"varint,3,opt,name=resume_in_chunk,json=resumeInChunk,proto3" json:"resume_in_chunk,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -873,6 +878,13 @@ func (x *PushOpen) GetAliases() []string {
 		return x.Aliases
 	}
 	return nil
+}
+
+func (x *PushOpen) GetResumeInChunk() bool {
+	if x != nil {
+		return x.ResumeInChunk
+	}
+	return false
 }
 
 type FileBegin struct {
@@ -979,6 +991,8 @@ func (x *ChunkOffer) GetSize() uint64 {
 	return 0
 }
 
+// ChunkData carries bytes of the needed chunks, in offer order; a needed chunk's bytes start at
+// its ChunkAnswer.offset.
 type ChunkData struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
@@ -1267,8 +1281,13 @@ func (x *PushOpened) GetHashesFiles() bool {
 }
 
 type ChunkAnswer struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Need          bool                   `protobuf:"varint,1,opt,name=need,proto3" json:"need,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Need  bool                   `protobuf:"varint,1,opt,name=need,proto3" json:"need,omitempty"`
+	// With need, to a client that set PushOpen.resume_in_chunk: how many of the chunk's first bytes
+	// the server already holds from an interrupted push of the version (kept on disk, or received
+	// by a stream of it the server still has open); the client sends the rest. It is always less
+	// than the chunk's size. The server verifies the whole chunk against its sha256.
+	Offset        uint64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1308,6 +1327,13 @@ func (x *ChunkAnswer) GetNeed() bool {
 		return x.Need
 	}
 	return false
+}
+
+func (x *ChunkAnswer) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
 }
 
 type Committed struct {
@@ -3189,10 +3215,11 @@ const file_registry_proto_rawDesc = "" +
 	"\x04data\x18\x04 \x01(\v2\x1a.buffdb.registry.ChunkDataH\x00R\x04data\x125\n" +
 	"\bfile_end\x18\x05 \x01(\v2\x18.buffdb.registry.FileEndH\x00R\afileEnd\x121\n" +
 	"\x06commit\x18\x06 \x01(\v2\x17.buffdb.registry.CommitH\x00R\x06commitB\x05\n" +
-	"\x03msg\"T\n" +
+	"\x03msg\"|\n" +
 	"\bPushOpen\x12.\n" +
 	"\x04info\x18\x01 \x01(\v2\x1a.buffdb.registry.ModelInfoR\x04info\x12\x18\n" +
-	"\aaliases\x18\x02 \x03(\tR\aaliases\"3\n" +
+	"\aaliases\x18\x02 \x03(\tR\aaliases\x12&\n" +
+	"\x0fresume_in_chunk\x18\x03 \x01(\bR\rresumeInChunk\"3\n" +
 	"\tFileBegin\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\"8\n" +
@@ -3215,9 +3242,10 @@ const file_registry_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x18\n" +
 	"\aresumed\x18\x02 \x01(\bR\aresumed\x12!\n" +
-	"\fhashes_files\x18\x03 \x01(\bR\vhashesFiles\"!\n" +
+	"\fhashes_files\x18\x03 \x01(\bR\vhashesFiles\"9\n" +
 	"\vChunkAnswer\x12\x12\n" +
-	"\x04need\x18\x01 \x01(\bR\x04need\"\x85\x01\n" +
+	"\x04need\x18\x01 \x01(\bR\x04need\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\"\x85\x01\n" +
 	"\tCommitted\x12.\n" +
 	"\x04info\x18\x01 \x01(\v2\x1a.buffdb.registry.ModelInfoR\x04info\x12%\n" +
 	"\x0ebytes_received\x18\x02 \x01(\x04R\rbytesReceived\x12!\n" +

@@ -51,9 +51,11 @@ type RegistryClient interface {
 	// order, in pieces of at most 1 MiB), FileEnd with the file's sha256; finally Commit. The server
 	// answers PushOpened, one ChunkAnswer per ChunkOffer (in order), and Committed. The version is
 	// invisible until Committed; chunks already received survive a disconnect and a new Push of the
-	// same name and version is told it need not send them again. Errors: INVALID_ARGUMENT (names,
-	// paths, protocol), ALREADY_EXISTS (version published), DATA_LOSS (sha256 mismatch),
-	// RESOURCE_EXHAUSTED (disk budget, oversize chunk), FAILED_PRECONDITION (commit with missing data).
+	// same name and version is told it need not send them again (nor, with resume_in_chunk, the
+	// received part of a chunk cut mid-transfer). Errors: INVALID_ARGUMENT (names, paths, protocol),
+	// ALREADY_EXISTS (version published), DATA_LOSS (sha256 mismatch), RESOURCE_EXHAUSTED (disk
+	// budget, oversize chunk), FAILED_PRECONDITION (commit with missing data), ABORTED (a chunk
+	// completed from bytes kept by an interrupted push did not verify; they were dropped: push again).
 	Push(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PushRequest, PushResponse], error)
 	// Pull streams a version: one PullResponse with the manifest, then data pieces of at most 1 MiB in
 	// manifest order, skipping the chunks listed in have_chunks (delta pull) and limited to ranges.
@@ -283,9 +285,11 @@ type RegistryServer interface {
 	// order, in pieces of at most 1 MiB), FileEnd with the file's sha256; finally Commit. The server
 	// answers PushOpened, one ChunkAnswer per ChunkOffer (in order), and Committed. The version is
 	// invisible until Committed; chunks already received survive a disconnect and a new Push of the
-	// same name and version is told it need not send them again. Errors: INVALID_ARGUMENT (names,
-	// paths, protocol), ALREADY_EXISTS (version published), DATA_LOSS (sha256 mismatch),
-	// RESOURCE_EXHAUSTED (disk budget, oversize chunk), FAILED_PRECONDITION (commit with missing data).
+	// same name and version is told it need not send them again (nor, with resume_in_chunk, the
+	// received part of a chunk cut mid-transfer). Errors: INVALID_ARGUMENT (names, paths, protocol),
+	// ALREADY_EXISTS (version published), DATA_LOSS (sha256 mismatch), RESOURCE_EXHAUSTED (disk
+	// budget, oversize chunk), FAILED_PRECONDITION (commit with missing data), ABORTED (a chunk
+	// completed from bytes kept by an interrupted push did not verify; they were dropped: push again).
 	Push(grpc.BidiStreamingServer[PushRequest, PushResponse]) error
 	// Pull streams a version: one PullResponse with the manifest, then data pieces of at most 1 MiB in
 	// manifest order, skipping the chunks listed in have_chunks (delta pull) and limited to ranges.
