@@ -683,24 +683,29 @@ func newSource(e *engine, t *task) *source {
 const ignoredRangeLimit = 2
 
 // noteRange records how the server answered one of the file's Range requests: with the range
-// (honoured) or with 200 and the whole body. At ignoredRangeLimit ignored answers in a row, a file
-// of several ranges switches to a single stream; that is logged once per file and shown in its
-// progress. A file of one range needs no switch: a whole body is always usable for it.
-func (s *source) noteRange(honoured bool, host string) {
+// (honoured) or with 200 and the whole body, and reports whether the server now consistently
+// ignores ranges (ignoredRangeLimit ignored answers in a row). Then a file of several ranges
+// switches to a single stream, which is logged once per file and shown in its progress; a file of
+// one range needs no switch (its own fetch is a single stream already).
+func (s *source) noteRange(honoured bool, host string) (consistent bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if honoured {
 		s.ignored = 0
-		return
+		return false
 	}
 	s.ignored++
-	if s.ignored < ignoredRangeLimit || s.isSingle() || len(s.t.ranges) < 2 {
-		return
+	if s.ignored < ignoredRangeLimit {
+		return false
+	}
+	if s.isSingle() || len(s.t.ranges) < 2 {
+		return true
 	}
 	close(s.single)
 	s.t.singleStream.Store(true)
 	s.e.log.Warn("the server ignores Range requests: downloading the file in a single stream, without parallel connections",
 		"file", s.t.path, "host", host, "size", s.t.file.Size)
+	return true
 }
 
 // isSingle reports whether the file has switched to a single stream.
@@ -866,11 +871,11 @@ func othersComplete(ranges []*byteRange, r *byteRange) bool {
 // fetchRange) and copies it to f. On failure it returns the response headers (for Retry-After) and
 // an error; the ranges' written offsets reflect the bytes kept.
 //
-// A 200 with the whole body to a Range request is used when no other connection writes the file
-// (the single stream, the file's only range, or its last incomplete one): the bytes before the
-// missing ones are read past, each compared with what is on disk and never written again; any
-// difference is errKeptMismatch. Otherwise it is an unusable response, counted towards the switch
-// to a single stream.
+// A 200 with the whole body to a Range request is used by the single stream, and by a range's own
+// fetch when the server consistently ignores ranges and no other connection writes the file (its
+// only range, or its last incomplete one): the bytes before the missing ones are read past, each
+// compared with what is on disk and never written again; any difference is errKeptMismatch.
+// Otherwise it is an unusable response, counted towards the switch to a single stream.
 func (e *engine) rangeAttempt(ctx context.Context, src *source, loc Location, f *os.File, sy *syncer, r *byteRange, t *task, buf []byte) (http.Header, error) {
 	ranges := t.ranges
 	var from, to int64 // [from, to): the bytes asked for
@@ -926,10 +931,11 @@ func (e *engine) rangeAttempt(ctx context.Context, src *source, loc Location, f 
 		// The whole file: we asked for all of it, or the server ignored Range.
 		at = 0
 		if ranged {
-			src.noteRange(false, req.URL.Host)
-			if r != nil && from > 0 && !othersComplete(ranges, r) {
-				// Reading past the bytes before ours would cost this connection the whole file
-				// while others fetch the same bytes; the file switches to a single stream instead.
+			consistent := src.noteRange(false, req.URL.Host)
+			if r != nil && from > 0 && (!consistent || !othersComplete(ranges, r)) {
+				// Reading past the bytes before ours costs receiving them again: not worth it for a
+				// cache node that misbehaved once (a retry is cheaper), and not while other
+				// connections fetch the same bytes (the file switches to a single stream instead).
 				return nil, fmt.Errorf("%w: %w: %s ignored a Range request", ErrProtocol, errBadResponse, redact(req.URL))
 			}
 		}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/buffdb/buffdbd/huggingface/hubtest"
 )
 
 // rangelessOpts split a 1 MiB file into about twenty ranges on four connections.
@@ -172,4 +174,29 @@ func TestEngine_RangelessServer(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestEngine_RangeIgnoredOnce: a single whole-body answer to a resumed range is a cache node that
+// misbehaved once, not a server without ranges: the range is asked for again rather than the
+// whole file received to reach its missing bytes.
+func TestEngine_RangeIgnoredOnce(t *testing.T) {
+	const size = 1 << 20
+	o := EngineOptions{RangeSize: 1 << 20, Checkpoint: 16 << 10, Concurrency: 1, BufferSize: 16 << 10} // one range
+	fx := newEngineFixture(t, map[string]int{"w.bin": size}, map[string]bool{"w.bin": true})
+	dir := t.TempDir()
+	fx.interrupt(t, dir, o, size/2, size/2)
+	fx.hub.Throttle(16 << 20)
+	fx.hub.QuirkNext(hubtest.QuirkIgnoreRange)
+	servedBefore := fx.hub.BytesServed()
+	tk, err := fx.run(t, dir, "w.bin", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.assertFile(t, tk, "w.bin")
+	if tk.resumed < size/2 {
+		t.Fatalf("resumed from %d bytes, want the %d kept", tk.resumed, size/2)
+	}
+	if served, limit := fx.hub.BytesServed()-servedBefore, size-tk.resumed+slack; served > limit {
+		t.Fatalf("the resume was served %d bytes for the %d missing, want ≤ %d", served, size-tk.resumed, limit)
+	}
 }
