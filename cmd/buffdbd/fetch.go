@@ -445,7 +445,10 @@ func (fp *fetchProgress) update(p huggingface.Progress) {
 				if fp.p != nil {
 					w = fp.p // above the bars
 				}
-				fmt.Fprintf(w, "note: the server (or a proxy) ignores byte ranges: %s downloads over a single connection\n", f.Path)
+				// Such a server cannot start mid-file: without the second half, progress standing
+				// still while a resumed file's kept bytes arrive again would look like a hang.
+				fmt.Fprintf(w, "note: the server (or a proxy) ignores byte ranges: %s downloads over a single connection;"+
+					" if it was interrupted before, its kept bytes arrive again first (checked, not rewritten) and its progress pauses meanwhile\n", f.Path)
 			}
 		}
 	}
