@@ -168,7 +168,8 @@ func (s *fetchService) fetch(req *registrypb.FetchRequest, stream registrypb.Reg
 func progressToPB(p huggingface.Progress) *registrypb.FetchProgress {
 	m := &registrypb.FetchProgress{Phase: p.Phase, Commit: p.Commit, TotalBytes: uint64(max(p.TotalBytes, 0)), DoneBytes: uint64(max(p.DoneBytes, 0))}
 	for _, f := range p.Files {
-		m.Files = append(m.Files, &registrypb.FetchFileProgress{Path: f.Path, Size: uint64(max(f.Size, 0)), Done: uint64(max(f.Done, 0))})
+		m.Files = append(m.Files, &registrypb.FetchFileProgress{Path: f.Path, Size: uint64(max(f.Size, 0)), Done: uint64(max(f.Done, 0)),
+			SingleStream: f.SingleStream})
 	}
 	return m
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -284,5 +285,129 @@ func TestRegistry_PushResumeOldServer(t *testing.T) {
 	assertTree(t, out, map[string][]byte{"w.bin": data})
 	if ents, err := os.ReadDir(filepath.Join(e.dir, "uploads")); err == nil && len(ents) != 0 {
 		t.Errorf("a push that did not resume inside chunks left partial chunks: %v", ents)
+	}
+}
+
+// dataSizes is a client stream interceptor that records the size of every ChunkData message,
+// per push stream.
+type dataSizes struct {
+	mu      sync.Mutex
+	streams [][]int
+}
+
+func (d *dataSizes) intercept(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+	streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	s, err := streamer(ctx, desc, cc, method, opts...)
+	d.mu.Lock()
+	d.streams = append(d.streams, nil)
+	i := len(d.streams) - 1
+	d.mu.Unlock()
+	return &sizedStream{ClientStream: s, d: d, i: i}, err
+}
+
+type sizedStream struct {
+	grpc.ClientStream
+	d *dataSizes
+	i int
+}
+
+func (s *sizedStream) SendMsg(m any) error {
+	if data := m.(interface{ GetData() *registrypb.ChunkData }).GetData(); data != nil {
+		s.d.mu.Lock()
+		s.d.streams[s.i] = append(s.d.streams[s.i], len(data.Data))
+		s.d.mu.Unlock()
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
+// TestRegistry_PushPiecesAfterACut: after a connection broke, a push sends 64 KiB messages (a
+// message cut in flight is lost), and back to 1 MiB ones once the new connection has carried
+// 16 MiB, so one blip does not slow the rest of a large push.
+func TestRegistry_PushPiecesAfterACut(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	data := randBytes(95, 24<<20)
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"w.bin": data})
+	link := linktest.Start(t, e.conn.Target(), linktest.Options{After: 2 << 20, Faulty: func(n int32) bool { return n == 1 }})
+	var sizes dataSizes
+	cc, err := grpc.NewClient(link.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithStreamInterceptor(sizes.intercept))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if _, err := registry.NewClient(cc).Push(context.Background(), src, registry.PushOptions{
+		Info: registry.ModelInfo{Name: "m", Version: "v1"}, Retries: 1}); err != nil || link.Failed() != 1 {
+		t.Fatalf("push over a link that drops its first connection: %v (%d drops)", err, link.Failed())
+	}
+	if len(sizes.streams) != 2 {
+		t.Fatalf("%d push streams, want 2", len(sizes.streams))
+	}
+	var small, large, sent int
+	for _, n := range sizes.streams[1] {
+		switch {
+		case n > 64<<10:
+			large++
+			if sent < 16<<20 {
+				t.Errorf("a %d-byte message after %d bytes of the attempt after a cut", n, sent)
+			}
+		default:
+			small++
+		}
+		sent += n
+	}
+	if small == 0 || large == 0 {
+		t.Errorf("after a cut: %d messages of at most 64 KiB, %d larger; want both", small, large)
+	}
+}
+
+// TestRegistry_PushForgedPartRetried: a chunk completed from a kept part that verifies against its
+// own checksum but holds wrong bytes fails ABORTED, never stored; the client's retry sends the
+// chunk whole and the push completes.
+func TestRegistry_PushForgedPartRetried(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	data := randBytes(96, 3<<20)
+	first, _, err := registry.NewChunker(bytes.NewReader(data)).Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first = bytes.Clone(first)
+	const cut = 500 << 10
+	p := startRawPush(t, e.rpc, true, len(data), first)
+	if a := p.answer(); !a.Need || a.Offset != 0 {
+		t.Fatalf("first answer %v", a)
+	}
+	p.data(first[:cut])
+	p.cut()
+	sum := sha256.Sum256(first)
+	var kept string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if m, _ := filepath.Glob(filepath.Join(e.dir, "uploads", "*", hex.EncodeToString(sum[:]))); len(m) == 1 {
+			kept = m[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon never kept the part received of a cut chunk")
+		}
+	}
+	forged := bytes.Clone(first[:cut])
+	forged[12345] ^= 0x80
+	check := sha256.Sum256(forged)
+	if err := os.WriteFile(kept, append(forged, check[:]...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	writeFiles(t, src, map[string][]byte{"w.bin": data})
+	res, err := e.client.Push(context.Background(), src, registry.PushOptions{Info: registry.ModelInfo{Name: "m", Version: "v1"}, Retries: 1})
+	if err != nil || res.Attempts != 2 {
+		t.Fatalf("push after a forged part: %v in %d attempts; want success in 2", err, res.Attempts)
+	}
+	out := t.TempDir()
+	if _, err := e.client.Pull(context.Background(), "m:v1", out, registry.PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, out, map[string][]byte{"w.bin": data})
+	vr, err := e.rpc.Verify(context.Background(), &registrypb.VerifyRequest{})
+	if err != nil || len(vr.Corrupt) != 0 {
+		t.Fatalf("verify after the push: %v, %v", vr, err)
 	}
 }

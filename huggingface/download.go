@@ -1,6 +1,7 @@
 package huggingface
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha1"
 	"crypto/sha256"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -87,6 +89,7 @@ type engine struct {
 	sem     *semaphore.Weighted
 	limiter *rate.Limiter
 	obs     Observer
+	log     *slog.Logger
 	dir     string // staging directory of this commit
 	repo    string
 	commit  string
@@ -94,7 +97,8 @@ type engine struct {
 
 func newEngine(c *Client, o EngineOptions, obs Observer, dir, repo, commit string) *engine {
 	o = o.withDefaults()
-	e := &engine{c: c, o: o, sem: semaphore.NewWeighted(int64(o.Concurrency)), obs: obs, dir: dir, repo: repo, commit: commit}
+	e := &engine{c: c, o: o, sem: semaphore.NewWeighted(int64(o.Concurrency)), obs: obs, log: slog.New(slog.DiscardHandler),
+		dir: dir, repo: repo, commit: commit}
 	if o.MaxRate > 0 {
 		// The burst must admit one full buffer read; a smaller rate just waits longer per read.
 		e.limiter = rate.NewLimiter(rate.Limit(o.MaxRate), o.BufferSize)
@@ -112,6 +116,8 @@ type task struct {
 	resumed int64
 	sha256  [32]byte // filled after verification
 	state   atomic.Value
+	// singleStream is set once the server was found to ignore Range requests for this file.
+	singleStream atomic.Bool
 	// wake wakes the readers that follow the written prefix (the hasher, an import) when a range's
 	// written offset grows.
 	wake wakeups
@@ -259,22 +265,11 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	hashc := make(chan hashResult, 1)
 	go func() { hashc <- e.hashRanges(ctx, f, ranges, t, &t.tee) }()
 
-	src := &source{e: e, t: t}
+	src := newSource(e, t)
 	sy := newSyncer(f, j, ranges, e.o)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return sy.run(gctx) })
-	for _, r := range ranges {
-		if r.written.Load() == r.end-r.start {
-			continue
-		}
-		if err := e.sem.Acquire(gctx, 1); err != nil {
-			break
-		}
-		g.Go(func() error {
-			defer e.sem.Release(1)
-			return e.fetchRange(gctx, src, f, sy, r, t)
-		})
-	}
+	g.Go(func() error { return e.fetchRanges(gctx, src, f, sy, ranges, t) })
 	go func() {
 		// Once every range is complete the syncer has nothing left to protect; stop it.
 		for _, r := range ranges {
@@ -289,6 +284,13 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	if err := g.Wait(); err != nil {
 		cancel()
 		<-hashc
+		if errors.Is(err, errKeptMismatch) {
+			// Bad bytes must not be resumed from: drop them so the next run starts clean.
+			f.Close()
+			j.close()
+			os.Remove(part)
+			os.Remove(jpath)
+		}
 		return fmt.Errorf("download %s: %w", t.path, err)
 	}
 	if ctx.Err() != nil {
@@ -325,6 +327,58 @@ func (e *engine) download(ctx context.Context, t *task) error {
 		e.obs.FileDownloaded()
 	}
 	return nil
+}
+
+// fetchRanges downloads the missing bytes of a file's ranges: in parallel, each range on a
+// connection of its own, until the server is found to ignore Range requests (see source.noteRange);
+// then the ranges in flight finish or stop at their next failure, no other starts, and one stream
+// fetches everything still missing (fetchRange with r == nil). The layout and the journal stay as
+// they are: the stream writes each range's bytes in order, from the range's written offset on.
+func (e *engine) fetchRanges(ctx context.Context, src *source, f *os.File, sy *syncer, ranges []*byteRange, t *task) error {
+	rg, rctx := errgroup.WithContext(ctx)
+	for _, r := range ranges {
+		if r.written.Load() == r.end-r.start {
+			continue
+		}
+		if src.isSingle() || e.sem.Acquire(rctx, 1) != nil {
+			break
+		}
+		if src.isSingle() {
+			e.sem.Release(1)
+			break
+		}
+		rg.Go(func() error {
+			defer e.sem.Release(1)
+			if err := e.fetchRange(rctx, src, f, sy, r, t); !errors.Is(err, errSingleStream) {
+				return err
+			}
+			return nil // the stream fetches the rest of this range
+		})
+	}
+	if err := rg.Wait(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if !src.isSingle() || firstMissing(ranges) < 0 {
+		return nil
+	}
+	if err := e.sem.Acquire(ctx, 1); err != nil {
+		return err
+	}
+	defer e.sem.Release(1)
+	return e.fetchRange(ctx, src, f, sy, nil, t)
+}
+
+// firstMissing is the index of the first range not completely written, or -1.
+func firstMissing(ranges []*byteRange) int {
+	for i, r := range ranges {
+		if r.written.Load() < r.end-r.start {
+			return i
+		}
+	}
+	return -1
 }
 
 // rangeSizeFor splits a file into about two ranges per connection, so every connection has work
@@ -603,13 +657,65 @@ func (e *engine) check(t *task, hr hashResult) error {
 	return nil
 }
 
-// source is a file's download URL, re-resolved when a signed CDN URL expires.
+// source is a file's download URL, re-resolved when a signed CDN URL expires, and what the
+// server's answers showed about it: whether it honours Range requests.
 type source struct {
 	e   *engine
 	t   *task
 	mu  sync.Mutex
 	loc Location
 	gen int // bumped at each resolution, so concurrent ranges that hit the same 403 resolve once
+	// ignored counts the file's Range requests answered with the whole body since the last one
+	// answered with the range asked for.
+	ignored int
+	single  chan struct{} // closed when the file switches to a single stream
+}
+
+func newSource(e *engine, t *task) *source {
+	return &source{e: e, t: t, single: make(chan struct{})}
+}
+
+// ignoredRangeLimit is how many Range requests of a file answered with the whole body, without one
+// answered with its range in between, switch the file to a single stream. One such answer may be
+// a cache node that misbehaved once (retried, as before); two in a row — usually the first wave of
+// parallel requests — is a proxy or mirror that does not do ranges at all, where retrying would
+// only fail the fetch.
+const ignoredRangeLimit = 2
+
+// noteRange records how the server answered one of the file's Range requests: with the range
+// (honoured) or with 200 and the whole body, and reports whether the server now consistently
+// ignores ranges (ignoredRangeLimit ignored answers in a row). Then a file of several ranges
+// switches to a single stream, which is logged once per file and shown in its progress; a file of
+// one range needs no switch (its own fetch is a single stream already).
+func (s *source) noteRange(honoured bool, host string) (consistent bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if honoured {
+		s.ignored = 0
+		return false
+	}
+	s.ignored++
+	if s.ignored < ignoredRangeLimit {
+		return false
+	}
+	if s.isSingle() || len(s.t.ranges) < 2 {
+		return true
+	}
+	close(s.single)
+	s.t.singleStream.Store(true)
+	s.e.log.Warn("the server ignores Range requests: downloading the file in a single stream, without parallel connections",
+		"file", s.t.path, "host", host, "size", s.t.file.Size)
+	return true
+}
+
+// isSingle reports whether the file has switched to a single stream.
+func (s *source) isSingle() bool {
+	select {
+	case <-s.single:
+		return true
+	default:
+		return false
+	}
 }
 
 func (s *source) get(ctx context.Context, staleGen int) (Location, int, error) {
@@ -644,7 +750,18 @@ var errBadResponse = errors.New("unusable response")
 // errExpired marks a 403 from the CDN: the signed URL expired, resolve a fresh one.
 var errExpired = errors.New("signed URL rejected")
 
-// fetchRange downloads the rest of r with retries, checkpointing durable progress.
+// errSingleStream ends a range's own fetch once the file has switched to a single stream, which
+// fetches what the range still misses.
+var errSingleStream = errors.New("the file downloads in a single stream")
+
+// errKeptMismatch marks bytes a single stream read past (kept on disk by an earlier attempt or
+// run) that differ from what the server sent: the partial file cannot be trusted and is discarded.
+var errKeptMismatch = errors.New("kept bytes differ from the server's")
+
+// fetchRange downloads the rest of r with retries, checkpointing durable progress. With r == nil
+// it is the file's single stream (see fetchRanges): each attempt asks for everything still
+// missing, from the first missing byte to the end of the last incomplete range. A range's own
+// fetch returns errSingleStream instead of retrying once the file has switched to a single stream.
 func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, sy *syncer, r *byteRange, t *task) error {
 	if e.obs != nil {
 		e.obs.DownloadsActive(1)
@@ -654,15 +771,28 @@ func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, sy *sy
 	bo := e.c.backoff
 	stale := -1 // a generation no resolution has, so the first get resolves
 	failures := 0
+	// Progress is bytes written: the bytes a stream reads past to reach the missing ones are not.
+	progress := func() int64 {
+		if r == nil {
+			return t.done.Load()
+		}
+		return r.written.Load()
+	}
+	var switched <-chan struct{} // wakes a range's backoff when the stream takes over
+	if r != nil {
+		switched = src.single
+	}
 	for {
+		if r != nil && src.isSingle() {
+			return errSingleStream
+		}
 		loc, g, err := src.get(ctx, stale)
 		if err != nil {
 			return err
 		}
-		before := r.written.Load()
-		hdr, err := e.rangeAttempt(ctx, loc, f, sy, r, t, buf)
+		before := progress()
+		hdr, err := e.rangeAttempt(ctx, src, loc, f, sy, r, t, buf)
 		if err == nil {
-			close(r.complete)
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -675,7 +805,10 @@ func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, sy *sy
 		if !retryable(err) {
 			return err
 		}
-		if r.written.Load() > before {
+		if r != nil && src.isSingle() {
+			return errSingleStream
+		}
+		if progress() > before {
 			failures = 0 // progress was made: this is a flaky link, not a dead one
 		}
 		failures++
@@ -692,7 +825,7 @@ func (e *engine) fetchRange(ctx context.Context, src *source, f *os.File, sy *sy
 		if errors.Is(err, errExpired) {
 			continue // a fresh signature needs no backoff
 		}
-		if err := sleepCtx(ctx, bo.delay(failures-1, hdr)); err != nil {
+		if err := sleepUntil(ctx, bo.delay(failures-1, hdr), switched); err != nil {
 			return err
 		}
 	}
@@ -707,10 +840,53 @@ func retryable(err error) bool {
 	return false
 }
 
-// rangeAttempt makes one request for the rest of r and copies it to f. On failure it returns the
-// response headers (for Retry-After) and an error; r.written reflects the bytes kept.
-func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy *syncer, r *byteRange, t *task, buf []byte) (http.Header, error) {
-	from, to := r.start+r.written.Load(), r.end // [from, to)
+// missingSpan is what a single stream asks for: from the first byte not written to the end of the
+// last range not complete. ok is false when every range is complete.
+func missingSpan(ranges []*byteRange) (from, to int64, ok bool) {
+	i := firstMissing(ranges)
+	if i < 0 {
+		return 0, 0, false
+	}
+	from = ranges[i].start + ranges[i].written.Load()
+	for j := len(ranges) - 1; j >= i; j-- {
+		if ranges[j].written.Load() < ranges[j].end-ranges[j].start {
+			return from, ranges[j].end, true
+		}
+	}
+	return from, ranges[i].end, true
+}
+
+// othersComplete reports whether every range but r is completely written: then no other connection
+// writes the file, and r may read past bytes before its own from a body that starts at 0.
+func othersComplete(ranges []*byteRange, r *byteRange) bool {
+	for _, q := range ranges {
+		if q != r && q.written.Load() < q.end-q.start {
+			return false
+		}
+	}
+	return true
+}
+
+// rangeAttempt makes one request for the rest of r (r == nil: for the file's missing span, see
+// fetchRange) and copies it to f. On failure it returns the response headers (for Retry-After) and
+// an error; the ranges' written offsets reflect the bytes kept.
+//
+// A 200 with the whole body to a Range request is used by the single stream, and by a range's own
+// fetch when the server consistently ignores ranges and no other connection writes the file (its
+// only range, or its last incomplete one): the bytes before the missing ones are read past, each
+// compared with what is on disk and never written again; any difference is errKeptMismatch.
+// Otherwise it is an unusable response, counted towards the switch to a single stream.
+func (e *engine) rangeAttempt(ctx context.Context, src *source, loc Location, f *os.File, sy *syncer, r *byteRange, t *task, buf []byte) (http.Header, error) {
+	ranges := t.ranges
+	var from, to int64 // [from, to): the bytes asked for
+	if r != nil {
+		from, to = r.start+r.written.Load(), r.end
+	} else {
+		var ok bool
+		if from, to, ok = missingSpan(ranges); !ok {
+			return nil, nil
+		}
+	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var stalled atomic.Bool
@@ -722,8 +898,8 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 		return nil, fmt.Errorf("%w: %v", ErrProtocol, err)
 	}
 	e.c.decorate(req, loc.Auth)
-	whole := from == 0 && to == t.file.Size
-	if !whole {
+	ranged := from != 0 || to != t.file.Size
+	if ranged {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(from, 10)+"-"+strconv.FormatInt(to-1, 10))
 	}
 	resp, err := e.c.http.Do(req)
@@ -737,19 +913,32 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 		return nil, networkError(req.URL, err)
 	}
 	defer resp.Body.Close()
+	at := from // the file offset of the body's first byte
 	switch {
 	case resp.StatusCode == http.StatusPartialContent:
 		cr := resp.Header.Get("Content-Range")
 		if !strings.HasPrefix(cr, "bytes "+strconv.FormatInt(from, 10)+"-") {
+			// Not a server without ranges: a broken one, or a cache serving another object range.
 			return nil, fmt.Errorf("%w: %w: asked bytes %d-%d, got Content-Range %q", ErrProtocol, errBadResponse, from, to-1, cr)
 		}
 		if _, total, ok := strings.Cut(cr, "/"); ok && total != "*" && total != strconv.FormatInt(t.file.Size, 10) {
 			return nil, fmt.Errorf("%w: %s: the server has %s bytes, the Hub listed %d", ErrChecksum, t.path, total, t.file.Size)
 		}
-	case resp.StatusCode == http.StatusOK && from == 0:
-		// The server ignored Range (or we asked for everything): read only our range.
+		if ranged {
+			src.noteRange(true, req.URL.Host)
+		}
 	case resp.StatusCode == http.StatusOK:
-		return nil, fmt.Errorf("%w: %w: %s ignored a Range request", ErrProtocol, errBadResponse, redact(req.URL))
+		// The whole file: we asked for all of it, or the server ignored Range.
+		at = 0
+		if ranged {
+			consistent := src.noteRange(false, req.URL.Host)
+			if r != nil && from > 0 && (!consistent || !othersComplete(ranges, r)) {
+				// Reading past the bytes before ours costs receiving them again: not worth it for a
+				// cache node that misbehaved once (a retry is cheaper), and not while other
+				// connections fetch the same bytes (the file switches to a single stream instead).
+				return nil, fmt.Errorf("%w: %w: %s ignored a Range request", ErrProtocol, errBadResponse, redact(req.URL))
+			}
+		}
 	case resp.StatusCode == http.StatusForbidden && !loc.Auth:
 		drain(resp)
 		return nil, errExpired
@@ -772,16 +961,20 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 		// hash and throw away every good byte of the file with them.
 		return nil, fmt.Errorf("%w: %w: %s answered with Content-Encoding %q", ErrProtocol, errBadResponse, redact(req.URL), ce)
 	}
-	body := io.LimitReader(resp.Body, to-from)
+	if resp.StatusCode == http.StatusOK && resp.ContentLength >= 0 && resp.ContentLength != t.file.Size {
+		return nil, fmt.Errorf("%w: %s: the server sends %d bytes for the whole file, the Hub listed %d", ErrChecksum, t.path, resp.ContentLength, t.file.Size)
+	}
+	body := io.LimitReader(resp.Body, to-at)
 	rw := newRangeWriter(f)
 	defer rw.close()
-	off := from
-	for off < to {
+	var kept []byte // what is on disk of bytes read past, to compare
+	k := 0          // ranges[k] holds pos
+	for pos := at; pos < to; {
 		// Read so that a byte's place in buf is congruent to its file offset modulo the block size:
 		// then every whole block of the piece is aligned in memory and on disk, and goes to the
 		// device directly without a copy.
-		s := int(off % directio.Align)
-		n, rerr := readFull(body, buf[s:s+int(min(int64(len(buf)-s), to-off))], timer, e.o.StallTimeout)
+		s := int(pos % directio.Align)
+		n, rerr := readFull(body, buf[s:s+int(min(int64(len(buf)-s), to-pos))], timer, e.o.StallTimeout)
 		if n > 0 {
 			if e.limiter != nil || e.o.SharedRate != nil {
 				// Waiting for our share of --max-rate is not a stall: with a low limit and many
@@ -795,30 +988,61 @@ func (e *engine) rangeAttempt(ctx context.Context, loc Location, f *os.File, sy 
 				}
 				timer.Reset(e.o.StallTimeout)
 			}
-			if err := rw.writeAt(buf[s:s+n], off); err != nil {
-				return nil, fmt.Errorf("write %s: %w", t.path, err)
+			for p := buf[s : s+n]; len(p) > 0; {
+				for ranges[k].end <= pos {
+					k++
+				}
+				q := ranges[k]
+				w := q.start + q.written.Load()
+				if pos < w {
+					// Already written (by an earlier attempt or run): compare, never write again.
+					m := int(min(int64(len(p)), w-pos))
+					if kept == nil {
+						kept = make([]byte, len(buf))
+					}
+					if _, err := f.ReadAt(kept[:m], pos); err != nil {
+						return nil, fmt.Errorf("read back %s at offset %d: %w", t.path, pos, err)
+					}
+					if !bytes.Equal(kept[:m], p[:m]) {
+						return nil, fmt.Errorf("%w: %w: %s: the server's bytes at offsets %d-%d differ from those kept on disk by an earlier attempt; the partial download is discarded",
+							ErrChecksum, errKeptMismatch, t.path, pos, pos+int64(m)-1)
+					}
+					p, pos = p[m:], pos+int64(m)
+					continue
+				}
+				if pos > w {
+					// Bytes arrive in order from the first missing one on: a gap is a bug.
+					return nil, fmt.Errorf("write %s: offset %d is past the written end %d of its range", t.path, pos, w)
+				}
+				m := int(min(int64(len(p)), q.end-pos))
+				if err := rw.writeAt(p[:m], pos); err != nil {
+					return nil, fmt.Errorf("write %s: %w", t.path, err)
+				}
+				p, pos = p[m:], pos+int64(m)
+				q.written.Store(pos - q.start)
+				t.wake.wake()
+				t.done.Add(int64(m))
+				sy.wrote(m)
+				if pos == q.end {
+					close(q.complete)
+				}
 			}
-			off += int64(n)
-			r.written.Store(off - r.start)
-			t.wake.wake()
-			t.done.Add(int64(n))
-			sy.wrote(n)
 			if e.obs != nil {
 				e.obs.BytesDownloaded(int64(n))
 			}
 		}
 		if rerr != nil {
-			if off >= to {
+			if pos >= to {
 				break
 			}
 			// What arrived stays written: the retry continues from here.
 			switch {
 			case stalled.Load():
-				return nil, fmt.Errorf("%w: no bytes for %v at offset %d of %s", errStalled, e.o.StallTimeout, off, t.path)
+				return nil, fmt.Errorf("%w: no bytes for %v at offset %d of %s", errStalled, e.o.StallTimeout, pos, t.path)
 			case isCtxErr(ctx, rerr):
 				return nil, ctx.Err()
 			case errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF):
-				return nil, fmt.Errorf("%w: connection closed at offset %d of %s", io.ErrUnexpectedEOF, off, t.path)
+				return nil, fmt.Errorf("%w: connection closed at offset %d of %s", io.ErrUnexpectedEOF, pos, t.path)
 			default:
 				return nil, networkError(req.URL, rerr)
 			}

@@ -113,7 +113,10 @@ type Progress struct {
 type FileProgress struct {
 	Path string
 	Size int64
-	Done int64
+	Done int64 // bytes written (a single stream reading past kept bytes does not advance it)
+	// SingleStream: the server ignores Range requests for this file, which downloads over one
+	// connection (and, resumed, re-receives the bytes kept before the first missing one).
+	SingleStream bool
 }
 
 // Fetch downloads req.Ref into the registry (see the package doc for guarantees). Errors wrap one
@@ -223,6 +226,7 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	}
 
 	eng := newEngine(f.client, f.o.Engine, f.o.Observer, dir, ref.Repo, commit)
+	eng.log = f.log
 	g, gctx := errgroup.WithContext(ctx)
 	imports := make([]registry.ImportFile, len(files))
 	var tasks []*task
@@ -466,7 +470,7 @@ func (f *Fetcher) downloadAll(ctx context.Context, eng *engine, tasks []*task, c
 		for _, t := range tasks {
 			d := t.done.Load()
 			p.DoneBytes += d
-			p.Files = append(p.Files, FileProgress{Path: t.path, Size: t.file.Size, Done: d})
+			p.Files = append(p.Files, FileProgress{Path: t.path, Size: t.file.Size, Done: d, SingleStream: t.singleStream.Load()})
 		}
 		return p
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/buffdb/buffdbd/huggingface"
@@ -52,6 +53,83 @@ func TestFetcher_CDNQuirks(t *testing.T) {
 		}
 		if v, _ := e.reg.ListVersions(t.Context(), "org/model"); len(v) != 0 {
 			t.Fatalf("published %v", v)
+		}
+	})
+}
+
+// TestFetcher_RangelessServer: behind a proxy or mirror that answers every Range request with the
+// whole body (CDN, or the Hub for regular files), a fetch downloads each file in one stream, says so
+// in the file's progress, and publishes the Hub's bytes. What does not make a server range-less stays
+// refused: an encoded body, a 206 for another range.
+func TestFetcher_RangelessServer(t *testing.T) {
+	for _, tc := range []struct{ name, server string }{{"OKCDN", "cdn"}, {"OKHub", "hub"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newFetchEnv(t)
+			e.hub.AddRepo("org/model", hubtest.RepoOptions{})
+			files := map[string][]byte{"model.safetensors": randomBytes(3, 1<<20+5), "tokenizer.json": randomBytes(4, 1<<20+7), "config.json": []byte("{}")}
+			sha := e.hub.Commit("org/model", "main", []hubtest.FileSpec{
+				{Path: "model.safetensors", Content: hubtest.Bytes(files["model.safetensors"]), LFS: true},
+				{Path: "tokenizer.json", Content: hubtest.Bytes(files["tokenizer.json"])}, // regular: from the Hub
+				{Path: "config.json", Content: hubtest.Bytes(files["config.json"])},
+			})
+			e.hub.IgnoreRanges(tc.server == "cdn", tc.server == "hub")
+			single := map[string]bool{}
+			var mu sync.Mutex
+			res, err := e.fetch(t, "", "hf:org/model", func(r *huggingface.Request) {
+				r.OnProgress = func(p huggingface.Progress) {
+					mu.Lock()
+					defer mu.Unlock()
+					for _, f := range p.Files {
+						single[f.Path] = single[f.Path] || f.SingleStream
+					}
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := pullAll(t, e.reg, "org/model", sha)
+			for p, b := range files {
+				if !bytes.Equal(got[p], b) {
+					t.Fatalf("%s: published bytes differ from the Hub's", p)
+				}
+			}
+			want := "model.safetensors"
+			if tc.server == "hub" {
+				want = "tokenizer.json"
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(single) != 3 || !single[want] || single["config.json"] {
+				t.Fatalf("single-stream files in progress = %v, want %s only", single, want)
+			}
+			if res.Downloaded != res.Bytes || e.hub.RangesIgnored() == 0 {
+				t.Fatalf("downloaded %d of %d bytes; ranges ignored %d", res.Downloaded, res.Bytes, e.hub.RangesIgnored())
+			}
+		})
+	}
+	t.Run("ErrProtocolGzip", func(t *testing.T) {
+		e := newFetchEnv(t)
+		e.hub.AddRepo("org/model", hubtest.RepoOptions{})
+		commitFiles(e.hub, "org/model", "main", map[string][]byte{"model.safetensors": randomBytes(9, 1<<20)})
+		e.hub.IgnoreRanges(true, false)
+		for range 200 {
+			e.hub.QuirkNext(hubtest.QuirkGzip)
+		}
+		_, err := e.fetch(t, "", "hf:org/model")
+		if !errors.Is(err, huggingface.ErrProtocol) || !strings.Contains(err.Error(), "gzip") {
+			t.Fatalf("err = %v, want ErrProtocol naming the encoding", err)
+		}
+	})
+	t.Run("ErrProtocolOtherContentRange", func(t *testing.T) {
+		e := newFetchEnv(t)
+		e.hub.AddRepo("org/model", hubtest.RepoOptions{})
+		commitFiles(e.hub, "org/model", "main", map[string][]byte{"model.safetensors": randomBytes(9, 1<<20)})
+		for range 200 {
+			e.hub.QuirkNext(hubtest.QuirkOtherRange)
+		}
+		_, err := e.fetch(t, "", "hf:org/model")
+		if !errors.Is(err, huggingface.ErrProtocol) || !strings.Contains(err.Error(), "Content-Range") {
+			t.Fatalf("err = %v, want ErrProtocol naming the Content-Range", err)
 		}
 	})
 }

@@ -54,7 +54,13 @@ const pushWindow = 64
 // lost: over a link that drops every MiB, 1 MiB messages (PullPieceSize, which the first attempt
 // sends to keep the per-message cost of a fast push low) would rarely get one through. 64 KiB
 // loses little at a cut and costs nothing a flaky link would notice (a few bytes of framing).
-const cutPieceSize = 64 << 10
+// Once an attempt has sent cutPieceRecover bytes, the link has shown it carries far more than a
+// message per connection, and the attempt goes back to PullPieceSize: a cut then loses at most
+// one message of what it carried, and a fast push is not slowed for its whole rest by one blip.
+const (
+	cutPieceSize    = 64 << 10
+	cutPieceRecover = 16 << 20
+)
 
 // retryBackoff bounds the wait between attempts after a transient failure: short enough to resume
 // quickly after a blip, long enough not to hammer a server that is restarting.
@@ -414,8 +420,8 @@ func brokenStream(stream registrypb.Registry_PushClient) error {
 
 // sendLoop is the only caller of stream.Send during a push: it sends control messages as soon as
 // they are queued (also between the pieces of a chunk), then the data of needed chunks in answer
-// order, in messages of piece bytes, and Commit after the last of them. It returns when jobs
-// yields the commit, or on error.
+// order, in messages of piece bytes (PullPieceSize once cutPieceRecover bytes are sent), and
+// Commit after the last of them. It returns when jobs yields the commit, or on error.
 func sendLoop(ctx context.Context, stream registrypb.Registry_PushClient, ctrl <-chan *registrypb.PushRequest,
 	jobs <-chan offerItem, piece int, sent func(int64)) error {
 	drain := func() error {
@@ -430,7 +436,12 @@ func sendLoop(ctx context.Context, stream registrypb.Registry_PushClient, ctrl <
 			}
 		}
 	}
-	buf := make([]byte, piece)
+	buf := make([]byte, PullPieceSize)
+	var total int64 // sent in this attempt
+	counted := func(n int64) {
+		total += n
+		sent(n)
+	}
 	for {
 		if err := drain(); err != nil {
 			return err
@@ -451,12 +462,16 @@ func sendLoop(ctx context.Context, stream registrypb.Registry_PushClient, ctrl <
 				}
 				return stream.CloseSend()
 			}
-			if err := sendChunkData(it, buf, func(m *registrypb.PushRequest) error {
+			n := piece
+			if total >= cutPieceRecover {
+				n = PullPieceSize
+			}
+			if err := sendChunkData(it, buf[:n], func(m *registrypb.PushRequest) error {
 				if err := drain(); err != nil {
 					return err
 				}
 				return stream.Send(m)
-			}, sent); err != nil {
+			}, counted); err != nil {
 				return err
 			}
 		case <-ctx.Done():

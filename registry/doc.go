@@ -11,7 +11,9 @@
 //     versions at model:{name}:index, model names at model:global:index, and for a single-file model
 //     the blobs in blob_ids concatenate to the file.
 //   - Chunks uploaded by an interrupted push stay durable and pinned for Options.SessionTTL, so the
-//     push resumes by sending only what is missing.
+//     push resumes by sending only what is missing, down to the rest of the chunk it was cut in
+//     (whose received part is kept in the data directory's uploads/ and verified again before use;
+//     no chunk is stored without matching its sha256).
 //
 // See DESIGN.md for the storage layout, the push/pull protocols and the crash-safety argument.
 package registry

@@ -516,7 +516,7 @@ func (u *Upload) startWriter(cw *chunkWrite, whole []byte, release func()) {
 		}
 		switch {
 		case errors.Is(err, store.ErrCorrupt) && cw.from > 0:
-			err = fmt.Errorf("%w: chunk %s: the %d bytes an interrupted push left and the %d received now do not hash to the offered digest",
+			err = fmt.Errorf("%w: chunk %s (%d bytes kept from an interrupted push, %d received now); the kept bytes were dropped: push again to send it whole",
 				ErrResumeMismatch, Digest(cw.sum), cw.from, cw.size-cw.from)
 		case errors.Is(err, store.ErrCorrupt):
 			err = fmt.Errorf("%w: chunk %s: received bytes do not hash to the offered digest", ErrChecksum, Digest(cw.sum))

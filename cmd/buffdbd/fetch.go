@@ -204,7 +204,7 @@ func progressFromPB(ref huggingface.Ref, m *registrypb.FetchProgress) huggingfac
 	p := huggingface.Progress{Phase: m.Phase, Repo: ref.Repo, Revision: ref.Revision, Commit: m.Commit,
 		TotalBytes: int64(m.TotalBytes), DoneBytes: int64(m.DoneBytes)}
 	for _, f := range m.Files {
-		p.Files = append(p.Files, huggingface.FileProgress{Path: f.Path, Size: int64(f.Size), Done: int64(f.Done)})
+		p.Files = append(p.Files, huggingface.FileProgress{Path: f.Path, Size: int64(f.Size), Done: int64(f.Done), SingleStream: f.GetSingleStream()})
 	}
 	return p
 }
@@ -406,6 +406,7 @@ type fetchProgress struct {
 	lastLine time.Time
 	lastDone int64
 	phase    string
+	single   map[string]bool // files whose single stream was reported
 }
 
 // ewmaAge is mpb's default smoothing (a simple EWMA over ~30 updates, ~15 s at two updates a
@@ -423,7 +424,7 @@ const maxFileBars = 16
 const plainInterval = 5 * time.Second
 
 func newFetchProgress(errw, out io.Writer, jsonOut bool) *fetchProgress {
-	fp := &fetchProgress{errw: errw, out: out, json: jsonOut, bars: map[string]*mpb.Bar{}}
+	fp := &fetchProgress{errw: errw, out: out, json: jsonOut, bars: map[string]*mpb.Bar{}, single: map[string]bool{}}
 	if f, ok := errw.(*os.File); ok && !jsonOut && term.IsTerminal(int(f.Fd())) {
 		fp.tty = true
 		fp.p = mpb.New(mpb.WithOutput(errw), mpb.WithRefreshRate(150*time.Millisecond))
@@ -434,11 +435,28 @@ func newFetchProgress(errw, out io.Writer, jsonOut bool) *fetchProgress {
 func (fp *fetchProgress) update(p huggingface.Progress) {
 	fp.mu.Lock()
 	defer fp.mu.Unlock()
+	if !fp.json {
+		// Said once per file: the user behind a proxy should know why the file is slower than
+		// usual and why a resume receives its kept bytes again.
+		for _, f := range p.Files {
+			if f.SingleStream && !fp.single[f.Path] {
+				fp.single[f.Path] = true
+				var w io.Writer = fp.errw
+				if fp.p != nil {
+					w = fp.p // above the bars
+				}
+				// Such a server cannot start mid-file: without the second half, progress standing
+				// still while a resumed file's kept bytes arrive again would look like a hang.
+				fmt.Fprintf(w, "note: the server (or a proxy) ignores byte ranges: %s downloads over a single connection;"+
+					" if it was interrupted before, its kept bytes arrive again first (checked, not rewritten) and its progress pauses meanwhile\n", f.Path)
+			}
+		}
+	}
 	switch {
 	case fp.json:
 		files := make([]map[string]any, 0, len(p.Files))
 		for _, f := range p.Files {
-			files = append(files, map[string]any{"path": f.Path, "size": f.Size, "done": f.Done})
+			files = append(files, map[string]any{"path": f.Path, "size": f.Size, "done": f.Done, "single_stream": f.SingleStream})
 		}
 		json.NewEncoder(fp.out).Encode(map[string]any{"event": "progress", "phase": p.Phase, "repo": p.Repo,
 			"revision": p.Revision, "commit": p.Commit, "total_bytes": p.TotalBytes, "done_bytes": p.DoneBytes, "files": files})

@@ -300,3 +300,38 @@ func TestFetchCmd_RateLimitCapsAllFetches(t *testing.T) {
 		t.Fatalf("2 MiB fetched in %v under a 512 KiB/s cap with a 1 MiB burst; want ≥ 2 s", took)
 	}
 }
+
+// TestFetchCmd_RangelessProxy: through a mirror that ignores byte ranges the fetch succeeds, and
+// says once per file, in plain output and in --json progress, that the file uses one connection.
+func TestFetchCmd_RangelessProxy(t *testing.T) {
+	for _, k := range []string{"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "BUFFDBD_CONFIG"} {
+		t.Setenv(k, "")
+	}
+	hub := hubtest.New()
+	t.Cleanup(hub.Close)
+	hub.AddRepo("org/model", hubtest.RepoOptions{})
+	hub.AddRepo("org/other", hubtest.RepoOptions{})
+	// 3 MiB splits into several ranges at the default concurrency.
+	hub.Commit("org/model", "main", []hubtest.FileSpec{{Path: "model.safetensors", Content: hubtest.Random(1, 3<<20), LFS: true}})
+	hub.Commit("org/other", "main", []hubtest.FileSpec{{Path: "model.safetensors", Content: hubtest.Random(2, 3<<20), LFS: true}})
+	hub.IgnoreRanges(true, false)
+	base := []string{"--data-dir", t.TempDir(), "--endpoint", hub.Endpoint()}
+	t.Run("OKPlain", func(t *testing.T) {
+		code, out, errw := runCLI(t, append([]string{"fetch", "hf:org/model"}, base...)...)
+		if code != exitOK {
+			t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out, errw)
+		}
+		if n := strings.Count(errw, "ignores byte ranges: model.safetensors downloads over a single connection"); n != 1 {
+			t.Fatalf("the single-stream note appears %d times, want once:\n%s", n, errw)
+		}
+	})
+	t.Run("OKJSON", func(t *testing.T) {
+		code, out, errw := runCLI(t, append([]string{"fetch", "hf:org/other", "--json"}, base...)...)
+		if code != exitOK {
+			t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out, errw)
+		}
+		if !strings.Contains(out, `"single_stream":true`) {
+			t.Fatalf("no progress line marks the file single_stream:\n%s", out)
+		}
+	})
+}

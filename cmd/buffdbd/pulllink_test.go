@@ -19,7 +19,12 @@ func linkSuite(t *testing.T, base ...string) {
 	v1 := make([]byte, 3<<20)
 	rand.NewChaCha8([32]byte{1}).Read(v1)
 	v2 := append(bytes.Clone(v1), "and more"...)
-	for v, data := range map[string][]byte{"v1": v1, "v2": v2} {
+	// In order: v2, pushed last, is what @latest names.
+	for _, v := range []struct {
+		name string
+		data []byte
+	}{{"v1", v1}, {"v2", v2}} {
+		v, data := v.name, v.data
 		src := t.TempDir()
 		os.WriteFile(filepath.Join(src, "w.bin"), data, 0o644)
 		os.WriteFile(filepath.Join(src, "config.json"), []byte(`{"v":"`+v+`"}`), 0o644)

@@ -238,7 +238,7 @@ func (s *Server) serveResolveCache(w http.ResponseWriter, r *http.Request, p str
 	}
 	w.Header().Set("X-Repo-Commit", c.sha)
 	w.Header().Set("ETag", `"`+f.blobID+`"`)
-	s.serveContent(w, r, f)
+	s.serveContent(w, r, f, "hub")
 }
 
 func (s *Server) serveCDN(w http.ResponseWriter, r *http.Request) {
@@ -279,21 +279,27 @@ func (s *Server) serveCDN(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("ETag", `"`+f.sha256+`"`)
-	s.serveContent(w, r, f)
+	s.serveContent(w, r, f, "cdn")
 }
 
-// serveContent writes f's bytes honouring a single Range, with the configured faults.
-func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, f *file) {
+// serveContent writes f's bytes for server ("hub" or "cdn") honouring a single Range (unless told
+// to ignore ranges), with the configured faults.
+func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, f *file, server string) {
 	size := f.content.Size()
 	s.mu.Lock()
 	if n, ok := s.short[f.blobID]; ok && n < size {
 		size = n
 	}
+	noRange := server == "cdn" && s.noRangeCDN || server == "hub" && s.noRangeHub
 	s.mu.Unlock()
 	start, end := int64(0), size // [start, end)
 	status := http.StatusOK
-	w.Header().Set("Accept-Ranges", "bytes")
-	if rg := r.Header.Get("Range"); rg != "" {
+	if !noRange {
+		w.Header().Set("Accept-Ranges", "bytes")
+	} else if r.Header.Get("Range") != "" && r.Method != http.MethodHead {
+		s.rangesIgnored.Add(1)
+	}
+	if rg := r.Header.Get("Range"); rg != "" && !noRange {
 		spec, ok := strings.CutPrefix(rg, "bytes=")
 		a, b, ok2 := strings.Cut(spec, "-")
 		sa, err1 := strconv.ParseInt(a, 10, 64)
@@ -332,6 +338,9 @@ func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, f *file) {
 	s.mu.Unlock()
 	switch quirk {
 	case QuirkIgnoreRange:
+		if status == http.StatusPartialContent {
+			s.rangesIgnored.Add(1)
+		}
 		start, end, status = 0, size, http.StatusOK
 		w.Header().Del("Content-Range")
 		w.Header().Set("Content-Length", strconv.FormatInt(end-start, 10))
@@ -411,7 +420,9 @@ func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, f *file) {
 			w.(http.Flusher).Flush()
 			panic(http.ErrAbortHandler) // closes the connection mid-body
 		}
-		if st.after >= 0 && sent >= st.after {
+		// A stall at the very end of the body would hold a complete response open, and the
+		// connection with it, though the client has every byte and reuses the connection.
+		if st.after >= 0 && sent >= st.after && off < end {
 			w.(http.Flusher).Flush()
 			select {
 			case <-time.After(st.d):

@@ -74,10 +74,13 @@ type Server struct {
 	throttle   int64            // CDN bytes/s per connection, 0 = unlimited
 	statusNext []int            // next CDN responses get these statuses
 	quirks     []Quirk          // next CDN bodies misbehave so
+	noRangeCDN bool             // the CDN answers every Range request with the whole body
+	noRangeHub bool             // so does the Hub's file download (resolve-cache)
 	editTree   func([]TreeEntry) []TreeEntry
 
-	bytesServed atomic.Int64
-	cdnAuth     atomic.Int64
+	bytesServed   atomic.Int64
+	cdnAuth       atomic.Int64
+	rangesIgnored atomic.Int64
 }
 
 type stall struct {
@@ -265,6 +268,28 @@ const (
 	// QuirkLongBody sends garbage after the bytes asked for, past the announced length.
 	QuirkLongBody
 )
+
+// ClearFaults drops the faults queued and not yet used (CutNext, StallNext, StatusNext, QuirkNext,
+// RateLimitNext), so a test can interrupt a download with them and then resume it cleanly.
+func (s *Server) ClearFaults() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cuts, s.stalls, s.statusNext, s.quirks, s.rateLimit = nil, nil, nil, nil, 0
+}
+
+// IgnoreRanges makes the CDN (cdn) and the Hub's downloads of regular files (hub) answer every
+// Range request with 200 and the whole body, without Accept-Ranges, as an HTTP proxy or a simple
+// mirror without range support does every time (QuirkIgnoreRange is a single such answer).
+// false restores range support.
+func (s *Server) IgnoreRanges(cdn, hub bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.noRangeCDN, s.noRangeHub = cdn, hub
+}
+
+// RangesIgnored counts file bodies served whole to a request that asked for a Range (by
+// IgnoreRanges or QuirkIgnoreRange).
+func (s *Server) RangesIgnored() int64 { return s.rangesIgnored.Load() }
 
 // QuirkNext makes the next len(q) CDN file bodies misbehave as q says, one quirk each.
 func (s *Server) QuirkNext(q ...Quirk) {

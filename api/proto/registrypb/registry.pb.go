@@ -198,7 +198,8 @@ type FetchFileProgress struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	Size          uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	Done          uint64                 `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	Done          uint64                 `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`                                     // bytes written
+	SingleStream  bool                   `protobuf:"varint,4,opt,name=single_stream,json=singleStream,proto3" json:"single_stream,omitempty"` // the server ignores Range requests: one connection for this file
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -252,6 +253,13 @@ func (x *FetchFileProgress) GetDone() uint64 {
 		return x.Done
 	}
 	return 0
+}
+
+func (x *FetchFileProgress) GetSingleStream() bool {
+	if x != nil {
+		return x.SingleStream
+	}
+	return false
 }
 
 type FetchResult struct {
@@ -3157,11 +3165,12 @@ const file_registry_proto_rawDesc = "" +
 	"\bendpoint\x18\x06 \x01(\tR\bendpoint\x12\x18\n" +
 	"\aoffline\x18\a \x01(\bR\aoffline\x12 \n" +
 	"\vconcurrency\x18\b \x01(\rR\vconcurrency\x12\x19\n" +
-	"\bmax_rate\x18\t \x01(\x04R\amaxRate\"O\n" +
+	"\bmax_rate\x18\t \x01(\x04R\amaxRate\"t\n" +
 	"\x11FetchFileProgress\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x12\n" +
-	"\x04done\x18\x03 \x01(\x04R\x04done\"\x86\x02\n" +
+	"\x04done\x18\x03 \x01(\x04R\x04done\x12#\n" +
+	"\rsingle_stream\x18\x04 \x01(\bR\fsingleStream\"\x86\x02\n" +
 	"\vFetchResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
