@@ -47,6 +47,10 @@ var (
 	// ErrNotLink: Client.PullLink was given a path that exists and is not a symbolic link (a
 	// directory holding a model, say); it is left as it is.
 	ErrNotLink = errors.New("not a symbolic link")
+	// ErrUnverified: SwitchLink was asked to switch a link to a directory that does not hold a
+	// whole version: its pull did not complete, a file is missing or has another size than the
+	// version's, or there is no record of a completed pull into it. The link is left as it is.
+	ErrUnverified = errors.New("not a whole version")
 	// ErrChanged: Client.Push found a source file written to (size or modification time changed)
 	// while it was pushed. Nothing was published: the server verifies every chunk against the
 	// digest offered for it, and a file read while written would mix two contents.

@@ -42,6 +42,8 @@ type LinkResult struct {
 	Previous string
 	// Removed lists the old version directories removed (see LinkOptions.Keep).
 	Removed []string
+	// Unchanged: SwitchLink found the link pointing to the directory already and did nothing.
+	Unchanged bool
 }
 
 // Names inside a versions directory that no model name can take ('+' is not allowed in names):
@@ -63,9 +65,12 @@ const (
 // resume.
 //
 // Afterwards version directories PullLink created beyond opts.Keep are removed, the oldest switched
-// to first, never the one a link points to, its previous target, or one a pull is writing into; a
-// version directory never switched to (a pull that did not complete) is removed by a later switch
-// that began after it was created. Nothing PullLink did not create is removed.
+// to first, never the one a link points to, its previous target, one a pull is writing into or
+// reading chunks from, or one SwitchLink is switching to; a version directory never switched to (a
+// pull that did not complete) is removed by a later switch that began after it was created.
+// Nothing PullLink did not create is removed. The versions directory's bookkeeping records each
+// version directory a pull completed, with its files' sizes and sha256, so SwitchLink can switch
+// the link back to one without the registry.
 //
 // If link exists and is not a symbolic link (a directory with the model in it) the error wraps
 // ErrNotLink and nothing is done. Two PullLinks switching one link both complete, and the link
@@ -136,7 +141,9 @@ func (c *Client) PullLink(ctx context.Context, ref, link string, opts LinkOption
 
 	// Create (and record) the version directory and lock it under the versions directory's lock,
 	// which a prune holds: it cannot then remove the directory before this pull has it locked, and
-	// skips it after.
+	// skips it after. The directory the link points to, a source of chunks, is locked shared under
+	// it too: two other switches of the link could otherwise make it neither the link's target nor
+	// its previous one, and prune it while this pull reads from it.
 	unlockRoot, err := lockDirWait(root)
 	if err != nil {
 		return res, err
@@ -156,23 +163,40 @@ func (c *Client) PullLink(ctx context.Context, ref, link string, opts LinkOption
 				return res, err
 			}
 		}
-	} else if err := os.MkdirAll(res.Dir, 0o755); err != nil {
+	} else {
+		if err := os.MkdirAll(res.Dir, 0o755); err != nil {
+			unlockRoot()
+			return res, err
+		}
+		// The caller's directory may hold another version, recorded as whole: no more, once
+		// this pull starts moving its files in one after another.
+		if d := st.find(filepath.ToSlash(res.Dir)); d != nil && (d.Name != info.Name || d.Version != info.Version) {
+			st.forget(d.Dir)
+			if err := st.save(root); err != nil {
+				unlockRoot()
+				return res, err
+			}
+		}
+	}
+	unlockDir, err := lockPullDir(res.Dir)
+	if err != nil {
 		unlockRoot()
 		return res, err
 	}
-	unlockDir, err := lockPullDir(res.Dir)
-	unlockRoot()
-	if err != nil {
-		return res, err
-	}
 	defer unlockDir() // held until the link is switched: a prune skips the directory meanwhile
-
 	var seeds []string
 	if cur := linkPath(link); cur != "" && !opts.NoDelta {
 		if a, b := linkTarget(link), dirInfo(res.Dir); a != nil && b != nil && !os.SameFile(a, b) {
-			seeds = append(seeds, cur)
+			// A pull writing into it (a repair of the served version) holds it exclusively: its
+			// files are then not a source this pull can count on.
+			if unlockSeed, ok, err := tryLockShared(cur); err == nil && ok {
+				defer unlockSeed()
+				seeds = append(seeds, cur)
+			}
 		}
 	}
+	unlockRoot()
+
 	if err := c.pullInto(ctx, res.Dir, seeds, files, opts.PullOptions, &res.PullResult); err != nil {
 		return res, err
 	}
@@ -190,26 +214,54 @@ func (c *Client) PullLink(ctx context.Context, ref, link string, opts LinkOption
 			break
 		}
 	}
-	if err := ctx.Err(); err != nil {
-		return res, err // interrupted: the link stays where it was
-	}
-	trash, err := c.switchLink(link, root, rel, startGen, opts.Keep, &res)
+	trash, err := switchLink(ctx, link, root, rel, files, startGen, opts.Keep, &res)
 	for _, d := range trash {
 		_ = os.RemoveAll(d) // outside the lock: removing gigabytes takes a while
 	}
 	return res, err
 }
 
-// switchLink points link at res.Dir and prunes the versions directory root, under root's lock.
-// rel is res.Dir's name in root, "" if it is not one of root's. It returns the directories moved
-// aside for removal.
-func (c *Client) switchLink(link, root, rel string, startGen uint64, keep int, res *LinkResult) (trash []string, err error) {
+// switchLink records res.Dir as holding the whole version (files, verified by the pull), points
+// link at it unless ctx is done, and prunes the versions directory root, under root's lock. rel is
+// res.Dir's name in root, "" if it is not one of root's. It returns the directories moved aside
+// for removal.
+func switchLink(ctx context.Context, link, root, rel string, files []File, startGen uint64, keep int, res *LinkResult) (trash []string, err error) {
 	unlock, err := lockDirWait(root)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	// Leftovers of a removal a crash cut short: named so only PullLink creates them.
+	trash = removingLeftovers(root)
+	st := loadLinkState(root)
+	key := filepath.ToSlash(rel)
+	if rel == "" {
+		key = filepath.ToSlash(res.Dir)
+	}
+	// Recorded before the switch: a switch that does not happen (cancelled, or the link became a
+	// directory) leaves a whole version that SwitchLink can switch to later.
+	st.complete(key, res.Info, files)
+	if err := ctx.Err(); err != nil {
+		return trash, errors.Join(err, st.save(root)) // interrupted: the link stays where it was
+	}
+	res.Target, res.Previous, err = replaceLink(link, res.Dir)
+	if err != nil {
+		return trash, errors.Join(err, st.save(root))
+	}
+	st.Gen++
+	st.switched(key, st.Gen)
+	st.setPrevious(link, res.Previous)
+	moved := st.prune(root, startGen, keep)
+	for _, m := range moved {
+		res.Removed = append(res.Removed, filepath.Join(root, filepath.FromSlash(m.from)))
+		trash = append(trash, m.to)
+	}
+	return trash, st.save(root)
+}
+
+// removingLeftovers returns the directories in root that a removal a crash cut short left: named so
+// only PullLink creates them. The caller holds root's lock.
+func removingLeftovers(root string) []string {
+	var trash []string
 	if ents, err := os.ReadDir(root); err == nil {
 		for _, e := range ents {
 			if strings.HasPrefix(e.Name(), removingPrefix) {
@@ -217,14 +269,22 @@ func (c *Client) switchLink(link, root, rel string, startGen uint64, keep int, r
 			}
 		}
 	}
+	return trash
+}
+
+// replaceLink points link at dir atomically: a new symbolic link beside it renamed over it, then
+// the link's directory fsynced. target is what the link holds (dir relative to the link's
+// directory when under it), previous the directory it pointed to before ("" if none, or dir). The
+// caller holds the lock of the versions directory.
+func replaceLink(link, dir string) (target, previous string, err error) {
 	if err := checkLink(link); err != nil {
-		return trash, err
+		return "", "", err
 	}
 	parent := filepath.Dir(link)
 	prev, prevInfo := linkPath(link), linkTarget(link)
-	res.Target = res.Dir
-	if r, err := filepath.Rel(parent, res.Dir); err == nil && filepath.IsLocal(r) {
-		res.Target = r
+	target = dir
+	if r, err := filepath.Rel(parent, dir); err == nil && filepath.IsLocal(r) {
+		target = r
 	}
 	// A temporary link a crash left between its creation and its rename: hidden, but beside the
 	// link, where a server scanning the directory would see it.
@@ -237,42 +297,23 @@ func (c *Client) switchLink(link, root, rel string, startGen uint64, keep int, r
 		}
 	}
 	tmp := filepath.Join(parent, shortName(tmpPrefix+randomHex()))
-	if err := os.Symlink(res.Target, tmp); err != nil {
-		return trash, err
+	if err := os.Symlink(target, tmp); err != nil {
+		return target, "", err
 	}
 	if err := os.Rename(tmp, link); err != nil {
 		_ = os.Remove(tmp)
 		if errors.Is(err, syscall.EISDIR) || errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
-			return trash, fmt.Errorf("%w: %s became a directory: %v", ErrNotLink, link, err)
+			return target, "", fmt.Errorf("%w: %s became a directory: %v", ErrNotLink, link, err)
 		}
-		return trash, err
+		return target, "", err
+	}
+	if cur := dirInfo(dir); prevInfo != nil && (cur == nil || !os.SameFile(prevInfo, cur)) {
+		previous = prev
 	}
 	if err := syncDir(parent); err != nil {
-		return trash, fmt.Errorf("%s points to %s, but syncing %s failed (a crash may undo the switch): %w", link, res.Dir, parent, err)
+		return target, previous, fmt.Errorf("%s points to %s, but syncing %s failed (a crash may undo the switch): %w", link, dir, parent, err)
 	}
-	if cur := dirInfo(res.Dir); prevInfo != nil && (cur == nil || !os.SameFile(prevInfo, cur)) {
-		res.Previous = prev
-	}
-
-	st := loadLinkState(root)
-	st.Gen++
-	if rel != "" {
-		st.switched(filepath.ToSlash(rel), st.Gen)
-	}
-	if st.Links == nil {
-		st.Links = map[string]string{}
-	}
-	if res.Previous != "" {
-		st.Links[link] = res.Previous
-	} else if _, ok := st.Links[link]; !ok {
-		st.Links[link] = ""
-	}
-	moved := st.prune(root, startGen, keep)
-	for _, m := range moved {
-		res.Removed = append(res.Removed, filepath.Join(root, filepath.FromSlash(m.from)))
-		trash = append(trash, m.to)
-	}
-	return trash, st.save(root)
+	return target, previous, nil
 }
 
 // within reports whether p is dir or inside it, by their names.
@@ -363,9 +404,10 @@ func randomHex() string {
 }
 
 // linkState is the bookkeeping of a versions directory, in its linkStateFile: which version
-// directories PullLink created (only those are ever removed), when a link was last switched to each,
-// and the links switched from it with their previous targets. Gen is a counter, not a clock: edge
-// devices often boot with the wrong time.
+// directories PullLink created (only those are ever removed) or pulled into, which of them hold a
+// whole version and its files (what SwitchLink checks before switching to one), when a link was
+// last switched to each, and the links switched from it with their previous targets. Gen is a
+// counter, not a clock: edge devices often boot with the wrong time.
 type linkState struct {
 	Gen   uint64            `json:"gen"`
 	Dirs  []linkStateDir    `json:"dirs"`
@@ -373,9 +415,35 @@ type linkState struct {
 }
 
 type linkStateDir struct {
-	Dir      string `json:"dir"`                // relative to the versions directory, slash-separated
+	// Dir is relative to the versions directory, slash-separated; or absolute, for a directory
+	// elsewhere (LinkOptions.Dir).
+	Dir string `json:"dir"`
+	// Own marks a directory PullLink did not create (the caller's, or one it found in place):
+	// recorded so a link can be switched back to it, never removed.
+	Own      bool   `json:"own,omitempty"`
 	Created  uint64 `json:"created"`            // Gen when PullLink created it
 	Switched uint64 `json:"switched,omitempty"` // Gen when a link was last switched to it; 0: never
+	// Complete: a pull verified and fsynced the whole version Name:Version into it, and Files are
+	// its files. Until then (a pull that did not complete) the directory is no switch's target.
+	Complete bool         `json:"complete,omitempty"`
+	Name     string       `json:"name,omitempty"`
+	Version  string       `json:"version,omitempty"`
+	Files    []linkedFile `json:"files,omitempty"`
+}
+
+// linkedFile is a file of a version directory as the pull that completed it verified it.
+type linkedFile struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	SHA256 Digest `json:"sha256"`
+}
+
+// path returns where d is, root being the versions directory.
+func (d *linkStateDir) path(root string) string {
+	if p := filepath.FromSlash(d.Dir); filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(root, filepath.FromSlash(d.Dir))
 }
 
 // loadLinkState reads root's bookkeeping. A missing or unreadable file is an empty one: what it
@@ -434,9 +502,41 @@ func (st *linkState) created(rel string, gen uint64) {
 	st.Dirs = append(st.Dirs, linkStateDir{Dir: rel, Created: gen})
 }
 
-func (st *linkState) switched(rel string, gen uint64) {
-	if d := st.find(rel); d != nil {
+func (st *linkState) switched(key string, gen uint64) {
+	if d := st.find(key); d != nil {
 		d.Switched = gen
+	}
+}
+
+// complete records that the directory key (as in linkStateDir.Dir) holds the whole version info,
+// with files. A directory not recorded yet was not created by PullLink: it is recorded as Own.
+func (st *linkState) complete(key string, info ModelInfo, files []File) {
+	d := st.find(key)
+	if d == nil {
+		st.Dirs = append(st.Dirs, linkStateDir{Dir: key, Own: true, Created: st.Gen})
+		d = &st.Dirs[len(st.Dirs)-1]
+	}
+	d.Complete, d.Name, d.Version, d.Files = true, info.Name, info.Version, make([]linkedFile, 0, len(files))
+	for _, f := range files {
+		d.Files = append(d.Files, linkedFile{Path: f.Path, Size: f.Size, SHA256: f.SHA256})
+	}
+}
+
+// forget drops the record of the directory key.
+func (st *linkState) forget(key string) {
+	st.Dirs = slices.DeleteFunc(st.Dirs, func(d linkStateDir) bool { return d.Dir == key })
+}
+
+// setPrevious records the directory link pointed to before its last switch ("" keeps the one
+// recorded: the link pointed nowhere, or already to the new target).
+func (st *linkState) setPrevious(link, previous string) {
+	if st.Links == nil {
+		st.Links = map[string]string{}
+	}
+	if previous != "" {
+		st.Links[link] = previous
+	} else if _, ok := st.Links[link]; !ok {
+		st.Links[link] = ""
 	}
 }
 
@@ -469,10 +569,14 @@ func (st *linkState) prune(root string, startGen uint64, keep int) []movedDir {
 	var moved []movedDir
 	switchedSeen := 0
 	for _, d := range dirs {
-		path := filepath.Join(root, filepath.FromSlash(d.Dir))
+		path := d.path(root)
 		fi := dirInfo(path)
 		if fi == nil {
 			continue // removed by someone else: forget it
+		}
+		if d.Own {
+			kept = append(kept, d)
+			continue
 		}
 		if d.Switched > 0 {
 			switchedSeen++
@@ -486,7 +590,7 @@ func (st *linkState) prune(root string, startGen uint64, keep int) []movedDir {
 		}
 		unlock, ok, err := tryLockDir(path)
 		if err != nil || !ok {
-			kept = append(kept, d) // a pull is writing into it
+			kept = append(kept, d) // a pull is writing into it or reading from it, or a switch checks it
 			continue
 		}
 		to := filepath.Join(root, removingPrefix+randomHex())

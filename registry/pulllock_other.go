@@ -8,4 +8,6 @@ func lockPullDir(string) (func(), error) { return func() {}, nil }
 
 func tryLockDir(string) (func(), bool, error) { return func() {}, true, nil }
 
+func tryLockShared(string) (func(), bool, error) { return func() {}, true, nil }
+
 func lockDirWait(string) (func(), error) { return func() {}, nil }

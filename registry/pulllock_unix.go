@@ -18,7 +18,7 @@ func lockPullDir(dir string) (unlock func(), err error) {
 		return nil, err
 	}
 	if !ok {
-		return nil, fmt.Errorf("%w: another pull is writing into %s; wait for it or pull elsewhere", ErrBusy, dir)
+		return nil, fmt.Errorf("%w: another pull is writing into %s, or reading chunks from it; wait for it or pull elsewhere", ErrBusy, dir)
 	}
 	return unlock, nil
 }
@@ -38,6 +38,25 @@ func tryLockDir(dir string) (unlock func(), ok bool, err error) {
 		// A filesystem without flock (some network mounts answer ENOLCK or EOPNOTSUPP): pulling
 		// unguarded is what happened before there was a lock, better than not pulling at all.
 		return func() {}, true, nil
+	}
+	return func() { f.Close() }, true, nil
+}
+
+// tryLockShared takes a shared, non-blocking flock on the directory dir: a pull reading chunks from
+// it (the version a link pointed to) or a switch to it holds one, so a prune (which needs
+// tryLockDir's exclusive lock) leaves the directory alone and no pull writes into it meanwhile.
+// ok is false if a pull is writing into it. Shared locks do not exclude each other.
+func tryLockShared(dir string) (unlock func(), ok bool, err error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if err == syscall.EWOULDBLOCK {
+			return nil, false, nil
+		}
+		return func() {}, true, nil // no flock here: as in tryLockDir
 	}
 	return func() { f.Close() }, true, nil
 }

@@ -112,7 +112,7 @@ func newModelCmd(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "model", Short: "Push, pull and manage versioned models"}
 	cmd.AddCommand(newModelPushCmd(g), newModelPullCmd(g), newModelLsCmd(g), newModelShowCmd(g), newModelRmCmd(g),
 		newModelTagCmd(g), newModelUntagCmd(g), newModelPinCmd(g, true), newModelPinCmd(g, false), newModelVerifyCmd(g),
-		newModelWatchCmd(g))
+		newModelWatchCmd(g), newModelSwitchCmd())
 	return cmd
 }
 
@@ -190,8 +190,8 @@ With --link PATH, the version is pulled into a directory of its own (--versions 
 by default beside PATH in .<PATH's name>.versions, or -o DIR), reusing the chunks of the version PATH
 points to, and then the symbolic link PATH is switched to it atomically: a serving process reading
 through PATH sees the old version or the new one, never a mix. The previous version's directory is
-kept (pulling it again switches back without a download); older ones this command created are
-removed (--keep). A PATH that exists and is not a symbolic link is refused.`,
+kept ("model switch --link PATH --previous" switches back, without the registry); older ones this
+command created are removed (--keep). A PATH that exists and is not a symbolic link is refused.`,
 		Args: refArgs(1, 1),
 		PreRunE: func(cmd *cobra.Command, args []string) error {
 			if out == "" && link == "" {
@@ -276,6 +276,182 @@ func (e *notLinkError) ExitCode() int { return exitError }
 func (e *notLinkError) Hint() string {
 	l := strings.TrimSuffix(e.link, "/")
 	return fmt.Sprintf("to keep serving it and reuse its files: mv %[1]s %[1]s.orig && ln -s %[2]s.orig %[1]s, then pull again (buffdbd never removes %[1]s.orig)",
+		l, filepath.Base(l))
+}
+
+func newModelSwitchCmd() *cobra.Command {
+	var link, versions string
+	var previous, list, asJSON, verify, force bool
+	cmd := &cobra.Command{
+		Use:   "switch --link <PATH> (<NAME:VERSION> | --previous | --list)",
+		Short: "Switch a --link PATH to a version kept beside it (a rollback), without the registry",
+		Long: `Switch points the symbolic link PATH, which "model pull --link" manages, at a version directory
+it kept (--keep), atomically and under the same lock as a pull's switch. It reads nothing but the
+versions directory: no daemon, store or network is needed, so a device can roll back while its link
+is down. --previous switches to what PATH pointed to before its last switch; run twice, it switches
+forward again (like "cd -"). --list shows the versions PATH can be switched to.
+
+A directory is switched to only if a pull completed it: the pull records the version's files with
+their sizes and sha256 once it has verified them, and switch checks that every file is there with
+its size (--verify: re-hashes them). A directory whose pull did not complete, with a missing or
+truncated file, or that a pull is writing into, is refused and PATH is left as it is. A directory
+without a record (the one PATH pointed to before its first --link pull) needs --force.`,
+		Args: rangeArgs(0, 1),
+		PreRunE: func(cmd *cobra.Command, args []string) error {
+			if link == "" {
+				return usagef("--link is required")
+			}
+			n := len(args)
+			for _, b := range []bool{previous, list} {
+				if b {
+					n++
+				}
+			}
+			if n != 1 {
+				return usagef("give exactly one of NAME:VERSION, --previous or --list")
+			}
+			if asJSON && !list {
+				return usagef("--json goes with --list")
+			}
+			if list && (verify || force) {
+				return usagef("--verify and --force go with a switch, not --list")
+			}
+			if len(args) == 1 {
+				r, err := registry.ParseRef(args[0])
+				if err != nil {
+					return usagef("%v", err)
+				}
+				if r.Version == "" {
+					return usagef("%q: switch takes NAME:VERSION; an alias (or a bare name, its latest) needs the registry: pull it with --link", args[0])
+				}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			w := cmd.OutOrStdout()
+			if list {
+				vs, err := registry.LinkVersions(link, versions)
+				if err != nil {
+					return switchErr(link, err)
+				}
+				if asJSON {
+					return printJSON(w, linkVersionsJSON(vs))
+				}
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "VERSION\tFILES\tSIZE\tLINK\tDIR\tSWITCHABLE")
+				for _, v := range vs {
+					ver, files, size := "-", "-", "-"
+					if v.Name != "" {
+						ver, files, size = v.Name+":"+v.Version, strconv.Itoa(v.Files), ibytes(v.Bytes)
+					}
+					role := "-"
+					if v.Current {
+						role = "current"
+					} else if v.Previous {
+						role = "previous"
+					}
+					ok := "yes"
+					if v.Problem != "" {
+						ok = "no: " + v.Problem
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ver, files, size, role, v.Dir, ok)
+				}
+				return tw.Flush()
+			}
+			opts := registry.SwitchOptions{VersionsDir: versions, Verify: verify, Force: force}
+			if len(args) == 1 {
+				opts.Ref = args[0]
+			}
+			res, err := registry.SwitchLink(cmd.Context(), link, opts)
+			if err != nil {
+				return switchErr(link, err)
+			}
+			what := res.Dir
+			if res.Info.Name != "" {
+				what = fmt.Sprintf("%s:%s (%d files, %s)", res.Info.Name, res.Info.Version, res.Files, ibytes(res.Bytes))
+			}
+			if res.Unchanged {
+				fmt.Fprintf(w, "%s already points to %s: %s\n", link, res.Target, what)
+				return nil
+			}
+			prev := ""
+			if res.Previous != "" {
+				prev = " (was " + res.Previous + ")"
+			}
+			fmt.Fprintf(w, "switched to %s\n%s -> %s%s\n", what, link, res.Target, prev)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&link, "link", "", "the symbolic link to switch (as given to model pull --link)")
+	f.StringVar(&versions, "versions", "", "the versions directory the pulls used (default: .<link name>.versions beside the link)")
+	f.BoolVar(&previous, "previous", false, "switch to the directory the link pointed to before its last switch")
+	f.BoolVar(&list, "list", false, "list the versions the link can be switched to, and whether each is whole")
+	f.BoolVar(&asJSON, "json", false, "with --list: print JSON")
+	f.BoolVar(&verify, "verify", false, "re-hash the version's files against their sha256 before switching (slower; sizes are always checked)")
+	f.BoolVar(&force, "force", false, "switch to a directory without a record of a completed pull (one buffdbd did not pull)")
+	return cmd
+}
+
+// linkVersionJSON is a kept version as switch --list --json prints it; name and version are ""
+// for a directory without a record.
+type linkVersionJSON struct {
+	Name     string `json:"name"`
+	Version  string `json:"version"`
+	Dir      string `json:"dir"`
+	Current  bool   `json:"current"`
+	Previous bool   `json:"previous"`
+	Files    int    `json:"files"`
+	Bytes    int64  `json:"bytes"`
+	Recorded bool   `json:"recorded"`
+	Problem  string `json:"problem"` // why switch would refuse it; "" if it would not
+}
+
+func linkVersionsJSON(vs []registry.LinkVersion) []linkVersionJSON {
+	out := []linkVersionJSON{}
+	for _, v := range vs {
+		out = append(out, linkVersionJSON{Name: v.Name, Version: v.Version, Dir: v.Dir, Current: v.Current, Previous: v.Previous,
+			Files: v.Files, Bytes: v.Bytes, Recorded: v.Recorded, Problem: v.Problem})
+	}
+	return out
+}
+
+// switchError reports a refused switch with a hint: what can be switched to, and the manual
+// switch as a last resort.
+type switchError struct {
+	link string
+	err  error
+}
+
+func switchErr(link string, err error) error {
+	if errors.Is(err, registry.ErrNotLink) {
+		return &notLinkError{link: link, err: err}
+	}
+	return &switchError{link: link, err: err}
+}
+
+func (e *switchError) Error() string { return e.err.Error() }
+func (e *switchError) Unwrap() error { return e.err }
+
+// ExitCode is exitNotFound for a version or previous target there is no directory of, else
+// exitError.
+func (e *switchError) ExitCode() int {
+	if errors.Is(e.err, registry.ErrNotFound) {
+		return exitNotFound
+	}
+	return exitError
+}
+
+// Hint points at --list, and at the manual switch (a rename, as the command does) as a last resort.
+func (e *switchError) Hint() string {
+	switch {
+	case errors.Is(e.err, context.Canceled):
+		return ""
+	case errors.Is(e.err, registry.ErrBusy):
+		return "a pull is still writing into it; switch once it has finished (or stop it)"
+	}
+	l := strings.TrimSuffix(e.link, "/")
+	return fmt.Sprintf("see what can be switched to: buffdbd model switch --link %[1]s --list; to switch by hand, in the directory holding %[2]s: ln -s DIR %[2]s.new && mv -T %[2]s.new %[2]s",
 		l, filepath.Base(l))
 }
 
