@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -90,9 +91,12 @@ type engine struct {
 	limiter *rate.Limiter
 	obs     Observer
 	log     *slog.Logger
-	dir     string // staging directory of this commit
-	repo    string
-	commit  string
+	// rangeless holds the hosts found ignoring Range requests in this fetch (host → true): the
+	// next files from them start as a single stream.
+	rangeless sync.Map
+	dir       string // staging directory of this commit
+	repo      string
+	commit    string
 }
 
 func newEngine(c *Client, o EngineOptions, obs Observer, dir, repo, commit string) *engine {
@@ -335,6 +339,13 @@ func (e *engine) download(ctx context.Context, t *task) error {
 // fetches everything still missing (fetchRange with r == nil). The layout and the journal stay as
 // they are: the stream writes each range's bytes in order, from the range's written offset on.
 func (e *engine) fetchRanges(ctx context.Context, src *source, f *os.File, sy *syncer, ranges []*byteRange, t *task) error {
+	if len(ranges) > 1 && firstMissing(ranges) >= 0 {
+		// Resolved before the first range rather than by it, to know the host (singleIfKnown).
+		if _, _, err := src.get(ctx, -1); err != nil {
+			return err
+		}
+		src.singleIfKnown()
+	}
 	rg, rctx := errgroup.WithContext(ctx)
 	for _, r := range ranges {
 		if r.written.Load() == r.end-r.start {
@@ -343,7 +354,7 @@ func (e *engine) fetchRanges(ctx context.Context, src *source, f *os.File, sy *s
 		if src.isSingle() || e.sem.Acquire(rctx, 1) != nil {
 			break
 		}
-		if src.isSingle() {
+		if src.singleIfKnown(); src.isSingle() {
 			e.sem.Release(1)
 			break
 		}
@@ -701,11 +712,37 @@ func (s *source) noteRange(honoured bool, host string) (consistent bool) {
 	if s.isSingle() || len(s.t.ranges) < 2 {
 		return true
 	}
+	s.switchLocked()
+	if _, known := s.e.rangeless.LoadOrStore(host, true); !known {
+		s.e.log.Warn("the server ignores Range requests: downloading files from it in a single stream each, without parallel connections",
+			"file", s.t.path, "host", host, "size", s.t.file.Size)
+	}
+	return true
+}
+
+// singleIfKnown switches a file of several ranges to a single stream before its first request when
+// another file of this fetch found its host ignoring Range requests: the first wave of requests
+// would only be thrown away again, and a proxy may fetch the whole file upstream for each.
+func (s *source) singleIfKnown() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.isSingle() || len(s.t.ranges) < 2 || s.loc.URL == "" {
+		return
+	}
+	u, err := url.Parse(s.loc.URL)
+	if err != nil {
+		return
+	}
+	if _, known := s.e.rangeless.Load(u.Host); known {
+		s.switchLocked()
+		s.e.log.Debug("downloading in a single stream: the server ignores Range requests", "file", s.t.path, "host", u.Host)
+	}
+}
+
+// switchLocked switches the file to a single stream; s.mu is held.
+func (s *source) switchLocked() {
 	close(s.single)
 	s.t.singleStream.Store(true)
-	s.e.log.Warn("the server ignores Range requests: downloading the file in a single stream, without parallel connections",
-		"file", s.t.path, "host", host, "size", s.t.file.Size)
-	return true
 }
 
 // isSingle reports whether the file has switched to a single stream.

@@ -200,3 +200,26 @@ func TestEngine_RangeIgnoredOnce(t *testing.T) {
 		t.Fatalf("the resume was served %d bytes for the %d missing, want ≤ %d", served, size-tk.resumed, limit)
 	}
 }
+
+// TestEngine_RangelessHostRemembered: once a file of a fetch found its server ignoring Range, the
+// next files from that host start as a single stream, without a first wave of range requests
+// thrown away.
+func TestEngine_RangelessHostRemembered(t *testing.T) {
+	fx := newEngineFixture(t, map[string]int{"a.bin": rangelessSize, "b.bin": rangelessSize}, map[string]bool{"a.bin": true, "b.bin": true})
+	fx.hub.IgnoreRanges(true, false)
+	e := newEngine(fx.client, rangelessOpts, nil, t.TempDir(), fx.repo, fx.commit)
+	for i, p := range []string{"a.bin", "b.bin"} {
+		before := fx.hub.RangesIgnored()
+		tk := newTask(fx.file(t, p), p, e.finalPath(p))
+		if err := e.download(context.Background(), tk); err != nil {
+			t.Fatal(err)
+		}
+		fx.assertFile(t, tk, p)
+		if !tk.singleStream.Load() {
+			t.Fatalf("%s is not marked as downloaded in a single stream", p)
+		}
+		if got := fx.hub.RangesIgnored() - before; i == 1 && got != 0 {
+			t.Fatalf("%s: %d range requests answered whole, want none: its host was known to ignore them", p, got)
+		}
+	}
+}

@@ -3,7 +3,8 @@
 // Range support), behaving like the real Hub as documented in issue 4 — relative 307s, absolute
 // 302s carrying X-Linked-* headers, X-Error-Code errors, gated and private repositories, tree
 // pagination with Link headers — plus fault injection (429s, cut connections, stalls, corrupted
-// bytes, expired signatures, per-connection throttling) and counters of what was served.
+// bytes, expired signatures, per-connection throttling, misbehaving caches, servers without Range
+// support) and counters of what was served.
 package hubtest
 
 import (
