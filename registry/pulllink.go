@@ -163,20 +163,9 @@ func (c *Client) PullLink(ctx context.Context, ref, link string, opts LinkOption
 				return res, err
 			}
 		}
-	} else {
-		if err := os.MkdirAll(res.Dir, 0o755); err != nil {
-			unlockRoot()
-			return res, err
-		}
-		// The caller's directory may hold another version, recorded as whole: no more, once
-		// this pull starts moving its files in one after another.
-		if d := st.find(filepath.ToSlash(res.Dir)); d != nil && (d.Name != info.Name || d.Version != info.Version) {
-			st.forget(d.Dir)
-			if err := st.save(root); err != nil {
-				unlockRoot()
-				return res, err
-			}
-		}
+	} else if err := os.MkdirAll(res.Dir, 0o755); err != nil {
+		unlockRoot()
+		return res, err
 	}
 	unlockDir, err := lockPullDir(res.Dir)
 	if err != nil {
@@ -184,20 +173,32 @@ func (c *Client) PullLink(ctx context.Context, ref, link string, opts LinkOption
 		return res, err
 	}
 	defer unlockDir() // held until the link is switched: a prune skips the directory meanwhile
+	// The caller's directory may hold another version, recorded as whole: no more, once this pull
+	// starts moving its files in one after another.
+	if d := st.find(filepath.ToSlash(res.Dir)); rel == "" && d != nil && (d.Name != info.Name || d.Version != info.Version) {
+		st.forget(d.Dir)
+		if err := st.save(root); err != nil {
+			unlockRoot()
+			return res, err
+		}
+	}
 	var seeds []string
+	unlockSeed := func() {}
 	if cur := linkPath(link); cur != "" && !opts.NoDelta {
 		if a, b := linkTarget(link), dirInfo(res.Dir); a != nil && b != nil && !os.SameFile(a, b) {
 			// A pull writing into it (a repair of the served version) holds it exclusively: its
 			// files are then not a source this pull can count on.
-			if unlockSeed, ok, err := tryLockShared(cur); err == nil && ok {
-				defer unlockSeed()
+			if unlock, ok, err := tryLockShared(cur); err == nil && ok {
+				unlockSeed = unlock
 				seeds = append(seeds, cur)
 			}
 		}
 	}
 	unlockRoot()
 
-	if err := c.pullInto(ctx, res.Dir, seeds, files, opts.PullOptions, &res.PullResult); err != nil {
+	err = c.pullInto(ctx, res.Dir, seeds, files, opts.PullOptions, &res.PullResult)
+	unlockSeed() // read from no more: this pull's own switch may prune it
+	if err != nil {
 		return res, err
 	}
 	// The files and the directories they were renamed into are synced; the version directory's
