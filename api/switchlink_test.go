@@ -347,3 +347,81 @@ func TestSwitchLink_Refuses(t *testing.T) {
 	}
 	assertTree(t, link+"/", map[string][]byte{"a.bin": []byte("the user's")})
 }
+
+// TestSwitchLink_FindsVersionsDir: pulls that used a versions directory of their own are switched
+// back without naming it again (found from the link's target), or naming it.
+func TestSwitchLink_FindsVersionsDir(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	vs := linkVersions(t, e, "A", "B")
+	link := filepath.Join(t.TempDir(), "m")
+	versions := filepath.Join(t.TempDir(), "store", "versions")
+	ra := pullLink(t, e, "m:A", link, registry.LinkOptions{VersionsDir: versions})
+	pullLink(t, e, "m:B", link, registry.LinkOptions{VersionsDir: versions})
+	stopRegistry(t, e)
+	res, err := registry.SwitchLink(context.Background(), link, registry.SwitchOptions{})
+	if err != nil || res.Dir != ra.Dir {
+		t.Fatalf("switch back without the versions directory: %s, %v; want %s", res.Dir, err, ra.Dir)
+	}
+	assertTree(t, link+"/", vs["A"])
+	if _, err := registry.SwitchLink(context.Background(), link, registry.SwitchOptions{VersionsDir: versions, Ref: "m:B"}); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, link+"/", vs["B"])
+	if _, err := registry.SwitchLink(context.Background(), link, registry.SwitchOptions{VersionsDir: t.TempDir()}); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("switch with a versions directory that has no bookkeeping: %v, want ErrNotFound", err)
+	}
+}
+
+// TestSwitchLink_ThenPull: after a rollback from B to A, the next pull (C) keeps A, the version it
+// replaces, and removes B, the bad one: the prune counts the rollback as A's latest switch.
+func TestSwitchLink_ThenPull(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	vs := linkVersions(t, e, "A", "B", "C")
+	link := filepath.Join(t.TempDir(), "m")
+	ra := pullLink(t, e, "m:A", link, registry.LinkOptions{})
+	rb := pullLink(t, e, "m:B", link, registry.LinkOptions{})
+	if _, err := registry.SwitchLink(context.Background(), link, registry.SwitchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rc := pullLink(t, e, "m:C", link, registry.LinkOptions{})
+	if rc.Previous != ra.Dir || len(rc.Removed) != 1 || rc.Removed[0] != rb.Dir {
+		t.Fatalf("pull after the rollback: previous %s, removed %v; want previous %s, removed [%s]", rc.Previous, rc.Removed, ra.Dir, rb.Dir)
+	}
+	assertTree(t, link+"/", vs["C"])
+	if res, err := registry.SwitchLink(context.Background(), link, registry.SwitchOptions{}); err != nil || res.Dir != ra.Dir {
+		t.Fatalf("rollback from C: %s, %v; want %s", res.Dir, err, ra.Dir)
+	}
+	assertTree(t, link+"/", vs["A"])
+}
+
+// TestSwitchLink_OwnDir: a version pulled into the caller's directory (LinkOptions.Dir) can be
+// switched back to; once a pull of another version into it starts, it no longer can.
+func TestSwitchLink_OwnDir(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	vs := linkVersions(t, e, "A", "B")
+	link := filepath.Join(t.TempDir(), "m")
+	own := filepath.Join(t.TempDir(), "own")
+	pullLink(t, e, "m:A", link, registry.LinkOptions{Dir: own})
+	pullLink(t, e, "m:B", link, registry.LinkOptions{})
+	if res, err := registry.SwitchLink(context.Background(), link, registry.SwitchOptions{Ref: "m:A"}); err != nil || res.Dir != own {
+		t.Fatalf("switch to A in the caller's directory: %s, %v", res.Dir, err)
+	}
+	assertTree(t, link+"/", vs["A"])
+	if _, err := registry.SwitchLink(context.Background(), link, registry.SwitchOptions{Ref: "m:B"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := e.client.PullLink(ctx, "m:B", filepath.Join(t.TempDir(), "other"), registry.LinkOptions{Dir: own, VersionsDir: filepath.Dir(link) + "/.m.versions",
+		PullOptions: registry.PullOptions{NoDelta: true, Progress: func(done, total int64) {
+			if done > 0 {
+				cancel()
+			}
+		}}}); err == nil {
+		t.Fatal("the cancelled pull succeeded")
+	}
+	if _, err := registry.SwitchLink(context.Background(), link, registry.SwitchOptions{Ref: "m:A"}); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("switch to A once B is being pulled over it: %v, want ErrNotFound", err)
+	}
+	assertTree(t, link+"/", vs["B"])
+}

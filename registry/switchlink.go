@@ -16,7 +16,8 @@ import (
 // SwitchOptions configure SwitchLink.
 type SwitchOptions struct {
 	// VersionsDir is the versions directory PullLink used for the link (LinkOptions.VersionsDir);
-	// empty: its default, "."+<link's name>+".versions" beside the link.
+	// empty: its default, "."+<link's name>+".versions" beside the link, or if that holds no
+	// bookkeeping, the nearest directory above the link's target whose bookkeeping records the link.
 	VersionsDir string
 	// Ref names the kept version to switch to, "name:version" (an alias needs the registry to be
 	// resolved); empty: the directory the link pointed to before its last switch.
@@ -250,19 +251,34 @@ func problemOf(err error) string {
 	return msg
 }
 
-// linkRoot returns link as an absolute path and its versions directory (versionsDir, by default
-// PullLink's).
+// linkRoot returns link as an absolute path and its versions directory: versionsDir; else
+// PullLink's default if it has bookkeeping; else the nearest directory above the link's target with
+// bookkeeping that records the link (the pulls used a --versions the operator need not remember);
+// else PullLink's default.
 func linkRoot(link, versionsDir string) (string, string, error) {
 	link, err := filepath.Abs(link)
 	if err != nil {
 		return "", "", err
 	}
-	root := versionsDir
-	if root == "" {
-		root = filepath.Join(filepath.Dir(link), shortName("."+filepath.Base(link)+".versions"))
+	if versionsDir != "" {
+		root, err := filepath.Abs(versionsDir)
+		return link, root, err
 	}
-	root, err = filepath.Abs(root)
-	return link, root, err
+	root := filepath.Join(filepath.Dir(link), shortName("."+filepath.Base(link)+".versions"))
+	if _, err := os.Stat(filepath.Join(root, linkStateFile)); err == nil {
+		return link, root, nil
+	}
+	if t := linkPath(link); t != "" {
+		for d := filepath.Dir(t); d != filepath.Dir(d); d = filepath.Dir(d) {
+			if _, err := os.Stat(filepath.Join(d, linkStateFile)); err != nil {
+				continue
+			}
+			if _, ok := loadLinkState(d).Links[link]; ok {
+				return link, d, nil
+			}
+		}
+	}
+	return link, root, nil
 }
 
 // checkVersionDir checks that dir holds the version rec records as complete: every file present

@@ -384,7 +384,7 @@ without a record (the one PATH pointed to before its first --link pull) needs --
 	}
 	f := cmd.Flags()
 	f.StringVar(&link, "link", "", "the symbolic link to switch (as given to model pull --link)")
-	f.StringVar(&versions, "versions", "", "the versions directory the pulls used (default: .<link name>.versions beside the link)")
+	f.StringVar(&versions, "versions", "", "the versions directory the pulls used (default: .<link name>.versions beside the link, else found from the link's target)")
 	f.BoolVar(&previous, "previous", false, "switch to the directory the link pointed to before its last switch")
 	f.BoolVar(&list, "list", false, "list the versions the link can be switched to, and whether each is whole")
 	f.BoolVar(&asJSON, "json", false, "with --list: print JSON")
@@ -424,6 +424,9 @@ type switchError struct {
 }
 
 func switchErr(link string, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return err // "interrupted", as any command
+	}
 	if errors.Is(err, registry.ErrNotLink) {
 		return &notLinkError{link: link, err: err}
 	}
@@ -444,10 +447,7 @@ func (e *switchError) ExitCode() int {
 
 // Hint points at --list, and at the manual switch (a rename, as the command does) as a last resort.
 func (e *switchError) Hint() string {
-	switch {
-	case errors.Is(e.err, context.Canceled):
-		return ""
-	case errors.Is(e.err, registry.ErrBusy):
+	if errors.Is(e.err, registry.ErrBusy) {
 		return "a pull is still writing into it; switch once it has finished (or stop it)"
 	}
 	l := strings.TrimSuffix(e.link, "/")
