@@ -716,8 +716,9 @@ const ignoredRangeLimit = 2
 // noteRange records how the server answered one of the file's Range requests: with the range
 // (honoured) or with 200 and the whole body, and reports whether the server now consistently
 // ignores ranges (ignoredRangeLimit ignored answers in a row). Then a file of several ranges
-// switches to a single stream, which is logged once per file and shown in its progress; a file of
-// one range needs no switch (its own fetch is a single stream already).
+// switches to a single stream, shown in its progress, and its host is remembered (logged the first
+// time) for the fetch's next files; a file of one range needs no switch (its own fetch is a single
+// stream already).
 func (s *source) noteRange(honoured bool, host string) (consistent bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
