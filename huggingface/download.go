@@ -216,10 +216,7 @@ func (e *engine) download(ctx context.Context, t *task) error {
 	if err := os.MkdirAll(filepath.Dir(part), 0o700); err != nil {
 		return fmt.Errorf("download %s: %w", t.path, err)
 	}
-	identity := t.file.BlobID
-	if t.file.LFS != nil {
-		identity = t.file.LFS.SHA256
-	}
+	identity := fileIdentity(t.file)
 	if fi, err := os.Stat(part); errors.Is(err, os.ErrNotExist) || err == nil && fi.Size() != t.file.Size {
 		// A journal without its partial file vouches for bytes that are gone; so does one whose
 		// partial file is not the size preallocate gave it before the first record (cut short,
@@ -390,6 +387,29 @@ func firstMissing(ranges []*byteRange) int {
 		}
 	}
 	return -1
+}
+
+// fileIdentity is what a journal is bound to: the file's expected hash.
+func fileIdentity(f File) string {
+	if f.LFS != nil {
+		return f.LFS.SHA256
+	}
+	return f.BlobID
+}
+
+// resumable is how many bytes of t's file earlier runs left for this one: all of them when its
+// verified file is staged, else what its journal vouches for if its partial file is intact (see
+// download). Progress starts from it, so resumed bytes do not count as downloaded at the first
+// report.
+func (e *engine) resumable(t *task) int64 {
+	if fi, err := os.Stat(t.final); err == nil && fi.Size() == t.file.Size {
+		return t.file.Size
+	}
+	part, jpath := e.partialPaths(t.path)
+	if fi, err := os.Stat(part); err != nil || fi.Size() != t.file.Size {
+		return 0
+	}
+	return durableBytes(jpath, t.file.Size, fileIdentity(t.file))
 }
 
 // rangeSizeFor splits a file into about two ranges per connection, so every connection has work
@@ -696,8 +716,9 @@ const ignoredRangeLimit = 2
 // noteRange records how the server answered one of the file's Range requests: with the range
 // (honoured) or with 200 and the whole body, and reports whether the server now consistently
 // ignores ranges (ignoredRangeLimit ignored answers in a row). Then a file of several ranges
-// switches to a single stream, which is logged once per file and shown in its progress; a file of
-// one range needs no switch (its own fetch is a single stream already).
+// switches to a single stream, shown in its progress, and its host is remembered (logged the first
+// time) for the fetch's next files; a file of one range needs no switch (its own fetch is a single
+// stream already).
 func (s *source) noteRange(honoured bool, host string) (consistent bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -329,6 +329,18 @@ func TestEngine_ShortObject(t *testing.T) {
 			}
 		})
 	}
+	// A whole-file answer (no Range asked, or a server ignoring it) announcing fewer bytes than
+	// listed: the object is short, which no retry changes.
+	t.Run("ErrChecksumWholeBodyShort", func(t *testing.T) {
+		fx := newEngineFixture(t, map[string]int{"w.bin": 60 << 10}, map[string]bool{"w.bin": true})
+		fx.hub.Shorten("org/model", "w.bin", 10<<10)
+		o := small
+		o.Concurrency = 1 // one range: the whole file is asked for, without Range
+		_, err := fx.run(t, t.TempDir(), "w.bin", o)
+		if !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), "w.bin") {
+			t.Fatalf("err = %v, want ErrChecksum naming w.bin", err)
+		}
+	})
 	t.Run("ErrOfflineEndlessCuts", func(t *testing.T) {
 		fx := newEngineFixture(t, map[string]int{"w.bin": 64 << 10}, map[string]bool{"w.bin": true})
 		fx.hub.CutNext(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)

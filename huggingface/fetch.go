@@ -260,6 +260,11 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	if hasAlias {
 		ireq.Aliases = []string{alias}
 	}
+	for _, t := range tasks {
+		// Before the first progress report: bytes kept by an interrupted run are not progress of
+		// this one (a rate or ETA computed from them would be wildly off).
+		t.done.Store(eng.resumable(t))
+	}
 	var dlErr, impErr error
 	g.Go(func() error {
 		dlErr = f.downloadAll(gctx, eng, tasks, commit, report)

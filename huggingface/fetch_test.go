@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -566,12 +567,27 @@ func TestFetcher_ResumeAfterCancel(t *testing.T) {
 		t.Fatal("an interrupted fetch published")
 	}
 	e.hub.Throttle(0)
-	res, err := e.fetch(t, "", "hf:org/model")
+	var first *huggingface.Progress
+	var mu sync.Mutex
+	res, err := e.fetch(t, "", "hf:org/model", func(r *huggingface.Request) {
+		r.OnProgress = func(p huggingface.Progress) {
+			mu.Lock()
+			defer mu.Unlock()
+			if p.Phase == "downloading" && first == nil {
+				first = &p
+			}
+		}
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Downloaded >= int64(len(w))*3/4 {
 		t.Fatalf("resumed fetch downloaded %d of %d bytes; about half had arrived before the cancel", res.Downloaded, len(w))
+	}
+	// Progress starts from the kept bytes: counted as arriving in the first interval instead, they
+	// made the rate and ETA of a resumed fetch wildly optimistic.
+	if kept := int64(len(w)) - res.Downloaded; first == nil || first.DoneBytes != kept {
+		t.Fatalf("first progress report = %+v, want DoneBytes = the %d bytes kept", first, kept)
 	}
 	if got := pullAll(t, e.reg, "org/model", sha); !bytes.Equal(got["model.safetensors"], w) {
 		t.Fatal("resumed file differs")

@@ -58,39 +58,22 @@ func openJournal(path string, size, rangeSize, ramp int64, identity string) (j *
 		f.Close()
 		return nil, false, fmt.Errorf("read journal: %w", err)
 	}
-	tag := identityTag(identity)
-	if len(data) >= journalHeader && bytes.Equal(data[:8], journalMagic[:]) &&
-		int64(binary.LittleEndian.Uint64(data[8:])) == size && bytes.Equal(data[24:32], tag[:]) {
-		rs := int64(binary.LittleEndian.Uint64(data[16:]))
-		rp := int64(binary.LittleEndian.Uint64(data[32:]))
-		if rs > 0 && rp >= 0 && rp <= 1<<16 {
-			j.rangeSize, j.ramp = rs, rp
-			good := journalHeader
-			for off := journalHeader; off+journalRecord <= len(data); off += journalRecord {
-				rec := data[off : off+journalRecord]
-				if crc32.ChecksumIEEE(rec[:12]) != binary.LittleEndian.Uint32(rec[12:]) {
-					break // torn or garbage tail: everything before it is still valid
-				}
-				idx, n := binary.LittleEndian.Uint32(rec), int64(binary.LittleEndian.Uint64(rec[4:]))
-				if n > j.done[idx] {
-					j.done[idx] = n
-				}
-				good = off + journalRecord
-			}
-			if good != len(data) {
-				if err := f.Truncate(int64(good)); err != nil {
-					f.Close()
-					return nil, false, fmt.Errorf("truncate journal: %w", err)
-				}
-			}
-			if _, err := f.Seek(int64(good), io.SeekStart); err != nil {
+	if rs, rp, done, good, ok := parseJournal(data, size, identity); ok {
+		j.rangeSize, j.ramp, j.done = rs, rp, done
+		if good != len(data) {
+			if err := f.Truncate(int64(good)); err != nil {
 				f.Close()
-				return nil, false, err
+				return nil, false, fmt.Errorf("truncate journal: %w", err)
 			}
-			return j, false, nil
 		}
+		if _, err := f.Seek(int64(good), io.SeekStart); err != nil {
+			f.Close()
+			return nil, false, err
+		}
+		return j, false, nil
 	}
 	// New or foreign journal: start over.
+	tag := identityTag(identity)
 	var hdr [journalHeader]byte
 	copy(hdr[:], journalMagic[:])
 	binary.LittleEndian.PutUint64(hdr[8:], uint64(size))
@@ -110,6 +93,55 @@ func openJournal(path string, size, rangeSize, ramp int64, identity string) (j *
 		return nil, false, err
 	}
 	return j, true, nil
+}
+
+// parseJournal reads a journal's content for a file of the given size and identity: its range
+// layout, the durable bytes of each range, and the length of its valid prefix (a torn or garbage
+// tail is not). ok is false for a journal of another format, file or identity.
+func parseJournal(data []byte, size int64, identity string) (rangeSize, ramp int64, done map[uint32]int64, good int, ok bool) {
+	tag := identityTag(identity)
+	if len(data) < journalHeader || !bytes.Equal(data[:8], journalMagic[:]) ||
+		int64(binary.LittleEndian.Uint64(data[8:])) != size || !bytes.Equal(data[24:32], tag[:]) {
+		return 0, 0, nil, 0, false
+	}
+	rangeSize = int64(binary.LittleEndian.Uint64(data[16:]))
+	ramp = int64(binary.LittleEndian.Uint64(data[32:]))
+	if rangeSize <= 0 || ramp < 0 || ramp > 1<<16 {
+		return 0, 0, nil, 0, false
+	}
+	done = map[uint32]int64{}
+	good = journalHeader
+	for off := journalHeader; off+journalRecord <= len(data); off += journalRecord {
+		rec := data[off : off+journalRecord]
+		if crc32.ChecksumIEEE(rec[:12]) != binary.LittleEndian.Uint32(rec[12:]) {
+			break // torn or garbage tail: everything before it is still valid
+		}
+		idx, n := binary.LittleEndian.Uint32(rec), int64(binary.LittleEndian.Uint64(rec[4:]))
+		if n > done[idx] {
+			done[idx] = n
+		}
+		good = off + journalRecord
+	}
+	return rangeSize, ramp, done, good, true
+}
+
+// durableBytes is how many bytes of a file of the given size and identity the journal at path
+// vouches for, read without changing anything (0 if it is missing or foreign). It is what a
+// download will resume from, if its partial file is intact.
+func durableBytes(path string, size int64, identity string) int64 {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	rs, ramp, done, _, ok := parseJournal(data, size, identity)
+	if !ok {
+		return 0
+	}
+	var n int64
+	for i, b := range rangeLayout(size, rs, ramp) {
+		n += min(done[uint32(i)], b[1]-b[0])
+	}
+	return n
 }
 
 // record appends "range idx has n durable bytes". The caller must have fsynced those bytes.
