@@ -420,3 +420,20 @@ func TestSwitchLink_OwnDir(t *testing.T) {
 	}
 	assertTree(t, link+"/", vs["B"])
 }
+
+// TestClient_PullLink_PruneStaysInVersionsDir: bookkeeping edited (or damaged) to list a directory
+// outside the versions directory never gets it removed.
+func TestClient_PullLink_PruneStaysInVersionsDir(t *testing.T) {
+	e := startRegistry(t, registry.Options{})
+	linkVersions(t, e, "A", "B", "C")
+	parent := t.TempDir()
+	link := filepath.Join(parent, "m")
+	outside := filepath.Join(parent, "precious")
+	writeFiles(t, outside, map[string][]byte{"x": []byte("keep me")})
+	root := filepath.Join(parent, ".m.versions")
+	writeFiles(t, root, map[string][]byte{"+buffdbd-link.json": []byte(`{"gen": 5, "dirs": [{"dir": "../precious", "created": 1, "switched": 1}]}`)})
+	for _, v := range []string{"A", "B", "C"} {
+		pullLink(t, e, "m:"+v, link, registry.LinkOptions{})
+	}
+	assertTree(t, outside, map[string][]byte{"x": []byte("keep me")})
+}

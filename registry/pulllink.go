@@ -575,7 +575,9 @@ func (st *linkState) prune(root string, startGen uint64, keep int) []movedDir {
 		if fi == nil {
 			continue // removed by someone else: forget it
 		}
-		if d.Own {
+		// Only what PullLink created in root is removed: never the caller's directory, nor
+		// anything outside root a damaged or edited bookkeeping file might name.
+		if d.Own || !filepath.IsLocal(filepath.FromSlash(d.Dir)) {
 			kept = append(kept, d)
 			continue
 		}
