@@ -44,6 +44,10 @@ func streamRead[T any](ctx context.Context, db *DB, read func(ctx context.Contex
 	size func(T) int, fn func(T) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The WAL as the read starts: a log already past the limit (one big transaction, an earlier
+	// stalled read, with no write since to reset it) is not this read's doing, and on a store
+	// that is not written it stays that size, so only growth past it counts against the read.
+	start := db.walSize()
 	ch := make(chan []T, 1)
 	errc := make(chan error, 1)
 	go func() {
@@ -71,7 +75,7 @@ func streamRead[T any](ctx context.Context, db *DB, read func(ctx context.Contex
 				case <-ctx.Done():
 					return ctx.Err()
 				case <-t.C:
-					if err := db.checkStalledRead(); err != nil {
+					if err := db.checkStalledRead(start); err != nil {
 						stalled = true
 						return err
 					}
@@ -113,15 +117,24 @@ func streamRead[T any](ctx context.Context, db *DB, read func(ctx context.Contex
 	return <-errc
 }
 
+// walSize is the size of the WAL file, 0 if it cannot be read.
+func (db *DB) walSize() int64 {
+	fi, err := os.Stat(db.path + "-wal")
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
 // checkStalledRead returns ErrAborted, naming the limit, when the WAL has grown past
-// Options.StalledReadWALBytes.
-func (db *DB) checkStalledRead() error {
+// Options.StalledReadWALBytes and past start, its size when the read began.
+func (db *DB) checkStalledRead(start int64) error {
 	limit := db.opts.StalledReadWALBytes
 	if limit < 0 {
 		return nil
 	}
 	fi, err := os.Stat(db.path + "-wal")
-	if err != nil || fi.Size() <= limit {
+	if err != nil || fi.Size() <= max(limit, start) {
 		return nil
 	}
 	return fmt.Errorf("%w: read ended because its client was not taking the rows while the store's write-ahead log grew to %d MiB, "+

@@ -123,4 +123,24 @@ func TestDB_StalledRead(t *testing.T) {
 			t.Fatalf("slow consumer: %d rows, %v", n, err)
 		}
 	})
+	t.Run("SlowConsumerIdleStoreLargeWAL", func(t *testing.T) {
+		// A WAL left larger than the limit by earlier writes (a big transaction, an earlier
+		// stalled read) while no read was open is not this read's doing: on an idle store it
+		// does not grow, so a slow consumer is not cut off.
+		dir := t.TempDir()
+		db := openAt(t, dir, store.Options{Durability: store.DurabilityProcess, StalledReadWALBytes: limit})
+		for walSize(t, dir) <= limit {
+			writeKV(t, db, "big", 4000, 1024)
+		}
+		n := 0
+		err := db.Query(ctx, "SELECT key FROM kv", func([]string, []any) error {
+			if n++; n%1000 == 1 {
+				time.Sleep(30 * time.Millisecond) // several WAL checks while the read waits
+			}
+			return nil
+		})
+		if err != nil || n == 0 {
+			t.Fatalf("slow consumer on an idle store with a %d-byte WAL: %d rows, %v", walSize(t, dir), n, err)
+		}
+	})
 }
