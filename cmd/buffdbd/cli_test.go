@@ -598,4 +598,12 @@ func TestCLI_NoStore(t *testing.T) {
 		must(t, exitOK, "", "--data-dir", dir, "query", "--execute", "CREATE TABLE scratch(x)")
 		must(t, exitOK, "", "--data-dir", dir, "query", "SELECT * FROM scratch")
 	})
+	t.Run("QueryExecuteReadOnly", func(t *testing.T) {
+		// Without query_writes the Execute is refused anyway: no store is left behind for it.
+		dir := filepath.Join(t.TempDir(), "new")
+		must(t, exitError, "", "--data-dir", dir, "query", "--execute", "CREATE TABLE scratch(x)")
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Fatalf("query --execute without query_writes left %s behind (%v)", dir, err)
+		}
+	})
 }

@@ -50,9 +50,13 @@ the number of rows changed.`,
 			default:
 				return usagef("--target must be kv or blob, got %q", f.target)
 			}
+			// A write may start a store; a read of a new, empty one is a mistyped directory. So may
+			// an Execute only where it can write: without query_writes the store refuses it, and
+			// the store created for it would be left behind.
 			if f.execute {
-				// A write may start a store; a read of a new, empty one is a mistyped directory.
-				cmd.Annotations = createsStoreAnnotation
+				if cfg, _, _, err := LoadConfig(cmd.Flags()); err == nil && cfg.Store.QueryWrites {
+					cmd.Annotations = createsStoreAnnotation
+				}
 			}
 			cc, err := dial(cmd, g)
 			if err != nil {
