@@ -118,8 +118,11 @@ type task struct {
 	done  atomic.Int64
 	// resumed is what an earlier run left durable (set before downloading starts).
 	resumed int64
-	sha256  [32]byte // filled after verification
-	state   atomic.Value
+	// resent counts bytes already on disk that arrived again (a server that ignores Range sends
+	// a resumed file from its start): not progress, but downloaded all the same.
+	resent atomic.Int64
+	sha256 [32]byte // filled after verification
+	state  atomic.Value
 	// singleStream is set once the server was found to ignore Range requests for this file.
 	singleStream atomic.Bool
 	// wake wakes the readers that follow the written prefix (the hasher, an import) when a range's
@@ -1065,6 +1068,7 @@ func (e *engine) rangeAttempt(ctx context.Context, src *source, loc Location, f 
 						return nil, fmt.Errorf("%w: %w: %s: the server's bytes at offsets %d-%d differ from those kept on disk by an earlier attempt; the partial download is discarded",
 							ErrChecksum, errKeptMismatch, t.path, pos, pos+int64(m)-1)
 					}
+					t.resent.Add(int64(m))
 					p, pos = p[m:], pos+int64(m)
 					continue
 				}

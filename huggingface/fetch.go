@@ -92,7 +92,7 @@ type Result struct {
 	Alias         string // alias set to Version ("" for a commit revision or an unmappable one)
 	Files         int    // files in the version
 	Bytes         int64  // their total size
-	Downloaded    int64  // bytes downloaded by this run (not counting what an interrupted run left)
+	Downloaded    int64  // bytes downloaded by this run (not counting what an interrupted run left, unless the server sent it again)
 	Reused        int    // files not downloaded because their content was already stored
 	AlreadyHad    bool   // the commit was already complete in the registry: nothing downloaded
 	Offline       bool   // resolved from the registry without the network
@@ -279,7 +279,7 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (res Result, err error
 	})
 	g.Wait()
 	for _, t := range tasks {
-		res.Downloaded += t.done.Load() - t.resumed
+		res.Downloaded += t.done.Load() - t.resumed + t.resent.Load()
 	}
 	// A failed download fails the import that follows it; report the download's own error. An
 	// import that fails first cancels the download, whose error then only says so.

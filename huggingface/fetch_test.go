@@ -594,6 +594,39 @@ func TestFetcher_ResumeAfterCancel(t *testing.T) {
 	}
 }
 
+// TestFetcher_ResumeRangelessCountsResent: a fetch resumed from a server that ignores Range
+// receives the kept bytes again (they are compared, not rewritten); its result says they crossed
+// the link, as they did, rather than the half that was new.
+func TestFetcher_ResumeRangelessCountsResent(t *testing.T) {
+	e := newFetchEnv(t)
+	e.hub.AddRepo("org/model", hubtest.RepoOptions{})
+	w := randomBytes(31, 2<<20)
+	sha := commitFiles(e.hub, "org/model", "main", map[string][]byte{"model.safetensors": w})
+	e.hub.Throttle(1 << 20) // 4 connections × 1 MiB/s: the cancel lands mid-file
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		for e.hub.BytesServed() < int64(len(w))/2 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	if _, err := e.fetcher(t, "").Fetch(ctx, huggingface.Request{Ref: huggingface.Ref{Repo: "org/model", Revision: "main"}}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted fetch: err = %v, want context.Canceled", err)
+	}
+	e.hub.Throttle(0)
+	e.hub.IgnoreRanges(true, true)
+	res, err := e.fetch(t, "", "hf:org/model")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Downloaded != int64(len(w)) {
+		t.Fatalf("downloaded = %d bytes, want %d: the server ignoring Range sent the whole file again", res.Downloaded, len(w))
+	}
+	if got := pullAll(t, e.reg, "org/model", sha); !bytes.Equal(got["model.safetensors"], w) {
+		t.Fatal("resumed file differs")
+	}
+}
+
 // TestFetcher_ImportsWhileDownloading: the registry chunks and stores a file as its download
 // arrives, not after it; only the publish waits for the verified end.
 func TestFetcher_ImportsWhileDownloading(t *testing.T) {
