@@ -118,8 +118,8 @@ type task struct {
 	done  atomic.Int64
 	// resumed is what an earlier run left durable (set before downloading starts).
 	resumed int64
-	// resent counts bytes already on disk that arrived again (a server that ignores Range sends
-	// a resumed file from its start): not progress, but downloaded all the same.
+	// resent counts bytes an earlier run left on disk that arrived again (a server that ignores
+	// Range sends a resumed file from its start): not progress, but downloaded all the same.
 	resent atomic.Int64
 	sha256 [32]byte // filled after verification
 	state  atomic.Value
@@ -251,6 +251,7 @@ func (e *engine) download(ctx context.Context, t *task) error {
 		r := &byteRange{idx: uint32(i), start: b[0], end: b[1], complete: make(chan struct{})}
 		r.durable = min(j.done[uint32(i)], r.end-r.start)
 		r.written.Store(r.durable)
+		r.kept = r.durable
 		already += r.durable
 		if r.durable == r.end-r.start {
 			close(r.complete)
@@ -467,6 +468,7 @@ type byteRange struct {
 	start, end int64
 	written    atomic.Int64 // bytes from start written to the file (in the page cache at least)
 	durable    int64        // bytes from start fsynced and journaled; only the syncer touches it
+	kept       int64        // bytes from start an earlier run left (durable when this run began)
 	complete   chan struct{}
 }
 
@@ -1068,7 +1070,9 @@ func (e *engine) rangeAttempt(ctx context.Context, src *source, loc Location, f 
 						return nil, fmt.Errorf("%w: %w: %s: the server's bytes at offsets %d-%d differ from those kept on disk by an earlier attempt; the partial download is discarded",
 							ErrChecksum, errKeptMismatch, t.path, pos, pos+int64(m)-1)
 					}
-					t.resent.Add(int64(m))
+					if k := q.start + q.kept - pos; k > 0 {
+						t.resent.Add(min(k, int64(m))) // an earlier run's bytes, over the link again
+					}
 					p, pos = p[m:], pos+int64(m)
 					continue
 				}
