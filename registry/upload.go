@@ -70,8 +70,9 @@ type Upload struct {
 	outcome     error // of Commit; nil and !committed means abandoned
 	committed   bool
 	closed      bool
-	released    bool // Close has dropped the session from Service.live
-	drop        bool // the commit failed for good (over the budget): Close deletes the session
+	released    bool  // Close has dropped the session from Service.live
+	drop        bool  // the commit failed for good (over the budget): Close deletes the session
+	distinct    int64 // bytes of the distinct chunks offered so far
 }
 
 // UploadStats counts what an Upload moved.
@@ -306,6 +307,9 @@ func (u *Upload) offer(ctx context.Context, sum [32]byte, size int64, resume boo
 	u.cur.Chunks = append(u.cur.Chunks, ChunkRef{SHA256: sum, Size: size})
 	u.curOff += size
 	if cw == nil {
+		if err := u.overBudget(size); err != nil {
+			return false, 0, err
+		}
 		have, corrupt, err := u.s.haveChunk(ctx, sum)
 		if err != nil {
 			return false, 0, err
@@ -348,6 +352,25 @@ func (u *Upload) offer(ctx context.Context, sum [32]byte, size int64, resume boo
 		return false, 0, nil
 	}
 	return false, 0, u.enqueue(hashItem{chunk: &chunkWrite{sum: sum, size: size, written: cw.written}})
+}
+
+// overBudget adds a distinct chunk of size bytes to the version's and fails the upload for good
+// with ErrBudget once they are more than the disk budget: a version's own distinct chunks all
+// count towards it after its publish, so such a version cannot fit whatever is evicted, and
+// learning it at Commit cost the whole transfer over a link that may take hours. A version already
+// published (a repair) is left to Commit, as before.
+func (u *Upload) overBudget(size int64) error {
+	u.distinct += size
+	limit := u.s.opts.MaxBytes
+	if limit <= 0 || u.distinct <= limit || u.published != nil {
+		return nil
+	}
+	err := fmt.Errorf("%w: the distinct chunks of %s:%s alone are more than the budget of %d bytes: it cannot fit, whatever is evicted",
+		ErrBudget, u.info.Name, u.info.Version, limit)
+	u.outcome = err
+	u.drop = true // Close drops the session and collects what it holds
+	u.fail(err)
+	return err
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
