@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -287,13 +289,36 @@ func (s *registryService) Watch(req *registrypb.WatchRequest, stream registrypb.
 	return s.status("Watch", err)
 }
 
-func (s *registryService) CollectGarbage(ctx context.Context, _ *registrypb.CollectGarbageRequest) (*registrypb.CollectGarbageResponse, error) {
-	res, err := s.reg.CollectGarbage(ctx)
+func (s *registryService) CollectGarbage(ctx context.Context, req *registrypb.CollectGarbageRequest) (*registrypb.CollectGarbageResponse, error) {
+	opts := registry.GCOptions{AbandonUploads: req.AbandonUploads}
+	if req.IdleSeconds > 0 {
+		if req.IdleSeconds > uint64(math.MaxInt64/int64(time.Second)) {
+			return nil, s.status("CollectGarbage", invalid("idle_seconds %d is too large", req.IdleSeconds))
+		}
+		opts.IdleFor = time.Duration(req.IdleSeconds) * time.Second
+	}
+	if len(req.Versions) > 0 && !req.AbandonUploads {
+		return nil, s.status("CollectGarbage", invalid("versions given without abandon_uploads"))
+	}
+	for _, v := range req.Versions {
+		r, err := registry.ParseRef(v)
+		if err == nil && (r.Version == "" || r.Alias != "") {
+			err = invalid("abandon the upload of %q: want name:version", v)
+		}
+		if err != nil {
+			return nil, s.status("CollectGarbage", err)
+		}
+		opts.Versions = append(opts.Versions, r)
+	}
+	res, err := s.reg.CollectGarbageWith(ctx, opts)
 	if err != nil {
 		return nil, s.status("CollectGarbage", err)
 	}
 	return &registrypb.CollectGarbageResponse{Sessions: uint64(res.Sessions), Chunks: uint64(res.Chunks),
-		Bytes: uint64(res.Bytes), Files: uint64(res.Files), FileBytes: uint64(res.FileBytes)}, nil
+		Bytes: uint64(res.Bytes), Files: uint64(res.Files), FileBytes: uint64(res.FileBytes),
+		AbandonedSessions: uint64(res.Abandoned), PartialFiles: uint64(res.Partials), PartialBytes: uint64(res.PartialBytes),
+		KeptSessions: uint64(res.KeptSessions), LiveSessions: uint64(res.LiveSessions), KeptBytes: uint64(res.KeptBytes),
+		AbandonSupported: true}, nil
 }
 
 func (s *registryService) Verify(ctx context.Context, req *registrypb.VerifyRequest) (*registrypb.VerifyResponse, error) {

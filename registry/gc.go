@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/buffdb/buffdbd/internal/directio"
 	"github.com/buffdb/buffdbd/store"
@@ -13,48 +14,117 @@ import (
 
 // GCResult reports what CollectGarbage removed.
 type GCResult struct {
-	Sessions  int64 // expired upload sessions
-	Chunks    int64 // chunk rows no version, live session or live stream referenced
-	Bytes     int64 // their bytes
-	Files     int64 // payload files the store removed
-	FileBytes int64
+	Sessions int64 // expired upload sessions
+	// Abandoned are upload sessions dropped on request (GCOptions.AbandonUploads) before they
+	// expired, with their pins and partial files.
+	Abandoned int64
+	// KeptSessions are the upload sessions left after the run: a push is streaming to them, or
+	// they were idle for less than GCOptions.IdleFor (or no abandon was asked for). KeptBytes are
+	// the bytes of the chunks they alone hold on disk (no published version uses them).
+	KeptSessions int64
+	KeptBytes    int64
+	// LiveSessions are the kept sessions a push in this process is streaming to: never dropped.
+	LiveSessions int64
+	Chunks       int64 // chunk rows no version, live session or live stream referenced
+	Bytes        int64 // their bytes
+	Files        int64 // payload files the store removed
+	FileBytes    int64
 	// Partials are files of partly received chunks removed: those of ended sessions, and temp
 	// files a crash left.
 	Partials     int64
 	PartialBytes int64
 }
 
-// CollectGarbage removes expired upload sessions, then chunks nothing references (no published
-// version, no unexpired session, no live push or pull in this process), then asks the store to
-// remove payload files no blob references. It runs online: the decision to delete a chunk and a
-// push's decision to rely on it are serialized by pinMu, and both happen inside store
-// transactions.
+// GCOptions ask CollectGarbageWith to do more than the routine collection.
+type GCOptions struct {
+	// AbandonUploads drops upload sessions before they expire: every session no push in this
+	// process is streaming to and that has been idle for at least IdleFor (0: any). Idle is
+	// measured from when the last push of the session began or stopped (the session's expiry
+	// minus the configured SessionTTL). A push of a dropped version later starts over.
+	AbandonUploads bool
+	IdleFor        time.Duration
+	// Versions, if not empty, limits AbandonUploads to the sessions of these versions (Name and
+	// Version of each; no alias).
+	Versions []Ref
+}
+
+// CollectGarbage is CollectGarbageWith without options: the routine collection.
 func (s *Service) CollectGarbage(ctx context.Context) (GCResult, error) {
+	return s.CollectGarbageWith(ctx, GCOptions{})
+}
+
+// CollectGarbageWith removes expired upload sessions (and, with opts.AbandonUploads, idle ones),
+// then chunks nothing references (no published version, no remaining session, no live push or
+// pull in this process), then asks the store to remove payload files no blob references. It runs
+// online: the decision to delete a chunk and a push's decision to rely on it are serialized by
+// pinMu, and both happen inside store transactions. A session a push in this process is streaming
+// to is never dropped (Service.live, which OpenUpload registers before it relies on the session).
+func (s *Service) CollectGarbageWith(ctx context.Context, opts GCOptions) (GCResult, error) {
+	if opts.IdleFor < 0 {
+		return GCResult{}, fmt.Errorf("%w: gc: negative idle age %s", ErrInvalid, opts.IdleFor)
+	}
+	want := map[Ref]bool{}
+	for _, r := range opts.Versions {
+		if r.Name == "" || r.Version == "" || r.Alias != "" {
+			return GCResult{}, fmt.Errorf("%w: gc: abandon the upload of %q: want name:version", ErrInvalid, r.String())
+		}
+		want[Ref{Name: r.Name, Version: r.Version}] = true
+	}
 	var res GCResult
+	var dropped []string
 	s.pinMu.Lock()
 	err := s.db.Update(ctx, func(tx *store.Tx) error {
 		res = GCResult{}
-		now := s.now().UnixNano()
-		var expired []string
-		err := tx.Query(`SELECT id FROM reg_sessions WHERE expires_at <= ?`, []any{now}, func(scan func(...any) error) error {
-			var id string
-			if err := scan(&id); err != nil {
+		dropped = dropped[:0]
+		now := s.now()
+		type session struct {
+			id, name, version string
+			expires           int64
+		}
+		var sessions []session
+		err := tx.Query(`SELECT id, name, version, expires_at FROM reg_sessions`, nil, func(scan func(...any) error) error {
+			var ss session
+			if err := scan(&ss.id, &ss.name, &ss.version, &ss.expires); err != nil {
 				return err
 			}
-			expired = append(expired, id)
+			sessions = append(sessions, ss)
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		for _, id := range expired {
-			if s.live[id] > 0 {
-				continue // a push still running in this process: expired by the clock, not abandoned
+		for _, ss := range sessions {
+			if s.opening[Ref{Name: ss.name, Version: ss.version}] > 0 {
+				res.KeptSessions++ // a push is opening it: about to be live
+				continue
 			}
-			if err := deleteSessionTx(tx, id); err != nil {
+			if s.live[ss.id] > 0 {
+				// A push still running in this process: not abandoned, whatever the clock says.
+				res.KeptSessions++
+				res.LiveSessions++
+				continue
+			}
+			expired := ss.expires <= now.UnixNano()
+			abandon := false
+			if !expired && opts.AbandonUploads && (len(want) == 0 || want[Ref{Name: ss.name, Version: ss.version}]) {
+				// The last push of it began or stopped at expires_at - SessionTTL (Close and
+				// OpenUpload set it so).
+				idleSince := time.Unix(0, ss.expires).Add(-s.opts.SessionTTL)
+				abandon = now.Sub(idleSince) >= opts.IdleFor
+			}
+			if !expired && !abandon {
+				res.KeptSessions++
+				continue
+			}
+			if err := deleteSessionTx(tx, ss.id); err != nil {
 				return err
 			}
-			res.Sessions++
+			dropped = append(dropped, ss.id)
+			if expired {
+				res.Sessions++
+			} else {
+				res.Abandoned++
+			}
 		}
 		// Pins of sessions that no longer exist (a commit deletes its pins; this is belt and braces).
 		if _, err := tx.Exec(`DELETE FROM reg_pins WHERE session NOT IN (SELECT id FROM reg_sessions)`); err != nil {
@@ -85,15 +155,25 @@ func (s *Service) CollectGarbage(ctx context.Context) (GCResult, error) {
 				res.Bytes += n
 			}
 		}
-		return nil
+		// What the remaining sessions alone hold, so an operator whose disk is full learns that
+		// an interrupted push is what holds it, and how much dropping it would free.
+		return tx.Query(`SELECT COALESCE(SUM(c.size), 0) FROM reg_chunks c
+				WHERE EXISTS (SELECT 1 FROM reg_pins p WHERE p.chunk = c.sha256)
+				AND NOT EXISTS (SELECT 1 FROM reg_refs r WHERE r.chunk = c.sha256)`, nil,
+			func(scan func(...any) error) error { return scan(&res.KeptBytes) })
 	})
 	s.pinMu.Unlock()
 	if err != nil {
 		return GCResult{}, fmt.Errorf("registry gc: %w", err)
 	}
-	// The partly received chunks of sessions that ended (expired above, committed, or dropped by
-	// a crash before their directory was).
-	res.Partials, res.PartialBytes = s.sweepPartials(ctx, partialTmpAge)
+	// The partly received chunks of the sessions dropped now, then of sessions that ended
+	// otherwise (committed, or dropped by a crash before their directory was).
+	for _, id := range dropped {
+		n, b := s.removeSessionPartials(id)
+		res.Partials, res.PartialBytes = res.Partials+n, res.PartialBytes+b
+	}
+	n, b := s.sweepPartials(ctx, partialTmpAge)
+	res.Partials, res.PartialBytes = res.Partials+n, res.PartialBytes+b
 	sr, err := s.db.CollectGarbage(ctx)
 	if err != nil {
 		return res, fmt.Errorf("registry gc: payload files: %w", err)
@@ -102,8 +182,8 @@ func (s *Service) CollectGarbage(ctx context.Context) (GCResult, error) {
 	if f := s.opts.Metrics.GC; f != nil {
 		f(res)
 	}
-	s.log.Info("registry gc", "sessions", res.Sessions, "chunks", res.Chunks, "bytes", res.Bytes, "files", res.Files,
-		"partials", res.Partials)
+	s.log.Info("registry gc", "sessions", res.Sessions, "abandoned", res.Abandoned, "kept_sessions", res.KeptSessions,
+		"chunks", res.Chunks, "bytes", res.Bytes, "files", res.Files, "partials", res.Partials)
 	return res, nil
 }
 

@@ -63,6 +63,9 @@ type Service struct {
 	// live counts the open Uploads per session id (under pinMu): GC never collects a session a push
 	// in this process is still using, however long it has been running.
 	live map[string]int
+	// opening counts the OpenUploads of each version (Name and Version) between looking up its
+	// session and registering it in live (under pinMu): GC leaves those versions' sessions alone.
+	opening map[Ref]int
 
 	// receiving is, per upload session and chunk, the chunk an open Upload of the session is
 	// receiving (guarded by recvMu, as are those chunks' kept pieces). A new stream of the session
@@ -108,6 +111,8 @@ func New(db *store.DB, opts Options) (*Service, error) {
 		log:  opts.Logger,
 		pins: map[[32]byte]int{},
 		live: map[string]int{},
+
+		opening: map[Ref]int{},
 
 		receiving: map[partKey]*chunkWrite{},
 		watch:     newHub(),

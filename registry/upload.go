@@ -164,7 +164,36 @@ func (s *Service) OpenUpload(ctx context.Context, info ModelInfo, aliases []stri
 		hashWait: semaphore.NewWeighted(hashBudget),
 	}
 	u.abortCtx, u.cancelAbort = context.WithCancel(context.Background())
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
+	// The version is marked as opening before the session is looked up, and its session
+	// registered live before the mark goes: GC drops only sessions of versions neither opening
+	// nor live (CollectGarbageWith, under pinMu), so a session this push relies on is never
+	// dropped under it; one GC dropped before is not found, and the push starts over.
+	key := Ref{Name: info.Name, Version: info.Version}
+	s.pinMu.Lock()
+	s.opening[key]++
+	s.pinMu.Unlock()
+	err := s.openSession(ctx, u)
+	s.pinMu.Lock()
+	if s.opening[key]--; s.opening[key] <= 0 {
+		delete(s.opening, key)
+	}
+	if err == nil {
+		s.live[u.session]++
+	}
+	s.pinMu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("open upload %s:%s: %w", info.Name, info.Version, err)
+	}
+	go u.hashFiles()
+	return u, nil
+}
+
+// openSession finds or creates the upload session of u's version (u.session, u.resumed) and
+// u.published, renewing the session's expiry.
+func (s *Service) openSession(ctx context.Context, u *Upload) error {
+	info := u.info
+	return s.db.Update(ctx, func(tx *store.Tx) error {
+		u.session, u.resumed = "", false
 		ok, err := versionExists(tx, info.Name, info.Version)
 		if err != nil {
 			return err
@@ -193,14 +222,15 @@ func (s *Service) OpenUpload(ctx context.Context, info ModelInfo, aliases []stri
 			u.session, info.Name, info.Version, s.now().UnixNano(), expires)
 		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("open upload %s:%s: %w", info.Name, info.Version, err)
-	}
+}
+
+// releaseSession drops a registration of session as live (taken by OpenUpload).
+func (s *Service) releaseSession(session string) {
 	s.pinMu.Lock()
-	s.live[u.session]++
-	s.pinMu.Unlock()
-	go u.hashFiles()
-	return u, nil
+	defer s.pinMu.Unlock()
+	if s.live[session]--; s.live[session] <= 0 {
+		delete(s.live, session)
+	}
 }
 
 // Session is the upload session id (stable across resumes of the same version).
@@ -673,11 +703,17 @@ func (u *Upload) Close() {
 	}
 	if !u.released {
 		u.released = true
-		u.s.pinMu.Lock()
-		if u.s.live[u.session]--; u.s.live[u.session] <= 0 {
-			delete(u.s.live, u.session)
+		if !u.drop && !u.committed {
+			// The session stays resumable for its whole TTL from now, when the push stopped, not
+			// from when it began: a push that ran for most of a day must not expire at once. Set
+			// while the session is still live, so a `gc --abandon-uploads=AGE` that follows at once
+			// sees it idle since now, not since the push began.
+			u.s.db.Update(context.Background(), func(tx *store.Tx) error {
+				_, err := tx.Exec(`UPDATE reg_sessions SET expires_at = ? WHERE id = ?`, u.s.now().Add(u.s.opts.SessionTTL).UnixNano(), u.session)
+				return err
+			})
 		}
-		u.s.pinMu.Unlock()
+		u.s.releaseSession(u.session)
 		if u.drop {
 			err := u.s.db.Update(context.Background(), func(tx *store.Tx) error { return deleteSessionTx(tx, u.session) })
 			if err == nil {
@@ -687,13 +723,6 @@ func (u *Upload) Close() {
 			if err != nil {
 				u.s.log.Warn("drop the upload session of a version over the budget", "session", u.session, "err", err)
 			}
-		} else if !u.committed {
-			// The session stays resumable for its whole TTL from now, when the push stopped, not
-			// from when it began: a push that ran for most of a day must not expire at once.
-			u.s.db.Update(context.Background(), func(tx *store.Tx) error {
-				_, err := tx.Exec(`UPDATE reg_sessions SET expires_at = ? WHERE id = ?`, u.s.now().Add(u.s.opts.SessionTTL).UnixNano(), u.session)
-				return err
-			})
 		}
 	}
 }

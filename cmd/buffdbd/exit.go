@@ -174,7 +174,7 @@ func resourceExhaustedHint(err error, msg string) string {
 	case has(registry.ErrBudget):
 		return "the registry's disk budget is full: raise registry.max_bytes or remove/unpin versions (buffdbd model rm, unpin, untag)"
 	case has(registry.ErrDiskFull) || has(store.ErrNoSpace) || errors.Is(err, syscall.ENOSPC) || strings.Contains(msg, syscall.ENOSPC.Error()):
-		return "the filesystem holding the data directory is full: free space there or move data_dir"
+		return "the filesystem holding the data directory is full: free space there (`buffdbd gc --abandon-uploads` drops the chunks interrupted pushes hold) or move data_dir"
 	case strings.Contains(msg, "larger than max"):
 		// grpc-go's "received/trying to send message larger than max (N vs. M)".
 		return "the message is larger than the server accepts; see grpc.max_message_bytes"

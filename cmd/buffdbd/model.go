@@ -786,23 +786,6 @@ func newModelWatchCmd(g *globalFlags) *cobra.Command {
 	return cmd
 }
 
-func newGCCmd(g *globalFlags) *cobra.Command {
-	return &cobra.Command{
-		Use:   "gc",
-		Short: "Collect unreferenced chunks, expired upload sessions and orphaned payload files",
-		Args:  noArgs,
-		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
-			resp, err := c.RPC().CollectGarbage(cmd.Context(), &registrypb.CollectGarbageRequest{})
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed %d expired upload sessions, %d chunks (%s), %d payload files (%s)\n",
-				resp.Sessions, resp.Chunks, ibytes(int64(resp.Bytes)), resp.Files, ibytes(int64(resp.FileBytes)))
-			return nil
-		}),
-	}
-}
-
 func parseParams(kvs []string) (map[string]string, error) {
 	m := map[string]string{}
 	for _, kv := range kvs {

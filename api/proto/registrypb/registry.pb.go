@@ -2740,7 +2740,15 @@ func (x *WatchEvent) GetPrevious() string {
 }
 
 type CollectGarbageRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// abandon_uploads also drops upload sessions of interrupted pushes before they expire, with the
+	// chunks and partly received chunk files only they hold: those idle for at least idle_seconds
+	// (0: any) and no push is streaming to. A push of a dropped version later starts over. Servers
+	// that predate it ignore it (they leave abandon_supported false).
+	AbandonUploads bool   `protobuf:"varint,1,opt,name=abandon_uploads,json=abandonUploads,proto3" json:"abandon_uploads,omitempty"`
+	IdleSeconds    uint64 `protobuf:"varint,2,opt,name=idle_seconds,json=idleSeconds,proto3" json:"idle_seconds,omitempty"`
+	// versions ("name:version") limits abandon_uploads to the sessions of these versions.
+	Versions      []string `protobuf:"bytes,3,rep,name=versions,proto3" json:"versions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2775,15 +2783,46 @@ func (*CollectGarbageRequest) Descriptor() ([]byte, []int) {
 	return file_registry_proto_rawDescGZIP(), []int{41}
 }
 
+func (x *CollectGarbageRequest) GetAbandonUploads() bool {
+	if x != nil {
+		return x.AbandonUploads
+	}
+	return false
+}
+
+func (x *CollectGarbageRequest) GetIdleSeconds() uint64 {
+	if x != nil {
+		return x.IdleSeconds
+	}
+	return 0
+}
+
+func (x *CollectGarbageRequest) GetVersions() []string {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
 type CollectGarbageResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sessions      uint64                 `protobuf:"varint,1,opt,name=sessions,proto3" json:"sessions,omitempty"`
-	Chunks        uint64                 `protobuf:"varint,2,opt,name=chunks,proto3" json:"chunks,omitempty"`
-	Bytes         uint64                 `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
-	Files         uint64                 `protobuf:"varint,4,opt,name=files,proto3" json:"files,omitempty"`
-	FileBytes     uint64                 `protobuf:"varint,5,opt,name=file_bytes,json=fileBytes,proto3" json:"file_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Sessions          uint64                 `protobuf:"varint,1,opt,name=sessions,proto3" json:"sessions,omitempty"` // expired upload sessions removed
+	Chunks            uint64                 `protobuf:"varint,2,opt,name=chunks,proto3" json:"chunks,omitempty"`
+	Bytes             uint64                 `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Files             uint64                 `protobuf:"varint,4,opt,name=files,proto3" json:"files,omitempty"`
+	FileBytes         uint64                 `protobuf:"varint,5,opt,name=file_bytes,json=fileBytes,proto3" json:"file_bytes,omitempty"`
+	AbandonedSessions uint64                 `protobuf:"varint,6,opt,name=abandoned_sessions,json=abandonedSessions,proto3" json:"abandoned_sessions,omitempty"` // sessions dropped by abandon_uploads
+	PartialFiles      uint64                 `protobuf:"varint,7,opt,name=partial_files,json=partialFiles,proto3" json:"partial_files,omitempty"`                // partly received chunk files removed
+	PartialBytes      uint64                 `protobuf:"varint,8,opt,name=partial_bytes,json=partialBytes,proto3" json:"partial_bytes,omitempty"`
+	// Upload sessions left: a push is streaming to live_sessions of them, the others are
+	// resumable; kept_bytes are the chunk bytes only they hold.
+	KeptSessions uint64 `protobuf:"varint,9,opt,name=kept_sessions,json=keptSessions,proto3" json:"kept_sessions,omitempty"`
+	LiveSessions uint64 `protobuf:"varint,10,opt,name=live_sessions,json=liveSessions,proto3" json:"live_sessions,omitempty"`
+	KeptBytes    uint64 `protobuf:"varint,11,opt,name=kept_bytes,json=keptBytes,proto3" json:"kept_bytes,omitempty"`
+	// abandon_supported is true from servers that understand abandon_uploads.
+	AbandonSupported bool `protobuf:"varint,12,opt,name=abandon_supported,json=abandonSupported,proto3" json:"abandon_supported,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CollectGarbageResponse) Reset() {
@@ -2849,6 +2888,55 @@ func (x *CollectGarbageResponse) GetFileBytes() uint64 {
 		return x.FileBytes
 	}
 	return 0
+}
+
+func (x *CollectGarbageResponse) GetAbandonedSessions() uint64 {
+	if x != nil {
+		return x.AbandonedSessions
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetPartialFiles() uint64 {
+	if x != nil {
+		return x.PartialFiles
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetPartialBytes() uint64 {
+	if x != nil {
+		return x.PartialBytes
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetKeptSessions() uint64 {
+	if x != nil {
+		return x.KeptSessions
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetLiveSessions() uint64 {
+	if x != nil {
+		return x.LiveSessions
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetKeptBytes() uint64 {
+	if x != nil {
+		return x.KeptBytes
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetAbandonSupported() bool {
+	if x != nil {
+		return x.AbandonSupported
+	}
+	return false
 }
 
 type VerifyRequest struct {
@@ -3361,15 +3449,27 @@ const file_registry_proto_rawDesc = "" +
 	"\aDELETED\x10\x02\x12\v\n" +
 	"\aEVICTED\x10\x03\x12\r\n" +
 	"\tALIAS_SET\x10\x04\x12\x11\n" +
-	"\rALIAS_REMOVED\x10\x05\"\x17\n" +
-	"\x15CollectGarbageRequest\"\x97\x01\n" +
+	"\rALIAS_REMOVED\x10\x05\"\x7f\n" +
+	"\x15CollectGarbageRequest\x12'\n" +
+	"\x0fabandon_uploads\x18\x01 \x01(\bR\x0eabandonUploads\x12!\n" +
+	"\fidle_seconds\x18\x02 \x01(\x04R\vidleSeconds\x12\x1a\n" +
+	"\bversions\x18\x03 \x03(\tR\bversions\"\xa6\x03\n" +
 	"\x16CollectGarbageResponse\x12\x1a\n" +
 	"\bsessions\x18\x01 \x01(\x04R\bsessions\x12\x16\n" +
 	"\x06chunks\x18\x02 \x01(\x04R\x06chunks\x12\x14\n" +
 	"\x05bytes\x18\x03 \x01(\x04R\x05bytes\x12\x14\n" +
 	"\x05files\x18\x04 \x01(\x04R\x05files\x12\x1d\n" +
 	"\n" +
-	"file_bytes\x18\x05 \x01(\x04R\tfileBytes\"!\n" +
+	"file_bytes\x18\x05 \x01(\x04R\tfileBytes\x12-\n" +
+	"\x12abandoned_sessions\x18\x06 \x01(\x04R\x11abandonedSessions\x12#\n" +
+	"\rpartial_files\x18\a \x01(\x04R\fpartialFiles\x12#\n" +
+	"\rpartial_bytes\x18\b \x01(\x04R\fpartialBytes\x12#\n" +
+	"\rkept_sessions\x18\t \x01(\x04R\fkeptSessions\x12#\n" +
+	"\rlive_sessions\x18\n" +
+	" \x01(\x04R\fliveSessions\x12\x1d\n" +
+	"\n" +
+	"kept_bytes\x18\v \x01(\x04R\tkeptBytes\x12+\n" +
+	"\x11abandon_supported\x18\f \x01(\bR\x10abandonSupported\"!\n" +
 	"\rVerifyRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"q\n" +
 	"\fCorruptChunk\x12\x16\n" +
