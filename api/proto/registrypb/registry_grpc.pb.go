@@ -78,7 +78,8 @@ type RegistryClient interface {
 	// Watch streams changes to a model's versions and aliases (all models if name is empty), each sent
 	// after the change committed. The first message is a READY event: changes after it are not missed.
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
-	// CollectGarbage removes expired upload sessions, unreferenced chunks and orphaned payload files.
+	// CollectGarbage removes expired upload sessions (and, on request, those of interrupted pushes),
+	// unreferenced chunks and orphaned payload files.
 	CollectGarbage(ctx context.Context, in *CollectGarbageRequest, opts ...grpc.CallOption) (*CollectGarbageResponse, error)
 	// Verify re-hashes stored chunks (of one version, or all) and marks corrupt ones.
 	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error)
@@ -312,7 +313,8 @@ type RegistryServer interface {
 	// Watch streams changes to a model's versions and aliases (all models if name is empty), each sent
 	// after the change committed. The first message is a READY event: changes after it are not missed.
 	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
-	// CollectGarbage removes expired upload sessions, unreferenced chunks and orphaned payload files.
+	// CollectGarbage removes expired upload sessions (and, on request, those of interrupted pushes),
+	// unreferenced chunks and orphaned payload files.
 	CollectGarbage(context.Context, *CollectGarbageRequest) (*CollectGarbageResponse, error)
 	// Verify re-hashes stored chunks (of one version, or all) and marks corrupt ones.
 	Verify(context.Context, *VerifyRequest) (*VerifyResponse, error)
