@@ -221,8 +221,8 @@ func TestClient_PullLink_CancelKeepsLink(t *testing.T) {
 	}
 }
 
-// TestClient_PullLink_RefusesNonLink: a directory (or file) where the link goes is left as it is,
-// before anything is downloaded.
+// TestClient_PullLink_RefusesNonLink: a directory, a file or a link to a file where the link goes
+// is left as it is, before anything is downloaded.
 func TestClient_PullLink_RefusesNonLink(t *testing.T) {
 	e := startRegistry(t, registry.Options{})
 	linkVersions(t, e, "A")
@@ -231,7 +231,13 @@ func TestClient_PullLink_RefusesNonLink(t *testing.T) {
 	writeFiles(t, dir, map[string][]byte{"model.onnx": []byte("serving")})
 	file := filepath.Join(parent, "f")
 	writeFiles(t, parent, map[string][]byte{"f": []byte("a file")})
-	for _, p := range []string{dir, file, dir + "/"} {
+	// A server configured with the path of its model file, through a link: replacing that link
+	// with one to a directory would break the server.
+	fileLink := filepath.Join(parent, "model.onnx")
+	if err := os.Symlink("f", fileLink); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{dir, file, dir + "/", fileLink} {
 		res, err := e.client.PullLink(context.Background(), "m:A", p, registry.LinkOptions{})
 		if !errors.Is(err, registry.ErrNotLink) {
 			t.Fatalf("pull --link %s: %v, want ErrNotLink", p, err)
@@ -244,9 +250,12 @@ func TestClient_PullLink_RefusesNonLink(t *testing.T) {
 	if b, err := os.ReadFile(file); err != nil || string(b) != "a file" {
 		t.Fatalf("the file became %q, %v", b, err)
 	}
+	if dest, err := os.Readlink(fileLink); err != nil || dest != "f" {
+		t.Fatalf("the link to a file now points to %q, %v", dest, err)
+	}
 	ents, _ := os.ReadDir(parent)
-	if len(ents) != 2 {
-		t.Errorf("a refused pull left %d entries in the link's directory, want 2", len(ents))
+	if len(ents) != 3 {
+		t.Errorf("a refused pull left %d entries in the link's directory, want 3", len(ents))
 	}
 }
 

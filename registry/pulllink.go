@@ -338,7 +338,10 @@ func resolveExisting(p string) string {
 	}
 }
 
-// checkLink returns an error wrapping ErrNotLink if link exists and is not a symbolic link.
+// checkLink returns an error wrapping ErrNotLink if link exists and is not a symbolic link, or is
+// a symbolic link to something other than a directory: a link to a file (a server configured with
+// the path of its model.onnx) would be turned into a link to a directory, breaking that server,
+// with no previous version to switch back to. A dangling link is replaced.
 func checkLink(link string) error {
 	fi, err := os.Lstat(link)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -347,14 +350,18 @@ func checkLink(link string) error {
 	if err != nil {
 		return err
 	}
-	if fi.Mode()&fs.ModeSymlink == 0 {
-		what := "a file"
-		if fi.IsDir() {
-			what = "a directory"
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		if t, err := os.Stat(link); err == nil && !t.IsDir() {
+			dest, _ := os.Readlink(link)
+			return fmt.Errorf("%w: %s is a link to %s, which is not a directory; it is left as it is", ErrNotLink, link, dest)
 		}
-		return fmt.Errorf("%w: %s is %s; it is left as it is", ErrNotLink, link, what)
+		return nil
 	}
-	return nil
+	what := "a file"
+	if fi.IsDir() {
+		what = "a directory"
+	}
+	return fmt.Errorf("%w: %s is %s; it is left as it is", ErrNotLink, link, what)
 }
 
 // linkPath returns the directory link points to, "" if link is not a symbolic link to one.

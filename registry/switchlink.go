@@ -185,6 +185,10 @@ func LinkVersions(link, versionsDir string) ([]LinkVersion, error) {
 	if err := checkLink(link); err != nil {
 		return nil, err
 	}
+	if _, err := os.Lstat(link); errors.Is(err, fs.ErrNotExist) && dirInfo(root) == nil {
+		// A mistyped path must not look like a link with nothing kept.
+		return nil, fmt.Errorf("%w: no link %s and no versions directory %s: nothing was pulled with --link there", ErrNotFound, link, root)
+	}
 	st := &linkState{}
 	if dirInfo(root) != nil {
 		// Under the lock: a switch or prune is then not half done.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -275,6 +276,12 @@ func (e *notLinkError) ExitCode() int { return exitError }
 // Hint shows how to make the path a link while keeping its files as the delta source.
 func (e *notLinkError) Hint() string {
 	l := strings.TrimSuffix(e.link, "/")
+	if fi, err := os.Lstat(l); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Sprintf("--link names a link to a version's directory; give a new name (e.g. %s.d) and point the server at the file inside it", l)
+	}
+	if b := filepath.Base(l); b == "." || b == ".." || b == string(filepath.Separator) {
+		return "give the path of the link itself, e.g. ./model, not a directory that holds it"
+	}
 	return fmt.Sprintf("to keep serving it and reuse its files: mv %[1]s %[1]s.orig && ln -s %[2]s.orig %[1]s, then pull again (buffdbd never removes %[1]s.orig)",
 		l, filepath.Base(l))
 }

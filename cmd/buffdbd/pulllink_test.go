@@ -58,6 +58,17 @@ func linkSuite(t *testing.T, base ...string) {
 	if b, _ := os.ReadFile(filepath.Join(real, "model.onnx")); string(b) != "serving" {
 		t.Fatalf("the refused directory changed: %q", b)
 	}
+	// A link to a file (a server given the path of its model file) is not replaced either.
+	os.Symlink(filepath.Join("real", "model.onnx"), filepath.Join(parent, "model.onnx"))
+	r = must(t, exitError, "", a("model", "pull", "org/m:v1", "--link", filepath.Join(parent, "model.onnx"))...)
+	if !strings.Contains(r.stderr, "which is not a directory") || !strings.Contains(r.stderr, "give a new name") {
+		t.Fatalf("refusal of a link to a file: %q", r.stderr)
+	}
+	// The directory holding the link is not the link: the hint says so instead of suggesting mv . ..orig.
+	r = must(t, exitError, "", a("model", "pull", "org/m:v1", "--link", parent+"/.")...)
+	if strings.Contains(r.stderr, ".orig") || !strings.Contains(r.stderr, "path of the link itself") {
+		t.Fatalf("refusal of a directory given as .: %q", r.stderr)
+	}
 	must(t, exitUsage, "", a("model", "pull", "org/m:v1", "--link", link, "--keep", "1")...)
 	must(t, exitUsage, "", a("model", "pull", "org/m:v1", "-o", parent, "--keep", "3")...)
 	must(t, exitUsage, "", a("model", "pull", "org/m:v1", "--link", link, "-o", parent, "--versions", parent)...)

@@ -102,6 +102,10 @@ func TestCLI_ModelSwitchOffline(t *testing.T) {
 		t.Fatalf("--list does not show v2's problem:\n%s", r.stdout)
 	}
 	must(t, exitNotFound, "", "model", "switch", "--link", link, "org/m:v3")
+	r = must(t, exitNotFound, "", "model", "switch", "--link", link+"-typo", "--list")
+	if !strings.Contains(r.stderr, "no link "+link+"-typo") || r.stdout != "" {
+		t.Fatalf("--list of a mistyped link: stdout %q, stderr %q", r.stdout, r.stderr)
+	}
 	must(t, exitUsage, "", "model", "switch", "--link", link)
 	must(t, exitUsage, "", "model", "switch", "--link", link, "org/m@latest")
 	must(t, exitUsage, "", "model", "switch", "--link", link, "--previous", "org/m:v2")
