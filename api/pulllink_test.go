@@ -314,27 +314,14 @@ func TestClient_PullLink_Concurrent(t *testing.T) {
 	vs := linkVersions(t, e, "A", "B", "C", "D")
 	link := filepath.Join(t.TempDir(), "m")
 	pullLink(t, e, "m:A", link, registry.LinkOptions{})
-	held, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	slow := make(chan error, 1)
-	var rb registry.LinkResult
-	go func() {
-		var err error
-		rb, err = e.client.PullLink(context.Background(), "m:B", link, registry.LinkOptions{PullOptions: registry.PullOptions{Progress: func(done, total int64) {
-			if done > 0 {
-				once.Do(func() { close(held); <-release })
-			}
-		}}})
-		slow <- err
-	}()
-	<-held
+	finish := heldPullLink(t, e, "m:B", link)
 	// Meanwhile: switches to C and D, which prune: B's directory, unswitched, older than them and
 	// being written, must be left alone.
 	pullLink(t, e, "m:C", link, registry.LinkOptions{})
 	rd := pullLink(t, e, "m:D", link, registry.LinkOptions{})
 	assertTree(t, link+"/", vs["D"])
-	close(release)
-	if err := <-slow; err != nil {
+	rb, err := finish()
+	if err != nil {
 		t.Fatalf("the held pull: %v", err)
 	}
 	assertTree(t, link+"/", vs["B"])
@@ -347,6 +334,37 @@ func TestClient_PullLink_Concurrent(t *testing.T) {
 		if strings.Contains(en.Name(), "buffdbd-link") {
 			t.Errorf("left behind: %s", en.Name())
 		}
+	}
+}
+
+// heldPullLink starts PullLink(ref, link) and returns once it has received its first bytes, held
+// there until finish is called; finish lets it go on and returns its result.
+func heldPullLink(t *testing.T, e *regEnv, ref, link string) (finish func() (registry.LinkResult, error)) {
+	t.Helper()
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	type result struct {
+		res registry.LinkResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := e.client.PullLink(context.Background(), ref, link, registry.LinkOptions{PullOptions: registry.PullOptions{Progress: func(n, total int64) {
+			if n > 0 {
+				once.Do(func() { close(held); <-release })
+			}
+		}}})
+		done <- result{res, err}
+	}()
+	select {
+	case <-held:
+	case r := <-done:
+		t.Fatalf("the pull to hold ended before receiving anything: %v", r.err)
+	}
+	return func() (registry.LinkResult, error) {
+		close(release)
+		r := <-done
+		return r.res, r.err
 	}
 }
 

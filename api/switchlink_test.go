@@ -35,21 +35,8 @@ func TestClient_PullLink_DeltaSourceNotPruned(t *testing.T) {
 	}
 	link := t.TempDir() + "/m"
 	ra := pullLink(t, e, "m:A", link, registry.LinkOptions{})
-	held, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	slow := make(chan error, 1)
-	var rb registry.LinkResult
-	go func() {
-		var err error
-		// a.bin comes first and over the wire: the pull is held before it reads b.bin from A.
-		rb, err = e.client.PullLink(context.Background(), "m:B", link, registry.LinkOptions{PullOptions: registry.PullOptions{Progress: func(done, total int64) {
-			if done > 0 {
-				once.Do(func() { close(held); <-release })
-			}
-		}}})
-		slow <- err
-	}()
-	<-held
+	// a.bin comes first and over the wire: the pull is held before it reads b.bin from A.
+	finish := heldPullLink(t, e, "m:B", link)
 	pullLink(t, e, "m:C", link, registry.LinkOptions{})
 	rd := pullLink(t, e, "m:D", link, registry.LinkOptions{})
 	for _, d := range rd.Removed {
@@ -57,8 +44,8 @@ func TestClient_PullLink_DeltaSourceNotPruned(t *testing.T) {
 			t.Errorf("the switch to D removed %s, the delta source of a running pull", d)
 		}
 	}
-	close(release)
-	if err := <-slow; err != nil {
+	rb, err := finish()
+	if err != nil {
 		t.Fatalf("the held pull: %v", err)
 	}
 	assertTree(t, link+"/", vs["B"])

@@ -30,24 +30,34 @@ func partialPath(dir, session string, c registry.Digest) string {
 	return filepath.Join(dir, "uploads", session, hex.EncodeToString(c[:]))
 }
 
-// cutPush starts a resumable push of c as the file of name:v1, sends data[from:to] (from must be
-// what the server answers) and closes the Upload as a stream cut there would. It returns the
-// session.
-func cutPush(t *testing.T, s *registry.Service, name string, c resumeChunk, from, to int) string {
+// offerAt opens a resumable push of c as the file of name:v1 and offers c, which the server must
+// answer with need from from. The caller closes the Upload.
+func offerAt(t *testing.T, s *registry.Service, name string, c resumeChunk, from int) *registry.Upload {
 	t.Helper()
 	ctx := context.Background()
 	u, err := s.OpenUpload(ctx, registry.ModelInfo{Name: name, Version: "v1"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer u.Close()
 	if err := u.BeginFile("f", int64(len(c.data))); err != nil {
+		u.Close()
 		t.Fatal(err)
 	}
 	need, got, err := u.OfferResumable(ctx, c.sum, int64(len(c.data)))
 	if err != nil || !need || got != int64(from) {
+		u.Close()
 		t.Fatalf("offer = need %v from %d, %v; want need from %d", need, got, err, from)
 	}
+	return u
+}
+
+// cutPush starts a resumable push of c as the file of name:v1, sends data[from:to] (from must be
+// what the server answers) and closes the Upload as a stream cut there would. It returns the
+// session.
+func cutPush(t *testing.T, s *registry.Service, name string, c resumeChunk, from, to int) string {
+	t.Helper()
+	u := offerAt(t, s, name, c, from)
+	defer u.Close()
 	if err := u.Write(c.data[from:to]); err != nil {
 		t.Fatal(err)
 	}
@@ -58,26 +68,15 @@ func cutPush(t *testing.T, s *registry.Service, name string, c resumeChunk, from
 // and commits.
 func finishPush(t *testing.T, s *registry.Service, name string, c resumeChunk, from int) (registry.UploadStats, error) {
 	t.Helper()
-	ctx := context.Background()
-	u, err := s.OpenUpload(ctx, registry.ModelInfo{Name: name, Version: "v1"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	u := offerAt(t, s, name, c, from)
 	defer u.Close()
-	if err := u.BeginFile("f", int64(len(c.data))); err != nil {
-		t.Fatal(err)
-	}
-	need, got, err := u.OfferResumable(ctx, c.sum, int64(len(c.data)))
-	if err != nil || !need || got != int64(from) {
-		t.Fatalf("offer = need %v from %d, %v; want need from %d", need, got, err, from)
-	}
 	if err := u.Write(c.data[from:]); err != nil {
 		return u.Stats(), err
 	}
 	if err := u.EndFileHashed(); err != nil {
 		return u.Stats(), err
 	}
-	_, err = u.Commit(ctx)
+	_, err := u.Commit(context.Background())
 	return u.Stats(), err
 }
 
