@@ -606,4 +606,15 @@ func TestCLI_NoStore(t *testing.T) {
 			t.Fatalf("query --execute without query_writes left %s behind (%v)", dir, err)
 		}
 	})
+	t.Run("PushMissingSource", func(t *testing.T) {
+		// A push that creates stores fails on a mistyped source before it creates one.
+		dir := filepath.Join(t.TempDir(), "new")
+		r := must(t, exitError, "", "--data-dir", dir, "model", "push", filepath.Join(dir, "nope"), "--name", "m", "--version", "1")
+		if !strings.Contains(r.stderr, "nope: no such file") {
+			t.Fatalf("stderr %q", r.stderr)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Fatalf("a push of a missing source left %s behind (%v)", dir, err)
+		}
+	})
 }

@@ -148,6 +148,10 @@ visible, with the "latest" alias and any --alias, only once every byte is stored
 			if err := registry.ValidateVersion(info.Version); err != nil {
 				return usagef("--version: %v", err)
 			}
+			// A mistyped source must not leave a new store behind in a mistyped --data-dir.
+			if _, err := os.Stat(args[0]); err != nil {
+				return err
+			}
 			return nil
 		},
 		RunE: withRegistry(g, func(cmd *cobra.Command, c *registry.Client, args []string) error {
