@@ -86,8 +86,9 @@ func TestGC_AbandonUploads(t *testing.T) {
 		!strings.Contains(r.stdout, "1 of interrupted pushes") {
 		t.Fatalf("plain gc:\n%s", r.stdout)
 	}
-	if st, _ := svc.Stats(ctx); st.SessionsOpen != 2 {
-		t.Fatalf("plain gc left %d sessions, want 2", st.SessionsOpen)
+	stBefore, _ := svc.Stats(ctx)
+	if stBefore.SessionsOpen != 2 {
+		t.Fatalf("plain gc left %d sessions, want 2", stBefore.SessionsOpen)
 	}
 	must(t, exitUsage, "", append(base, "gc", "--abandon-uploads", "2h")...) // the age needs =
 	must(t, exitUsage, "", append(base, "gc", "m:1")...)
@@ -104,8 +105,15 @@ func TestGC_AbandonUploads(t *testing.T) {
 		t.Fatalf("after gc --abandon-uploads: %+v, %v; want only the streaming push's session and chunk", st, err)
 	}
 	if tmpfs {
-		if freed := freeBytes(dir) - freeBefore; freed < 20<<20 {
-			t.Fatalf("gc --abandon-uploads freed %d bytes of the disk, want the failed push's ~22 MiB", freed)
+		// How far the failed push got before the disk was full varies with chunk boundaries and
+		// timing (19.9–22 MiB seen): what must come back is what its session held, less a
+		// little for the database's own growth.
+		held := stBefore.StoredBytes - 1<<20
+		if held < 12<<20 {
+			t.Fatalf("the push that failed on a full disk held only %d bytes", held)
+		}
+		if freed := freeBytes(dir) - freeBefore; freed < held-1<<20 {
+			t.Fatalf("gc --abandon-uploads freed %d bytes of the disk, want the failed push's %d", freed, held)
 		}
 	}
 
