@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,6 +48,96 @@ func linkedDir(t testing.TB, link string) string {
 	return d
 }
 
+// linkReader reads the files a.bin and b.bin through a link being switched between versions vs,
+// until closed, and reports each version it saw; it stops at the first read that fails or that
+// finds the files of one resolved directory of different versions.
+type linkReader struct {
+	stop  chan struct{}
+	reads chan map[string]bool // versions seen since the last receive
+	errc  chan error
+}
+
+// startLinkReader starts a linkReader; viaPath also reads a.bin by its path through the link, as
+// a server opening a file by path does, besides resolving the link once per round.
+func startLinkReader(link string, vs map[string]map[string][]byte, viaPath bool) *linkReader {
+	which := func(name string, b []byte) string {
+		for v, files := range vs {
+			if bytes.Equal(files[name], b) {
+				return v
+			}
+		}
+		return ""
+	}
+	r := &linkReader{stop: make(chan struct{}), reads: make(chan map[string]bool), errc: make(chan error, 1)}
+	go func() {
+		seen := map[string]bool{}
+		for {
+			select {
+			case <-r.stop:
+				r.errc <- nil
+				return
+			case r.reads <- seen:
+				seen = map[string]bool{}
+			default:
+			}
+			if viaPath {
+				b, err := os.ReadFile(filepath.Join(link, "a.bin"))
+				if err != nil {
+					r.errc <- err
+					return
+				}
+				v := which("a.bin", b)
+				if v == "" {
+					r.errc <- errors.New("a.bin read through the link is neither version's")
+					return
+				}
+				seen[v] = true
+			}
+			// Resolved once, as a server loading a model directory does: both files one version's.
+			dir, err := filepath.EvalSymlinks(link)
+			if err != nil {
+				r.errc <- err
+				return
+			}
+			a, errA := os.ReadFile(filepath.Join(dir, "a.bin"))
+			b, errB := os.ReadFile(filepath.Join(dir, "b.bin"))
+			if err := errors.Join(errA, errB); err != nil {
+				r.errc <- err
+				return
+			}
+			va, vb := which("a.bin", a), which("b.bin", b)
+			if va == "" || va != vb {
+				r.errc <- fmt.Errorf("the files of one resolved directory are of versions %q and %q", va, vb)
+				return
+			}
+			seen[va] = true
+		}
+	}()
+	return r
+}
+
+// await returns once the reader has seen version v (after switch i), failing t if it stopped.
+func (r *linkReader) await(t *testing.T, i int, v string) {
+	t.Helper()
+	for seen := map[string]bool{}; !seen[v]; {
+		select {
+		case s := <-r.reads:
+			seen = s
+		case err := <-r.errc:
+			t.Fatalf("switch %d (to %s): reader: %v", i, v, err)
+		}
+	}
+}
+
+// close stops the reader, failing t if it had failed.
+func (r *linkReader) close(t *testing.T) {
+	t.Helper()
+	close(r.stop)
+	if err := <-r.errc; err != nil {
+		t.Fatalf("reader: %v", err)
+	}
+}
+
 // TestClient_PullLink_ReadersSeeOneVersion switches a link between two versions while a reader
 // keeps reading through it: every read succeeds, every file read is wholly one version's, and the
 // two files of a directory resolved once are of the same version.
@@ -57,69 +148,15 @@ func TestClient_PullLink_ReadersSeeOneVersion(t *testing.T) {
 	pullLink(t, e, "m:A", link, registry.LinkOptions{})
 	assertTree(t, link+"/", vs["A"])
 
-	which := func(name string, b []byte) string {
-		for v, files := range vs {
-			if bytes.Equal(files[name], b) {
-				return v
-			}
-		}
-		return ""
-	}
-	stop := make(chan struct{})
-	reads := make(chan map[string]bool) // versions seen since the last receive
-	errc := make(chan error, 1)
-	go func() {
-		seen := map[string]bool{}
-		for {
-			select {
-			case <-stop:
-				errc <- nil
-				return
-			case reads <- seen:
-				seen = map[string]bool{}
-			default:
-			}
-			// Through the link, as a server opening a file by path does.
-			b, err := os.ReadFile(filepath.Join(link, "a.bin"))
-			if err != nil {
-				errc <- err
-				return
-			}
-			v := which("a.bin", b)
-			if v == "" {
-				errc <- errors.New("a.bin read through the link is neither version's")
-				return
-			}
-			seen[v] = true
-			// Resolved once, as a server loading a model directory does: both files one version's.
-			dir, err := filepath.EvalSymlinks(link)
-			if err != nil {
-				errc <- err
-				return
-			}
-			a, err := os.ReadFile(filepath.Join(dir, "a.bin"))
-			if err != nil {
-				errc <- err
-				return
-			}
-			bb, err := os.ReadFile(filepath.Join(dir, "b.bin"))
-			if err != nil {
-				errc <- err
-				return
-			}
-			if va, vb := which("a.bin", a), which("b.bin", bb); va == "" || va != vb {
-				errc <- errors.New("the files of one resolved directory are of versions " + va + " and " + vb)
-				return
-			}
-		}
-	}()
+	r := startLinkReader(link, vs, true)
+
 	// A second reader only opens the file through the link, thousands of times per switch: the
 	// moment a link that is replaced by removing it and creating it again (ln -sfn) is missing.
 	statErr := make(chan error, 1)
 	go func() {
 		for {
 			select {
-			case <-stop:
+			case <-r.stop:
 				statErr <- nil
 				return
 			default:
@@ -136,19 +173,9 @@ func TestClient_PullLink_ReadersSeeOneVersion(t *testing.T) {
 	// since it was last asked): the reader ran across each switch, with no clock involved.
 	for i, v := range strings.Split(strings.Repeat("B,A,", 10)+"B", ",") {
 		pullLink(t, e, "m:"+v, link, registry.LinkOptions{})
-		for seen := map[string]bool{}; !seen[v]; {
-			select {
-			case s := <-reads:
-				seen = s
-			case err := <-errc:
-				t.Fatalf("switch %d (to %s): reader: %v", i, v, err)
-			}
-		}
+		r.await(t, i, v)
 	}
-	close(stop)
-	if err := <-errc; err != nil {
-		t.Fatalf("reader: %v", err)
-	}
+	r.close(t)
 	if err := <-statErr; err != nil {
 		t.Fatalf("opening a file through the link: %v", err)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -80,47 +79,7 @@ func TestSwitchLink_OfflineToggles(t *testing.T) {
 	rb := pullLink(t, e, "m:B", link, registry.LinkOptions{})
 	stopRegistry(t, e)
 
-	which := func(name string, b []byte) string {
-		for v, files := range vs {
-			if bytes.Equal(files[name], b) {
-				return v
-			}
-		}
-		return ""
-	}
-	stop := make(chan struct{})
-	reads := make(chan map[string]bool)
-	errc := make(chan error, 1)
-	go func() {
-		seen := map[string]bool{}
-		for {
-			select {
-			case <-stop:
-				errc <- nil
-				return
-			case reads <- seen:
-				seen = map[string]bool{}
-			default:
-			}
-			dir, err := filepath.EvalSymlinks(link) // resolved once, as a server loading a model does
-			if err != nil {
-				errc <- err
-				return
-			}
-			a, errA := os.ReadFile(filepath.Join(dir, "a.bin"))
-			b, errB := os.ReadFile(filepath.Join(dir, "b.bin"))
-			if err := errors.Join(errA, errB); err != nil {
-				errc <- err
-				return
-			}
-			va, vb := which("a.bin", a), which("b.bin", b)
-			if va == "" || va != vb {
-				errc <- fmt.Errorf("the files of one resolved directory are of versions %q and %q", va, vb)
-				return
-			}
-			seen[va] = true
-		}
-	}()
+	r := startLinkReader(link, vs, false)
 	dirs := map[string]string{"A": ra.Dir, "B": rb.Dir}
 	cur, other := "B", "A"
 	for i := range 10 {
@@ -133,19 +92,9 @@ func TestSwitchLink_OfflineToggles(t *testing.T) {
 				res.Unchanged, dirs[other], dirs[cur])
 		}
 		cur, other = other, cur
-		for seen := map[string]bool{}; !seen[cur]; {
-			select {
-			case s := <-reads:
-				seen = s
-			case err := <-errc:
-				t.Fatalf("switch %d (to %s): reader: %v", i, cur, err)
-			}
-		}
+		r.await(t, i, cur)
 	}
-	close(stop)
-	if err := <-errc; err != nil {
-		t.Fatalf("reader: %v", err)
-	}
+	r.close(t)
 	assertTree(t, link+"/", vs[cur])
 
 	// By name and version; to the one it points to already: nothing changes.

@@ -544,6 +544,24 @@ func TestFetcher_ErrBudget(t *testing.T) {
 	}
 }
 
+// cancelHalfway fetches repo's main from the throttled Hub and cancels the fetch once about half of
+// size bytes were served, as a Ctrl-C or a daemon stopping would; the Hub is unthrottled after.
+func cancelHalfway(t *testing.T, e *fetchEnv, repo string, size int64) {
+	t.Helper()
+	e.hub.Throttle(1 << 20) // 4 connections × 1 MiB/s: the cancel lands mid-file
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		for e.hub.BytesServed() < size/2 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	if _, err := e.fetcher(t, "").Fetch(ctx, huggingface.Request{Ref: huggingface.Ref{Repo: repo, Revision: "main"}}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted fetch: err = %v, want context.Canceled", err)
+	}
+	e.hub.Throttle(0)
+}
+
 // TestFetcher_ResumeAfterCancel: a fetch interrupted mid-file (Ctrl-C, a daemon stopping) and run
 // again downloads only what had not arrived.
 func TestFetcher_ResumeAfterCancel(t *testing.T) {
@@ -551,22 +569,10 @@ func TestFetcher_ResumeAfterCancel(t *testing.T) {
 	e.hub.AddRepo("org/model", hubtest.RepoOptions{})
 	w := randomBytes(30, 2<<20)
 	sha := commitFiles(e.hub, "org/model", "main", map[string][]byte{"model.safetensors": w})
-	e.hub.Throttle(1 << 20) // 4 connections × 1 MiB/s: the cancel lands mid-file
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		for e.hub.BytesServed() < int64(len(w))/2 {
-			time.Sleep(time.Millisecond)
-		}
-		cancel()
-	}()
-	_, err := e.fetcher(t, "").Fetch(ctx, huggingface.Request{Ref: huggingface.Ref{Repo: "org/model", Revision: "main"}})
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("interrupted fetch: err = %v, want context.Canceled", err)
-	}
+	cancelHalfway(t, e, "org/model", int64(len(w)))
 	if ok, _ := e.reg.HasVersion(context.Background(), "org/model", sha); ok {
 		t.Fatal("an interrupted fetch published")
 	}
-	e.hub.Throttle(0)
 	var first *huggingface.Progress
 	var mu sync.Mutex
 	res, err := e.fetch(t, "", "hf:org/model", func(r *huggingface.Request) {
@@ -602,18 +608,7 @@ func TestFetcher_ResumeRangelessCountsResent(t *testing.T) {
 	e.hub.AddRepo("org/model", hubtest.RepoOptions{})
 	w := randomBytes(31, 2<<20)
 	sha := commitFiles(e.hub, "org/model", "main", map[string][]byte{"model.safetensors": w})
-	e.hub.Throttle(1 << 20) // 4 connections × 1 MiB/s: the cancel lands mid-file
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		for e.hub.BytesServed() < int64(len(w))/2 {
-			time.Sleep(time.Millisecond)
-		}
-		cancel()
-	}()
-	if _, err := e.fetcher(t, "").Fetch(ctx, huggingface.Request{Ref: huggingface.Ref{Repo: "org/model", Revision: "main"}}); !errors.Is(err, context.Canceled) {
-		t.Fatalf("interrupted fetch: err = %v, want context.Canceled", err)
-	}
-	e.hub.Throttle(0)
+	cancelHalfway(t, e, "org/model", int64(len(w)))
 	e.hub.IgnoreRanges(true, true)
 	res, err := e.fetch(t, "", "hf:org/model")
 	if err != nil {
