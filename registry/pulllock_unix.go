@@ -26,20 +26,7 @@ func lockPullDir(dir string) (unlock func(), err error) {
 // tryLockDir is lockPullDir's lock without its error: ok is false if another process (or another
 // pull of this one) holds it. Pruning old version directories skips those a pull is writing.
 func tryLockDir(dir string) (unlock func(), ok bool, err error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, false, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if err == syscall.EWOULDBLOCK {
-			return nil, false, nil
-		}
-		// A filesystem without flock (some network mounts answer ENOLCK or EOPNOTSUPP): pulling
-		// unguarded is what happened before there was a lock, better than not pulling at all.
-		return func() {}, true, nil
-	}
-	return func() { f.Close() }, true, nil
+	return tryFlock(dir, syscall.LOCK_EX)
 }
 
 // tryLockShared takes a shared, non-blocking flock on the directory dir: a pull reading chunks from
@@ -47,16 +34,24 @@ func tryLockDir(dir string) (unlock func(), ok bool, err error) {
 // tryLockDir's exclusive lock) leaves the directory alone and no pull writes into it meanwhile.
 // ok is false if a pull is writing into it. Shared locks do not exclude each other.
 func tryLockShared(dir string) (unlock func(), ok bool, err error) {
+	return tryFlock(dir, syscall.LOCK_SH)
+}
+
+// tryFlock takes a non-blocking flock of kind how (LOCK_EX or LOCK_SH) on dir; ok is false if a
+// conflicting lock is held.
+func tryFlock(dir string, how int) (unlock func(), ok bool, err error) {
 	f, err := os.Open(dir)
 	if err != nil {
 		return nil, false, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+	if err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if err == syscall.EWOULDBLOCK {
 			return nil, false, nil
 		}
-		return func() {}, true, nil // no flock here: as in tryLockDir
+		// A filesystem without flock (some network mounts answer ENOLCK or EOPNOTSUPP): pulling
+		// unguarded is what happened before there was a lock, better than not pulling at all.
+		return func() {}, true, nil
 	}
 	return func() { f.Close() }, true, nil
 }
