@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -214,18 +215,28 @@ func TestDB_TxTimeoutStalledFind(t *testing.T) {
 	}
 	for _, readOnly := range []bool{false, true} {
 		t.Run(fmt.Sprintf("ReadOnly=%v", readOnly), func(t *testing.T) {
-			tx, err := db.Begin(ctx, readOnly, 200*time.Millisecond)
+			// Long enough for the Find below to be stalled in its consumer before the deadline
+			// on a loaded machine (at 200 ms it sometimes started after the expiry, and then
+			// found no transaction at all).
+			tx, err := db.Begin(ctx, readOnly, time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
-			release := make(chan struct{})
+			release, stalled := make(chan struct{}), make(chan struct{})
+			var once sync.Once
 			found := make(chan error, 1)
 			go func() {
 				found <- db.Find(ctx, tx, "v", "v", 0, nil, func(store.Hit) error {
+					once.Do(func() { close(stalled) })
 					<-release // the stalled consumer
 					return nil
 				})
 			}()
+			select {
+			case <-stalled:
+			case err := <-found:
+				t.Fatalf("Find ended before its consumer stalled: %v", err)
+			}
 			// Safety net only: before the fix this waited for the stalled consumer forever.
 			c, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
